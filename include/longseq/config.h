@@ -1,0 +1,48 @@
+// Run configuration: one JSON file with three sections, "model", "data" and
+// "train". Every key is described by a schema (see schema.h); unknown keys,
+// wrong types and out-of-range values are errors that name the key.
+#pragma once
+#include <string>
+#include <vector>
+
+#include "longseq/registry.h"
+#include "longseq/schema.h"
+
+namespace longseq {
+
+const Schema& model_schema();
+const Schema& data_schema();
+const Schema& train_schema();
+
+struct ModelConfig {
+  std::string type;  // decoder_lm | encoder_classifier
+  int64_t vocab_size = 256;
+  int64_t d_model = 256;
+  int64_t n_heads = 4;
+  int64_t n_layers = 4;
+  int64_t d_ff = 1024;
+  int64_t max_len = 2048;
+  std::string positions;  // sinusoidal | learned | none
+  double dropout = 0.0;
+  bool tie_embeddings = true;
+  std::vector<MixerSpec> layers;  // one per layer
+  int64_t num_classes = 2;
+  std::string pooling;  // mean | first
+
+  static ModelConfig from_json(const Json& j);  // j: the "model" section
+};
+
+struct RunConfig {
+  Json model, data, train;  // each validated, defaults filled
+  Json to_json() const;
+  static RunConfig from_json(const Json& j);
+};
+
+// Parses JSON text; a syntax error names `source`, line and column.
+Json parse_json_text(const std::string& text, const std::string& source);
+RunConfig load_run_config(const std::string& path);
+
+// The embedded default: the README's main job (byte LM on the Python docs).
+const char* default_config_text();
+
+}  // namespace longseq

@@ -1,0 +1,39 @@
+// The token-mixer contract: every attention mechanism is a module mapping
+// x: [B, T, C] -> [B, T, C]. Each mixer owns its projections, so no mixer needs
+// flags that another must interpret.
+#pragma once
+#include <torch/torch.h>
+
+#include <memory>
+
+namespace longseq {
+
+// Per-layer streaming state (KV cache, running sums, segment memory, ...).
+// A mixer downcasts the state it created in initial_state().
+struct MixerState {
+  virtual ~MixerState() = default;
+};
+
+struct MixContext {
+  bool causal = false;
+  torch::Tensor padding_mask;   // [B, T] bool, true = padding (may be undefined)
+  torch::Tensor global_mask;    // [B, T] bool, tokens with global attention (may be undefined)
+  int64_t offset = 0;           // absolute position of x[:, 0] when streaming
+  MixerState* state = nullptr;  // this layer's state; null = no streaming
+};
+
+class MixerImpl : public torch::nn::Module {
+ public:
+  // x: [B, T, C] -> [B, T, C]. With ctx.state set, x continues the sequence
+  // held in the state and the state is advanced past x.
+  virtual torch::Tensor forward(const torch::Tensor& x, MixContext& ctx) = 0;
+  // A fresh state for streaming `batch` sequences; null if the mixer cannot stream.
+  virtual std::unique_ptr<MixerState> initial_state(int64_t batch) const {
+    (void)batch;
+    return nullptr;
+  }
+};
+
+using Mixer = std::shared_ptr<MixerImpl>;
+
+}  // namespace longseq

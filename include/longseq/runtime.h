@@ -1,0 +1,45 @@
+// Process-level setup and small utilities: threads, BLAS health, files, progress.
+#pragma once
+#include <chrono>
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace longseq {
+
+// Sets LibTorch's intra-op threads; 0 = the machine's core count.
+int configure_threads(int threads);
+
+struct BlasCheck {
+  double gflops = 0;           // measured SGEMM rate, 512^3, all threads
+  bool openblas_loaded = false;
+  bool slow = false;           // far below what OpenBLAS gives on this many threads
+  std::string message;         // a warning to print when slow
+};
+BlasCheck check_blas();
+
+std::string read_file(const std::string& path);  // throws Error naming the path
+// Write to a temp file beside `path`, fsync, rename over it, fsync the directory.
+void write_file_atomic(const std::string& path, const std::string& data);
+bool path_exists(const std::string& path);
+
+// A one-line progress display on stderr; redraws in place on a terminal, else
+// prints a line every `every` updates.
+class Progress {
+ public:
+  Progress(std::string label, int64_t total);
+  void update(int64_t done, const std::string& fields);
+  void finish();
+
+ private:
+  std::string label_;
+  int64_t total_;
+  bool tty_;
+  std::chrono::steady_clock::time_point start_;
+  int64_t start_done_ = -1;
+  double last_print_ = -1e9;
+};
+
+std::string format_duration(double seconds);
+
+}  // namespace longseq

@@ -1,0 +1,83 @@
+// Training, checkpoints and evaluation of a decoder LM run.
+//
+// A run directory holds:
+//   config.json                  the validated config (defaults filled)
+//   model.safetensors            the weights (safetensors)
+//   trainer_state.safetensors    weights + AdamW moments + step, one file, so a
+//                                checkpoint is replaced by a single atomic rename
+//   metrics.jsonl                one JSON line per logged step and evaluation
+//   tokenizer.model              the SentencePiece model, when one is used
+#pragma once
+#include <torch/torch.h>
+
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "longseq/config.h"
+#include "longseq/data.h"
+#include "longseq/models.h"
+#include "longseq/safetensors.h"
+
+namespace longseq {
+
+// AdamW with decoupled weight decay (Loshchilov & Hutter 2019, Algorithm 2).
+// Weight decay applies to parameters with two or more dimensions only.
+class AdamW {
+ public:
+  AdamW(std::vector<std::pair<std::string, torch::Tensor>> params, double beta1, double beta2, double eps,
+        double weight_decay);
+  void step(double lr);
+  void zero_grad();
+  int64_t steps() const { return steps_; }
+  TensorFile state(const std::string& prefix) const;  // moments as named tensors
+  void load_state(const TensorFile& file, const std::string& prefix, int64_t steps, const std::string& source);
+
+ private:
+  std::vector<std::pair<std::string, torch::Tensor>> params_;
+  std::vector<torch::Tensor> m_, v_;
+  double beta1_, beta2_, eps_, weight_decay_;
+  int64_t steps_ = 0;
+};
+
+// Linear warm-up to lr, then cosine decay to lr * min_ratio at `total` steps.
+double learning_rate(int64_t step, int64_t total, int64_t warmup, double lr, double min_ratio);
+
+struct EvalResult {
+  double loss = 0;  // nats per token
+  double bpb = 0;   // bits per UTF-8 byte of the text
+  double ppl = 0;   // per token
+  int64_t tokens = 0;
+};
+EvalResult evaluate_lm(DecoderLMImpl& model, const TokenSplit& split, int64_t batch, int64_t seq_len,
+                       int64_t max_batches);
+
+struct TrainOptions {
+  std::string out_dir;
+  bool resume = false;
+  bool quiet = false;          // no progress bar
+  int64_t stop_after = 0;      // stop after this step without a final checkpoint (tests: a kill)
+};
+
+struct TrainResult {
+  int64_t last_step = 0;
+  std::vector<double> losses;  // training loss per step run in this call
+  EvalResult valid;
+  bool stopped_by_time = false;
+};
+
+// New run: cfg is the config; resume: cfg is ignored unless set, and must then
+// equal the run's own config.
+TrainResult train_run(const RunConfig* cfg, const TrainOptions& opts);
+
+// A finished or checkpointed run, loaded for eval or generation.
+struct LoadedRun {
+  RunConfig config;
+  ModelConfig model_config;
+  std::unique_ptr<Tokenizer> tokenizer;
+  DecoderLM model{nullptr};
+};
+LoadedRun load_run(const std::string& dir);
+
+}  // namespace longseq

@@ -1,0 +1,8 @@
+#!/usr/bin/env bash
+# Install, build, and run the default test suite (slow learning tests excluded;
+# run those with: ctest --test-dir build -L slow).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+bash scripts/build.sh
+ctest --test-dir build -LE slow -j"$(nproc)" --output-on-failure --timeout 600

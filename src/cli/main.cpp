@@ -1,0 +1,213 @@
+// The `longseq` program: a thin layer over the library.
+#include <CLI/CLI.hpp>
+#include <unistd.h>
+
+#include <cmath>
+#include <cstdlib>
+#include <cstdio>
+#include <iostream>
+
+#include "longseq/common.h"
+#include "longseq/config.h"
+#include "longseq/generate.h"
+#include "longseq/registry.h"
+#include "longseq/runtime.h"
+#include "longseq/train.h"
+
+using namespace longseq;
+
+namespace {
+
+// --set section.key=value: value is JSON when it parses as JSON, else a string.
+Json apply_overrides(Json cfg, const std::vector<std::string>& sets) {
+  for (const auto& s : sets) {
+    auto eq = s.find('=');
+    auto dot = s.find('.');
+    if (eq == std::string::npos || dot == std::string::npos || dot > eq)
+      throw Error("--set takes section.key=value (e.g. train.steps=100), got \"" + s + "\"");
+    const std::string section = s.substr(0, dot), key = s.substr(dot + 1, eq - dot - 1), text = s.substr(eq + 1);
+    if (section != "model" && section != "data" && section != "train")
+      throw Error("--set " + s + ": unknown section " + section + "; valid sections: model, data, train");
+    Json value = Json::parse(text, nullptr, false);
+    if (value.is_discarded()) value = text;
+    cfg[section][key] = value;
+  }
+  return cfg;
+}
+
+std::string allocation_policy() {
+  const char* tun = std::getenv("GLIBC_TUNABLES");
+  return tun && std::string(tun).find("glibc.malloc.hugetlb=1") != std::string::npos ? "glibc, huge pages (madvise)"
+                                                                                      : "glibc, default";
+}
+
+void print_info(bool markdown) {
+  std::printf("longseq %s\n\nMixers (model.mixer or model.layers entries):\n\n", "0.1.0");
+  for (const auto& m : mixer_registry()) {
+    std::printf("## %s\n%s\n(%s)\n", m.name.c_str(), m.summary.c_str(), m.citation.c_str());
+    std::printf("causal: %s, bidirectional: %s, strictly causal: %s, streams: %s\n\n",
+                m.supports_causal ? "yes" : "no", m.supports_bidirectional ? "yes" : "no",
+                m.strictly_causal ? "yes" : ("no (strict limit: " + m.strictly_causal_options.dump() + ")").c_str(),
+                m.streams ? "yes" : "no");
+    std::printf("%s\n", schema_markdown(m.schema).c_str());
+  }
+  if (markdown) {
+    std::printf("# Config sections\n\n## model\n%s\n## data\n%s\n## train\n%s\n", schema_markdown(model_schema()).c_str(),
+                schema_markdown(data_schema()).c_str(), schema_markdown(train_schema()).c_str());
+  }
+}
+
+// The allocation policy (DESIGN.md, "Memory faults"): glibc maps every block
+// above 32 MiB afresh and unmaps it on free, so attention's large temporaries
+// fault in new pages at every step; with transparent huge pages on "madvise"
+// here, asking glibc for huge pages makes the same training 5-8x faster.
+// glibc reads its tunables only at start-up, so the program re-executes
+// itself once with them set. LONGSEQ_MALLOC=system keeps the plain allocator.
+void choose_allocation_policy(char** argv) {
+  const char* policy = std::getenv("LONGSEQ_MALLOC");
+  if (policy && std::string(policy) == "system") return;
+  const char* tun = std::getenv("GLIBC_TUNABLES");
+  std::string tunables = tun ? tun : "";
+  if (tunables.find("glibc.malloc.hugetlb") != std::string::npos) return;  // already chosen
+  tunables = tunables.empty() ? "glibc.malloc.hugetlb=1" : tunables + ":glibc.malloc.hugetlb=1";
+  ::setenv("GLIBC_TUNABLES", tunables.c_str(), 1);
+  ::execv("/proc/self/exe", argv);  // returns only on failure: then run as we are
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  choose_allocation_policy(argv);
+  CLI::App app{"longseq: Transformers on long sequences (train, evaluate, generate)"};
+  app.require_subcommand(1);
+  int threads = 0;
+  app.add_option("--threads", threads, "intra-op threads (default: all cores)")->check(CLI::NonNegativeNumber);
+
+  auto* info = app.add_subcommand("info", "list every mixer with its options, and the config keys");
+  bool markdown = false;
+  info->add_flag("--config-keys", markdown, "also document every key of the config sections");
+
+  auto* config = app.add_subcommand("config", "print the embedded default config (the README's main job)");
+
+  auto* train = app.add_subcommand("train", "train a decoder LM; writes a run directory");
+  std::string config_path, out_dir;
+  std::vector<std::string> sets;
+  bool resume = false, quiet = false;
+  int64_t sample_len = 300;
+  train->add_option("--config", config_path, "config JSON (default: the embedded default, see `longseq config`)");
+  train->add_option("--out", out_dir, "run directory to create (or continue with --resume)")->required();
+  train->add_option("--set", sets, "override a config key: section.key=value (repeatable)");
+  train->add_flag("--resume", resume, "continue the run in --out from its last checkpoint");
+  train->add_flag("--quiet", quiet, "no progress display");
+  train->add_option("--sample", sample_len, "bytes of text to generate after training (0 = none)");
+
+  auto* eval = app.add_subcommand("eval", "evaluate a run: loss, bits per byte, perplexity");
+  std::string run_dir, split = "test";
+  int64_t eval_batch = 0, eval_max = 0, eval_len = 0;
+  bool as_json = false;
+  eval->add_option("run", run_dir, "run directory")->required();
+  eval->add_option("--split", split, "train, valid or test")->check(CLI::IsMember({"train", "valid", "test"}));
+  eval->add_option("--batch-size", eval_batch, "sequences per batch (default: the run's)");
+  eval->add_option("--seq-len", eval_len, "tokens per sequence (default: the run's)");
+  eval->add_option("--max-batches", eval_max, "at most this many batches (default: the whole split)");
+  eval->add_flag("--json", as_json, "print one JSON object");
+
+  auto* gen = app.add_subcommand("generate", "generate text from a run");
+  std::string prompt;
+  int64_t max_new = 200;
+  SampleOptions sopts;
+  bool no_cache = false;
+  gen->add_option("run", run_dir, "run directory")->required();
+  gen->add_option("--prompt", prompt, "text to continue")->required();
+  gen->add_option("--max-new", max_new, "tokens to generate")->check(CLI::NonNegativeNumber);
+  gen->add_option("--temperature", sopts.temperature, "0 = greedy")->check(CLI::NonNegativeNumber);
+  gen->add_option("--top-k", sopts.top_k, "keep the k most likely tokens (0 = off)")->check(CLI::NonNegativeNumber);
+  gen->add_option("--top-p", sopts.top_p, "keep the smallest set with this mass (1 = off)")->check(CLI::Range(0.0, 1.0));
+  gen->add_option("--seed", sopts.seed, "sampling seed");
+  gen->add_flag("--no-cache", no_cache, "recompute the whole sequence each step instead of using the state");
+
+  auto* tok = app.add_subcommand("tokenizer", "train a SentencePiece model");
+  std::string tok_input, tok_out, tok_type = "unigram";
+  int64_t tok_vocab = 4096;
+  tok->add_option("--input", tok_input, "text file to train on")->required();
+  tok->add_option("--out", tok_out, "output prefix (writes PREFIX.model, PREFIX.vocab)")->required();
+  tok->add_option("--vocab", tok_vocab, "vocabulary size")->check(CLI::Range(8, 1 << 20));
+  tok->add_option("--type", tok_type, "unigram or bpe")->check(CLI::IsMember({"unigram", "bpe"}));
+
+  CLI11_PARSE(app, argc, argv);
+
+  try {
+    const int n_threads = configure_threads(threads);
+    if (*info) {
+      print_info(markdown);
+    } else if (*config) {
+      std::printf("%s\n", default_config_text());
+    } else if (*train) {
+      auto blas = check_blas();
+      if (blas.slow) std::fprintf(stderr, "%s\n", blas.message.c_str());
+      if (!quiet)
+        std::fprintf(stderr, "threads: %d, SGEMM %.0f GFLOP/s (%s), allocator: %s\n", n_threads, blas.gflops,
+                     blas.openblas_loaded ? "OpenBLAS" : "no OpenBLAS", allocation_policy().c_str());
+      // A resumed run keeps its own config; one given with --resume must equal it.
+      RunConfig cfg;
+      const bool use_given = !resume || !config_path.empty() || !sets.empty();
+      if (use_given) {
+        Json raw = config_path.empty() ? parse_json_text(default_config_text(), "default config")
+                                       : parse_json_text(read_file(config_path), config_path);
+        try {
+          cfg = RunConfig::from_json(apply_overrides(raw, sets));
+        } catch (const Error& e) {
+          throw Error((config_path.empty() ? std::string("config") : config_path) + ": " + e.what());
+        }
+      }
+      TrainOptions opts;
+      opts.out_dir = out_dir;
+      opts.resume = resume;
+      opts.quiet = quiet;
+      auto r = train_run(use_given ? &cfg : nullptr, opts);
+      std::printf("step %lld: validation loss %.4f nats/token, %.4f bits per byte, perplexity %.3f\n",
+                  static_cast<long long>(r.last_step), r.valid.loss, r.valid.bpb, r.valid.ppl);
+      if (sample_len > 0) {
+        auto run = load_run(out_dir);
+        const std::string p = "The ";
+        SampleOptions s;
+        s.temperature = 0.8;
+        s.top_k = 40;
+        auto ids = generate(*run.model, run.tokenizer->encode(p), sample_len, s);
+        std::printf("sample:\n%s%s\n", p.c_str(), run.tokenizer->decode(ids).c_str());
+      }
+    } else if (*eval) {
+      auto run = load_run(run_dir);
+      auto text = read_corpus(run.config.data);
+      auto corpus = tokenize_corpus(text, *run.tokenizer);
+      const int64_t B = eval_batch > 0 ? eval_batch : run.config.train["batch_size"].get<int64_t>();
+      const int64_t T = eval_len > 0 ? eval_len : run.config.train["seq_len"].get<int64_t>();
+      auto r = evaluate_lm(*run.model, corpus.split(split), B, T, eval_max);
+      if (as_json) {
+        std::printf("%s\n", Json{{"split", split}, {"loss", r.loss}, {"bpb", r.bpb}, {"ppl", r.ppl},
+                                 {"tokens", r.tokens}}.dump().c_str());
+      } else {
+        std::printf("%s: loss %.4f nats/token, %.4f bits per byte, perplexity %.3f (%lld tokens)\n", split.c_str(),
+                    r.loss, r.bpb, r.ppl, static_cast<long long>(r.tokens));
+      }
+    } else if (*gen) {
+      auto run = load_run(run_dir);
+      sopts.use_cache = !no_cache;
+      auto ids = generate(*run.model, run.tokenizer->encode(prompt), max_new, sopts);
+      std::printf("%s%s\n", prompt.c_str(), run.tokenizer->decode(ids).c_str());
+    } else if (*tok) {
+      train_sentencepiece(tok_input, tok_out, tok_vocab, tok_type);
+      std::printf("wrote %s.model and %s.vocab\n", tok_out.c_str(), tok_out.c_str());
+    }
+  } catch (const Error& e) {
+    std::fprintf(stderr, "error: %s\n", e.what());
+    return 1;
+  } catch (const c10::Error& e) {
+    std::fprintf(stderr, "error: %s\n", e.what_without_backtrace());
+    return 1;
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "error: %s\n", e.what());
+    return 1;
+  }
+  return 0;
+}

@@ -1,0 +1,91 @@
+#include <algorithm>
+#include <filesystem>
+
+#include "longseq/common.h"
+#include "longseq/data.h"
+#include "longseq/runtime.h"
+
+namespace fs = std::filesystem;
+
+namespace longseq {
+
+std::string read_text_path(const std::string& path) {
+  std::error_code ec;
+  if (!fs::exists(path, ec)) throw Error("corpus path " + path + " does not exist");
+  if (!fs::is_directory(path, ec)) return read_file(path);
+  std::vector<std::string> files;
+  for (auto it = fs::recursive_directory_iterator(path, ec); it != fs::recursive_directory_iterator();
+       it.increment(ec)) {
+    if (ec) throw Error("cannot list " + path + ": " + ec.message());
+    if (it->is_regular_file()) files.push_back(it->path().generic_string());
+  }
+  if (files.empty()) throw Error("corpus directory " + path + " holds no files");
+  std::sort(files.begin(), files.end());  // deterministic across file systems
+  std::string out;
+  for (const auto& f : files) out += read_file(f);
+  return out;
+}
+
+TextSplits split_by_fraction(const std::string& text, double valid, double test) {
+  const size_t n = text.size();
+  const size_t n_test = static_cast<size_t>(static_cast<double>(n) * test);
+  const size_t n_valid = static_cast<size_t>(static_cast<double>(n) * valid);
+  const size_t n_train = n - n_valid - n_test;
+  return {text.substr(0, n_train), text.substr(n_train, n_valid), text.substr(n_train + n_valid)};
+}
+
+TextSplits read_enwik8(const std::string& file) {
+  std::error_code ec;
+  if (fs::is_directory(file, ec)) throw Error("enwik8/text8: " + file + " is a directory; give the file");
+  return split_by_fraction(read_text_path(file), 0.05, 0.05);
+}
+
+namespace {
+
+std::string first_existing(const std::string& dir, const std::vector<std::string>& names) {
+  for (const auto& n : names)
+    if (path_exists(dir + "/" + n)) return dir + "/" + n;
+  throw Error("corpus directory " + dir + " lacks " + join(names, " or "));
+}
+
+}  // namespace
+
+TextSplits read_wikitext103(const std::string& dir) {
+  TextSplits s;
+  s.train = read_file(first_existing(dir, {"wiki.train.tokens", "wiki.train.raw"}));
+  s.valid = read_file(first_existing(dir, {"wiki.valid.tokens", "wiki.valid.raw"}));
+  s.test = read_file(first_existing(dir, {"wiki.test.tokens", "wiki.test.raw"}));
+  return s;
+}
+
+TextSplits read_pg19(const std::string& dir) {
+  TextSplits s;
+  s.train = read_text_path(first_existing(dir, {"train"}));
+  s.valid = read_text_path(first_existing(dir, {"validation"}));
+  s.test = read_text_path(first_existing(dir, {"test"}));
+  return s;
+}
+
+std::string default_pydoc_path() { return "/usr/share/doc/python3.11/html/_sources"; }
+
+TextSplits read_pydoc(const std::string& dir) {
+  if (!path_exists(dir))
+    throw Error("the default corpus " + dir +
+                " is missing: install it with `apt-get install python3.11-doc` (scripts/setup.sh does),"
+                " or set data.path");
+  return split_by_fraction(read_text_path(dir), 0.05, 0.05);
+}
+
+TextSplits read_corpus(const Json& cfg) {
+  const std::string corpus = cfg.at("corpus");
+  const std::string path = cfg.at("path");
+  if (corpus == "pydoc") return read_pydoc(path.empty() ? default_pydoc_path() : path);
+  if (path.empty()) throw Error("data.path must name the " + corpus + " corpus");
+  if (corpus == "text") return split_by_fraction(read_text_path(path), 0.05, 0.05);
+  if (corpus == "enwik8" || corpus == "text8") return read_enwik8(path);
+  if (corpus == "wikitext103") return read_wikitext103(path);
+  if (corpus == "pg19") return read_pg19(path);
+  throw Error("unknown data.corpus " + corpus);
+}
+
+}  // namespace longseq

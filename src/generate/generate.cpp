@@ -1,0 +1,73 @@
+#include "longseq/generate.h"
+
+#include <algorithm>
+#include <numeric>
+
+#include "longseq/common.h"
+
+namespace longseq {
+
+int64_t sample_token(const torch::Tensor& logits, const SampleOptions& opts, std::mt19937_64& rng) {
+  auto l = logits.detach().to(torch::kDouble).contiguous();
+  const int64_t V = l.numel();
+  const double* p = l.data_ptr<double>();
+  if (opts.temperature <= 0) return static_cast<int64_t>(std::max_element(p, p + V) - p);
+  std::vector<int64_t> order(V);
+  std::iota(order.begin(), order.end(), 0);
+  std::stable_sort(order.begin(), order.end(), [&](int64_t a, int64_t b) { return p[a] > p[b]; });
+  int64_t keep = opts.top_k > 0 ? std::min(opts.top_k, V) : V;
+  std::vector<double> prob(keep);
+  const double top = p[order[0]];
+  double total = 0;
+  for (int64_t i = 0; i < keep; ++i) total += prob[i] = std::exp((p[order[i]] - top) / opts.temperature);
+  if (opts.top_p < 1.0) {  // smallest prefix whose mass reaches top_p (Holtzman et al. 2020)
+    double mass = 0;
+    int64_t n = 0;
+    while (n < keep && mass < opts.top_p * total) mass += prob[n++];
+    keep = std::max<int64_t>(n, 1);
+    total = 0;
+    for (int64_t i = 0; i < keep; ++i) total += prob[i];
+  }
+  double u = std::uniform_real_distribution<double>(0.0, total)(rng);
+  for (int64_t i = 0; i < keep; ++i) {
+    u -= prob[i];
+    if (u <= 0) return order[i];
+  }
+  return order[keep - 1];
+}
+
+std::vector<int64_t> generate(DecoderLMImpl& model, const std::vector<int64_t>& prompt, int64_t max_new,
+                              const SampleOptions& opts, std::vector<torch::Tensor>* step_logits) {
+  if (prompt.empty()) throw Error("generate: the prompt must hold at least one token");
+  for (auto id : prompt)
+    if (id < 0 || id >= model.config().vocab_size)
+      throw Error("generate: prompt token " + std::to_string(id) + " is outside the vocabulary");
+  torch::NoGradGuard no_grad;
+  model.eval();
+  std::mt19937_64 rng(opts.seed);
+  std::vector<int64_t> seq = prompt, out;
+  auto as_tensor = [](const std::vector<int64_t>& ids, size_t from) {
+    return torch::tensor(std::vector<int64_t>(ids.begin() + static_cast<std::ptrdiff_t>(from), ids.end()),
+                         torch::kLong).unsqueeze(0);
+  };
+  ModelState state;
+  if (opts.use_cache) state = model.initial_state(1);
+  size_t fed = 0;  // tokens already in the state
+  for (int64_t i = 0; i < max_new; ++i) {
+    torch::Tensor logits;
+    if (opts.use_cache) {
+      logits = model.forward(as_tensor(seq, fed), &state);
+      fed = seq.size();
+    } else {
+      logits = model.forward(as_tensor(seq, 0));
+    }
+    auto last = logits[0][logits.size(1) - 1];
+    if (step_logits) step_logits->push_back(last.clone());
+    int64_t next = sample_token(last, opts, rng);
+    seq.push_back(next);
+    out.push_back(next);
+  }
+  return out;
+}
+
+}  // namespace longseq

@@ -1,0 +1,106 @@
+#include "longseq/layers.h"
+
+#include <cmath>
+
+#include "longseq/common.h"
+
+namespace longseq {
+
+FeedForwardImpl::FeedForwardImpl(int64_t d_model, int64_t d_ff, double dropout) : dropout_(dropout) {
+  w_in_ = register_module("w_in", torch::nn::Linear(d_model, d_ff));
+  w_out_ = register_module("w_out", torch::nn::Linear(d_ff, d_model));
+}
+
+torch::Tensor FeedForwardImpl::forward(const torch::Tensor& x) {
+  auto h = torch::gelu(w_in_(x));
+  if (dropout_ > 0) h = torch::dropout(h, dropout_, is_training());
+  return w_out_(h);
+}
+
+BlockImpl::BlockImpl(Mixer mixer, int64_t d_model, int64_t d_ff, double dropout)
+    : mixer_(std::move(mixer)), dropout_(dropout) {
+  ln_mix_ = register_module("ln_mix", torch::nn::LayerNorm(torch::nn::LayerNormOptions({d_model})));
+  register_module("mixer", mixer_);
+  ln_ff_ = register_module("ln_ff", torch::nn::LayerNorm(torch::nn::LayerNormOptions({d_model})));
+  ff_ = register_module("ff", FeedForward(d_model, d_ff, dropout));
+}
+
+torch::Tensor BlockImpl::forward(const torch::Tensor& x, MixContext& ctx) {
+  auto h = mixer_->forward(ln_mix_(x), ctx);
+  if (dropout_ > 0) h = torch::dropout(h, dropout_, is_training());
+  auto y = x + h;
+  auto f = ff_(ln_ff_(y));
+  if (dropout_ > 0) f = torch::dropout(f, dropout_, is_training());
+  return y + f;
+}
+
+torch::Tensor sinusoidal_positions(const torch::Tensor& positions, int64_t C) {
+  auto opts = torch::TensorOptions().dtype(torch::kFloat).device(positions.device());
+  auto pos = positions.to(torch::kFloat).unsqueeze(1);                      // [T, 1]
+  auto i = torch::arange(0, (C + 1) / 2, opts);                             // [C/2]
+  auto freq = torch::exp(i * (-2.0 * std::log(10000.0) / static_cast<double>(C)));
+  auto angle = pos * freq.unsqueeze(0);                                     // [T, C/2]
+  auto table = torch::stack({torch::sin(angle), torch::cos(angle)}, 2).flatten(1);  // interleaved
+  return table.slice(1, 0, C);
+}
+
+TrunkImpl::TrunkImpl(const ModelConfig& cfg) : cfg_(cfg) {
+  embed_ = register_module("embed", torch::nn::Embedding(cfg.vocab_size, cfg.d_model));
+  torch::nn::init::normal_(embed_->weight, 0.0, 0.02);
+  if (cfg.positions == "learned") {
+    learned_pos_ = register_module("pos", torch::nn::Embedding(cfg.max_len, cfg.d_model));
+    torch::nn::init::normal_(learned_pos_->weight, 0.0, 0.02);
+  }
+  for (int64_t i = 0; i < cfg.n_layers; ++i) {
+    auto mixer = make_mixer(cfg.layers[i], cfg.d_model, cfg.n_heads, i);
+    blocks_.push_back(register_module("block" + std::to_string(i),
+                                      Block(mixer, cfg.d_model, cfg.d_ff, cfg.dropout)));
+  }
+  ln_final_ = register_module("ln_final", torch::nn::LayerNorm(torch::nn::LayerNormOptions({cfg.d_model})));
+}
+
+torch::Tensor TrunkImpl::forward(const torch::Tensor& tokens, bool causal,
+                                 const torch::Tensor& padding_mask, ModelState* state,
+                                 const torch::Tensor& global_mask) {
+  TORCH_CHECK(tokens.dim() == 2, "model: tokens must be [B, T], got ", tokens.sizes());
+  const int64_t T = tokens.size(1);
+  const int64_t offset = state ? state->offset : 0;
+  if (state) TORCH_CHECK(state->layers.size() == blocks_.size(), "model: state has ",
+                         state->layers.size(), " layers, model has ", blocks_.size());
+  auto x = embed_(tokens);
+  if (cfg_.positions != "none") {
+    auto pos = torch::arange(offset, offset + T, torch::TensorOptions().dtype(torch::kLong).device(tokens.device()));
+    if (cfg_.positions == "learned") {
+      if (offset + T > cfg_.max_len)
+        throw Error("position " + std::to_string(offset + T - 1) + " exceeds model.max_len = " +
+                    std::to_string(cfg_.max_len) + " of the learned positions");
+      x = x + learned_pos_(pos);
+    } else {
+      x = x + sinusoidal_positions(pos, cfg_.d_model).to(x.dtype());
+    }
+  }
+  if (cfg_.dropout > 0) x = torch::dropout(x, cfg_.dropout, is_training());
+  for (size_t i = 0; i < blocks_.size(); ++i) {
+    MixContext ctx;
+    ctx.causal = causal;
+    ctx.padding_mask = padding_mask;
+    ctx.global_mask = global_mask;
+    ctx.offset = offset;
+    ctx.state = state ? state->layers[i].get() : nullptr;
+    x = blocks_[i]->forward(x, ctx);
+  }
+  if (state) state->offset += T;
+  return ln_final_(x);
+}
+
+ModelState TrunkImpl::initial_state(int64_t batch) const {
+  ModelState s;
+  for (size_t i = 0; i < blocks_.size(); ++i) {
+    auto st = blocks_[i]->mixer().initial_state(batch);
+    if (!st) throw Error("layer " + std::to_string(i) + " (mixer " + cfg_.layers[i].name + ") cannot stream");
+    s.layers.push_back(std::move(st));
+  }
+  return s;
+}
+
+}  // namespace longseq

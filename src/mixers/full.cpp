@@ -1,0 +1,92 @@
+// "full": exact multi-head scaled dot-product attention.
+// Vaswani et al. 2017, "Attention Is All You Need", sec. 3.2.1-3.2.2.
+// Cost O(T^2 * C) time and O(T^2 * H) memory per layer (reference kernel).
+// Streams through a KV cache (incremental decoding, causal mode only).
+#include "longseq/common.h"
+#include "longseq/kernels/attention_reference.h"
+#include "longseq/mixers/heads.h"
+#include "longseq/registry.h"
+
+namespace longseq {
+
+torch::Tensor append_padding(const torch::Tensor& cached, int64_t cached_len,
+                             const torch::Tensor& next, int64_t B, int64_t T) {
+  if (!cached.defined() && !next.defined()) return {};
+  auto opts = torch::TensorOptions().dtype(torch::kBool);
+  auto a = cached.defined() ? cached : torch::zeros({B, cached_len}, opts);
+  auto b = next.defined() ? next.to(torch::kBool).cpu() : torch::zeros({B, T}, opts);
+  return torch::cat({a.cpu(), b}, 1);
+}
+
+namespace {
+
+struct KvCache : MixerState {
+  torch::Tensor k, v;         // [B, H, S, D]
+  torch::Tensor key_padding;  // [B, S] or undefined
+  int64_t length = 0;
+};
+
+class FullAttentionImpl : public MixerImpl {
+ public:
+  explicit FullAttentionImpl(const MixerArgs& a)
+      : heads_(a.n_heads), dropout_(a.options["dropout"].get<double>()) {
+    const bool bias = a.options["bias"].get<bool>();
+    qkv_ = register_module("qkv", torch::nn::Linear(
+                                      torch::nn::LinearOptions(a.d_model, 3 * a.d_model).bias(bias)));
+    out_ = register_module("out", torch::nn::Linear(
+                                      torch::nn::LinearOptions(a.d_model, a.d_model).bias(bias)));
+  }
+
+  torch::Tensor forward(const torch::Tensor& x, MixContext& ctx) override {
+    TORCH_CHECK(x.dim() == 3, "full: x must be [B, T, C], got ", x.sizes());
+    const int64_t B = x.size(0), T = x.size(1);
+    auto qkv = qkv_(x).chunk(3, -1);
+    auto q = split_heads(qkv[0], heads_), k = split_heads(qkv[1], heads_),
+         v = split_heads(qkv[2], heads_);
+    AttentionMask mask{ctx.causal, ctx.padding_mask};
+    if (ctx.state) {
+      auto* cache = dynamic_cast<KvCache*>(ctx.state);
+      TORCH_CHECK(cache, "full: the state passed was not made by this mixer");
+      TORCH_CHECK(ctx.causal, "full: streaming with a KV cache needs causal mode");
+      if (cache->length > 0) {
+        k = torch::cat({cache->k, k}, 2);
+        v = torch::cat({cache->v, v}, 2);
+      }
+      mask.key_padding = append_padding(cache->key_padding, cache->length, ctx.padding_mask, B, T);
+      cache->k = k.detach();
+      cache->v = v.detach();
+      cache->key_padding = mask.key_padding;
+      cache->length += T;
+    }
+    if (mask.key_padding.defined()) mask.key_padding = mask.key_padding.to(x.device());
+    auto y = attention_reference(q, k, v, mask, dropout_, is_training());
+    return out_(merge_heads(y));
+  }
+
+  std::unique_ptr<MixerState> initial_state(int64_t) const override {
+    return std::make_unique<KvCache>();
+  }
+
+ private:
+  int64_t heads_;
+  double dropout_;
+  torch::nn::Linear qkv_{nullptr}, out_{nullptr};
+};
+
+}  // namespace
+
+MixerInfo full_mixer_info() {
+  MixerInfo info;
+  info.name = "full";
+  info.summary = "exact multi-head softmax attention, O(T^2); KV cache for decoding";
+  info.citation = "Vaswani et al. 2017, Attention Is All You Need, sec. 3.2";
+  info.schema = {
+      {"dropout", OptionType::Float, 0.0, "dropout on the attention probabilities", 0.0, 1.0},
+      {"bias", OptionType::Bool, true, "bias terms in the q/k/v and output projections"},
+  };
+  info.make = [](const MixerArgs& a) -> Mixer { return std::make_shared<FullAttentionImpl>(a); };
+  info.streams = true;
+  return info;
+}
+
+}  // namespace longseq

@@ -1,0 +1,55 @@
+// The explicit list of mechanisms: one line each. Adding a mechanism means a
+// new file under mixers/ and one line here, nothing else.
+#include "longseq/registry.h"
+
+#include "longseq/common.h"
+
+namespace longseq {
+
+MixerInfo full_mixer_info();
+
+const std::vector<MixerInfo>& mixer_registry() {
+  static const std::vector<MixerInfo> registry = {
+      full_mixer_info(),
+  };
+  return registry;
+}
+
+const MixerInfo& find_mixer(const std::string& name) {
+  std::vector<std::string> names;
+  for (const auto& info : mixer_registry()) {
+    if (info.name == name) return info;
+    names.push_back(info.name);
+  }
+  throw Error("unknown mixer \"" + name + "\"; registered mixers: " + join(names));
+}
+
+MixerSpec parse_mixer_spec(const Json& spec, const std::string& where) {
+  MixerSpec out;
+  Json options = Json::object();
+  if (spec.is_string()) {
+    out.name = spec.get<std::string>();
+  } else if (spec.is_object()) {
+    if (!spec.contains("name") || !spec["name"].is_string())
+      throw Error(where + " must have a string \"name\" (the mixer), got " + spec.dump());
+    out.name = spec["name"].get<std::string>();
+    options = spec;
+    options.erase("name");
+  } else {
+    throw Error(where + " must be a mixer name or an object with \"name\", got " + spec.dump());
+  }
+  const auto& info = find_mixer(out.name);
+  out.options = validate_options(options, info.schema, where);
+  return out;
+}
+
+Mixer make_mixer(const MixerSpec& spec, int64_t d_model, int64_t n_heads, int64_t layer_index) {
+  const auto& info = find_mixer(spec.name);
+  if (n_heads <= 0 || d_model % n_heads != 0)
+    throw Error("mixer " + spec.name + ": d_model " + std::to_string(d_model) +
+                " must be a positive multiple of n_heads " + std::to_string(n_heads));
+  MixerArgs args{d_model, n_heads, layer_index, validate_options(spec.options, info.schema, spec.name)};
+  return info.make(args);
+}
+
+}  // namespace longseq

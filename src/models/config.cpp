@@ -1,0 +1,159 @@
+#include "longseq/config.h"
+
+#include <fstream>
+#include <sstream>
+
+#include "longseq/common.h"
+
+namespace longseq {
+
+const Schema& model_schema() {
+  static const Schema s = {
+      {"type", OptionType::String, "decoder_lm", "model family", -1e300, 1e300,
+       {"decoder_lm", "encoder_classifier"}},
+      {"vocab_size", OptionType::Int, 256, "vocabulary size (256 for the byte tokenizer)", 2, 1e7},
+      {"d_model", OptionType::Int, 256, "model width C", 1, 65536},
+      {"n_heads", OptionType::Int, 4, "attention heads H (d_model must be a multiple)", 1, 1024},
+      {"n_layers", OptionType::Int, 4, "number of blocks (ignored when \"layers\" is given)", 1, 1024},
+      {"d_ff", OptionType::Int, 0, "feed-forward width; 0 means 4 * d_model", 0, 1 << 20},
+      {"max_len", OptionType::Int, 2048, "longest position for learned positions", 1, 1 << 30},
+      {"positions", OptionType::String, "sinusoidal", "absolute positions added to the embeddings",
+       -1e300, 1e300, {"sinusoidal", "learned", "none"}},
+      {"dropout", OptionType::Float, 0.0, "dropout on residual branches and embeddings", 0.0, 1.0},
+      {"tie_embeddings", OptionType::Bool, true, "output projection shares the token embedding"},
+      {"mixer", OptionType::Any, "full", "mixer of every layer: a name or {\"name\": ..., options}"},
+      {"layers", OptionType::Any, Json::array(),
+       "per-layer mixers (list of names or objects); overrides mixer and n_layers"},
+      {"num_classes", OptionType::Int, 2, "classes (encoder_classifier)", 2, 1e6},
+      {"pooling", OptionType::String, "mean", "how the classifier pools tokens (encoder_classifier)",
+       -1e300, 1e300, {"mean", "first"}},
+  };
+  return s;
+}
+
+const Schema& data_schema() {
+  static const Schema s = {
+      {"corpus", OptionType::String, "pydoc", "which reader loads the text", -1e300, 1e300,
+       {"pydoc", "text", "enwik8", "text8", "wikitext103", "pg19"}},
+      {"path", OptionType::String, "",
+       "file or directory of the corpus; empty = the default (pydoc: Debian's python3.11-doc sources)"},
+      {"tokenizer", OptionType::String, "byte", "byte (256 symbols) or a SentencePiece model",
+       -1e300, 1e300, {"byte", "sentencepiece"}},
+      {"spm_model", OptionType::String, "", "SentencePiece .model file (tokenizer = sentencepiece)"},
+  };
+  return s;
+}
+
+const Schema& train_schema() {
+  static const Schema s = {
+      {"steps", OptionType::Int, 1000, "optimizer steps", 1, 1e9},
+      {"batch_size", OptionType::Int, 8, "sequences per micro-batch", 1, 1 << 20},
+      {"seq_len", OptionType::Int, 512, "tokens per training sequence (context T)", 1, 1 << 30},
+      {"accum", OptionType::Int, 1, "micro-batches accumulated per optimizer step", 1, 1 << 20},
+      {"lr", OptionType::Float, 1e-3, "peak learning rate", 0.0, 10.0},
+      {"min_lr_ratio", OptionType::Float, 0.1, "final learning rate as a fraction of lr", 0.0, 1.0},
+      {"warmup", OptionType::Int, 100, "linear warm-up steps", 0, 1e9},
+      {"weight_decay", OptionType::Float, 0.1, "AdamW decoupled weight decay (matrices only)", 0.0, 10.0},
+      {"beta1", OptionType::Float, 0.9, "AdamW beta1", 0.0, 0.999999},
+      {"beta2", OptionType::Float, 0.95, "AdamW beta2", 0.0, 0.999999},
+      {"eps", OptionType::Float, 1e-8, "AdamW epsilon", 0.0, 1.0},
+      {"grad_clip", OptionType::Float, 1.0, "clip the global gradient norm; 0 = off", 0.0, 1e9},
+      {"seed", OptionType::Int, 1234, "seed of initialization, batches and dropout", 0, 9e18},
+      {"eval_every", OptionType::Int, 200, "validate every N steps; 0 = only at the end", 0, 1e9},
+      {"eval_batches", OptionType::Int, 8, "validation batches per evaluation", 1, 1e9},
+      {"log_every", OptionType::Int, 10, "write a metrics line every N steps", 1, 1e9},
+      {"checkpoint_every", OptionType::Int, 100, "checkpoint every N steps (and at the end)", 1, 1e9},
+      {"time_limit", OptionType::Float, 0.0,
+       "stop (with a checkpoint) after this many seconds of training; 0 = no limit", 0.0, 1e9},
+  };
+  return s;
+}
+
+ModelConfig ModelConfig::from_json(const Json& raw) {
+  Json j = validate_options(raw, model_schema(), "model");
+  ModelConfig c;
+  c.type = j["type"];
+  c.vocab_size = j["vocab_size"];
+  c.d_model = j["d_model"];
+  c.n_heads = j["n_heads"];
+  c.n_layers = j["n_layers"];
+  c.d_ff = j["d_ff"].get<int64_t>() == 0 ? 4 * c.d_model : j["d_ff"].get<int64_t>();
+  c.max_len = j["max_len"];
+  c.positions = j["positions"];
+  c.dropout = j["dropout"];
+  c.tie_embeddings = j["tie_embeddings"];
+  c.num_classes = j["num_classes"];
+  c.pooling = j["pooling"];
+  if (c.d_model % c.n_heads != 0)
+    throw Error("model.d_model = " + std::to_string(c.d_model) +
+                " must be a multiple of model.n_heads = " + std::to_string(c.n_heads));
+  const Json& layers = j["layers"];
+  if (!layers.is_array()) throw Error("model.layers must be a list of mixer specs");
+  if (layers.empty()) {
+    for (int64_t i = 0; i < c.n_layers; ++i) c.layers.push_back(parse_mixer_spec(j["mixer"], "model.mixer"));
+  } else {
+    for (size_t i = 0; i < layers.size(); ++i)
+      c.layers.push_back(parse_mixer_spec(layers[i], "model.layers[" + std::to_string(i) + "]"));
+    c.n_layers = static_cast<int64_t>(layers.size());
+  }
+  return c;
+}
+
+Json RunConfig::to_json() const { return Json{{"model", model}, {"data", data}, {"train", train}}; }
+
+RunConfig RunConfig::from_json(const Json& j) {
+  if (!j.is_object()) throw Error("a config must be a JSON object with model, data and train sections");
+  for (auto it = j.begin(); it != j.end(); ++it)
+    if (it.key() != "model" && it.key() != "data" && it.key() != "train")
+      throw Error("unknown key " + it.key() + "; valid keys: model, data, train");
+  RunConfig c;
+  c.model = validate_options(j.value("model", Json::object()), model_schema(), "model");
+  ModelConfig::from_json(c.model);  // checks mixers and cross-key rules
+  c.data = validate_options(j.value("data", Json::object()), data_schema(), "data");
+  c.train = validate_options(j.value("train", Json::object()), train_schema(), "train");
+  if (c.data["tokenizer"] == "sentencepiece" && c.data["spm_model"].get<std::string>().empty())
+    throw Error("data.spm_model must name a SentencePiece .model file when data.tokenizer is sentencepiece");
+  if (c.model["positions"] == "learned" && c.train["seq_len"].get<int64_t>() > c.model["max_len"].get<int64_t>())
+    throw Error("train.seq_len exceeds model.max_len with learned positions");
+  return c;
+}
+
+Json parse_json_text(const std::string& text, const std::string& source) {
+  try {
+    return Json::parse(text);
+  } catch (const Json::parse_error& e) {
+    size_t line = 1, col = 1;
+    for (size_t i = 0; i + 1 < e.byte && i < text.size(); ++i) {
+      if (text[i] == '\n') { ++line; col = 1; } else { ++col; }
+    }
+    throw Error(source + ": malformed JSON at line " + std::to_string(line) + ", column " +
+                std::to_string(col) + ": " + e.what());
+  }
+}
+
+RunConfig load_run_config(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) throw Error("cannot read config file " + path);
+  std::stringstream ss;
+  ss << in.rdbuf();
+  try {
+    return RunConfig::from_json(parse_json_text(ss.str(), path));
+  } catch (const Error& e) {
+    const std::string msg = e.what();
+    if (msg.rfind(path, 0) == 0) throw;
+    throw Error(path + ": " + msg);
+  }
+}
+
+const char* default_config_text() {
+  return R"({
+  "model": {"type": "decoder_lm", "vocab_size": 256, "d_model": 128, "n_heads": 4,
+            "n_layers": 4, "d_ff": 512, "positions": "sinusoidal", "mixer": "full"},
+  "data":  {"corpus": "pydoc", "tokenizer": "byte"},
+  "train": {"steps": 100, "batch_size": 4, "seq_len": 2048, "lr": 3e-3, "warmup": 10,
+            "eval_every": 50, "eval_batches": 4, "log_every": 5, "checkpoint_every": 25,
+            "time_limit": 300}
+})";
+}
+
+}  // namespace longseq

@@ -1,0 +1,18 @@
+#include "longseq/models.h"
+
+namespace longseq {
+
+DecoderLMImpl::DecoderLMImpl(const ModelConfig& cfg) {
+  trunk_ = register_module("trunk", Trunk(cfg));
+  if (!cfg.tie_embeddings)
+    head_ = register_module("head", torch::nn::Linear(torch::nn::LinearOptions(cfg.d_model, cfg.vocab_size).bias(false)));
+}
+
+torch::Tensor DecoderLMImpl::forward(const torch::Tensor& tokens, ModelState* state,
+                                     const torch::Tensor& padding_mask) {
+  auto h = trunk_->forward(tokens, /*causal=*/true, padding_mask, state);
+  if (head_) return head_(h);
+  return torch::matmul(h, trunk_->embedding()->weight.t());  // tied output (Press & Wolf 2017)
+}
+
+}  // namespace longseq

@@ -1,0 +1,118 @@
+#include <gtest/gtest.h>
+
+#include "helpers.h"
+#include "longseq/common.h"
+#include "longseq/config.h"
+
+using namespace longseq;
+
+namespace {
+
+std::string error_of(const std::function<void()>& f) {
+  try {
+    f();
+  } catch (const Error& e) {
+    return e.what();
+  }
+  return "";
+}
+
+Json base() { return parse_json_text(default_config_text(), "default"); }
+
+TEST(Config, DefaultIsValidAndFillsDefaults) {
+  auto c = RunConfig::from_json(base());
+  EXPECT_EQ(c.model["d_model"], 128);
+  EXPECT_EQ(c.train["beta2"], 0.95);  // not in the text: filled from the schema
+  EXPECT_GE(c.train["seq_len"].get<int64_t>(), 2048);
+  auto m = ModelConfig::from_json(c.model);
+  EXPECT_EQ(m.layers.size(), 4u);
+  EXPECT_EQ(m.layers[0].name, "full");
+}
+
+TEST(Config, UnknownKeyIsNamedWithValidKeys) {
+  Json j = base();
+  j["train"]["stepz"] = 5;
+  auto msg = error_of([&] { RunConfig::from_json(j); });
+  EXPECT_NE(msg.find("train.stepz"), std::string::npos) << msg;
+  EXPECT_NE(msg.find("steps"), std::string::npos) << msg;
+}
+
+TEST(Config, UnknownSectionIsAnError) {
+  Json j = base();
+  j["optim"] = Json::object();
+  EXPECT_NE(error_of([&] { RunConfig::from_json(j); }).find("optim"), std::string::npos);
+}
+
+TEST(Config, WrongTypeNamesKeyAndType) {
+  Json j = base();
+  j["model"]["d_model"] = "wide";
+  auto msg = error_of([&] { RunConfig::from_json(j); });
+  EXPECT_NE(msg.find("model.d_model"), std::string::npos) << msg;
+  EXPECT_NE(msg.find("int"), std::string::npos) << msg;
+}
+
+TEST(Config, OutOfRangeNamesKeyAndRange) {
+  Json j = base();
+  j["train"]["lr"] = -1.0;
+  auto msg = error_of([&] { RunConfig::from_json(j); });
+  EXPECT_NE(msg.find("train.lr"), std::string::npos) << msg;
+  EXPECT_NE(msg.find("out of range"), std::string::npos) << msg;
+}
+
+TEST(Config, BadChoiceListsChoices) {
+  Json j = base();
+  j["model"]["positions"] = "rotary";
+  auto msg = error_of([&] { RunConfig::from_json(j); });
+  EXPECT_NE(msg.find("model.positions"), std::string::npos) << msg;
+  EXPECT_NE(msg.find("sinusoidal"), std::string::npos) << msg;
+}
+
+TEST(Config, UnknownMixerListsRegisteredOnes) {
+  Json j = base();
+  j["model"]["mixer"] = "flashy";
+  auto msg = error_of([&] { RunConfig::from_json(j); });
+  EXPECT_NE(msg.find("flashy"), std::string::npos) << msg;
+  EXPECT_NE(msg.find("full"), std::string::npos) << msg;
+}
+
+TEST(Config, UnknownMixerOptionIsNamed) {
+  Json j = base();
+  j["model"]["layers"] = Json::array({"full", Json{{"name", "full"}, {"window", 3}}});
+  auto msg = error_of([&] { RunConfig::from_json(j); });
+  EXPECT_NE(msg.find("model.layers[1].window"), std::string::npos) << msg;
+  EXPECT_NE(msg.find("dropout"), std::string::npos) << msg;
+}
+
+TEST(Config, PerLayerMixersOverrideLayerCount) {
+  Json j = base();
+  j["model"]["layers"] = Json::array({"full", Json{{"name", "full"}, {"dropout", 0.1}}});
+  auto m = ModelConfig::from_json(RunConfig::from_json(j).model);
+  ASSERT_EQ(m.n_layers, 2);
+  EXPECT_DOUBLE_EQ(m.layers[1].options["dropout"].get<double>(), 0.1);
+}
+
+TEST(Config, HeadsMustDivideWidth) {
+  Json j = base();
+  j["model"]["n_heads"] = 3;
+  EXPECT_NE(error_of([&] { RunConfig::from_json(j); }).find("n_heads"), std::string::npos);
+}
+
+TEST(Config, MalformedJsonGivesLineAndColumn) {
+  auto msg = error_of([] { parse_json_text("{\n  \"model\": {\n    \"d_model\": 12,,\n  }\n}", "c.json"); });
+  EXPECT_NE(msg.find("c.json"), std::string::npos) << msg;
+  EXPECT_NE(msg.find("line 3"), std::string::npos) << msg;
+  EXPECT_NE(msg.find("column"), std::string::npos) << msg;
+}
+
+TEST(Config, MissingFileIsNamed) {
+  auto msg = error_of([] { load_run_config("/nonexistent/dir/c.json"); });
+  EXPECT_NE(msg.find("/nonexistent/dir/c.json"), std::string::npos) << msg;
+}
+
+TEST(Config, SentencePieceNeedsModelPath) {
+  Json j = base();
+  j["data"]["tokenizer"] = "sentencepiece";
+  EXPECT_NE(error_of([&] { RunConfig::from_json(j); }).find("data.spm_model"), std::string::npos);
+}
+
+}  // namespace
