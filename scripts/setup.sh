@@ -6,6 +6,7 @@ packages=(
   g++ cmake make pkg-config ccache git
   libtorch-dev             # LibTorch: tensors, autograd
   libopenblas0-openmp      # fast BLAS for LibTorch (else the reference BLAS, ~20x slower)
+  libopenblas-openmp-dev   # libblas.so for the fused kernels' cblas_sgemm
   nlohmann-json3-dev       # configs, metrics, safetensors headers
   libcli11-dev             # command line
   libsentencepiece-dev     # subword tokenizers

@@ -42,11 +42,16 @@ torch::Tensor attention_reference(const torch::Tensor& q, const torch::Tensor& k
   const double scale = 1.0 / std::sqrt(static_cast<double>(q.size(3)));
   auto scores = torch::matmul(q, k.transpose(-2, -1)) * scale;  // [B, H, T, S]
   auto blocked = attention_reference_blocked(T, S, mask, q.device());
-  // The lowest finite value (not -inf) keeps fully-masked rows finite: they
-  // become uniform instead of NaN, and masked entries still get zero weight.
-  if (blocked.defined())
+  // The lowest finite value (not -inf) keeps fully-masked rows finite (no NaN);
+  // such rows are then zeroed, so a query that sees no key returns zeros.
+  torch::Tensor probs;
+  if (blocked.defined()) {
     scores = scores.masked_fill(blocked, std::numeric_limits<float>::lowest());
-  auto probs = torch::softmax(scores, -1);
+    auto sees_some = (~blocked).any(-1, /*keepdim=*/true);
+    probs = torch::softmax(scores, -1) * sees_some.to(scores.dtype());
+  } else {
+    probs = torch::softmax(scores, -1);
+  }
   if (dropout > 0.0 && training) probs = torch::dropout(probs, dropout, true);
   return torch::matmul(probs, v);
 }

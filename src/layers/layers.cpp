@@ -46,7 +46,10 @@ torch::Tensor sinusoidal_positions(const torch::Tensor& positions, int64_t C) {
 
 TrunkImpl::TrunkImpl(const ModelConfig& cfg) : cfg_(cfg) {
   embed_ = register_module("embed", torch::nn::Embedding(cfg.vocab_size, cfg.d_model));
-  torch::nn::init::normal_(embed_->weight, 0.0, 0.02);
+  // Unit-scale token vectors after the sqrt(C) factor of forward(), so the
+  // sinusoidal positions (also unit scale) do not drown the token identity;
+  // the tied output then yields logits of unit scale.
+  torch::nn::init::normal_(embed_->weight, 0.0, 1.0 / std::sqrt(static_cast<double>(cfg.d_model)));
   if (cfg.positions == "learned") {
     learned_pos_ = register_module("pos", torch::nn::Embedding(cfg.max_len, cfg.d_model));
     torch::nn::init::normal_(learned_pos_->weight, 0.0, 0.02);
@@ -67,7 +70,7 @@ torch::Tensor TrunkImpl::forward(const torch::Tensor& tokens, bool causal,
   const int64_t offset = state ? state->offset : 0;
   if (state) TORCH_CHECK(state->layers.size() == blocks_.size(), "model: state has ",
                          state->layers.size(), " layers, model has ", blocks_.size());
-  auto x = embed_(tokens);
+  auto x = embed_(tokens) * std::sqrt(static_cast<double>(cfg_.d_model));  // Vaswani et al. 2017, sec. 3.4
   if (cfg_.positions != "none") {
     auto pos = torch::arange(offset, offset + T, torch::TensorOptions().dtype(torch::kLong).device(tokens.device()));
     if (cfg_.positions == "learned") {

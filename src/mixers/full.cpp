@@ -1,9 +1,11 @@
 // "full": exact multi-head scaled dot-product attention.
 // Vaswani et al. 2017, "Attention Is All You Need", sec. 3.2.1-3.2.2.
-// Cost O(T^2 * C) time and O(T^2 * H) memory per layer (reference kernel).
+// Cost O(T^2 * C) time; memory O(T^2 * H) on the reference kernel, O(T * C)
+// on the fused CPU kernel (kernels/cpu/flash_attention.cpp).
 // Streams through a KV cache (incremental decoding, causal mode only).
 #include "longseq/common.h"
 #include "longseq/kernels/attention_reference.h"
+#include "longseq/kernels/flash_attention.h"
 #include "longseq/mixers/heads.h"
 #include "longseq/registry.h"
 
@@ -29,7 +31,7 @@ struct KvCache : MixerState {
 class FullAttentionImpl : public MixerImpl {
  public:
   explicit FullAttentionImpl(const MixerArgs& a)
-      : heads_(a.n_heads), dropout_(a.options["dropout"].get<double>()) {
+      : heads_(a.n_heads), dropout_(a.options["dropout"].get<double>()), kernel_(a.options["kernel"]) {
     const bool bias = a.options["bias"].get<bool>();
     qkv_ = register_module("qkv", torch::nn::Linear(
                                       torch::nn::LinearOptions(a.d_model, 3 * a.d_model).bias(bias)));
@@ -59,7 +61,7 @@ class FullAttentionImpl : public MixerImpl {
       cache->length += T;
     }
     if (mask.key_padding.defined()) mask.key_padding = mask.key_padding.to(x.device());
-    auto y = attention_reference(q, k, v, mask, dropout_, is_training());
+    auto y = exact_attention(q, k, v, mask, kernel_, dropout_, is_training());
     return out_(merge_heads(y));
   }
 
@@ -70,6 +72,7 @@ class FullAttentionImpl : public MixerImpl {
  private:
   int64_t heads_;
   double dropout_;
+  std::string kernel_;
   torch::nn::Linear qkv_{nullptr}, out_{nullptr};
 };
 
@@ -83,6 +86,10 @@ MixerInfo full_mixer_info() {
   info.schema = {
       {"dropout", OptionType::Float, 0.0, "dropout on the attention probabilities", 0.0, 1.0},
       {"bias", OptionType::Bool, true, "bias terms in the q/k/v and output projections"},
+      {"kernel", OptionType::String, "auto",
+       "attention core: auto (fused FlashAttention-2 CPU kernel when it supports the input, else reference), "
+       "reference, or fused (error when unsupported); LONGSEQ_ATTENTION=reference forces reference",
+       -1e300, 1e300, {"auto", "reference", "fused"}},
   };
   info.make = [](const MixerArgs& a) -> Mixer { return std::make_shared<FullAttentionImpl>(a); };
   info.streams = true;

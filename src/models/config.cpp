@@ -150,9 +150,9 @@ const char* default_config_text() {
   "model": {"type": "decoder_lm", "vocab_size": 256, "d_model": 128, "n_heads": 4,
             "n_layers": 4, "d_ff": 512, "positions": "sinusoidal", "mixer": "full"},
   "data":  {"corpus": "pydoc", "tokenizer": "byte"},
-  "train": {"steps": 100, "batch_size": 4, "seq_len": 2048, "lr": 3e-3, "warmup": 10,
-            "eval_every": 50, "eval_batches": 4, "log_every": 5, "checkpoint_every": 25,
-            "time_limit": 300}
+  "train": {"steps": 240, "batch_size": 2, "seq_len": 2048, "lr": 2e-3, "warmup": 20,
+            "eval_every": 120, "eval_batches": 8, "log_every": 5, "checkpoint_every": 60,
+            "time_limit": 360}
 })";
 }
 

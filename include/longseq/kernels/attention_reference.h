@@ -11,7 +11,7 @@ struct AttentionMask {
 };
 
 // q: [B, H, T, D], k: [B, H, S, D], v: [B, H, S, D] -> [B, H, T, D].
-// A query row whose keys are all masked returns the mean of v, never NaN.
+// A query row whose keys are all masked returns zeros, never NaN.
 torch::Tensor attention_reference(const torch::Tensor& q, const torch::Tensor& k,
                                   const torch::Tensor& v, const AttentionMask& mask,
                                   double dropout = 0.0, bool training = false);
