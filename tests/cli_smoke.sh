@@ -28,6 +28,12 @@ ok "$L" generate "$dir/run" --prompt "line 1" --max-new 10 --temperature 0
 ok "$L" generate "$dir/run" --prompt "line 1" --max-new 10 --top-k 5 --top-p 0.9 --seed 3
 ok "$L" train --out "$dir/run" --resume --quiet --sample 0
 
+ok "$L" bench --mixers full --lengths 64,128 --heads 2 --head-dim 16 --repeats 1 --csv "$dir/b.csv" --svg "$dir/b.svg" --quality-steps 0
+grep -q "full core (fused),causal,fwdbwd,128" "$dir/b.csv" || { echo "bench CSV lacks the fused row"; cat "$dir/b.csv"; fail=1; }
+grep -q "SGEMM roof" "$dir/out" || { echo "bench prints no roof"; fail=1; }
+grep -q "<polyline" "$dir/b.svg" || { echo "bench plot has no lines"; fail=1; }
+bad "unknown mixer" "$L" bench --mixers nope --lengths 64
+
 cp "$dir/run/model.safetensors" "$dir/model.bak"
 bad "already holds a run" "$L" train --out "$dir/run" "${common[@]}" --quiet
 bad "unknown mixer" "$L" train --out "$dir/x1" "${common[@]}" --set model.mixer=nope --quiet

@@ -7,6 +7,7 @@
 #include <cstdio>
 #include <iostream>
 
+#include "longseq/bench.h"
 #include "longseq/common.h"
 #include "longseq/config.h"
 #include "longseq/generate.h"
@@ -134,11 +135,50 @@ int main(int argc, char** argv) {
   tok->add_option("--vocab", tok_vocab, "vocabulary size")->check(CLI::Range(8, 1 << 20));
   tok->add_option("--type", tok_type, "unigram or bpe")->check(CLI::IsMember({"unigram", "bpe"}));
 
+  auto* bench = app.add_subcommand("bench", "measure time, memory and quality of mixers versus length");
+  BenchOptions bopts;
+  bench->add_option("--mixers", bopts.mixers, "mixers to measure (default: all registered)")->delimiter(',');
+  bench->add_option("--lengths", bopts.lengths, "sequence lengths (default: 1024,2048,...,65536)")->delimiter(',');
+  bench->add_option("--batch", bopts.batch, "batch size B")->check(CLI::PositiveNumber);
+  bench->add_option("--heads", bopts.heads, "heads H")->check(CLI::PositiveNumber);
+  bench->add_option("--head-dim", bopts.head_dim, "head width D (model width = H * D)")->check(CLI::PositiveNumber);
+  bench->add_option("--modes", bopts.modes, "causal, bidirectional")->delimiter(',')->check(CLI::IsMember({"causal", "bidirectional"}));
+  bench->add_option("--passes", bopts.passes, "fwd, fwdbwd")->delimiter(',')->check(CLI::IsMember({"fwd", "fwdbwd"}));
+  bench->add_option("--repeats", bopts.repeats, "timed repeats after a warm-up (median reported)")->check(CLI::PositiveNumber);
+  bench->add_option("--time-cap", bopts.time_cap, "seconds per configuration before it is stopped");
+  bench->add_option("--memory-cap", bopts.memory_cap_gib, "GiB of resident memory per configuration before it is stopped");
+  bench->add_option("--budget", bopts.budget, "seconds for the whole run; later configurations are skipped (0 = none)");
+  bench->add_flag("--stock", bopts.stock, "also run the reference attention core under glibc's default allocator");
+  bench->add_flag("--kernels-only", bopts.kernels_only, "only the attention cores, not whole mixers");
+  bench->add_option("--csv", bopts.csv, "CSV output file");
+  bench->add_option("--svg", bopts.svg, "plot output file (SVG)");
+  bench->add_option("--quality-steps", bopts.quality_steps, "also train each mixer this many steps and report bits per byte");
+
+  auto* bench_one_cmd = app.add_subcommand("bench-one", "(internal) one benchmark configuration");
+  bench_one_cmd->group("");
+  std::string bench_spec;
+  bench_one_cmd->add_option("--spec", bench_spec)->required();
+
   CLI11_PARSE(app, argc, argv);
 
   try {
     const int n_threads = configure_threads(threads);
-    if (*info) {
+    if (*bench_one_cmd) {
+      try {
+        std::printf("%s\n", bench_one(Json::parse(bench_spec)).c_str());
+      } catch (const std::exception& e) {
+        std::printf("%s\n", Json{{"ok", false}, {"error", e.what()}}.dump().c_str());
+        return 1;
+      }
+    } else if (*bench) {
+      auto blas = check_blas();
+      if (blas.slow) std::fprintf(stderr, "%s\n", blas.message.c_str());
+      bopts.self = "/proc/self/exe";
+      char path[4096];
+      ssize_t n = ::readlink("/proc/self/exe", path, sizeof path - 1);
+      if (n > 0) bopts.self = std::string(path, static_cast<size_t>(n));
+      run_bench(bopts);
+    } else if (*info) {
       print_info(markdown);
     } else if (*config) {
       std::printf("%s\n", default_config_text());

@@ -1,0 +1,40 @@
+// `longseq bench`: speed, memory and quality of mixers versus sequence length,
+// measured in one run, beside this machine's SGEMM roof.
+#pragma once
+#include <string>
+#include <vector>
+
+#include "longseq/schema.h"
+
+namespace longseq {
+
+struct BenchOptions {
+  std::vector<std::string> mixers;   // empty = every registered mixer
+  std::vector<int64_t> lengths;      // empty = 1K..64K doubling
+  int64_t batch = 1, heads = 8, head_dim = 64;
+  std::vector<std::string> modes = {"causal", "bidirectional"};
+  std::vector<std::string> passes = {"fwd", "fwdbwd"};
+  int repeats = 3;
+  double time_cap = 120;        // seconds per configuration (child killed beyond)
+  double memory_cap_gib = 16;   // resident memory per configuration (child killed beyond)
+  double budget = 0;            // seconds for the whole run; 0 = none
+  bool stock = false;           // add full/reference under glibc's default allocator
+  bool kernels_only = false;    // only the attention cores, not whole mixers
+  std::string csv = "bench.csv", svg = "bench.svg";
+  int quality_steps = 0;        // > 0: also train each mixer this many steps on the embedded corpus
+  std::string self;             // path of the longseq program (children run `longseq bench-one`)
+};
+
+// Runs the benchmark; the markdown table goes to stdout, progress to stderr.
+void run_bench(const BenchOptions& opts);
+
+// The child side: one configuration (JSON spec) -> one JSON result line on stdout.
+std::string bench_one(const Json& spec);
+
+struct RoofResult {
+  double square_gflops = 0;  // 2048^3 SGEMM, all threads
+  double block_gflops = 0;   // the fused kernel's block products (64x256x64), one per thread in parallel
+};
+RoofResult measure_roof();
+
+}  // namespace longseq

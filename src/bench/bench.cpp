@@ -1,0 +1,432 @@
+// `longseq bench`. Each configuration runs in a fresh child process
+// (`longseq bench-one`), so its peak memory is the child's peak resident set
+// (from wait4), free of what earlier configurations left behind; the parent
+// kills a child over the time or memory cap and skips that series' longer
+// lengths. Children inherit the parent's allocation policy unless a row asks
+// for glibc's default, and the policy is printed with the results.
+#include "longseq/bench.h"
+
+#include <signal.h>
+#include <spawn.h>
+#include <sys/resource.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <fstream>
+#include <map>
+#include <sstream>
+#include <thread>
+
+#include "longseq/common.h"
+#include "longseq/config.h"
+#include "longseq/kernels/flash_attention.h"
+#include "longseq/registry.h"
+#include "longseq/runtime.h"
+#include "longseq/train.h"
+
+extern char** environ;
+
+namespace longseq {
+
+namespace {
+
+double seconds_since(std::chrono::steady_clock::time_point t0) {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+}
+
+double median(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  return v.empty() ? 0 : v[v.size() / 2];
+}
+
+// Useful FLOPs of exact attention (the reference's count): 4 T^2 D H forward,
+// 12 T^2 D H forward + backward, halved when causal.
+double attention_flops(const Json& s) {
+  const double T = s["T"], D = s["D"], H = s["H"], B = s["B"];
+  double f = (s["pass"] == "fwd" ? 4.0 : 12.0) * T * T * D * H * B;
+  return s["causal"].get<bool>() ? f / 2 : f;
+}
+
+// A mixer's projections: 4 C x C matrices (q, k, v, out), 2 FLOPs per
+// multiply-add, x3 with the backward.
+double projection_flops(const Json& s) {
+  const double T = s["T"], C = s["D"].get<double>() * s["H"].get<double>(), B = s["B"];
+  return 8.0 * B * T * C * C * (s["pass"] == "fwd" ? 1.0 : 3.0);
+}
+
+}  // namespace
+
+RoofResult measure_roof() {
+  torch::NoGradGuard ng;
+  RoofResult r;
+  auto a = torch::randn({2048, 2048}), b = torch::randn({2048, 2048});
+  torch::matmul(a, b);
+  std::vector<double> t;
+  for (int i = 0; i < 3; ++i) {
+    auto t0 = std::chrono::steady_clock::now();
+    torch::matmul(a, b);
+    t.push_back(seconds_since(t0));
+  }
+  r.square_gflops = 2.0 * 2048.0 * 2048.0 * 2048.0 / median(t) / 1e9;
+  // Skinny block products, one independent stream per thread, as the fused kernel issues them.
+  const int threads = torch::get_num_threads();
+  const int reps = 400;
+  std::vector<torch::Tensor> qs, ks;
+  for (int i = 0; i < threads; ++i) {
+    qs.push_back(torch::randn({64, 64}));
+    ks.push_back(torch::randn({256, 64}));
+  }
+  auto t0 = std::chrono::steady_clock::now();
+  at::parallel_for(0, threads, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; ++i)
+      for (int r2 = 0; r2 < reps; ++r2) {
+        auto s = torch::mm(qs[i], ks[i].t());
+        (void)s;
+      }
+  });
+  r.block_gflops = 2.0 * 64 * 256 * 64 * reps * threads / seconds_since(t0) / 1e9;
+  return r;
+}
+
+std::string bench_one(const Json& s) {
+  const int64_t B = s["B"], H = s["H"], D = s["D"], T = s["T"];
+  const bool causal = s["causal"], backward = s["pass"] == "fwdbwd";
+  const int repeats = s["repeats"];
+  torch::manual_seed(0);
+  std::function<torch::Tensor(const torch::Tensor&)> run;
+  std::vector<torch::Tensor> inputs;
+  Mixer mixer;
+  if (s["core"].get<bool>()) {  // the attention core alone: q, k, v -> o
+    const std::string kernel = s["kernel"];
+    for (int i = 0; i < 3; ++i) inputs.push_back(torch::randn({B, H, T, D}).requires_grad_(backward));
+    run = [&, kernel](const torch::Tensor&) {
+      return exact_attention(inputs[0], inputs[1], inputs[2], AttentionMask{causal, {}}, kernel);
+    };
+  } else {
+    Json spec = s["options"];
+    spec["name"] = s["mixer"];
+    mixer = make_mixer(parse_mixer_spec(spec, "bench"), H * D, H, 0);
+    inputs.push_back(torch::randn({B, T, H * D}).requires_grad_(backward));
+    run = [&](const torch::Tensor& x) {
+      MixContext ctx;
+      ctx.causal = causal;
+      return mixer->forward(x, ctx);
+    };
+  }
+  auto once = [&]() {
+    auto t0 = std::chrono::steady_clock::now();
+    if (backward) {
+      auto y = run(inputs[0]);
+      y.backward(torch::ones_like(y));
+      for (auto& x : inputs) x.mutable_grad() = torch::Tensor();
+      if (mixer) for (auto& p : mixer->parameters()) p.mutable_grad() = torch::Tensor();
+    } else {
+      torch::NoGradGuard ng;
+      run(inputs[0]);
+    }
+    return seconds_since(t0);
+  };
+  const double warm = once();
+  std::vector<double> times;
+  const int n = warm > 10 ? 1 : repeats;  // long configurations: one timed repeat
+  for (int i = 0; i < n; ++i) times.push_back(once());
+  return Json{{"ok", true}, {"times", times}, {"median_s", median(times)}, {"warmup_s", warm}}.dump();
+}
+
+namespace {
+
+struct Row {
+  std::string series;  // e.g. "full (fused)"
+  std::string mode, pass, policy;
+  int64_t T = 0;
+  std::string status;  // ok | over time cap | over memory cap | error: ... | skipped
+  double median_s = 0, tokens_per_s = 0, peak_mib = 0, gflops = 0, roof_fraction = 0;
+};
+
+struct ChildResult {
+  std::string out;
+  int status = 0;
+  double peak_mib = 0;
+  std::string killed;  // why the parent stopped it
+};
+
+long rss_kib(pid_t pid) {
+  std::ifstream in("/proc/" + std::to_string(pid) + "/status");
+  std::string line;
+  while (std::getline(in, line))
+    if (line.rfind("VmRSS:", 0) == 0) return std::stol(line.substr(6));
+  return 0;
+}
+
+ChildResult run_child(const std::string& self, const Json& spec, bool system_malloc, double time_cap,
+                      double mem_cap_gib) {
+  int fds[2];
+  if (pipe(fds) != 0) throw Error("bench: cannot create a pipe");
+  posix_spawn_file_actions_t fa;
+  posix_spawn_file_actions_init(&fa);
+  posix_spawn_file_actions_adddup2(&fa, fds[1], 1);
+  posix_spawn_file_actions_addclose(&fa, fds[0]);
+  std::vector<std::string> env_store;
+  for (char** e = environ; *e; ++e) {
+    std::string kv = *e;
+    if (system_malloc && (kv.rfind("GLIBC_TUNABLES=", 0) == 0 || kv.rfind("LONGSEQ_MALLOC=", 0) == 0)) continue;
+    env_store.push_back(kv);
+  }
+  if (system_malloc) env_store.push_back("LONGSEQ_MALLOC=system");
+  std::vector<char*> envp;
+  for (auto& kv : env_store) envp.push_back(&kv[0]);
+  envp.push_back(nullptr);
+  std::string spec_text = spec.dump(), threads = std::to_string(torch::get_num_threads());
+  std::vector<std::string> args = {self, "--threads", threads, "bench-one", "--spec", spec_text};
+  std::vector<char*> argv;
+  for (auto& a : args) argv.push_back(&a[0]);
+  argv.push_back(nullptr);
+  pid_t pid;
+  if (posix_spawn(&pid, self.c_str(), &fa, nullptr, argv.data(), envp.data()) != 0)
+    throw Error("bench: cannot start " + self);
+  posix_spawn_file_actions_destroy(&fa);
+  close(fds[1]);
+  ChildResult r;
+  auto t0 = std::chrono::steady_clock::now();
+  int status = 0;
+  struct rusage ru {};
+  while (true) {
+    pid_t done = wait4(pid, &status, WNOHANG, &ru);
+    if (done == pid) break;
+    if (r.killed.empty()) {
+      if (seconds_since(t0) > time_cap) r.killed = "over time cap";
+      else if (rss_kib(pid) / 1048576.0 > mem_cap_gib) r.killed = "over memory cap";
+      if (!r.killed.empty()) kill(pid, SIGKILL);
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  char buf[4096];
+  ssize_t n;
+  while ((n = read(fds[0], buf, sizeof buf)) > 0) r.out.append(buf, static_cast<size_t>(n));
+  close(fds[0]);
+  r.status = status;
+  r.peak_mib = ru.ru_maxrss / 1024.0;
+  return r;
+}
+
+std::string fmt(double v, int prec) {
+  char b[64];
+  std::snprintf(b, sizeof b, "%.*f", prec, v);
+  return b;
+}
+
+void write_svg(const std::string& path, const std::vector<Row>& rows) {
+  std::map<std::string, std::vector<const Row*>> series;
+  for (const auto& r : rows)
+    if (r.status == "ok") series[r.series + " " + r.mode + " " + r.pass + (r.policy == "glibc default" ? " (glibc default)" : "")].push_back(&r);
+  const double W = 520, Hh = 360, L = 70, R = 20, Tm = 30, Bm = 50;
+  double tmin = 1e300, tmax = 0, ymin[2] = {1e300, 1e300}, ymax[2] = {0, 0};
+  for (const auto& kv : series)
+    for (const auto* r : kv.second) {
+      tmin = std::min<double>(tmin, r->T), tmax = std::max<double>(tmax, r->T);
+      ymin[0] = std::min(ymin[0], r->median_s), ymax[0] = std::max(ymax[0], r->median_s);
+      ymin[1] = std::min(ymin[1], r->peak_mib), ymax[1] = std::max(ymax[1], r->peak_mib);
+    }
+  if (series.empty()) tmin = 1, tmax = 2, ymin[0] = ymin[1] = 1, ymax[0] = ymax[1] = 2;
+  auto lx = [&](double t) { return L + (std::log(t) - std::log(tmin)) / std::max(1e-9, std::log(tmax) - std::log(tmin)) * (W - L - R); };
+  auto ly = [&](int p, double y) {
+    return Tm + (1 - (std::log(y) - std::log(ymin[p])) / std::max(1e-9, std::log(ymax[p]) - std::log(ymin[p]))) * (Hh - Tm - Bm);
+  };
+  const char* colors[] = {"#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#7f7f7f", "#bcbd22"};
+  std::ostringstream os;
+  const double legend_h = 18.0 * series.size() + 20;
+  os << "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"" << 2 * W << "\" height=\"" << Hh + legend_h
+     << "\" font-family=\"sans-serif\" font-size=\"12\">\n<rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n";
+  const char* titles[] = {"time per call (s), log-log", "peak resident memory (MiB), log-log"};
+  for (int p = 0; p < 2; ++p) {
+    const double ox = p * W;
+    os << "<g transform=\"translate(" << ox << ",0)\">\n<text x=\"" << L << "\" y=\"18\">" << titles[p] << "</text>\n";
+    os << "<line x1=\"" << L << "\" y1=\"" << Hh - Bm << "\" x2=\"" << W - R << "\" y2=\"" << Hh - Bm << "\" stroke=\"black\"/>\n";
+    os << "<line x1=\"" << L << "\" y1=\"" << Tm << "\" x2=\"" << L << "\" y2=\"" << Hh - Bm << "\" stroke=\"black\"/>\n";
+    for (double t = tmin; t <= tmax * 1.001; t *= 2)
+      os << "<text x=\"" << lx(t) << "\" y=\"" << Hh - Bm + 16 << "\" text-anchor=\"middle\">" << (t >= 1024 ? fmt(t / 1024, 0) + "K" : fmt(t, 0)) << "</text>\n";
+    os << "<text x=\"" << (L + W - R) / 2 << "\" y=\"" << Hh - 12 << "\" text-anchor=\"middle\">sequence length T</text>\n";
+    for (int i = 0; i <= 4; ++i) {
+      const double y = std::exp(std::log(ymin[p]) + i / 4.0 * (std::log(ymax[p]) - std::log(ymin[p])));
+      os << "<text x=\"" << L - 6 << "\" y=\"" << ly(p, y) + 4 << "\" text-anchor=\"end\">" << (y < 0.01 ? fmt(y * 1000, 2) + "m" : fmt(y, y < 10 ? 2 : 0)) << "</text>\n";
+    }
+    int c = 0;
+    for (const auto& kv : series) {
+      os << "<polyline fill=\"none\" stroke-width=\"2\" stroke=\"" << colors[c++ % 10] << "\" points=\"";
+      for (const auto* r : kv.second) os << lx(r->T) << "," << ly(p, p == 0 ? r->median_s : r->peak_mib) << " ";
+      os << "\"/>\n";
+    }
+    os << "</g>\n";
+  }
+  int c = 0;
+  for (const auto& kv : series) {
+    const double y = Hh + 14 + 18.0 * c;
+    os << "<rect x=\"" << L << "\" y=\"" << y - 9 << "\" width=\"14\" height=\"4\" fill=\"" << colors[c++ % 10] << "\"/>"
+       << "<text x=\"" << L + 20 << "\" y=\"" << y << "\">" << kv.first << "</text>\n";
+  }
+  os << "</svg>\n";
+  write_file_atomic(path, os.str());
+}
+
+}  // namespace
+
+void run_bench(const BenchOptions& o) {
+  const auto start = std::chrono::steady_clock::now();
+  std::vector<int64_t> lengths = o.lengths;
+  if (lengths.empty())
+    for (int64_t t = 1024; t <= 65536; t *= 2) lengths.push_back(t);
+  std::vector<std::string> mixers = o.mixers;
+  if (mixers.empty())
+    for (const auto& m : mixer_registry()) mixers.push_back(m.name);
+  for (const auto& m : mixers) find_mixer(m);  // unknown names fail before any work
+
+  const char* tun = std::getenv("GLIBC_TUNABLES");
+  const std::string policy = tun && std::string(tun).find("glibc.malloc.hugetlb=1") != std::string::npos
+                                 ? "glibc + huge pages" : "glibc default";
+  auto roof = measure_roof();
+  std::printf("# longseq bench\n\nthreads: %d; allocation policy: %s (every row, unless it says otherwise)\n",
+              torch::get_num_threads(), policy.c_str());
+  std::printf("SGEMM roof: %.1f GFLOP/s (2048^3, all threads); block products 64x256x64: %.1f GFLOP/s (one per thread)\n",
+              roof.square_gflops, roof.block_gflops);
+  std::printf("peak memory: the peak resident set of a fresh child process per configuration (includes ~%s of program and libraries)\n\n",
+              "the baseline row");
+
+  // The series: whole mixers, and for exact attention its cores (fused and reference).
+  struct Series {
+    std::string name, mixer, kernel;
+    bool core;
+    bool system_malloc;
+  };
+  std::vector<Series> all;
+  for (const auto& m : mixers) {
+    if (m == "full") {
+      all.push_back({"full core (fused)", "full", "fused", true, false});
+      all.push_back({"full core (reference)", "full", "reference", true, false});
+      if (o.stock) all.push_back({"full core (reference)", "full", "reference", true, true});
+    }
+    if (!o.kernels_only) all.push_back({m + " mixer", m, "", false, false});
+  }
+  // Baseline: the program and libraries before any tensor work.
+  Json base_spec = {{"B", 1}, {"H", 1}, {"D", 1}, {"T", 1}, {"causal", false}, {"pass", "fwd"}, {"repeats", 1},
+                    {"core", true}, {"kernel", "reference"}, {"mixer", "full"}};
+  auto base = run_child(o.self, base_spec, false, 60, 1e9);
+  std::printf("baseline peak resident set: %.0f MiB\n\n", base.peak_mib);
+
+  std::vector<Row> rows;
+  size_t total = all.size() * o.modes.size() * o.passes.size() * lengths.size(), done = 0;
+  Progress progress("bench", static_cast<int64_t>(total));
+  for (const auto& s : all)
+    for (const auto& mode : o.modes)
+      for (const auto& pass : o.passes) {
+        const auto& info = find_mixer(s.mixer);
+        bool skip_rest = false;
+        std::string skip_why;
+        for (int64_t T : lengths) {
+          Row r;
+          r.series = s.name, r.mode = mode, r.pass = pass, r.T = T;
+          r.policy = s.system_malloc ? "glibc default" : policy;
+          ++done;
+          if ((mode == "causal" && !info.supports_causal) || (mode == "bidirectional" && !info.supports_bidirectional)) {
+            continue;
+          }
+          if (skip_rest) {
+            r.status = "skipped (" + skip_why + " at a shorter length)";
+            rows.push_back(r);
+            continue;
+          }
+          if (o.budget > 0 && seconds_since(start) > o.budget) {
+            r.status = "skipped (time budget)";
+            rows.push_back(r);
+            continue;
+          }
+          Json spec = {{"B", o.batch}, {"H", o.heads}, {"D", o.head_dim}, {"T", T}, {"causal", mode == "causal"},
+                       {"pass", pass}, {"repeats", o.repeats}, {"core", s.core}, {"kernel", s.kernel},
+                       {"mixer", s.mixer}, {"options", Json::object()}};
+          progress.update(static_cast<int64_t>(done - 1), s.name + " " + mode + " " + pass + " T=" + std::to_string(T));
+          auto c = run_child(o.self, spec, s.system_malloc, o.time_cap, o.memory_cap_gib);
+          r.peak_mib = c.peak_mib;
+          Json res = Json::parse(c.out.empty() ? "{}" : c.out.substr(c.out.find('{')), nullptr, false);
+          if (!c.killed.empty()) {
+            r.status = c.killed;
+            skip_rest = true, skip_why = c.killed;
+          } else if (res.is_discarded() || !res.value("ok", false)) {
+            r.status = "failed (exit " + std::to_string(WIFEXITED(c.status) ? WEXITSTATUS(c.status) : -1) + ")";
+            if (!res.is_discarded() && res.contains("error")) r.status = "error: " + res["error"].get<std::string>();
+            skip_rest = true, skip_why = "failure";
+          } else {
+            r.status = "ok";
+            r.median_s = res["median_s"];
+            r.tokens_per_s = o.batch * T / r.median_s;
+            double flops = attention_flops(spec) + (s.core ? 0.0 : projection_flops(spec));
+            r.gflops = flops / r.median_s / 1e9;
+            r.roof_fraction = r.gflops / roof.square_gflops;
+          }
+          rows.push_back(r);
+        }
+      }
+  progress.update(static_cast<int64_t>(total), "done");
+  progress.finish();
+
+  std::printf("| series | mode | pass | T | policy | status | time (s) | tokens/s | peak MiB | GFLOP/s | of roof |\n");
+  std::printf("|---|---|---|---|---|---|---|---|---|---|---|\n");
+  std::ostringstream csv;
+  csv << "series,mode,pass,T,policy,status,time_s,tokens_per_s,peak_mib,gflops,roof_fraction\n";
+  for (const auto& r : rows) {
+    const bool ok = r.status == "ok";
+    std::printf("| %s | %s | %s | %lld | %s | %s | %s | %s | %s | %s | %s |\n", r.series.c_str(), r.mode.c_str(),
+                r.pass.c_str(), static_cast<long long>(r.T), r.policy.c_str(), r.status.c_str(),
+                ok ? fmt(r.median_s, 4).c_str() : "", ok ? fmt(r.tokens_per_s, 0).c_str() : "",
+                r.peak_mib > 0 ? fmt(r.peak_mib, 0).c_str() : "", ok ? fmt(r.gflops, 1).c_str() : "",
+                ok ? (fmt(100 * r.roof_fraction, 1) + "%").c_str() : "");
+    csv << r.series << "," << r.mode << "," << r.pass << "," << r.T << "," << r.policy << ",\"" << r.status << "\","
+        << (ok ? fmt(r.median_s, 6) : "") << "," << (ok ? fmt(r.tokens_per_s, 1) : "") << "," << fmt(r.peak_mib, 1)
+        << "," << (ok ? fmt(r.gflops, 2) : "") << "," << (ok ? fmt(r.roof_fraction, 4) : "") << "\n";
+  }
+  // Ratios of the same configuration across series: fused vs reference, and vs glibc's default allocator.
+  std::printf("\n| mode | pass | T | reference / fused time | stock (glibc default) reference / fused time |\n|---|---|---|---|---|\n");
+  for (const auto& f : rows) {
+    if (f.series != "full core (fused)" || f.status != "ok") continue;
+    double ref = 0, stock = 0;
+    for (const auto& r : rows)
+      if (r.mode == f.mode && r.pass == f.pass && r.T == f.T && r.status == "ok" && r.series == "full core (reference)")
+        (r.policy == "glibc default" && policy != "glibc default" ? stock : ref) = r.median_s;
+    std::printf("| %s | %s | %lld | %s | %s |\n", f.mode.c_str(), f.pass.c_str(), static_cast<long long>(f.T),
+                ref > 0 ? fmt(ref / f.median_s, 2).c_str() : "-", stock > 0 ? fmt(stock / f.median_s, 2).c_str() : "-");
+  }
+  write_file_atomic(o.csv, csv.str());
+  write_svg(o.svg, rows);
+  std::printf("\nwrote %s and %s\n", o.csv.c_str(), o.svg.c_str());
+
+  if (o.quality_steps > 0) {
+    std::printf("\n## Quality: %d training steps each on the embedded corpus (default config otherwise)\n\n", o.quality_steps);
+    std::printf("| mixer | valid bits per byte | wall time (s) | tokens/s |\n|---|---|---|---|\n");
+    for (const auto& m : mixers) {
+      Json raw = parse_json_text(default_config_text(), "default config");
+      raw["model"]["mixer"] = m;
+      raw["train"]["steps"] = o.quality_steps;
+      raw["train"]["eval_every"] = 0;
+      raw["train"]["time_limit"] = 0;
+      raw["train"]["checkpoint_every"] = o.quality_steps;
+      RunConfig cfg = RunConfig::from_json(raw);
+      char tmpl[] = "/tmp/longseq_quality_XXXXXX";
+      if (!mkdtemp(tmpl)) throw Error("bench: cannot create a temporary run directory");
+      TrainOptions topts;
+      topts.out_dir = std::string(tmpl) + "/run";
+      topts.quiet = true;
+      auto t0 = std::chrono::steady_clock::now();
+      auto res = train_run(&cfg, topts);
+      const double wall = seconds_since(t0);
+      const double tokens = static_cast<double>(o.quality_steps) * cfg.train["batch_size"].get<int64_t>() *
+                            cfg.train["seq_len"].get<int64_t>() * cfg.train["accum"].get<int64_t>();
+      std::printf("| %s | %.4f | %.1f | %.0f |\n", m.c_str(), res.valid.bpb, wall, tokens / wall);
+      std::fflush(stdout);
+      std::system(("rm -rf " + std::string(tmpl)).c_str());
+    }
+  }
+}
+
+}  // namespace longseq
