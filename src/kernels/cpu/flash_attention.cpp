@@ -23,7 +23,7 @@ namespace longseq {
 namespace {
 
 constexpr int kRowMajor = 101, kNoTrans = 111, kTrans = 112;
-constexpr int64_t kBlockQ = 64, kBlockK = 256;
+constexpr int64_t kBlockQ = 128, kBlockK = 512;
 constexpr float kNegInf = -std::numeric_limits<float>::infinity();
 
 // C[m, n] = alpha * op(A) op(B) + beta * C, row-major.
@@ -34,15 +34,17 @@ void gemm(bool ta, bool tb, int64_t m, int64_t n, int64_t k, float alpha, const 
               static_cast<int>(ldc));
 }
 
-// exp(x - shift) in place; entries below -87 after the shift (masked: -inf) become exactly 0.
-// Cephes-style range reduction and degree-6 polynomial, relative error ~1e-7.
-__attribute__((target("avx2,fma"))) void exp_shifted_avx2(float* x, int64_t n, float shift) {
+// exp(x - shift) in place, returning the sum; entries below -87 after the shift
+// (masked: -inf) become exactly 0. Cephes-style range reduction and degree-6
+// polynomial, relative error ~1e-7.
+__attribute__((target("avx2,fma"))) float exp_shifted_avx2(float* x, int64_t n, float shift) {
   const __m256 vshift = _mm256_set1_ps(shift), lo = _mm256_set1_ps(-87.0f), hi = _mm256_set1_ps(88.3f);
   const __m256 log2e = _mm256_set1_ps(1.44269504088896341f), c1 = _mm256_set1_ps(0.693359375f),
                c2 = _mm256_set1_ps(-2.12194440e-4f), half = _mm256_set1_ps(0.5f), one = _mm256_set1_ps(1.0f);
   const __m256 p0 = _mm256_set1_ps(1.9875691500e-4f), p1 = _mm256_set1_ps(1.3981999507e-3f),
                p2 = _mm256_set1_ps(8.3334519073e-3f), p3 = _mm256_set1_ps(4.1665795894e-2f),
                p4 = _mm256_set1_ps(1.6666665459e-1f), p5 = _mm256_set1_ps(5.0000001201e-1f);
+  __m256 total = _mm256_setzero_ps();
   int64_t i = 0;
   for (; i + 8 <= n; i += 8) {
     __m256 v = _mm256_sub_ps(_mm256_loadu_ps(x + i), vshift);
@@ -59,13 +61,40 @@ __attribute__((target("avx2,fma"))) void exp_shifted_avx2(float* x, int64_t n, f
     y = _mm256_fmadd_ps(y, _mm256_mul_ps(v, v), _mm256_add_ps(v, one));
     __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(fx), _mm256_set1_epi32(127)), 23);
     y = _mm256_mul_ps(y, _mm256_castsi256_ps(e));
-    _mm256_storeu_ps(x + i, _mm256_andnot_ps(dead, y));
+    y = _mm256_andnot_ps(dead, y);
+    total = _mm256_add_ps(total, y);
+    _mm256_storeu_ps(x + i, y);
   }
-  for (; i < n; ++i) x[i] = x[i] - shift < -87.0f ? 0.0f : std::exp(x[i] - shift);
+  alignas(32) float lanes[8];
+  _mm256_store_ps(lanes, total);
+  float sum = 0;
+  for (float lane : lanes) sum += lane;
+  for (; i < n; ++i) sum += x[i] = x[i] - shift < -87.0f ? 0.0f : std::exp(x[i] - shift);
+  return sum;
 }
 
-void exp_shifted_scalar(float* x, int64_t n, float shift) {
-  for (int64_t i = 0; i < n; ++i) x[i] = x[i] - shift < -87.0f ? 0.0f : std::exp(x[i] - shift);
+__attribute__((target("avx2,fma"))) float row_max_avx2(const float* x, int64_t n, float init) {
+  __m256 m = _mm256_set1_ps(init);
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) m = _mm256_max_ps(m, _mm256_loadu_ps(x + i));
+  alignas(32) float lanes[8];
+  _mm256_store_ps(lanes, m);
+  float mx = init;
+  for (float lane : lanes) mx = std::max(mx, lane);
+  for (; i < n; ++i) mx = std::max(mx, x[i]);
+  return mx;
+}
+
+float exp_shifted_scalar(float* x, int64_t n, float shift) {
+  float sum = 0;
+  for (int64_t i = 0; i < n; ++i) sum += x[i] = x[i] - shift < -87.0f ? 0.0f : std::exp(x[i] - shift);
+  return sum;
+}
+
+float row_max_scalar(const float* x, int64_t n, float init) {
+  float mx = init;
+  for (int64_t i = 0; i < n; ++i) mx = std::max(mx, x[i]);
+  return mx;
 }
 
 bool cpu_has_avx2_fma() {
@@ -73,9 +102,12 @@ bool cpu_has_avx2_fma() {
   return ok;
 }
 
-void exp_shifted(float* x, int64_t n, float shift) {
-  if (cpu_has_avx2_fma()) exp_shifted_avx2(x, n, shift);
-  else exp_shifted_scalar(x, n, shift);
+float exp_shifted(float* x, int64_t n, float shift) {
+  return cpu_has_avx2_fma() ? exp_shifted_avx2(x, n, shift) : exp_shifted_scalar(x, n, shift);
+}
+
+float row_max(const float* x, int64_t n, float init) {
+  return cpu_has_avx2_fma() ? row_max_avx2(x, n, init) : row_max_scalar(x, n, init);
 }
 
 struct Problem {
@@ -115,17 +147,13 @@ void forward_rows(const float* q, const float* k, const float* v, float* o, floa
     mask_block(sbuf, t0, rows, s0, cols, p, pad);
     for (int64_t r = 0; r < rows; ++r) {
       float* row = sbuf + r * cols;
-      float mx = m[r];
-      for (int64_t c = 0; c < cols; ++c) mx = std::max(mx, row[c]);
+      const float mx = row_max(row, cols, m[r]);
       if (mx == kNegInf) {  // nothing visible yet in this row
         std::fill(row, row + cols, 0.0f);
         continue;
       }
       const float alpha = std::exp(m[r] - mx);  // 0 when m[r] = -inf
-      exp_shifted(row, cols, mx);
-      float sum = 0;
-      for (int64_t c = 0; c < cols; ++c) sum += row[c];
-      l[r] = l[r] * alpha + sum;
+      l[r] = l[r] * alpha + exp_shifted(row, cols, mx);
       m[r] = mx;
       if (alpha != 1.0f)
         for (int64_t d = 0; d < D; ++d) acc[r * D + d] *= alpha;
