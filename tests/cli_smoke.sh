@@ -28,6 +28,15 @@ ok "$L" generate "$dir/run" --prompt "line 1" --max-new 10 --temperature 0
 ok "$L" generate "$dir/run" --prompt "line 1" --max-new 10 --top-k 5 --top-p 0.9 --seed 3
 ok "$L" train --out "$dir/run" --resume --quiet --sample 0
 
+# A subword run: train a SentencePiece model, train on it, generate through it.
+ok "$L" tokenizer --input "$dir/corpus.txt" --out "$dir/sp" --vocab 300
+ok "$L" train --out "$dir/sprun" "${common[@]}" --set data.tokenizer=sentencepiece --set data.spm_model="$dir/sp.model" \
+   --set model.vocab_size=300 --quiet --sample 0
+[ -f "$dir/sprun/tokenizer.model" ] || { echo "the run lacks its tokenizer"; fail=1; }
+ok "$L" generate "$dir/sprun" --prompt "line 2" --max-new 5
+bad "smaller than the tokenizer" "$L" train --out "$dir/x5" "${common[@]}" --set data.tokenizer=sentencepiece \
+   --set data.spm_model="$dir/sp.model" --set model.vocab_size=200 --quiet
+
 ok "$L" bench --mixers full --lengths 64,128 --heads 2 --head-dim 16 --repeats 1 --csv "$dir/b.csv" --svg "$dir/b.svg" --quality-steps 0
 grep -q "full core (fused),causal,fwdbwd,128" "$dir/b.csv" || { echo "bench CSV lacks the fused row"; cat "$dir/b.csv"; fail=1; }
 grep -q "SGEMM roof" "$dir/out" || { echo "bench prints no roof"; fail=1; }
@@ -45,7 +54,7 @@ bad "does not exist" "$L" train --out "$dir/x4" --set data.corpus=text --set dat
 bad "not a run directory" "$L" eval "$dir"
 bad "unknown split\|split" "$L" eval "$dir/run" --split dev
 cmp -s "$dir/run/model.safetensors" "$dir/model.bak" || { echo "a failed command changed the run"; fail=1; }
-for x in x1 x2 x3 x4; do [ -e "$dir/$x" ] && { echo "a failed command created $x"; fail=1; }; done
+for x in x1 x2 x3 x4 x5; do [ -e "$dir/$x" ] && { echo "a failed command created $x"; fail=1; }; done
 
 head -c 100 "$dir/model.bak" > "$dir/run/model.safetensors"
 bad "truncated\|not a valid" "$L" generate "$dir/run" --prompt a --max-new 2
