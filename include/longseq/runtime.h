@@ -18,6 +18,10 @@ struct BlasCheck {
 };
 BlasCheck check_blas();
 
+// The allocation policy in force, as the program reports it: glibc with huge
+// pages (GLIBC_TUNABLES=glibc.malloc.hugetlb=1) or glibc's default.
+std::string allocation_policy();
+
 std::string read_file(const std::string& path);  // throws Error naming the path
 // Write to a temp file beside `path`, fsync, rename over it, fsync the directory.
 void write_file_atomic(const std::string& path, const std::string& data);

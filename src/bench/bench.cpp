@@ -16,6 +16,7 @@
 #include <chrono>
 #include <cmath>
 #include <cstdio>
+#include <filesystem>
 #include <fstream>
 #include <map>
 #include <sstream>
@@ -284,16 +285,13 @@ void run_bench(const BenchOptions& o) {
     for (const auto& m : mixer_registry()) mixers.push_back(m.name);
   for (const auto& m : mixers) find_mixer(m);  // unknown names fail before any work
 
-  const char* tun = std::getenv("GLIBC_TUNABLES");
-  const std::string policy = tun && std::string(tun).find("glibc.malloc.hugetlb=1") != std::string::npos
-                                 ? "glibc + huge pages" : "glibc default";
+  const std::string policy = allocation_policy();
   auto roof = measure_roof();
   std::printf("# longseq bench\n\nthreads: %d; allocation policy: %s (every row, unless it says otherwise)\n",
               torch::get_num_threads(), policy.c_str());
   std::printf("SGEMM roof: %.1f GFLOP/s (2048^3, all threads); block products 64x256x64: %.1f GFLOP/s (one per thread)\n",
               roof.square_gflops, roof.block_gflops);
-  std::printf("peak memory: the peak resident set of a fresh child process per configuration (includes ~%s of program and libraries)\n\n",
-              "the baseline row");
+  std::printf("peak memory: the peak resident set of a fresh child process per configuration, program and libraries included\n");
 
   // The series: whole mixers, and for exact attention its cores (fused and reference).
   struct Series {
@@ -424,7 +422,7 @@ void run_bench(const BenchOptions& o) {
                             cfg.train["seq_len"].get<int64_t>() * cfg.train["accum"].get<int64_t>();
       std::printf("| %s | %.4f | %.1f | %.0f |\n", m.c_str(), res.valid.bpb, wall, tokens / wall);
       std::fflush(stdout);
-      std::system(("rm -rf " + std::string(tmpl)).c_str());
+      std::filesystem::remove_all(tmpl);
     }
   }
 }

@@ -36,12 +36,6 @@ Json apply_overrides(Json cfg, const std::vector<std::string>& sets) {
   return cfg;
 }
 
-std::string allocation_policy() {
-  const char* tun = std::getenv("GLIBC_TUNABLES");
-  return tun && std::string(tun).find("glibc.malloc.hugetlb=1") != std::string::npos ? "glibc, huge pages (madvise)"
-                                                                                      : "glibc, default";
-}
-
 void print_info(bool markdown) {
   std::printf("longseq %s\n\nMixers (model.mixer or model.layers entries):\n\n", "0.1.0");
   for (const auto& m : mixer_registry()) {

@@ -2,11 +2,18 @@
 
 #include <torch/torch.h>
 
+#include <cstdlib>
 #include <fstream>
 #include <sstream>
 #include <thread>
 
 namespace longseq {
+
+std::string allocation_policy() {
+  const char* tun = std::getenv("GLIBC_TUNABLES");
+  return tun && std::string(tun).find("glibc.malloc.hugetlb=1") != std::string::npos ? "glibc + huge pages"
+                                                                                      : "glibc default";
+}
 
 int configure_threads(int threads) {
   int n = threads > 0 ? threads : static_cast<int>(std::thread::hardware_concurrency());
