@@ -18,6 +18,7 @@
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <map>
 #include <sstream>
 #include <thread>
@@ -163,8 +164,9 @@ long rss_kib(pid_t pid) {
   return 0;
 }
 
+// `tick` is called with the seconds elapsed while the child runs (progress display).
 ChildResult run_child(const std::string& self, const Json& spec, bool system_malloc, double time_cap,
-                      double mem_cap_gib) {
+                      double mem_cap_gib, const std::function<void(double)>& tick = {}) {
   int fds[2];
   if (pipe(fds) != 0) throw Error("bench: cannot create a pipe");
   posix_spawn_file_actions_t fa;
@@ -203,6 +205,7 @@ ChildResult run_child(const std::string& self, const Json& spec, bool system_mal
       else if (rss_kib(pid) / 1048576.0 > mem_cap_gib) r.killed = "over memory cap";
       if (!r.killed.empty()) kill(pid, SIGKILL);
     }
+    if (tick) tick(seconds_since(t0));
     std::this_thread::sleep_for(std::chrono::milliseconds(20));
   }
   char buf[4096];
@@ -344,8 +347,10 @@ void run_bench(const BenchOptions& o) {
           Json spec = {{"B", o.batch}, {"H", o.heads}, {"D", o.head_dim}, {"T", T}, {"causal", mode == "causal"},
                        {"pass", pass}, {"repeats", o.repeats}, {"core", s.core}, {"kernel", s.kernel},
                        {"mixer", s.mixer}, {"options", Json::object()}};
-          progress.update(static_cast<int64_t>(done - 1), s.name + " " + mode + " " + pass + " T=" + std::to_string(T));
-          auto c = run_child(o.self, spec, s.system_malloc, o.time_cap, o.memory_cap_gib);
+          const std::string label = s.name + " " + mode + " " + pass + " T=" + std::to_string(T);
+          auto c = run_child(o.self, spec, s.system_malloc, o.time_cap, o.memory_cap_gib, [&](double secs) {
+            progress.update(static_cast<int64_t>(done - 1), label + " (" + format_duration(secs) + ")");
+          });
           r.peak_mib = c.peak_mib;
           Json res = Json::parse(c.out.empty() ? "{}" : c.out.substr(c.out.find('{')), nullptr, false);
           if (!c.killed.empty()) {
