@@ -17,6 +17,13 @@ struct MixerArgs {
   Json options;             // validated against the mixer's schema, defaults filled
 };
 
+// What a mixer's useful-FLOP count is asked about (bench, one forward pass).
+struct FlopQuery {
+  int64_t B = 1, T = 0, C = 0, H = 1;
+  bool causal = false;
+  Json options;  // validated, defaults filled
+};
+
 struct MixerInfo {
   std::string name;
   std::string summary;  // one line: paper and what it does
@@ -31,6 +38,10 @@ struct MixerInfo {
   // Options under which a non-strictly-causal mixer becomes strictly causal.
   Json strictly_causal_options = Json::object();
   bool streams = false;  // initial_state() returns a state and chunked == whole
+  // Useful FLOPs of one forward pass, counted as the paper's algorithm does
+  // (2 per multiply-add, projections included); the bench takes 3x for
+  // forward + backward. Null: the bench reports no FLOP rate for this mixer.
+  std::function<double(const FlopQuery&)> flops;
 };
 
 const std::vector<MixerInfo>& mixer_registry();

@@ -93,6 +93,10 @@ MixerInfo full_mixer_info() {
   };
   info.make = [](const MixerArgs& a) -> Mixer { return std::make_shared<FullAttentionImpl>(a); };
   info.streams = true;
+  info.flops = [](const FlopQuery& f) {  // q, k, v, out projections + QK^T and PV (half of them when causal)
+    const double attn = 4.0 * f.B * f.T * f.T * f.C;
+    return 8.0 * f.B * f.T * f.C * f.C + (f.causal ? attn / 2 : attn);
+  };
   return info;
 }
 
