@@ -17,4 +17,18 @@ std::string sample_text(size_t n);
 // the scalar f(); f must be double precision. Inputs need requires_grad.
 double gradcheck_error(const std::function<torch::Tensor()>& f, torch::Tensor input, double eps = 1e-6);
 
+// Softmax attention under an explicit mask built by a test from a pattern's
+// definition: q [B, H, T, D], k, v [B, H, S, D], allowed [B|1, H|1, T, S] bool.
+// Rows with nothing allowed give zeros. Scores scaled by 1/sqrt(D).
+torch::Tensor dense_masked_attention(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
+                                     const torch::Tensor& allowed);
+
+// A module's parameter by name (fails the test if absent).
+torch::Tensor param(const torch::nn::Module& m, const std::string& name);
+
+// Max |difference| between the outputs of a and b and between the gradients
+// of sum(out * w) with respect to each of `wrt` (a fixed random w).
+double max_output_and_grad_diff(const std::function<torch::Tensor()>& a, const std::function<torch::Tensor()>& b,
+                                const std::vector<torch::Tensor>& wrt);
+
 }  // namespace longseq_test

@@ -4,6 +4,7 @@
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <limits>
 
 #include "helpers.h"
 
@@ -37,7 +38,10 @@ std::string sample_text(size_t n) {
 
 double gradcheck_error(const std::function<torch::Tensor()>& f, torch::Tensor input, double eps) {
   auto out = f();
-  auto grad = torch::autograd::grad({out}, {input})[0].clone();
+  // An input the output does not use has gradient zero, which the differences must confirm.
+  auto grad = torch::autograd::grad({out}, {input}, {}, /*retain_graph=*/c10::nullopt, /*create_graph=*/false,
+                                    /*allow_unused=*/true)[0];
+  grad = grad.defined() ? grad.clone() : torch::zeros_like(input);
   torch::NoGradGuard no_grad;
   auto flat = input.view({-1});
   auto g = grad.view({-1});
@@ -50,6 +54,36 @@ double gradcheck_error(const std::function<torch::Tensor()>& f, torch::Tensor in
     const double down = f().item<double>();
     flat[i] = orig;
     worst = std::max(worst, std::abs((up - down) / (2 * eps) - g[i].item<double>()));
+  }
+  return worst;
+}
+
+torch::Tensor dense_masked_attention(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
+                                     const torch::Tensor& allowed) {
+  auto s = torch::matmul(q, k.transpose(-1, -2)) / std::sqrt(static_cast<double>(q.size(-1)));
+  s = s.masked_fill(~allowed, -1e300);
+  auto p = torch::softmax(s, -1) * allowed.any(-1, true).to(s.dtype());
+  return torch::matmul(p, v);
+}
+
+torch::Tensor param(const torch::nn::Module& m, const std::string& name) {
+  auto* p = m.named_parameters().find(name);
+  EXPECT_TRUE(p) << "no parameter " << name;
+  return p ? *p : torch::Tensor();
+}
+
+double max_output_and_grad_diff(const std::function<torch::Tensor()>& a, const std::function<torch::Tensor()>& b,
+                                const std::vector<torch::Tensor>& wrt) {
+  auto ya = a(), yb = b();
+  if (ya.sizes() != yb.sizes()) return std::numeric_limits<double>::infinity();
+  double worst = (ya - yb).abs().max().item<double>();
+  auto w = torch::randn_like(ya);
+  auto ga = torch::autograd::grad({(ya * w).sum()}, wrt, {}, c10::nullopt, false, true);
+  auto gb = torch::autograd::grad({(yb * w).sum()}, wrt, {}, c10::nullopt, false, true);
+  for (size_t i = 0; i < wrt.size(); ++i) {
+    auto x = ga[i].defined() ? ga[i] : torch::zeros_like(wrt[i]);
+    auto y = gb[i].defined() ? gb[i] : torch::zeros_like(wrt[i]);
+    worst = std::max(worst, (x - y).abs().max().item<double>());
   }
   return worst;
 }
