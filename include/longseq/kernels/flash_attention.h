@@ -31,7 +31,7 @@ bool attention_reference_forced();
 // kernel = "auto" (fused when supported), "reference", or "fused" (an Error
 // listing the reasons when it is not supported).
 torch::Tensor exact_attention(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
-                              const AttentionMask& mask, const std::string& kernel, double dropout = 0.0,
+                              const AttentionMask& mask, const std::string& kernel = "auto", double dropout = 0.0,
                               bool training = false);
 
 }  // namespace longseq

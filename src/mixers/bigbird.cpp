@@ -1,0 +1,207 @@
+// "bigbird": block-sparse attention with window, global and random blocks.
+// Zaheer et al. 2020, "Big Bird: Transformers for Longer Sequences", sec. 2
+// (eq. AT: window + global + random) and App. D (the blocked ITC form).
+// Query block j attends to its key blocks in one softmax; the global rows
+// (first and last block) attend to every key through the fused exact kernel.
+// The random table is a fixed function of (seed + layer, head, j): the same for
+// every batch item, step and call.
+#include "longseq/mixers/bigbird.h"
+
+#include <algorithm>
+#include <cstdio>
+
+#include "longseq/common.h"
+#include "longseq/kernels/flash_attention.h"
+#include "longseq/kernels/gathered_attention.h"
+#include "longseq/mixers/heads.h"
+#include "longseq/registry.h"
+
+namespace longseq {
+
+namespace {
+
+uint64_t splitmix64(uint64_t x) {
+  x += 0x9E3779B97F4A7C15ULL;
+  x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9ULL;
+  x = (x ^ (x >> 27)) * 0x94D049BB133111EBULL;
+  return x ^ (x >> 31);
+}
+
+// r distinct entries of `pool`, uniformly (partial Fisher-Yates on a counter-based stream).
+std::vector<int64_t> draw(std::vector<int64_t> pool, int64_t r, uint64_t key) {
+  r = std::min<int64_t>(r, static_cast<int64_t>(pool.size()));
+  for (int64_t i = 0; i < r; ++i) {
+    const uint64_t u = splitmix64(key + static_cast<uint64_t>(i));
+    const int64_t pick = i + static_cast<int64_t>(u % static_cast<uint64_t>(pool.size() - i));
+    std::swap(pool[i], pool[pick]);
+  }
+  pool.resize(r);
+  return pool;
+}
+
+uint64_t row_key(uint64_t seed, int64_t h, int64_t j) {
+  return splitmix64(splitmix64(seed) ^ splitmix64(static_cast<uint64_t>(h) * 0x100000001B3ULL + 7)) ^
+         splitmix64(static_cast<uint64_t>(j) + 0xABCDEFULL) * 0x9E3779B97F4A7C15ULL;
+}
+
+}  // namespace
+
+BigBirdPattern bigbird_pattern(int64_t T, int64_t block, int64_t r, uint64_t seed, int64_t heads, bool causal) {
+  BigBirdPattern p;
+  const int64_t nb = (T + block - 1) / block;
+  p.blocks = nb;
+  p.exact = causal ? nb <= r + 3 : nb < r + 5;
+  if (p.exact) return p;
+  p.rows.assign(heads, std::vector<std::vector<int64_t>>(nb));
+  for (int64_t h = 0; h < heads; ++h)
+    for (int64_t j = 0; j < nb; ++j) {
+      std::vector<int64_t> fixed, pool;
+      if (causal) {
+        for (int64_t c : {int64_t{0}, j - 1, j})
+          if (c >= 0 && std::find(fixed.begin(), fixed.end(), c) == fixed.end()) fixed.push_back(c);
+        for (int64_t c = 1; c <= j - 2; ++c) pool.push_back(c);
+      } else if (j == 0 || j == nb - 1) {
+        for (int64_t c = 0; c < nb; ++c) fixed.push_back(c);  // global rows: everything
+      } else {
+        for (int64_t c : {int64_t{0}, j - 1, j, j + 1, nb - 1})
+          if (std::find(fixed.begin(), fixed.end(), c) == fixed.end()) fixed.push_back(c);
+        for (int64_t c = 1; c < nb - 1; ++c)
+          if (std::find(fixed.begin(), fixed.end(), c) == fixed.end()) pool.push_back(c);
+      }
+      auto rnd = pool.empty() ? std::vector<int64_t>{} : draw(pool, r, row_key(seed, h, j));
+      fixed.insert(fixed.end(), rnd.begin(), rnd.end());
+      p.rows[h][j] = fixed;
+    }
+  return p;
+}
+
+namespace {
+
+class BigBirdImpl : public MixerImpl {
+ public:
+  explicit BigBirdImpl(const MixerArgs& a)
+      : heads_(a.n_heads),
+        block_(a.options["block"]),
+        random_(a.options["random_blocks"]),
+        seed_(a.options["seed"].get<int64_t>() + a.layer_index) {
+    const bool bias = a.options["bias"].get<bool>();
+    qkv_ = register_module("qkv", torch::nn::Linear(torch::nn::LinearOptions(a.d_model, 3 * a.d_model).bias(bias)));
+    out_ = register_module("out", torch::nn::Linear(torch::nn::LinearOptions(a.d_model, a.d_model).bias(bias)));
+  }
+
+  torch::Tensor forward(const torch::Tensor& x, MixContext& ctx) override {
+    TORCH_CHECK(x.dim() == 3, "bigbird: x must be [B, T, C], got ", x.sizes());
+    TORCH_CHECK(!ctx.state, "bigbird: does not stream (decode by recomputing the sequence)");
+    auto qkv = qkv_(x).chunk(3, -1);
+    auto q = split_heads(qkv[0], heads_), k = split_heads(qkv[1], heads_), v = split_heads(qkv[2], heads_);
+    auto pad = ctx.padding_mask.defined() ? ctx.padding_mask.to(torch::kBool) : torch::Tensor();
+    const int64_t T = x.size(1);
+    const auto& p = pattern(T, ctx.causal);
+    if (p.exact) {
+      if (!warned_) {
+        std::fprintf(stderr, "bigbird: T = %lld makes %lld blocks of %lld, too few for the pattern with %lld random "
+                             "blocks; computing exact attention (said once)\n",
+                     static_cast<long long>(T), static_cast<long long>(p.blocks), static_cast<long long>(block_),
+                     static_cast<long long>(random_));
+        warned_ = true;
+      }
+      return out_(merge_heads(exact_attention(q, k, v, AttentionMask{ctx.causal, pad})));
+    }
+    return out_(merge_heads(ctx.causal ? causal_blocks(q, k, v, pad, p) : itc_blocks(q, k, v, pad, p)));
+  }
+
+ private:
+  const BigBirdPattern& pattern(int64_t T, bool causal) {
+    if (cached_T_ != T || cached_causal_ != causal) {
+      pattern_ = bigbird_pattern(T, block_, random_, static_cast<uint64_t>(seed_), heads_, causal);
+      cached_T_ = T, cached_causal_ = causal;
+    }
+    return pattern_;
+  }
+
+  // Rows [j0, j0 + N) of the pattern as token slots [1, H, N, m] (-1 = empty).
+  torch::Tensor slots(const BigBirdPattern& p, int64_t j0, int64_t N, int64_t T) const {
+    size_t most = 0;
+    for (const auto& head : p.rows)
+      for (int64_t j = j0; j < j0 + N; ++j) most = std::max(most, head[j].size());
+    const int64_t m = static_cast<int64_t>(most) * block_;
+    auto pos = torch::full({1, heads_, N, m}, -1, torch::kLong);
+    auto acc = pos.accessor<int64_t, 4>();
+    for (int64_t h = 0; h < heads_; ++h)
+      for (int64_t n = 0; n < N; ++n) {
+        const auto& blocks = p.rows[h][j0 + n];
+        for (size_t s = 0; s < blocks.size(); ++s)
+          for (int64_t t = 0; t < block_; ++t) {
+            const int64_t key = blocks[s] * block_ + t;
+            if (key < T) acc[0][h][n][static_cast<int64_t>(s) * block_ + t] = key;
+          }
+      }
+    return pos;
+  }
+
+  torch::Tensor blocked_queries(const torch::Tensor& q, int64_t nb) const {
+    const int64_t B = q.size(0), T = q.size(2), D = q.size(3);
+    auto qp = nb * block_ > T ? torch::cat({q, torch::zeros({B, heads_, nb * block_ - T, D}, q.options())}, 2) : q;
+    return qp.view({B, heads_, nb, block_, D});
+  }
+
+  // ITC: dense first and last block rows; the middle rows over their slots.
+  torch::Tensor itc_blocks(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
+                           const torch::Tensor& pad, const BigBirdPattern& p) const {
+    const int64_t B = q.size(0), T = q.size(2), D = q.size(3), nb = p.blocks, last0 = (nb - 1) * block_;
+    AttentionMask all{false, pad};
+    auto first = exact_attention(q.narrow(2, 0, block_), k, v, all);
+    auto last = exact_attention(q.narrow(2, last0, T - last0), k, v, all);
+    auto mid = gathered_attention(blocked_queries(q, nb).narrow(2, 1, nb - 2), k, v,
+                                  KeySlots{slots(p, 1, nb - 2, T), {}}, pad)
+                   .out.reshape({B, heads_, (nb - 2) * block_, D});
+    return torch::cat(std::vector<torch::Tensor>{first, mid, last}, 2);
+  }
+
+  // Causal: every row over its slots, keys after the query masked.
+  torch::Tensor causal_blocks(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
+                              const torch::Tensor& pad, const BigBirdPattern& p) const {
+    const int64_t B = q.size(0), T = q.size(2), D = q.size(3), nb = p.blocks;
+    auto pos = slots(p, 0, nb, T);
+    auto qpos = torch::arange(nb * block_).view({1, 1, nb, block_, 1});
+    auto allowed = pos.unsqueeze(-2) <= qpos;  // [1, H, nb, b, m]
+    auto out = gathered_attention(blocked_queries(q, nb), k, v, KeySlots{pos, allowed}, pad).out;
+    return out.reshape({B, heads_, nb * block_, D}).narrow(2, 0, T);
+  }
+
+  int64_t heads_, block_, random_, seed_;
+  int64_t cached_T_ = -1;
+  bool cached_causal_ = false, warned_ = false;
+  BigBirdPattern pattern_;
+  torch::nn::Linear qkv_{nullptr}, out_{nullptr};
+};
+
+}  // namespace
+
+MixerInfo bigbird_mixer_info() {
+  MixerInfo info;
+  info.name = "bigbird";
+  info.summary = "block-sparse window + global + random attention (ITC), O(T*(5+r)*b); causal variant";
+  info.citation = "Zaheer et al. 2020, Big Bird: Transformers for Longer Sequences, sec. 2 and App. D";
+  info.schema = {
+      {"block", OptionType::Int, 64, "block size b (the paper: 64); any T (the last block may be partial)", 1, 1e6},
+      {"random_blocks", OptionType::Int, 3, "r random key blocks per query block (the paper: 3)", 0, 1e6},
+      {"seed", OptionType::Int, 0, "seed of the random table; layer l uses seed + l (the official code: layer index)",
+       0, 1e15},
+      {"bias", OptionType::Bool, true, "bias terms in the projections"},
+  };
+  info.make = [](const MixerArgs& a) -> Mixer { return std::make_shared<BigBirdImpl>(a); };
+  info.flops = [](const FlopQuery& f) {
+    const double b = f.options["block"].get<double>(), r = f.options["random_blocks"].get<double>();
+    const double nb = std::ceil(f.T / b);
+    double keys;  // key tokens per query, averaged over rows
+    if (f.causal)
+      keys = nb <= r + 3 ? (f.T + 1) / 2.0 : std::min<double>(f.T, (2.5 + r) * b);
+    else
+      keys = nb < r + 5 ? f.T : ((nb - 2) * (5 + r) * b + 2 * f.T) / nb;
+    return 8.0 * f.B * f.T * f.C * f.C + 4.0 * f.B * f.T * keys * f.C;
+  };
+  return info;
+}
+
+}  // namespace longseq
