@@ -70,8 +70,9 @@ TEST_P(MixerInvariants, CausalityFutureTokensDoNotLeak) {
     auto y2 = run(m, x2, true);
     EXPECT_TRUE(torch::allclose(y.narrow(1, 0, t + 1), y2.narrow(1, 0, t + 1), 1e-9, 1e-9))
         << "output at or before " << t << " changed when later tokens changed";
-    EXPECT_FALSE(torch::allclose(y.narrow(1, t + 1, 1), y2.narrow(1, t + 1, 1), 1e-9, 1e-9))
-        << "position " << t + 1 << " ignores its own token: the test would not catch a leak";
+    // Later outputs must move (a mixer may ignore its own token, as LSH attention does when others are visible).
+    EXPECT_FALSE(torch::allclose(y.narrow(1, t + 1, 17 - t - 1), y2.narrow(1, t + 1, 17 - t - 1), 1e-9, 1e-9))
+        << "positions after " << t << " ignore the changed tokens: the test would not catch a leak";
   }
 }
 

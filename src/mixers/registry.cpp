@@ -9,12 +9,14 @@ namespace longseq {
 MixerInfo full_mixer_info();
 MixerInfo longformer_mixer_info();
 MixerInfo bigbird_mixer_info();
+MixerInfo lsh_mixer_info();
 
 const std::vector<MixerInfo>& mixer_registry() {
   static const std::vector<MixerInfo> registry = {
       full_mixer_info(),
       longformer_mixer_info(),
       bigbird_mixer_info(),
+      lsh_mixer_info(),
   };
   return registry;
 }

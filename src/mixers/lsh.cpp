@@ -1,0 +1,137 @@
+// "lsh": Reformer's LSH attention. Kitaev, Kaiser, Levskaya 2020, "Reformer:
+// The Efficient Transformer", sec. 2 (eqs. 3-6) and App. A (eqs. 14-16).
+// Shared QK (keys are the unit-normalized queries, no 1/sqrt(D) on the
+// logits); angular LSH h(x) = argmax([xR; -xR]) per round; items sorted by
+// (round, bucket, position) and cut into chunks of m, each attending to
+// itself and the previous chunk (circularly, as the official code does); a
+// token sees itself only when nothing else is visible; causal masking by
+// original position; rounds combined by their log-sum-exp weights (eq. 14).
+// Padding tokens get a bucket of their own. Not strictly causal when m < T:
+// later tokens move chunk boundaries (a property of the method).
+#include <algorithm>
+#include <cmath>
+
+#include "longseq/common.h"
+#include "longseq/kernels/gathered_attention.h"
+#include "longseq/mixers/heads.h"
+#include "longseq/mixers/lsh.h"
+#include "longseq/registry.h"
+
+namespace longseq {
+
+torch::Tensor lsh_buckets(const torch::Tensor& q, int64_t n_buckets, int64_t rounds, at::Generator gen) {
+  torch::NoGradGuard ng;
+  auto rot = at::normal(0.0, 1.0, {q.size(1), rounds, q.size(3), n_buckets / 2}, gen).to(q.dtype());
+  auto proj = torch::einsum("bhtd,hrdn->bhrtn", {q.detach(), rot});
+  return torch::cat({proj, -proj}, -1).argmax(-1);
+}
+
+at::Generator lsh_eval_generator(uint64_t layer_seed, int64_t n_buckets) {
+  return at::detail::createCPUGenerator(layer_seed * 1000003 + static_cast<uint64_t>(n_buckets));
+}
+
+namespace {
+
+class LshImpl : public MixerImpl {
+ public:
+  explicit LshImpl(const MixerArgs& a)
+      : heads_(a.n_heads),
+        head_dim_(a.d_model / a.n_heads),
+        rounds_(a.options["n_hashes"]),
+        chunk_(a.options["chunk_length"]),
+        buckets_(a.options["n_buckets"]),
+        rehash_(a.options["rehash"]) {
+    const bool bias = a.options["bias"].get<bool>();
+    qv_ = register_module("qv", torch::nn::Linear(torch::nn::LinearOptions(a.d_model, 2 * a.d_model).bias(bias)));
+    out_ = register_module("out", torch::nn::Linear(torch::nn::LinearOptions(a.d_model, a.d_model).bias(bias)));
+    if (buckets_ % 2) throw Error("lsh.n_buckets must be even (h(x) = argmax([xR; -xR])), got " + std::to_string(buckets_));
+    seed_ = static_cast<uint64_t>(a.options["seed"].get<int64_t>() + a.layer_index);
+    training_gen_ = at::detail::createCPUGenerator(seed_);
+  }
+
+  torch::Tensor forward(const torch::Tensor& x, MixContext& ctx) override {
+    TORCH_CHECK(x.dim() == 3, "lsh: x must be [B, T, C], got ", x.sizes());
+    TORCH_CHECK(!ctx.state, "lsh: does not stream (decode by recomputing the sequence)");
+    const int64_t B = x.size(0), T = x.size(1), D = head_dim_;
+    auto qv = qv_(x).chunk(2, -1);
+    auto q = split_heads(qv[0], heads_), v = split_heads(qv[1], heads_);
+    const int64_t m = std::min(chunk_, T), Tp = (T + m - 1) / m * m, R = rounds_;
+    auto pad = ctx.padding_mask.defined() ? ctx.padding_mask.to(torch::kBool) : torch::zeros({B, T}, torch::kBool);
+    if (Tp > T) {
+      auto z = torch::zeros({B, heads_, Tp - T, D}, q.options());
+      q = torch::cat({q, z}, 2), v = torch::cat({v, z}, 2);
+      pad = torch::cat({pad, torch::ones({B, Tp - T}, torch::kBool)}, 1);
+    }
+    auto k = q / q.norm(2, -1, true).clamp_min(1e-6);  // shared QK: unit keys (sec. 2)
+    const int64_t nb = buckets_ > 0 ? buckets_ : std::clamp<int64_t>((2 * Tp / m + 1) / 2 * 2, 2, 8192);
+    // Rotations fresh at each training forward when rehashing; otherwise a fixed function of (seed + layer, nb),
+    // so evaluation and tests see the same hashes every call. Padding goes to an extra bucket nb.
+    auto gen = is_training() && rehash_ ? training_gen_ : lsh_eval_generator(seed_, nb);
+    auto buckets = lsh_buckets(q, nb, R, gen).masked_fill(pad.view({B, 1, 1, Tp}), nb);  // [B, H, R, Tp]
+    // Sort key (round, bucket, position); ties cannot happen.
+    auto pos = torch::arange(Tp).view({1, 1, 1, Tp});
+    auto round_off = torch::arange(R).view({1, 1, R, 1}) * (nb + 1);
+    auto key = ((round_off + buckets) * Tp + pos).view({B, heads_, R * Tp});
+    auto order = std::get<1>(key.sort(-1));              // sorted item -> (round * Tp + position)
+    auto spos = order.remainder(Tp);                     // [B, H, R*Tp] original positions in sorted order
+    const int64_t N = R * Tp / m;
+    auto qs = (q * std::sqrt(static_cast<double>(D)))    // undo the primitive's 1/sqrt(D)
+                  .gather(2, spos.unsqueeze(-1).expand({B, heads_, R * Tp, D}))
+                  .view({B, heads_, N, m, D});
+    auto cpos = spos.view({B, heads_, N, m});
+    auto kpos = torch::cat({cpos.roll(1, 2), cpos}, -1);  // previous chunk (circular) and own chunk: [B, H, N, 2m]
+    auto qp = cpos.unsqueeze(-1), kp = kpos.unsqueeze(-2);  // [B, H, N, m, 1], [B, H, N, 1, 2m]
+    auto ok = ctx.causal ? (kp <= qp) : torch::ones_like(kp, torch::kBool).expand({B, heads_, N, m, 2 * m});
+    ok = ok & ~pad.view({B, 1, 1, 1, Tp}).expand({B, heads_, N, m, Tp}).gather(4, kp.expand({B, heads_, N, m, 2 * m}));
+    auto self = (kp == qp) & ok;
+    auto others = ok & ~self;
+    auto allowed = others | (self & ~others.any(-1, true));  // self only when nothing else (the 1e5 penalty)
+    auto r = gathered_attention(qs, k, v, KeySlots{kpos, allowed}, {});
+    // Unsort and combine rounds: o = sum_r softmax_r(lse_r) o_r (eq. 14).
+    auto inv = torch::empty_like(order).scatter_(2, order, torch::arange(R * Tp).view({1, 1, -1}).expand_as(order));
+    auto o = r.out.view({B, heads_, R * Tp, D}).gather(2, inv.unsqueeze(-1).expand({B, heads_, R * Tp, D}));
+    auto lse = r.lse.view({B, heads_, R * Tp}).gather(2, inv).view({B, heads_, R, Tp}).transpose(2, 3);
+    auto w = masked_softmax(lse.masked_fill(torch::isinf(lse), 0), torch::isfinite(lse)).transpose(2, 3);  // over R
+    auto y = (o.view({B, heads_, R, Tp, D}) * w.unsqueeze(-1)).sum(2).narrow(2, 0, T);
+    return out_(merge_heads(y));
+  }
+
+ private:
+  int64_t heads_, head_dim_, rounds_, chunk_, buckets_;
+  bool rehash_;
+  uint64_t seed_;
+  at::Generator training_gen_;
+  torch::nn::Linear qv_{nullptr}, out_{nullptr};
+};
+
+}  // namespace
+
+MixerInfo lsh_mixer_info() {
+  MixerInfo info;
+  info.name = "lsh";
+  info.summary = "Reformer LSH attention: shared QK, angular hashing, sorted chunks, rounds combined by log-sum-exp";
+  info.citation = "Kitaev, Kaiser, Levskaya 2020, Reformer: The Efficient Transformer, sec. 2 and App. A";
+  info.schema = {
+      {"n_hashes", OptionType::Int, 2, "hash rounds R (the paper's enwik8 runs: 2; 8 is close to full attention)", 1,
+       64},
+      {"chunk_length", OptionType::Int, 128, "items per chunk m after sorting; each chunk also sees the previous one "
+                                             "(the paper: 128-256); m >= T is full shared-QK attention", 1, 1e9},
+      {"n_buckets", OptionType::Int, 0, "hash buckets, even; 0 = 2T/m (sec. 2: m = 2T/n_buckets), at most 8192", 0,
+       8192},
+      {"rehash", OptionType::Bool, true, "draw new rotations at every training forward (the official code); eval keeps "
+                                         "rotations fixed by seed and bucket count"},
+      {"seed", OptionType::Int, 0, "seed of the rotations; layer l uses seed + l", 0, 1e15},
+      {"bias", OptionType::Bool, true, "bias terms in the projections"},
+  };
+  info.make = [](const MixerArgs& a) -> Mixer { return std::make_shared<LshImpl>(a); };
+  info.strictly_causal = false;
+  info.strictly_causal_options = {{"chunk_length", 1000000000}};
+  info.flops = [](const FlopQuery& f) {  // projections (qk, v, out) + per round: 2m keys per query, hashing
+    const double m = std::min<double>(f.options["chunk_length"].get<double>(), f.T), R = f.options["n_hashes"];
+    const double nb = f.options["n_buckets"].get<double>() > 0 ? f.options["n_buckets"].get<double>() : 2 * f.T / m;
+    return 6.0 * f.B * f.T * f.C * f.C + R * (4.0 * f.B * f.T * 2 * m * f.C + f.B * f.T * f.C * nb);
+  };
+  return info;
+}
+
+}  // namespace longseq

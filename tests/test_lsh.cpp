@@ -1,0 +1,148 @@
+// Reformer LSH attention rebuilt here from its definition (Kitaev et al. 2020,
+// sec. 2, App. A): the same hashes, then sorting, chunks, look-back, the self
+// rule, causal masking and the round combination, written as dense per-round
+// attention with key multiplicities.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+
+#include "helpers.h"
+#include "longseq/common.h"
+#include "longseq/mixers/lsh.h"
+#include "longseq/registry.h"
+
+using namespace longseq;
+using longseq_test::param;
+
+namespace {
+
+constexpr int64_t kC = 16, kH = 4, kD = kC / kH;
+
+Mixer make(Json opts) {
+  opts["name"] = "lsh";
+  torch::manual_seed(9);
+  auto m = make_mixer(parse_mixer_spec(opts, "test"), kC, kH, 0);
+  m->to(torch::kDouble);
+  m->eval();
+  return m;
+}
+
+torch::Tensor heads(const torch::Tensor& x) { return x.view({x.size(0), x.size(1), kH, kD}).transpose(1, 2); }
+
+torch::Tensor run(const Mixer& m, const torch::Tensor& x, bool causal, const torch::Tensor& pad = {}) {
+  MixContext ctx;
+  ctx.causal = causal;
+  ctx.padding_mask = pad;
+  return m->forward(x, ctx);
+}
+
+// T must be a multiple of the chunk m here (the mixer pads otherwise).
+torch::Tensor reference(const Mixer& mx, const torch::Tensor& x, const torch::Tensor& pad, bool causal, int64_t R,
+                        int64_t nb, int64_t m) {
+  const int64_t B = x.size(0), T = x.size(1), N = T / m;
+  auto qv = torch::linear(x, param(*mx, "qv.weight"), param(*mx, "qv.bias")).chunk(2, -1);
+  auto q = heads(qv[0]), v = heads(qv[1]);
+  auto k = q / q.norm(2, -1, true);
+  auto buckets = lsh_buckets(q, nb, R, lsh_eval_generator(0, nb)).masked_fill(pad.view({B, 1, 1, T}), nb);
+  auto bk = buckets.accessor<int64_t, 4>();
+  auto pd = pad.accessor<bool, 2>();
+  // count[b, h, r, i, j]: how often key j appears in query i's two chunks in round r.
+  auto count = torch::zeros({B, kH, R, T, T}, torch::kDouble);
+  auto cnt = count.accessor<double, 5>();
+  for (int64_t b = 0; b < B; ++b)
+    for (int64_t h = 0; h < kH; ++h) {
+      std::vector<std::vector<int64_t>> sorted(R);  // per round: positions by (bucket, position)
+      for (int64_t r = 0; r < R; ++r) {
+        for (int64_t t = 0; t < T; ++t) sorted[r].push_back(t);
+        std::stable_sort(sorted[r].begin(), sorted[r].end(),
+                         [&](int64_t a, int64_t c) { return bk[b][h][r][a] < bk[b][h][r][c]; });
+      }
+      auto chunk = [&](int64_t r, int64_t c) {  // chunk c of round r; c = -1 is the last chunk of the previous round
+        if (c < 0) r = (r + R - 1) % R, c = N - 1;
+        return std::vector<int64_t>(sorted[r].begin() + c * m, sorted[r].begin() + (c + 1) * m);
+      };
+      for (int64_t r = 0; r < R; ++r)
+        for (int64_t s = 0; s < T; ++s) {
+          const int64_t i = sorted[r][s], c = s / m;
+          std::vector<int64_t> keys = chunk(r, c - 1), own = chunk(r, c);
+          keys.insert(keys.end(), own.begin(), own.end());
+          bool other = false;
+          for (int64_t j : keys) other |= j != i && !pd[b][j] && (!causal || j <= i);
+          for (int64_t j : keys) {
+            const bool ok = !pd[b][j] && (!causal || j <= i) && (j != i || !other);
+            if (ok) cnt[b][h][r][i][j] += 1;
+          }
+        }
+    }
+  auto s = torch::matmul(q, k.transpose(-1, -2)).unsqueeze(2) + torch::log(count);  // no 1/sqrt(D) (sec. 2)
+  // A row that sees nothing (a padded query with no visible key) gives zeros.
+  auto safe = [](const torch::Tensor& t) { return torch::where(torch::isinf(t), torch::zeros_like(t), t); };
+  auto lse = torch::logsumexp(s, -1);                                                 // [B, H, R, T]
+  auto o = torch::matmul(torch::exp(s - safe(lse).unsqueeze(-1)), v.unsqueeze(2));    // [B, H, R, T, D]
+  auto w = torch::exp(lse - safe(torch::logsumexp(lse, 2, true))).unsqueeze(-1);     // eq. 14
+  auto y = (o * w).sum(2);
+  return torch::linear(y.transpose(1, 2).reshape({B, T, kC}), param(*mx, "out.weight"), param(*mx, "out.bias"));
+}
+
+std::vector<torch::Tensor> wrt(const Mixer& m, const torch::Tensor& x) {
+  std::vector<torch::Tensor> v = {x};
+  for (auto& p : m->parameters()) v.push_back(p);
+  return v;
+}
+
+TEST(Lsh, EqualsTheDefinitionWithChunksRoundsAndPadding) {
+  for (bool causal : {false, true})
+    for (int64_t R : {1, 3}) {
+      const int64_t T = 16, m = 4, nb = 4;
+      auto mx = make({{"n_hashes", R}, {"chunk_length", m}, {"n_buckets", nb}});
+      auto x = torch::randn({2, T, kC}, torch::kDouble).requires_grad_(true);
+      auto pad = torch::zeros({2, T}, torch::kBool);
+      pad[1].narrow(0, 0, 3).fill_(true);
+      auto diff = longseq_test::max_output_and_grad_diff([&] { return run(mx, x, causal, pad); },
+                                                         [&] { return reference(mx, x, pad, causal, R, nb, m); },
+                                                         wrt(mx, x));
+      EXPECT_LT(diff, 1e-9) << "causal=" << causal << " R=" << R;
+    }
+}
+
+TEST(Lsh, OneChunkIsFullSharedQkAttentionWithTheSelfRule) {
+  const int64_t T = 11;
+  auto mx = make({{"n_hashes", 2}, {"chunk_length", 64}});
+  auto x = torch::randn({1, T, kC}, torch::kDouble);
+  auto qv = torch::linear(x, param(*mx, "qv.weight"), param(*mx, "qv.bias")).chunk(2, -1);
+  auto q = heads(qv[0]), v = heads(qv[1]);
+  auto k = q / q.norm(2, -1, true);
+  for (bool causal : {false, true}) {
+    auto allowed = torch::ones({T, T}, torch::kBool);
+    if (causal) allowed = torch::tril(allowed);
+    allowed = allowed & ~torch::eye(T, torch::kBool);
+    allowed.select(0, 0).select(0, 0).fill_(causal);  // the first token sees only itself when causal
+    auto o = longseq_test::dense_masked_attention(q * std::sqrt(double(kD)), k, v, allowed.view({1, 1, T, T}));
+    auto expect = torch::linear(o.transpose(1, 2).reshape({1, T, kC}), param(*mx, "out.weight"), param(*mx, "out.bias"));
+    EXPECT_TRUE(torch::allclose(run(mx, x, causal), expect, 1e-10, 1e-10)) << "causal=" << causal;
+  }
+}
+
+TEST(Lsh, HashIsAngularAndSeeded) {
+  auto q = torch::randn({1, kH, 32, kD}, torch::kDouble);
+  auto a = lsh_buckets(q, 8, 2, lsh_eval_generator(3, 8));
+  EXPECT_TRUE(torch::equal(a, lsh_buckets(q * 7.5, 8, 2, lsh_eval_generator(3, 8))));  // direction only
+  EXPECT_TRUE(torch::equal(a, lsh_buckets(q, 8, 2, lsh_eval_generator(3, 8))));
+  EXPECT_FALSE(torch::equal(a, lsh_buckets(q, 8, 2, lsh_eval_generator(4, 8))));
+  EXPECT_LT(a.max().item<int64_t>(), 8);
+  EXPECT_GT(std::get<0>(at::_unique(a)).numel(), 4);  // the buckets are used, not one
+}
+
+TEST(Lsh, TrainingRehashesEvaluationDoesNot) {
+  auto mx = make({{"chunk_length", 4}, {"n_buckets", 4}});
+  auto x = torch::randn({1, 16, kC}, torch::kDouble);
+  EXPECT_TRUE(torch::equal(run(mx, x, false), run(mx, x, false)));
+  mx->train();
+  EXPECT_FALSE(torch::allclose(run(mx, x, false), run(mx, x, false)));
+  auto fixed = make({{"chunk_length", 4}, {"n_buckets", 4}, {"rehash", false}, {"seed", 2}, {"bias", false}});
+  fixed->train();
+  EXPECT_TRUE(torch::equal(run(fixed, x, false), run(fixed, x, false)));
+  EXPECT_THROW(make({{"n_buckets", 3}}), Error);
+}
+
+}  // namespace
