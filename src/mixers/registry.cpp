@@ -10,6 +10,7 @@ MixerInfo full_mixer_info();
 MixerInfo longformer_mixer_info();
 MixerInfo bigbird_mixer_info();
 MixerInfo lsh_mixer_info();
+MixerInfo routing_mixer_info();
 
 const std::vector<MixerInfo>& mixer_registry() {
   static const std::vector<MixerInfo> registry = {
@@ -17,6 +18,7 @@ const std::vector<MixerInfo>& mixer_registry() {
       longformer_mixer_info(),
       bigbird_mixer_info(),
       lsh_mixer_info(),
+      routing_mixer_info(),
   };
   return registry;
 }
