@@ -24,6 +24,8 @@ struct ModelConfig {
   int64_t max_len = 2048;
   std::string positions;  // sinusoidal | learned | none
   double dropout = 0.0;
+  bool reversible = false;  // Reformer reversible residuals (Kitaev et al. 2020, sec. 3)
+  int64_t ff_chunks = 1;    // feed-forward over this many slices of the length (sec. 3, eq. 10)
   bool tie_embeddings = true;
   std::vector<MixerSpec> layers;  // one per layer
   int64_t num_classes = 2;

@@ -24,7 +24,10 @@ TORCH_MODULE(FeedForward);
 class BlockImpl : public torch::nn::Module {
  public:
   BlockImpl(Mixer mixer, int64_t d_model, int64_t d_ff, double dropout);
-  torch::Tensor forward(const torch::Tensor& x, MixContext& ctx);  // [B, T, C] -> [B, T, C]
+  torch::Tensor forward(const torch::Tensor& x, MixContext& ctx, int64_t ff_chunks = 1);  // [B, T, C] -> [B, T, C]
+  // The two residual branches: dropout(mixer(LN(x))) and dropout(FF(LN(x))), the latter over `chunks` slices of T.
+  torch::Tensor mix_branch(const torch::Tensor& x, MixContext& ctx);
+  torch::Tensor ff_branch(const torch::Tensor& x, int64_t chunks = 1);
   MixerImpl& mixer() { return *mixer_; }
   const MixerImpl& mixer() const { return *mixer_; }
 
@@ -35,6 +38,17 @@ class BlockImpl : public torch::nn::Module {
   double dropout_;
 };
 TORCH_MODULE(Block);
+
+struct ModelState;
+
+// Reformer's reversible stack (Kitaev et al. 2020, sec. 3, eq. 9) over
+// `blocks`: x -> (Y1 + Y2) / 2 with X1 = X2 = x. Keeps only the last outputs;
+// the backward walks the blocks in reverse, recomputing X2 = Y2 - FF(Y1) and
+// X1 = Y1 - mix(X2) and back-propagating through each recomputation. Dropout
+// masks are replayed from the saved generator state; mixers see
+// in_recompute() and must repeat their forward's random draws.
+torch::Tensor reversible_stack(std::vector<Block>& blocks, const torch::Tensor& x, MixContext& ctx,
+                               ModelState* state, int64_t ff_chunks);
 
 // Sinusoidal table for absolute positions (Vaswani et al. 2017, sec. 3.5).
 // positions: [T] long -> [T, C]
@@ -55,6 +69,7 @@ class TrunkImpl : public torch::nn::Module {
                         ModelState* state = nullptr, const torch::Tensor& global_mask = {});
   ModelState initial_state(int64_t batch) const;  // throws Error if a layer cannot stream
   torch::nn::Embedding& embedding() { return embed_; }
+  std::vector<Block>& blocks() { return blocks_; }
   const ModelConfig& config() const { return cfg_; }
 
  private:

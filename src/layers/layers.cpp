@@ -25,13 +25,27 @@ BlockImpl::BlockImpl(Mixer mixer, int64_t d_model, int64_t d_ff, double dropout)
   ff_ = register_module("ff", FeedForward(d_model, d_ff, dropout));
 }
 
-torch::Tensor BlockImpl::forward(const torch::Tensor& x, MixContext& ctx) {
+torch::Tensor BlockImpl::mix_branch(const torch::Tensor& x, MixContext& ctx) {
   auto h = mixer_->forward(ln_mix_(x), ctx);
-  if (dropout_ > 0) h = torch::dropout(h, dropout_, is_training());
-  auto y = x + h;
-  auto f = ff_(ln_ff_(y));
-  if (dropout_ > 0) f = torch::dropout(f, dropout_, is_training());
-  return y + f;
+  return dropout_ > 0 ? torch::dropout(h, dropout_, is_training()) : h;
+}
+
+torch::Tensor BlockImpl::ff_branch(const torch::Tensor& x, int64_t chunks) {
+  auto run = [&](const torch::Tensor& part) {
+    auto f = ff_(ln_ff_(part));
+    return dropout_ > 0 ? torch::dropout(f, dropout_, is_training()) : f;
+  };
+  const int64_t T = x.size(1);
+  if (chunks <= 1 || T <= 1) return run(x);
+  std::vector<torch::Tensor> parts;
+  const int64_t step = (T + chunks - 1) / chunks;
+  for (int64_t t = 0; t < T; t += step) parts.push_back(run(x.narrow(1, t, std::min(step, T - t))));
+  return torch::cat(parts, 1);
+}
+
+torch::Tensor BlockImpl::forward(const torch::Tensor& x, MixContext& ctx, int64_t ff_chunks) {
+  auto y = x + mix_branch(x, ctx);
+  return y + ff_branch(y, ff_chunks);
 }
 
 torch::Tensor sinusoidal_positions(const torch::Tensor& positions, int64_t C) {
@@ -83,14 +97,18 @@ torch::Tensor TrunkImpl::forward(const torch::Tensor& tokens, bool causal,
     }
   }
   if (cfg_.dropout > 0) x = torch::dropout(x, cfg_.dropout, is_training());
-  for (size_t i = 0; i < blocks_.size(); ++i) {
-    MixContext ctx;
-    ctx.causal = causal;
-    ctx.padding_mask = padding_mask;
-    ctx.global_mask = global_mask;
-    ctx.offset = offset;
-    ctx.state = state ? state->layers[i].get() : nullptr;
-    x = blocks_[i]->forward(x, ctx);
+  MixContext ctx;
+  ctx.causal = causal;
+  ctx.padding_mask = padding_mask;
+  ctx.global_mask = global_mask;
+  ctx.offset = offset;
+  if (cfg_.reversible) {
+    x = reversible_stack(blocks_, x, ctx, state, cfg_.ff_chunks);
+  } else {
+    for (size_t i = 0; i < blocks_.size(); ++i) {
+      ctx.state = state ? state->layers[i].get() : nullptr;
+      x = blocks_[i]->forward(x, ctx, cfg_.ff_chunks);
+    }
   }
   if (state) state->offset += T;
   return ln_final_(x);

@@ -15,6 +15,7 @@
 #include "longseq/kernels/gathered_attention.h"
 #include "longseq/mixers/heads.h"
 #include "longseq/mixers/lsh.h"
+#include "longseq/recompute.h"
 #include "longseq/registry.h"
 
 namespace longseq {
@@ -66,7 +67,12 @@ class LshImpl : public MixerImpl {
     const int64_t nb = buckets_ > 0 ? buckets_ : std::clamp<int64_t>((2 * Tp / m + 1) / 2 * 2, 2, 8192);
     // Rotations fresh at each training forward when rehashing; otherwise a fixed function of (seed + layer, nb),
     // so evaluation and tests see the same hashes every call. Padding goes to an extra bucket nb.
-    auto gen = is_training() && rehash_ ? training_gen_ : lsh_eval_generator(seed_, nb);
+    at::Generator gen = lsh_eval_generator(seed_, nb);
+    if (is_training() && rehash_) {  // a recomputation (reversible backward) repeats the forward's draw
+      if (in_recompute() && last_state_.defined()) training_gen_.set_state(last_state_);
+      else last_state_ = training_gen_.get_state();
+      gen = training_gen_;
+    }
     auto buckets = lsh_buckets(q, nb, R, gen).masked_fill(pad.view({B, 1, 1, Tp}), nb);  // [B, H, R, Tp]
     // Sort key (round, bucket, position); ties cannot happen.
     auto pos = torch::arange(Tp).view({1, 1, 1, Tp});
@@ -101,6 +107,7 @@ class LshImpl : public MixerImpl {
   bool rehash_;
   uint64_t seed_;
   at::Generator training_gen_;
+  torch::Tensor last_state_;  // training_gen_ before the last forward's draw
   torch::nn::Linear qv_{nullptr}, out_{nullptr};
 };
 

@@ -16,6 +16,7 @@
 #include "longseq/common.h"
 #include "longseq/kernels/gathered_attention.h"
 #include "longseq/mixers/heads.h"
+#include "longseq/recompute.h"
 #include "longseq/registry.h"
 
 namespace longseq {
@@ -61,14 +62,17 @@ class RoutingImpl : public MixerImpl {
     const int64_t B = q.size(0), H = q.size(1), T = q.size(2), D = q.size(3), K = clusters_;
     const int64_t w = (T + K - 1) / K;
     auto qn = torch::layer_norm(q, {D});  // no scale or bias: |qn| = sqrt(D)
-    auto means = means_.to(q.dtype());
+    // A recomputation (reversible backward) routes with the centroids its forward used, and updates nothing.
+    const bool recompute = in_recompute() && means_used_.defined();
+    if (is_training() && !recompute) means_used_ = means_.clone();
+    auto means = (recompute ? means_used_ : means_).to(q.dtype());
     torch::Tensor idx;
     {
       torch::NoGradGuard ng;
       auto affinity = torch::einsum("bhtd,hkd->bhkt", {qn.detach(), means});  // [B, H, K, T]
       if (pad.defined()) affinity = affinity.masked_fill(pad.view({B, 1, 1, T}), -1e30);  // padding picked last
       idx = std::get<0>(std::get<1>(affinity.topk(w, -1)).sort(-1));  // [B, H, K, w], by position
-      if (is_training()) update_means(qn.detach(), affinity, pad);
+      if (is_training() && !recompute) update_means(qn.detach(), affinity, pad);
     }
     // Logits qn_a . qn_b (no 1/sqrt(D): LN sets the temperature); the primitive divides by sqrt(D).
     auto groups = (qn * std::sqrt(static_cast<double>(D))).gather(2, idx.view({B, H, K * w, 1}).expand({B, H, K * w, D}));
@@ -117,6 +121,7 @@ class RoutingImpl : public MixerImpl {
   int64_t heads_, head_dim_, clusters_, local_block_, routing_heads_;
   double decay_;
   torch::Tensor means_, ema_sums_, ema_counts_;
+  torch::Tensor means_used_;  // the centroids the last training forward routed with
   torch::nn::Linear qkv_{nullptr}, out_{nullptr};
 };
 

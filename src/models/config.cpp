@@ -20,6 +20,13 @@ const Schema& model_schema() {
       {"positions", OptionType::String, "sinusoidal", "absolute positions added to the embeddings",
        -1e300, 1e300, {"sinusoidal", "learned", "none"}},
       {"dropout", OptionType::Float, 0.0, "dropout on residual branches and embeddings", 0.0, 1.0},
+      {"reversible", OptionType::Bool, false,
+       "reversible residual blocks (Reformer sec. 3): Y1 = X1 + mix(X2), Y2 = X2 + FF(Y1); the backward recomputes "
+       "each block's inputs from its outputs, so activation memory does not grow with n_layers; the stack's output "
+       "is (Y1 + Y2) / 2"},
+      {"ff_chunks", OptionType::Int, 1,
+       "compute the feed-forward over this many slices of the length (Reformer eq. 10); with reversible blocks the "
+       "backward is sliced too, so the d_ff-wide hidden layer never exists for the whole length", 1, 1 << 20},
       {"tie_embeddings", OptionType::Bool, true, "output projection shares the token embedding"},
       {"mixer", OptionType::Any, "full", "mixer of every layer: a name or {\"name\": ..., options}"},
       {"layers", OptionType::Any, Json::array(),
@@ -81,6 +88,8 @@ ModelConfig ModelConfig::from_json(const Json& raw) {
   c.max_len = j["max_len"];
   c.positions = j["positions"];
   c.dropout = j["dropout"];
+  c.reversible = j["reversible"];
+  c.ff_chunks = j["ff_chunks"];
   c.tie_embeddings = j["tie_embeddings"];
   c.num_classes = j["num_classes"];
   c.pooling = j["pooling"];
