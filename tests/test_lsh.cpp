@@ -145,4 +145,18 @@ TEST(Lsh, TrainingRehashesEvaluationDoesNot) {
   EXPECT_THROW(make({{"n_buckets", 3}}), Error);
 }
 
+TEST(Lsh, DecodingGivesTheLastRowOfEachPrefix) {
+  auto mx = make({{"chunk_length", 4}, {"n_buckets", 4}, {"n_hashes", 2}});
+  auto x = torch::randn({1, 14, kC}, torch::kDouble);
+  auto state = mx->initial_state(1);
+  for (int64_t t = 0; t < 14; ++t) {
+    MixContext ctx;
+    ctx.causal = true;
+    ctx.state = state.get();
+    auto step = mx->forward(x.narrow(1, t, 1), ctx);
+    auto whole = run(mx, x.narrow(1, 0, t + 1), true).narrow(1, t, 1);
+    EXPECT_TRUE(torch::allclose(step, whole, 1e-10, 1e-10)) << "position " << t;
+  }
+}
+
 }  // namespace

@@ -227,6 +227,12 @@ int main(int argc, char** argv) {
     } else if (*gen) {
       auto run = load_run(run_dir);
       sopts.use_cache = !no_cache;
+      for (const auto& layer : run.model_config.layers)
+        if (sopts.use_cache && !find_mixer(layer.name).streams) {
+          std::fprintf(stderr, "note: mixer %s has no streaming state; recomputing the sequence at each step\n",
+                       layer.name.c_str());
+          sopts.use_cache = false;
+        }
       auto ids = generate(*run.model, run.tokenizer->encode(prompt), max_new, sopts);
       std::printf("%s%s\n", prompt.c_str(), run.tokenizer->decode(ids).c_str());
     } else if (*tok) {

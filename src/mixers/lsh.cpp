@@ -33,6 +33,11 @@ at::Generator lsh_eval_generator(uint64_t layer_seed, int64_t n_buckets) {
 
 namespace {
 
+struct LshCache : MixerState {
+  torch::Tensor q, v;  // [B, H, S, D] projections of the prefix
+  torch::Tensor pad;   // [B, S]
+};
+
 class LshImpl : public MixerImpl {
  public:
   explicit LshImpl(const MixerArgs& a)
@@ -52,12 +57,31 @@ class LshImpl : public MixerImpl {
 
   torch::Tensor forward(const torch::Tensor& x, MixContext& ctx) override {
     TORCH_CHECK(x.dim() == 3, "lsh: x must be [B, T, C], got ", x.sizes());
-    TORCH_CHECK(!ctx.state, "lsh: does not stream (decode by recomputing the sequence)");
-    const int64_t B = x.size(0), T = x.size(1), D = head_dim_;
+    const int64_t B = x.size(0), T = x.size(1);
     auto qv = qv_(x).chunk(2, -1);
     auto q = split_heads(qv[0], heads_), v = split_heads(qv[1], heads_);
-    const int64_t m = std::min(chunk_, T), Tp = (T + m - 1) / m * m, R = rounds_;
     auto pad = ctx.padding_mask.defined() ? ctx.padding_mask.to(torch::kBool) : torch::zeros({B, T}, torch::kBool);
+    if (!ctx.state) return out_(merge_heads(attend(q, v, pad, ctx.causal)));
+    // Decoding: the new rows of the whole-sequence computation on the prefix so far. The projections are
+    // cached; hashing, sorting and chunked attention run again over the prefix (the chunks of earlier
+    // tokens move as the prefix grows, so nothing else can be reused: LSH is not strictly causal).
+    auto* cache = dynamic_cast<LshCache*>(ctx.state);
+    TORCH_CHECK(cache, "lsh: the state passed was not made by this mixer");
+    TORCH_CHECK(ctx.causal, "lsh: streaming needs causal mode");
+    if (cache->q.defined()) {
+      q = torch::cat({cache->q, q}, 2), v = torch::cat({cache->v, v}, 2), pad = torch::cat({cache->pad, pad}, 1);
+    }
+    cache->q = q.detach(), cache->v = v.detach(), cache->pad = pad;
+    return out_(merge_heads(attend(q, v, pad, true).narrow(2, q.size(2) - T, T)));
+  }
+
+  std::unique_ptr<MixerState> initial_state(int64_t) const override { return std::make_unique<LshCache>(); }
+
+ private:
+  // q, v: [B, H, T, D]; pad: [B, T] bool -> [B, H, T, D]
+  torch::Tensor attend(torch::Tensor q, torch::Tensor v, torch::Tensor pad, bool causal) {
+    const int64_t B = q.size(0), T = q.size(2), D = head_dim_;
+    const int64_t m = std::min(chunk_, T), Tp = (T + m - 1) / m * m, R = rounds_;
     if (Tp > T) {
       auto z = torch::zeros({B, heads_, Tp - T, D}, q.options());
       q = torch::cat({q, z}, 2), v = torch::cat({v, z}, 2);
@@ -87,7 +111,7 @@ class LshImpl : public MixerImpl {
     auto cpos = spos.view({B, heads_, N, m});
     auto kpos = torch::cat({cpos.roll(1, 2), cpos}, -1);  // previous chunk (circular) and own chunk: [B, H, N, 2m]
     auto qp = cpos.unsqueeze(-1), kp = kpos.unsqueeze(-2);  // [B, H, N, m, 1], [B, H, N, 1, 2m]
-    auto ok = ctx.causal ? (kp <= qp) : torch::ones_like(kp, torch::kBool).expand({B, heads_, N, m, 2 * m});
+    auto ok = causal ? (kp <= qp) : torch::ones_like(kp, torch::kBool).expand({B, heads_, N, m, 2 * m});
     ok = ok & ~pad.view({B, 1, 1, 1, Tp}).expand({B, heads_, N, m, Tp}).gather(4, kp.expand({B, heads_, N, m, 2 * m}));
     auto self = (kp == qp) & ok;
     auto others = ok & ~self;
@@ -98,11 +122,9 @@ class LshImpl : public MixerImpl {
     auto o = r.out.view({B, heads_, R * Tp, D}).gather(2, inv.unsqueeze(-1).expand({B, heads_, R * Tp, D}));
     auto lse = r.lse.view({B, heads_, R * Tp}).gather(2, inv).view({B, heads_, R, Tp}).transpose(2, 3);
     auto w = masked_softmax(lse.masked_fill(torch::isinf(lse), 0), torch::isfinite(lse)).transpose(2, 3);  // over R
-    auto y = (o.view({B, heads_, R, Tp, D}) * w.unsqueeze(-1)).sum(2).narrow(2, 0, T);
-    return out_(merge_heads(y));
+    return (o.view({B, heads_, R, Tp, D}) * w.unsqueeze(-1)).sum(2).narrow(2, 0, T);
   }
 
- private:
   int64_t heads_, head_dim_, rounds_, chunk_, buckets_;
   bool rehash_;
   uint64_t seed_;
@@ -116,7 +138,8 @@ class LshImpl : public MixerImpl {
 MixerInfo lsh_mixer_info() {
   MixerInfo info;
   info.name = "lsh";
-  info.summary = "Reformer LSH attention: shared QK, angular hashing, sorted chunks, rounds combined by log-sum-exp";
+  info.summary = "Reformer LSH attention: shared QK, angular hashing, sorted chunks, rounds combined by log-sum-exp; "
+                 "decoding over cached projections";
   info.citation = "Kitaev, Kaiser, Levskaya 2020, Reformer: The Efficient Transformer, sec. 2 and App. A";
   info.schema = {
       {"n_hashes", OptionType::Int, 2, "hash rounds R (the paper's enwik8 runs: 2; 8 is close to full attention)", 1,
@@ -133,6 +156,7 @@ MixerInfo lsh_mixer_info() {
   info.make = [](const MixerArgs& a) -> Mixer { return std::make_shared<LshImpl>(a); };
   info.strictly_causal = false;
   info.strictly_causal_options = {{"chunk_length", 1000000000}};
+  info.streams = true;  // exactly the whole-sequence rows under the strict options; per step O(R T m D)
   info.flops = [](const FlopQuery& f) {  // projections (qk, v, out) + per round: 2m keys per query, hashing
     const double m = std::min<double>(f.options["chunk_length"].get<double>(), f.T), R = f.options["n_hashes"];
     const double nb = f.options["n_buckets"].get<double>() > 0 ? f.options["n_buckets"].get<double>() : 2 * f.T / m;
