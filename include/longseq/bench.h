@@ -21,6 +21,7 @@ struct BenchOptions {
   bool stock = false;           // add full/reference under glibc's default allocator
   bool kernels_only = false;    // only the attention cores, not whole mixers
   std::string csv = "bench.csv", svg = "bench.svg";
+  std::vector<int64_t> stack_layers;  // also whole stacks of the first mixer at these depths, standard and reversible
   int quality_steps = 0;        // > 0: also train each mixer this many steps on the embedded corpus
   std::string self;             // path of the longseq program (children run `longseq bench-one`)
 };

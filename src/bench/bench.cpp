@@ -26,6 +26,7 @@
 #include "longseq/common.h"
 #include "longseq/config.h"
 #include "longseq/kernels/flash_attention.h"
+#include "longseq/layers.h"
 #include "longseq/registry.h"
 #include "longseq/runtime.h"
 #include "longseq/train.h"
@@ -122,7 +123,15 @@ std::string bench_one(const Json& s) {
   std::function<torch::Tensor(const torch::Tensor&)> run;
   std::vector<torch::Tensor> inputs;
   Mixer mixer;
-  if (s["core"].get<bool>()) {  // the attention core alone: q, k, v -> o
+  Trunk trunk{nullptr};
+  if (s.contains("stack")) {  // a whole trunk: tokens -> embeddings -> blocks -> final norm
+    Json mj = {{"d_model", H * D}, {"n_heads", H}, {"n_layers", s["stack"]["layers"]}, {"mixer", s["mixer"]},
+               {"reversible", s["stack"]["reversible"]}, {"ff_chunks", 4}};
+    trunk = Trunk(ModelConfig::from_json(mj));
+    inputs.push_back(torch::randint(0, 256, {B, T}));
+    run = [&](const torch::Tensor& tokens) { return trunk->forward(tokens, causal, {}); };
+    mixer = nullptr;
+  } else if (s["core"].get<bool>()) {  // the attention core alone: q, k, v -> o
     const std::string kernel = s["kernel"];
     for (int i = 0; i < 3; ++i) inputs.push_back(torch::randn({B, H, T, D}).requires_grad_(backward));
     run = [&, kernel](const torch::Tensor&) {
@@ -146,6 +155,7 @@ std::string bench_one(const Json& s) {
       y.backward(torch::ones_like(y));
       for (auto& x : inputs) x.mutable_grad() = torch::Tensor();
       if (mixer) for (auto& p : mixer->parameters()) p.mutable_grad() = torch::Tensor();
+      if (trunk) for (auto& p : trunk->parameters()) p.mutable_grad() = torch::Tensor();
     } else {
       torch::NoGradGuard ng;
       run(inputs[0]);
@@ -327,6 +337,8 @@ void run_bench(const BenchOptions& o) {
     std::string name, mixer, kernel;
     bool core;
     bool system_malloc;
+    int64_t stack_layers = 0;  // > 0: a whole trunk of this many blocks of `mixer`
+    bool reversible = false;
   };
   std::vector<Series> all;
   for (const auto& m : mixers) {
@@ -337,6 +349,11 @@ void run_bench(const BenchOptions& o) {
     }
     if (!o.kernels_only) all.push_back({m + " mixer", m, "", false, false});
   }
+  // Activation memory of a stack versus its depth, with stored activations and reversible (Reformer sec. 3).
+  for (int64_t n : o.stack_layers)
+    for (bool rev : {false, true})
+      all.push_back({mixers.front() + " stack of " + std::to_string(n) + (rev ? " reversible" : " standard"),
+                     mixers.front(), "", false, false, n, rev});
   // Baseline: the program and libraries before any tensor work.
   Json base_spec = {{"B", 1}, {"H", 1}, {"D", 1}, {"T", 1}, {"causal", false}, {"pass", "fwd"}, {"repeats", 1},
                     {"core", true}, {"kernel", "reference"}, {"mixer", "full"}};
@@ -373,6 +390,7 @@ void run_bench(const BenchOptions& o) {
           Json spec = {{"B", o.batch}, {"H", o.heads}, {"D", o.head_dim}, {"T", T}, {"causal", mode == "causal"},
                        {"pass", pass}, {"repeats", o.repeats}, {"core", s.core}, {"kernel", s.kernel},
                        {"mixer", s.mixer}, {"options", Json::object()}};
+          if (s.stack_layers > 0) spec["stack"] = {{"layers", s.stack_layers}, {"reversible", s.reversible}};
           const std::string label = s.name + " " + mode + " " + pass + " T=" + std::to_string(T);
           auto c = run_child(o.self, spec, s.system_malloc, o.time_cap, o.memory_cap_gib, [&](double secs) {
             progress.update(static_cast<int64_t>(done - 1), label + " (" + format_duration(secs) + ")");
@@ -390,7 +408,7 @@ void run_bench(const BenchOptions& o) {
             r.status = "ok";
             r.median_s = res["median_s"];
             r.tokens_per_s = o.batch * T / r.median_s;
-            const double flops = s.core ? attention_flops(spec) : mixer_flops(spec);
+            const double flops = s.stack_layers > 0 ? 0.0 : s.core ? attention_flops(spec) : mixer_flops(spec);
             r.gflops = flops / r.median_s / 1e9;
             r.roof_gflops = res.value("roof_gflops", 0.0);
             if (r.roof_gflops > 0) r.roof_fraction = r.gflops / r.roof_gflops;

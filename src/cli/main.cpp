@@ -144,6 +144,10 @@ int main(int argc, char** argv) {
   bench->add_option("--budget", bopts.budget, "seconds for the whole run; later configurations are skipped (0 = none)");
   bench->add_flag("--stock", bopts.stock, "also run the reference attention core under glibc's default allocator");
   bench->add_flag("--kernels-only", bopts.kernels_only, "only the attention cores, not whole mixers");
+  bench->add_option("--stack-layers", bopts.stack_layers,
+                    "also time whole stacks of the first mixer with this many blocks, standard and reversible "
+                    "(activation memory versus depth)")
+      ->check(CLI::PositiveNumber);
   bench->add_option("--csv", bopts.csv, "CSV output file");
   bench->add_option("--svg", bopts.svg, "plot output file (SVG)");
   bench->add_option("--quality-steps", bopts.quality_steps, "also train each mixer this many steps and report bits per byte");

@@ -42,7 +42,8 @@ torch::Tensor masked_softmax(const torch::Tensor& scores, const torch::Tensor& a
 }
 
 GatheredResult gathered_attention(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
-                                  const KeySlots& slots, const torch::Tensor& key_padding, const ExtraKeys* extra) {
+                                  const KeySlots& slots, const torch::Tensor& key_padding, const ExtraKeys* extra,
+                                  bool want_lse) {
   TORCH_CHECK(q.dim() == 5, "gathered_attention: q must be [B, H, N, b, D], got ", q.sizes());
   TORCH_CHECK(k.dim() == 4 && k.sizes() == v.sizes() && k.size(0) == q.size(0) && k.size(1) == q.size(1) &&
                   k.size(3) == q.size(4),
@@ -78,7 +79,14 @@ GatheredResult gathered_attention(const torch::Tensor& q, const torch::Tensor& k
                           extra->allowed.expand({shape[0], shape[1], shape[2], shape[3], se.size(-1)})},
                          -1);
   }
-  auto r = softmax_lse(scores, allowed);
+  SoftmaxLse r;
+  torch::Tensor sees;  // [.., b, 1]: rows with at least one allowed key
+  if (want_lse) {
+    r = softmax_lse(scores, allowed);
+  } else {  // leaner autograd: softmax keeps only its output, masked_fill only the mask
+    r.probs = torch::softmax(scores.masked_fill(~allowed, std::numeric_limits<float>::lowest()), -1);
+    sees = allowed.any(-1, /*keepdim=*/true).to(scores.dtype());
+  }
   torch::Tensor out;
   if (extra) {
     const int64_t m = kg.size(3);
@@ -87,6 +95,7 @@ GatheredResult gathered_attention(const torch::Tensor& q, const torch::Tensor& k
   } else {
     out = torch::matmul(r.probs, values);
   }
+  if (sees.defined()) out = out * sees;  // a row that sees nothing returns zeros
   return {out, r.lse};
 }
 

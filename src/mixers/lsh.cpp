@@ -116,7 +116,7 @@ class LshImpl : public MixerImpl {
     auto self = (kp == qp) & ok;
     auto others = ok & ~self;
     auto allowed = others | (self & ~others.any(-1, true));  // self only when nothing else (the 1e5 penalty)
-    auto r = gathered_attention(qs, k, v, KeySlots{kpos, allowed}, {});
+    auto r = gathered_attention(qs, k, v, KeySlots{kpos, allowed}, {}, nullptr, /*want_lse=*/true);
     // Unsort and combine rounds: o = sum_r softmax_r(lse_r) o_r (eq. 14).
     auto inv = torch::empty_like(order).scatter_(2, order, torch::arange(R * Tp).view({1, 1, -1}).expand_as(order));
     auto o = r.out.view({B, heads_, R * Tp, D}).gather(2, inv.unsqueeze(-1).expand({B, heads_, R * Tp, D}));

@@ -22,7 +22,8 @@ struct ExtraKeys {
 
 struct GatheredResult {
   torch::Tensor out;  // [B, H, N, b, D]
-  torch::Tensor lse;  // [B, H, N, b] log-sum-exp of the scaled scores; -inf where nothing is allowed
+  torch::Tensor lse;  // [B, H, N, b] log-sum-exp of the scaled scores, -inf where nothing is allowed;
+                      // undefined unless asked for (it keeps the scores alive for its gradient)
 };
 
 // q: [B, H, N, b, D] (grouped queries); k, v: [B, H, S, D]; key_padding: [B, S]
@@ -31,7 +32,7 @@ struct GatheredResult {
 // a slot list count twice: callers mark duplicates empty.
 GatheredResult gathered_attention(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
                                   const KeySlots& slots, const torch::Tensor& key_padding,
-                                  const ExtraKeys* extra = nullptr);
+                                  const ExtraKeys* extra = nullptr, bool want_lse = false);
 
 // Softmax over the last dimension restricted to `allowed` (broadcastable
 // bool); rows with nothing allowed give zeros, never NaN.
