@@ -11,6 +11,7 @@ MixerInfo longformer_mixer_info();
 MixerInfo bigbird_mixer_info();
 MixerInfo lsh_mixer_info();
 MixerInfo routing_mixer_info();
+MixerInfo linear_mixer_info();
 
 const std::vector<MixerInfo>& mixer_registry() {
   static const std::vector<MixerInfo> registry = {
@@ -19,6 +20,7 @@ const std::vector<MixerInfo>& mixer_registry() {
       bigbird_mixer_info(),
       lsh_mixer_info(),
       routing_mixer_info(),
+      linear_mixer_info(),
   };
   return registry;
 }

@@ -1,0 +1,109 @@
+// "linear": linear attention. Katharopoulos, Vyas, Pappas, Fleuret 2020,
+// "Transformers are RNNs", sec. 3.2 (eq. 5-7: phi(x) = elu(x) + 1, no 1/sqrt(D)),
+// sec. 3.3 (causal prefix sums, eq. 8-12) and sec. 3.4 (the RNN form).
+// Bidirectional in O(T D^2); causal chunk by chunk: masked products inside a
+// chunk plus the running state (S, z) of the chunks before it, so memory is
+// O(T D + (T / chunk) D^2), never O(T D^2). The state carries across forward
+// calls when streaming: O(D^2) time and memory per generated token.
+#include "longseq/common.h"
+#include "longseq/mixers/heads.h"
+#include "longseq/registry.h"
+
+namespace longseq {
+
+namespace {
+
+struct LinearState : MixerState {
+  torch::Tensor S;  // [B, H, D, D]: sum of phi(k) v^T so far
+  torch::Tensor z;  // [B, H, D]:    sum of phi(k) so far
+};
+
+class LinearImpl : public MixerImpl {
+ public:
+  explicit LinearImpl(const MixerArgs& a)
+      : heads_(a.n_heads), chunk_(a.options["chunk"]), eps_(a.options["eps"]) {
+    const bool bias = a.options["bias"].get<bool>();
+    qkv_ = register_module("qkv", torch::nn::Linear(torch::nn::LinearOptions(a.d_model, 3 * a.d_model).bias(bias)));
+    out_ = register_module("out", torch::nn::Linear(torch::nn::LinearOptions(a.d_model, a.d_model).bias(bias)));
+  }
+
+  torch::Tensor forward(const torch::Tensor& x, MixContext& ctx) override {
+    TORCH_CHECK(x.dim() == 3, "linear: x must be [B, T, C], got ", x.sizes());
+    auto qkv = qkv_(x).chunk(3, -1);
+    auto fq = torch::elu(split_heads(qkv[0], heads_)) + 1;  // eq. 7
+    auto fk = torch::elu(split_heads(qkv[1], heads_)) + 1;
+    auto v = split_heads(qkv[2], heads_);
+    if (ctx.padding_mask.defined())  // a padded key adds nothing to either sum
+      fk = fk * (~ctx.padding_mask.to(torch::kBool)).to(fk.dtype()).view({x.size(0), 1, x.size(1), 1});
+    torch::Tensor y;
+    if (ctx.state) {
+      auto* st = dynamic_cast<LinearState*>(ctx.state);
+      TORCH_CHECK(st, "linear: the state passed was not made by this mixer");
+      TORCH_CHECK(ctx.causal, "linear: streaming needs causal mode");
+      y = causal(fq, fk, v, st->S, st->z, &st->S, &st->z);
+    } else if (ctx.causal) {
+      y = causal(fq, fk, v, {}, {}, nullptr, nullptr);
+    } else {  // eq. 6
+      auto S = torch::matmul(fk.transpose(-1, -2), v);  // [B, H, D, D]
+      auto z = fk.sum(2);                                // [B, H, D]
+      y = torch::matmul(fq, S) / (torch::matmul(fq, z.unsqueeze(-1)) + eps_);
+    }
+    return out_(merge_heads(y));
+  }
+
+  std::unique_ptr<MixerState> initial_state(int64_t) const override { return std::make_unique<LinearState>(); }
+
+ private:
+  // Causal prefix sums chunk by chunk (eq. 8-12), starting from (S0, z0) (undefined = zero); the final
+  // state is written to S_out, z_out when given (detached: a decoding state carries no graph).
+  torch::Tensor causal(const torch::Tensor& fq, const torch::Tensor& fk, const torch::Tensor& v, torch::Tensor S,
+                       torch::Tensor z, torch::Tensor* S_out, torch::Tensor* z_out) const {
+    const int64_t T = fq.size(2);
+    std::vector<torch::Tensor> parts;
+    for (int64_t t0 = 0; t0 < T; t0 += chunk_) {
+      const int64_t n = std::min(chunk_, T - t0);
+      auto q = fq.narrow(2, t0, n), k = fk.narrow(2, t0, n), vv = v.narrow(2, t0, n);
+      auto a = torch::tril(torch::matmul(q, k.transpose(-1, -2)));  // [B, H, n, n], inclusive of j = i
+      auto num = torch::matmul(a, vv), den = a.sum(-1, true);
+      if (S.defined()) {
+        num = num + torch::matmul(q, S);
+        den = den + torch::matmul(q, z.unsqueeze(-1));
+      }
+      parts.push_back(num / (den + eps_));
+      auto dS = torch::matmul(k.transpose(-1, -2), vv), dz = k.sum(2);
+      S = S.defined() ? S + dS : dS;
+      z = z.defined() ? z + dz : dz;
+    }
+    if (S_out) *S_out = S.detach(), *z_out = z.detach();
+    return torch::cat(parts, 2);
+  }
+
+  int64_t heads_, chunk_;
+  double eps_;
+  torch::nn::Linear qkv_{nullptr}, out_{nullptr};
+};
+
+}  // namespace
+
+MixerInfo linear_mixer_info() {
+  MixerInfo info;
+  info.name = "linear";
+  info.summary = "linear attention with phi = elu + 1, O(T D^2); causal by chunked prefix sums; O(1) decoding state";
+  info.citation = "Katharopoulos et al. 2020, Transformers are RNNs, sec. 3.2-3.4";
+  info.schema = {
+      {"chunk", OptionType::Int, 64, "causal: queries per chunk (masked products inside, running state across)", 1,
+       1e6},
+      {"eps", OptionType::Float, 1e-6, "added to the denominator (the official code's value; the paper has none)", 0.0,
+       1.0},
+      {"bias", OptionType::Bool, true, "bias terms in the projections"},
+  };
+  info.make = [](const MixerArgs& a) -> Mixer { return std::make_shared<LinearImpl>(a); };
+  info.streams = true;
+  info.flops = [](const FlopQuery& f) {  // projections; phi(K)^T V and phi(Q) S (+ the masked chunk products)
+    const double D = double(f.C) / f.H, c = f.causal ? std::min<double>(f.options["chunk"].get<double>(), f.T) : 0;
+    return 8.0 * f.B * f.T * f.C * f.C + 4.0 * f.B * f.T * f.C * D + 4.0 * f.B * f.T * c * f.C;
+  };
+  return info;
+}
+
+}  // namespace longseq
