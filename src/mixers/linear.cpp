@@ -6,6 +6,7 @@
 // O(T D + (T / chunk) D^2), never O(T D^2). The state carries across forward
 // calls when streaming: O(D^2) time and memory per generated token.
 #include "longseq/common.h"
+#include "longseq/kernels/linear_attention.h"
 #include "longseq/mixers/heads.h"
 #include "longseq/registry.h"
 
@@ -14,8 +15,7 @@ namespace longseq {
 namespace {
 
 struct LinearState : MixerState {
-  torch::Tensor S;  // [B, H, D, D]: sum of phi(k) v^T so far
-  torch::Tensor z;  // [B, H, D]:    sum of phi(k) so far
+  LinearAttentionState sums;  // S = sum of phi(k) v^T so far, z = sum of phi(k)
 };
 
 class LinearImpl : public MixerImpl {
@@ -40,13 +40,11 @@ class LinearImpl : public MixerImpl {
       auto* st = dynamic_cast<LinearState*>(ctx.state);
       TORCH_CHECK(st, "linear: the state passed was not made by this mixer");
       TORCH_CHECK(ctx.causal, "linear: streaming needs causal mode");
-      y = causal(fq, fk, v, st->S, st->z, &st->S, &st->z);
+      y = causal_linear_attention(fq, fk, v, chunk_, eps_, &st->sums);
     } else if (ctx.causal) {
-      y = causal(fq, fk, v, {}, {}, nullptr, nullptr);
-    } else {  // eq. 6
-      auto S = torch::matmul(fk.transpose(-1, -2), v);  // [B, H, D, D]
-      auto z = fk.sum(2);                                // [B, H, D]
-      y = torch::matmul(fq, S) / (torch::matmul(fq, z.unsqueeze(-1)) + eps_);
+      y = causal_linear_attention(fq, fk, v, chunk_, eps_);
+    } else {
+      y = linear_attention(fq, fk, v, eps_);  // eq. 6
     }
     return out_(merge_heads(y));
   }
@@ -54,30 +52,6 @@ class LinearImpl : public MixerImpl {
   std::unique_ptr<MixerState> initial_state(int64_t) const override { return std::make_unique<LinearState>(); }
 
  private:
-  // Causal prefix sums chunk by chunk (eq. 8-12), starting from (S0, z0) (undefined = zero); the final
-  // state is written to S_out, z_out when given (detached: a decoding state carries no graph).
-  torch::Tensor causal(const torch::Tensor& fq, const torch::Tensor& fk, const torch::Tensor& v, torch::Tensor S,
-                       torch::Tensor z, torch::Tensor* S_out, torch::Tensor* z_out) const {
-    const int64_t T = fq.size(2);
-    std::vector<torch::Tensor> parts;
-    for (int64_t t0 = 0; t0 < T; t0 += chunk_) {
-      const int64_t n = std::min(chunk_, T - t0);
-      auto q = fq.narrow(2, t0, n), k = fk.narrow(2, t0, n), vv = v.narrow(2, t0, n);
-      auto a = torch::tril(torch::matmul(q, k.transpose(-1, -2)));  // [B, H, n, n], inclusive of j = i
-      auto num = torch::matmul(a, vv), den = a.sum(-1, true);
-      if (S.defined()) {
-        num = num + torch::matmul(q, S);
-        den = den + torch::matmul(q, z.unsqueeze(-1));
-      }
-      parts.push_back(num / (den + eps_));
-      auto dS = torch::matmul(k.transpose(-1, -2), vv), dz = k.sum(2);
-      S = S.defined() ? S + dS : dS;
-      z = z.defined() ? z + dz : dz;
-    }
-    if (S_out) *S_out = S.detach(), *z_out = z.detach();
-    return torch::cat(parts, 2);
-  }
-
   int64_t heads_, chunk_;
   double eps_;
   torch::nn::Linear qkv_{nullptr}, out_{nullptr};

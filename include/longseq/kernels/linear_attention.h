@@ -1,0 +1,27 @@
+// Kernelized ("linear") attention over feature maps, the shared core of the
+// linear, performer, mgk (linear variant) and learned_kernel mixers:
+//   y_i = phi(q_i)^T S_i / (phi(q_i)^T z_i + eps),  S_i = sum_j phi(k_j) v_j^T,  z_i = sum_j phi(k_j)
+// with j over all keys (bidirectional) or j <= i (causal; Katharopoulos et al.
+// 2020, eq. 8-12). Feature width M and value width D may differ.
+#pragma once
+#include <torch/torch.h>
+
+namespace longseq {
+
+// Running sums of a causal stream: S [B, H, M, D], z [B, H, M]; undefined = empty.
+struct LinearAttentionState {
+  torch::Tensor S, z;
+};
+
+// fq, fk: [B, H, T, M] features; v: [B, H, T, D] -> [B, H, T, D]. O(T M D).
+torch::Tensor linear_attention(const torch::Tensor& fq, const torch::Tensor& fk, const torch::Tensor& v, double eps);
+
+// Causal form, chunk by chunk but without a loop over chunks: masked products
+// inside each chunk of `chunk` positions, and the sums of earlier chunks by
+// one exclusive cumulative sum over per-chunk states ([B, H, T/chunk, M, D]),
+// so a handful of large ops cover any T and memory stays O(T (chunk + M D / chunk)).
+// With `state`, starts from it and leaves the sums after the last position in it (detached).
+torch::Tensor causal_linear_attention(const torch::Tensor& fq, const torch::Tensor& fk, const torch::Tensor& v,
+                                      int64_t chunk, double eps, LinearAttentionState* state = nullptr);
+
+}  // namespace longseq
