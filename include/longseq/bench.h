@@ -22,6 +22,8 @@ struct BenchOptions {
   bool kernels_only = false;    // only the attention cores, not whole mixers
   std::string csv = "bench.csv", svg = "bench.svg";
   std::vector<int64_t> stack_layers;  // also whole stacks of the first mixer at these depths, standard and reversible
+  std::vector<int64_t> decode_contexts;  // also token-by-token decoding after a prefix of these lengths (streaming mixers)
+  int64_t decode_tokens = 32;            // timed single-token steps per decoding row
   int quality_steps = 0;        // > 0: also train each mixer this many steps on the embedded corpus
   std::string self;             // path of the longseq program (children run `longseq bench-one`)
 };

@@ -4,7 +4,9 @@
 #pragma once
 #include <torch/torch.h>
 
+#include <map>
 #include <memory>
+#include <string>
 
 namespace longseq {
 
@@ -20,6 +22,11 @@ struct MixContext {
   torch::Tensor global_mask;    // [B, T] bool, tokens with global attention (may be undefined)
   int64_t offset = 0;           // absolute position of x[:, 0] when streaming
   MixerState* state = nullptr;  // this layer's state; null = no streaming
+  // What a mixer hands to the next layer's mixer (Luna's packed sequence): the
+  // trunk passes one context through its layers. Reversible stacks turn it off
+  // (a carried tensor would have to be reversible too).
+  std::map<std::string, torch::Tensor> carry;
+  bool carry_allowed = true;
 };
 
 class MixerImpl : public torch::nn::Module {

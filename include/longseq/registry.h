@@ -38,6 +38,9 @@ struct MixerInfo {
   // Options under which a non-strictly-causal mixer becomes strictly causal.
   Json strictly_causal_options = Json::object();
   bool streams = false;  // initial_state() returns a state and chunked == whole
+  // False when the backward is the paper's surrogate rather than the derivative
+  // of the forward (YOSO's sampled hash tables): finite differences do not apply.
+  bool exact_gradients = true;
   // Useful FLOPs of one forward pass, counted as the paper's algorithm does
   // (2 per multiply-add, projections included); the bench takes 3x for
   // forward + backward. Null: the bench reports no FLOP rate for this mixer.

@@ -115,6 +115,43 @@ RoofResult measure_roof() {
   return r;
 }
 
+namespace {
+
+// Token-by-token decoding through a mixer's streaming state: the prefix of
+// `context` tokens goes in by chunks, then `tokens` single-token steps are timed.
+std::string bench_decode(const Json& s) {
+  const int64_t B = s["B"], H = s["H"], D = s["D"], context = s["decode"]["context"], steps = s["decode"]["tokens"];
+  torch::manual_seed(0);
+  Json spec = s["options"];
+  spec["name"] = s["mixer"];
+  Mixer mixer = make_mixer(parse_mixer_spec(spec, "bench"), H * D, H, 0);
+  mixer->eval();
+  torch::NoGradGuard ng;
+  auto state = mixer->initial_state(B);
+  if (!state) throw Error("mixer " + s["mixer"].get<std::string>() + " does not stream: no decoding to time");
+  auto step = [&](int64_t offset, int64_t n) {
+    MixContext ctx;
+    ctx.causal = true;
+    ctx.offset = offset;
+    ctx.state = state.get();
+    return mixer->forward(torch::randn({B, n, H * D}), ctx);
+  };
+  auto t0 = std::chrono::steady_clock::now();
+  for (int64_t at = 0; at < context; at += 4096) step(at, std::min<int64_t>(4096, context - at));
+  const double prefill = seconds_since(t0);
+  std::vector<double> roofs = {local_roof()};
+  step(context, 1);  // warm-up
+  t0 = std::chrono::steady_clock::now();
+  for (int64_t i = 0; i < steps; ++i) step(context + 1 + i, 1);
+  const double per_token = seconds_since(t0) / steps;
+  roofs.push_back(local_roof());
+  return Json{{"ok", true}, {"times", {per_token}}, {"median_s", per_token}, {"prefill_s", prefill},
+              {"roofs", roofs}, {"roof_gflops", median(roofs)}}
+      .dump();
+}
+
+}  // namespace
+
 std::string bench_one(const Json& s) {
   const int64_t B = s["B"], H = s["H"], D = s["D"], T = s["T"];
   const bool causal = s["causal"], backward = s["pass"] == "fwdbwd";
@@ -124,6 +161,7 @@ std::string bench_one(const Json& s) {
   std::vector<torch::Tensor> inputs;
   Mixer mixer;
   Trunk trunk{nullptr};
+  if (s.contains("decode")) return bench_decode(s);
   if (s.contains("stack")) {  // a whole trunk: tokens -> embeddings -> blocks -> final norm
     Json mj = {{"d_model", H * D}, {"n_heads", H}, {"n_layers", s["stack"]["layers"]}, {"mixer", s["mixer"]},
                {"reversible", s["stack"]["reversible"]}, {"ff_chunks", 4}};
@@ -416,6 +454,33 @@ void run_bench(const BenchOptions& o) {
           rows.push_back(r);
         }
       }
+  // Token-by-token decoding after prefixes of several lengths: flat tokens/s means O(1) state per token.
+  for (const auto& m : mixers) {
+    if (o.decode_contexts.empty() || !find_mixer(m).streams) continue;
+    for (int64_t context : o.decode_contexts) {
+      Row r;
+      r.series = m + " decode", r.mode = "causal", r.pass = "decode", r.T = context, r.policy = policy;
+      Json spec = {{"B", o.batch}, {"H", o.heads}, {"D", o.head_dim}, {"T", context}, {"causal", true},
+                   {"pass", "decode"}, {"repeats", 1}, {"core", false}, {"kernel", ""}, {"mixer", m},
+                   {"options", Json::object()}, {"decode", {{"context", context}, {"tokens", o.decode_tokens}}}};
+      const std::string label = m + " decode after " + std::to_string(context);
+      auto c = run_child(o.self, spec, false, o.time_cap, o.memory_cap_gib,
+                         [&](double secs) { progress.update(static_cast<int64_t>(done), label + " (" + format_duration(secs) + ")"); });
+      r.peak_mib = c.peak_mib;
+      Json res = Json::parse(c.out.empty() ? "{}" : c.out.substr(c.out.find('{')), nullptr, false);
+      if (!c.killed.empty()) {
+        r.status = c.killed;
+      } else if (res.is_discarded() || !res.value("ok", false)) {
+        r.status = !res.is_discarded() && res.contains("error") ? "error: " + res["error"].get<std::string>() : "failed";
+      } else {
+        r.status = "ok";
+        r.median_s = res["median_s"];
+        r.tokens_per_s = o.batch / r.median_s;
+        r.roof_gflops = res.value("roof_gflops", 0.0);
+      }
+      rows.push_back(r);
+    }
+  }
   progress.update(static_cast<int64_t>(total), "done");
   progress.finish();
 
@@ -435,7 +500,9 @@ void run_bench(const BenchOptions& o) {
         << "," << (rated ? fmt(r.gflops, 2) : "") << "," << (ok ? fmt(r.roof_gflops, 1) : "") << ","
         << (rated ? fmt(r.roof_fraction, 4) : "") << "\n";
   }
-  std::printf("\nrow's roof: SGEMM 1024^3 on all threads, measured in the row's own process before the warm-up and "
+  std::printf("\ndecode rows: T is the prefix length; time is per generated token (batch B), after the prefix "
+              "went in by chunks of 4096.\n");
+  std::printf("row's roof: SGEMM 1024^3 on all threads, measured in the row's own process before the warm-up and "
               "after each timed repeat (median); \"of roof\" divides by it. GFLOP/s counts each mixer's useful FLOPs "
               "as its registry entry states them (x3 for fwd+bwd).\n");
   // Ratios of the same configuration across series: fused vs reference, and vs glibc's default allocator.
@@ -457,6 +524,10 @@ void run_bench(const BenchOptions& o) {
     std::printf("\n## Quality: %d training steps each on the embedded corpus (default config otherwise)\n\n", o.quality_steps);
     std::printf("| mixer | valid bits per byte | wall time (s) | tokens/s |\n|---|---|---|---|\n");
     for (const auto& m : mixers) {
+      if (!find_mixer(m).supports_causal) {  // the embedded default is a causal language model
+        std::printf("| %s | (bidirectional only: not in the causal LM) | | |\n", m.c_str());
+        continue;
+      }
       Json raw = parse_json_text(default_config_text(), "default config");
       raw["model"]["mixer"] = m;
       raw["train"]["steps"] = o.quality_steps;

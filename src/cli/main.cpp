@@ -150,6 +150,12 @@ int main(int argc, char** argv) {
       ->check(CLI::PositiveNumber);
   bench->add_option("--csv", bopts.csv, "CSV output file");
   bench->add_option("--svg", bopts.svg, "plot output file (SVG)");
+  bench->add_option("--decode-contexts", bopts.decode_contexts,
+                    "also time token-by-token decoding through each streaming mixer's state after a prefix of these "
+                    "lengths (tokens/s)")
+      ->check(CLI::PositiveNumber);
+  bench->add_option("--decode-tokens", bopts.decode_tokens, "timed single-token steps per decoding row")
+      ->check(CLI::PositiveNumber);
   bench->add_option("--quality-steps", bopts.quality_steps, "also train each mixer this many steps and report bits per byte");
 
   auto* bench_one_cmd = app.add_subcommand("bench-one", "(internal) one benchmark configuration");

@@ -10,40 +10,41 @@ torch::Tensor linear_attention(const torch::Tensor& fq, const torch::Tensor& fk,
   return torch::matmul(fq, S) / (torch::matmul(fq, z.unsqueeze(-1)) + eps);
 }
 
-torch::Tensor causal_linear_attention(const torch::Tensor& fq, const torch::Tensor& fk, const torch::Tensor& v,
-                                      int64_t chunk, double eps, LinearAttentionState* state) {
-  TORCH_CHECK(fq.dim() == 4 && fk.sizes() == fq.sizes() && v.dim() == 4 && v.size(2) == fq.size(2),
-              "causal_linear_attention: fq, fk [B, H, T, M] and v [B, H, T, D] expected, got ", fq.sizes(), ", ",
-              fk.sizes(), ", ", v.sizes());
-  TORCH_CHECK(chunk > 0, "causal_linear_attention: chunk must be positive");
-  const int64_t B = fq.size(0), H = fq.size(1), T = fq.size(2), D = v.size(3);
+torch::Tensor causal_prefix_products(const torch::Tensor& a, const torch::Tensor& b, const torch::Tensor& v,
+                                     int64_t chunk, torch::Tensor* state) {
+  TORCH_CHECK(a.dim() == 4 && b.sizes() == a.sizes() && v.dim() == 4 && v.size(2) == a.size(2),
+              "causal_prefix_products: a, b [B, H, T, M] and v [B, H, T, E] expected, got ", a.sizes(), ", ",
+              b.sizes(), ", ", v.sizes());
+  TORCH_CHECK(chunk > 0, "causal_prefix_products: chunk must be positive");
+  const int64_t B = a.size(0), H = a.size(1), T = a.size(2), E = v.size(3);
   if (T == 0) return v.clone();
-  const int64_t c = std::min(chunk, std::max<int64_t>(T, 1)), N = (T + c - 1) / c, pad = N * c - T;
-  auto grouped = [&](const torch::Tensor& x) {  // [B, H, T, E] -> [B, H, N, c, E], zero rows after T
+  const int64_t c = std::min(chunk, T), N = (T + c - 1) / c, pad = N * c - T;
+  auto grouped = [&](const torch::Tensor& x) {  // [B, H, T, F] -> [B, H, N, c, F], zero rows after T
     auto p = pad ? torch::constant_pad_nd(x, {0, 0, 0, pad}) : x;
-    return p.view({B, H, N, c, x.size(3)});
+    return p.reshape({B, H, N, c, x.size(3)});
   };
-  auto q = grouped(fq), k = grouped(fk), vv = grouped(v);
-  auto a = torch::matmul(q, k.transpose(-1, -2)).tril();  // [B, H, N, c, c], j <= i inside the chunk
-  auto num = torch::matmul(a, vv);
-  auto den = a.sum(-1);
-  auto kv = torch::matmul(k.transpose(-1, -2), vv);  // [B, H, N, M, D]: each chunk's phi(K)^T V
-  auto ks = k.sum(3);                                 // [B, H, N, M]
-  auto S = torch::cumsum(kv, 2) - kv;                 // sums of the chunks before each chunk
-  auto z = torch::cumsum(ks, 2) - ks;
-  if (state && state->S.defined()) {
-    S = S + state->S.unsqueeze(2);
-    z = z + state->z.unsqueeze(2);
-  }
-  num = num + torch::matmul(q, S);
-  den = den + torch::matmul(q, z.unsqueeze(-1)).squeeze(-1);
-  auto y = (num / (den.unsqueeze(-1) + eps)).view({B, H, N * c, D});
+  auto q = grouped(a), k = grouped(b), vv = grouped(v);
+  auto inside = torch::matmul(torch::matmul(q, k.transpose(-1, -2)).tril(), vv);  // j <= i inside the chunk
+  auto kv = torch::matmul(k.transpose(-1, -2), vv);  // [B, H, N, M, E]: each chunk's sum of b_j v_j^T
+  auto before = torch::cumsum(kv, 2) - kv;            // sums of the chunks before each chunk
+  if (state && state->defined()) before = before + state->unsqueeze(2);
+  auto y = (inside + torch::matmul(q, before)).view({B, H, N * c, E});
   if (state) {
     torch::NoGradGuard ng;
-    state->S = (S.select(2, N - 1) + kv.select(2, N - 1)).detach();
-    state->z = (z.select(2, N - 1) + ks.select(2, N - 1)).detach();
+    *state = (before.select(2, N - 1) + kv.select(2, N - 1)).detach();
   }
   return pad ? y.narrow(2, 0, T) : y;
+}
+
+torch::Tensor causal_linear_attention(const torch::Tensor& fq, const torch::Tensor& fk, const torch::Tensor& v,
+                                      int64_t chunk, double eps, LinearAttentionState* state) {
+  const int64_t D = v.size(3);
+  auto ones = torch::ones({v.size(0), v.size(1), v.size(2), 1}, v.options());
+  torch::Tensor sums;  // [S | z]: the denominator is the prefix product of a ones column
+  if (state && state->S.defined()) sums = torch::cat({state->S, state->z.unsqueeze(-1)}, -1);
+  auto nd = causal_prefix_products(fq, fk, torch::cat({v, ones}, -1), chunk, state ? &sums : nullptr);
+  if (state) state->S = sums.narrow(-1, 0, D), state->z = sums.select(-1, D);
+  return nd.narrow(-1, 0, D) / (nd.narrow(-1, D, 1) + eps);
 }
 
 }  // namespace longseq

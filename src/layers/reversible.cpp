@@ -101,6 +101,7 @@ class ReversibleFunction : public torch::autograd::Function<ReversibleFunction> 
 
 torch::Tensor reversible_stack(std::vector<Block>& blocks, const torch::Tensor& x, MixContext& ctx, ModelState* state,
                                int64_t ff_chunks) {
+  ctx.carry_allowed = false;
   if (state || !torch::GradMode::is_enabled() || !x.requires_grad()) {
     // No backward will come (inference, decoding): the same equations, no bookkeeping.
     torch::Tensor y1 = x, y2 = x;

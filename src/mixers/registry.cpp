@@ -12,6 +12,12 @@ MixerInfo bigbird_mixer_info();
 MixerInfo lsh_mixer_info();
 MixerInfo routing_mixer_info();
 MixerInfo linear_mixer_info();
+MixerInfo performer_mixer_info();
+MixerInfo yoso_mixer_info();
+MixerInfo luna_mixer_info();
+MixerInfo mgk_mixer_info();
+MixerInfo kernel_rpe_mixer_info();
+MixerInfo learned_kernel_mixer_info();
 
 const std::vector<MixerInfo>& mixer_registry() {
   static const std::vector<MixerInfo> registry = {
@@ -21,6 +27,12 @@ const std::vector<MixerInfo>& mixer_registry() {
       lsh_mixer_info(),
       routing_mixer_info(),
       linear_mixer_info(),
+      performer_mixer_info(),
+      yoso_mixer_info(),
+      luna_mixer_info(),
+      mgk_mixer_info(),
+      kernel_rpe_mixer_info(),
+      learned_kernel_mixer_info(),
   };
   return registry;
 }

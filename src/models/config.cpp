@@ -105,6 +105,13 @@ ModelConfig ModelConfig::from_json(const Json& raw) {
       c.layers.push_back(parse_mixer_spec(layers[i], "model.layers[" + std::to_string(i) + "]"));
     c.n_layers = static_cast<int64_t>(layers.size());
   }
+  const bool causal = c.type == "decoder_lm";  // the decoder is causal, the classifier bidirectional
+  for (size_t i = 0; i < c.layers.size(); ++i) {
+    const auto& info = find_mixer(c.layers[i].name);
+    if (causal ? !info.supports_causal : !info.supports_bidirectional)
+      throw Error("model layer " + std::to_string(i) + ": mixer " + info.name + " has no " +
+                  (causal ? "causal" : "bidirectional") + " form, which model.type = " + c.type + " needs");
+  }
   return c;
 }
 

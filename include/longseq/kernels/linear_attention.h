@@ -16,6 +16,13 @@ struct LinearAttentionState {
 // fq, fk: [B, H, T, M] features; v: [B, H, T, D] -> [B, H, T, D]. O(T M D).
 torch::Tensor linear_attention(const torch::Tensor& fq, const torch::Tensor& fk, const torch::Tensor& v, double eps);
 
+// Causal prefix products P_t = sum_{j <= t} (a_t . b_j) v_j: a, b [B, H, T, M],
+// v [B, H, T, E] -> [B, H, T, E]. With `state` ([B, H, M, E] sum of b_j v_j^T,
+// undefined = zero) starts from it and leaves the sum after the last position
+// in it (detached). Chunk by chunk without a loop over chunks (see below).
+torch::Tensor causal_prefix_products(const torch::Tensor& a, const torch::Tensor& b, const torch::Tensor& v,
+                                     int64_t chunk, torch::Tensor* state = nullptr);
+
 // Causal form, chunk by chunk but without a loop over chunks: masked products
 // inside each chunk of `chunk` positions, and the sums of earlier chunks by
 // one exclusive cumulative sum over per-chunk states ([B, H, T/chunk, M, D]),

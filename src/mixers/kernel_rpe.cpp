@@ -1,0 +1,188 @@
+// "kernel_rpe": kernelized attention with relative positional encoding through
+// the FFT. Luo et al. 2021, "Stable, Fast and Accurate: Kernelized Attention
+// with Relative Positional Encoding", sec. 2.3 and 3.2:
+//   y_i = sum_j e^{b_{j-i}} phi(q_i)^T phi(k_j) v_j / sum_j e^{b_{j-i}} phi(q_i)^T phi(k_j).
+// C_ij = e^{b_{j-i}} is Toeplitz, so for every feature l the sums over j are
+// Toeplitz products, done as circular convolutions of length >= 2T - 1 through
+// the real FFT: O(T log T) per column. phi: FAVOR+ positive features (sec. 2.1
+// builds on Performer); queries and keys are l2-normalized first (sec. 3.3's
+// stable recipe: bounded feature error, the RPE term restores sharpness).
+// b: one learned scalar per head and offset, offsets clipped to +-max_distance
+// (a choice: the sheet leaves clipping open). Causal: e^{b_r} = 0 for r > 0.
+// Memory: the FFTs run over blocks of features, and the backward recomputes
+// each block, so no [T, M, D] tensor is ever kept.
+#include <torch/fft.h>
+
+#include <cmath>
+
+#include "longseq/common.h"
+#include "longseq/kernels/random_features.h"
+#include "longseq/mixers/heads.h"
+#include "longseq/registry.h"
+
+namespace longseq {
+
+namespace {
+
+// Real values per FFT block: bounds the complex intermediates of one block.
+constexpr int64_t kBlockValues = int64_t(1) << 22;
+
+// sum_l fq[:, l] * (C (fk[:, l] * v1)) for one sequence and head: fq, fk [T, lb], v1 [T, E],
+// c [Lf] the circulant's first column -> [T, E].
+torch::Tensor toeplitz_block(const torch::Tensor& fq, const torch::Tensor& fk, const torch::Tensor& v1,
+                             const torch::Tensor& c) {
+  const int64_t T = fq.size(0), lb = fq.size(1), E = v1.size(1), Lf = c.size(0);
+  auto u = (fk.unsqueeze(-1) * v1.unsqueeze(1)).reshape({T, lb * E});
+  auto fu = torch::fft::rfft(u, Lf, 0);
+  auto fc = torch::fft::rfft(c, Lf, 0).unsqueeze(-1);
+  auto n = torch::fft::irfft(fu * fc, Lf, 0).narrow(0, 0, T).view({T, lb, E});
+  return (n * fq.unsqueeze(-1)).sum(1);
+}
+
+// Feature blocks of the Toeplitz products: forward without a graph, backward recomputing block by block.
+class ToeplitzFeatureProducts : public torch::autograd::Function<ToeplitzFeatureProducts> {
+ public:
+  // fq, fk [N, T, M]; v1 [N, T, E]; c [N, Lf] -> [N, T, E]
+  static torch::Tensor forward(torch::autograd::AutogradContext* ctx, const torch::Tensor& fq, const torch::Tensor& fk,
+                               const torch::Tensor& v1, const torch::Tensor& c) {
+    ctx->save_for_backward({fq, fk, v1, c});
+    torch::NoGradGuard ng;
+    auto out = torch::zeros({fq.size(0), fq.size(1), v1.size(2)}, v1.options());
+    for_blocks(fq, v1, c, [&](int64_t n, int64_t l0, int64_t lb) {
+      out[n] += toeplitz_block(fq[n].narrow(1, l0, lb), fk[n].narrow(1, l0, lb), v1[n], c[n]);
+    });
+    return out;
+  }
+
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
+                                                 torch::autograd::variable_list grads) {
+    auto s = ctx->get_saved_variables();
+    const auto &fq = s[0], &fk = s[1], &v1 = s[2], &c = s[3];
+    auto g = grads[0];
+    auto dfq = torch::zeros_like(fq), dfk = torch::zeros_like(fk), dv = torch::zeros_like(v1), dc = torch::zeros_like(c);
+    for_blocks(fq, v1, c, [&](int64_t n, int64_t l0, int64_t lb) {
+      torch::AutoGradMode on(true);
+      auto q = fq[n].narrow(1, l0, lb).detach().requires_grad_(true);
+      auto k = fk[n].narrow(1, l0, lb).detach().requires_grad_(true);
+      auto v = v1[n].detach().requires_grad_(true);
+      auto cc = c[n].detach().requires_grad_(true);
+      auto d = torch::autograd::grad({toeplitz_block(q, k, v, cc)}, {q, k, v, cc}, {g[n]});
+      dfq[n].narrow(1, l0, lb) += d[0];
+      dfk[n].narrow(1, l0, lb) += d[1];
+      dv[n] += d[2];
+      dc[n] += d[3];
+    });
+    return {dfq, dfk, dv, dc};
+  }
+
+ private:
+  template <class F>
+  static void for_blocks(const torch::Tensor& fq, const torch::Tensor& v1, const torch::Tensor& c, F&& f) {
+    const int64_t N = fq.size(0), M = fq.size(2), E = v1.size(2), Lf = c.size(1);
+    const int64_t lb = std::max<int64_t>(1, std::min<int64_t>(M, kBlockValues / (Lf * E)));
+    for (int64_t n = 0; n < N; ++n)
+      for (int64_t l0 = 0; l0 < M; l0 += lb) f(n, l0, std::min(lb, M - l0));
+  }
+};
+
+int64_t fft_length(int64_t T) {  // a power of two >= 2T - 1: a linear, not circular, convolution
+  int64_t L = 1;
+  while (L < 2 * T - 1) L <<= 1;
+  return L;
+}
+
+class KernelRpeImpl : public MixerImpl {
+ public:
+  explicit KernelRpeImpl(const MixerArgs& a)
+      : heads_(a.n_heads),
+        head_dim_(a.d_model / a.n_heads),
+        max_distance_(a.options["max_distance"]),
+        normalize_(a.options["normalize"]),
+        eps_(a.options["eps"]) {
+    const bool bias = a.options["bias"].get<bool>();
+    qkv_ = register_module("qkv", torch::nn::Linear(torch::nn::LinearOptions(a.d_model, 3 * a.d_model).bias(bias)));
+    out_ = register_module("out", torch::nn::Linear(torch::nn::LinearOptions(a.d_model, a.d_model).bias(bias)));
+    rpe_ = register_parameter("rpe", torch::zeros({heads_, 2 * max_distance_ + 1}));  // b = 0: plain kernelized
+    auto gen = at::detail::createCPUGenerator(static_cast<uint64_t>(a.options["seed"].get<int64_t>()) * 7919 +
+                                              a.layer_index);
+    projection_ = register_buffer(
+        "projection", gaussian_projection(a.options["features"], head_dim_, a.options["orthogonal"], false, gen));
+  }
+
+  torch::Tensor forward(const torch::Tensor& x, MixContext& ctx) override {
+    TORCH_CHECK(x.dim() == 3, "kernel_rpe: x must be [B, T, C], got ", x.sizes());
+    TORCH_CHECK(!ctx.state, "kernel_rpe: cannot stream (its exact state is the whole history)");
+    const int64_t B = x.size(0), T = x.size(1), H = heads_, D = head_dim_;
+    auto qkv = qkv_(x).chunk(3, -1);
+    auto q = split_heads(qkv[0], H), k = split_heads(qkv[1], H), v = split_heads(qkv[2], H);
+    if (normalize_) {
+      auto unit = torch::nn::functional::NormalizeFuncOptions().dim(-1);
+      q = torch::nn::functional::normalize(q, unit);
+      k = torch::nn::functional::normalize(k, unit);
+    }
+    auto ek = favor_exponents(k, projection_);
+    auto fq = favor_query_features(favor_exponents(q, projection_));
+    auto fk = zero_padded(favor_key_features(ek, favor_key_max(ek, ctx.padding_mask)), ctx.padding_mask);
+    auto v1 = torch::cat({v, torch::ones({B, H, T, 1}, v.options())}, -1);  // the ones column gives the denominator
+    const int64_t Lf = fft_length(T);
+    auto c = circulant_column(T, Lf, ctx.causal).to(x.scalar_type());        // [H, Lf]
+    auto flat = [&](const torch::Tensor& t) { return t.reshape({B * H, T, t.size(3)}); };
+    auto nd = ToeplitzFeatureProducts::apply(flat(fq), flat(fk), flat(v1),
+                                             c.unsqueeze(0).expand({B, H, Lf}).reshape({B * H, Lf}));
+    nd = nd.view({B, H, T, D + 1});
+    auto y = nd.narrow(-1, 0, D) / (nd.narrow(-1, D, 1) + eps_);
+    return out_(merge_heads(y));
+  }
+
+ private:
+  // First column of the circulant embedding of C_ij = e^{b_{j-i}} (sec. 3.2): c[i] = e^{b_{-i}} for
+  // i < T, c[Lf - r] = e^{b_r} for 0 < r < T (0 when causal), zeros between. b minus its max (cancels).
+  torch::Tensor circulant_column(int64_t T, int64_t Lf, bool causal) const {
+    auto b = rpe_ - std::get<0>(rpe_.detach().max(-1, true));
+    auto offsets = torch::arange(T, torch::kLong).clamp_max(max_distance_);  // |r| clipped
+    auto past = torch::exp(b.index_select(1, max_distance_ - offsets));     // e^{b_{-i}}, i = 0..T-1
+    auto middle = torch::zeros({heads_, Lf - 2 * T + 1}, b.options());
+    auto tail = torch::zeros({heads_, T - 1}, b.options());
+    if (!causal && T > 1) {  // c[Lf - r] = e^{b_r}: r = T-1 .. 1 in order of position
+      auto r = torch::arange(T - 1, 0, -1, torch::kLong).clamp_max(max_distance_);
+      tail = torch::exp(b.index_select(1, max_distance_ + r));
+    }
+    return torch::cat({past, middle, tail}, 1);
+  }
+
+  int64_t heads_, head_dim_, max_distance_;
+  bool normalize_;
+  double eps_;
+  torch::nn::Linear qkv_{nullptr}, out_{nullptr};
+  torch::Tensor rpe_;         // [H, 2 max_distance + 1], b_r at r + max_distance
+  torch::Tensor projection_;  // [M, D]
+};
+
+}  // namespace
+
+MixerInfo kernel_rpe_mixer_info() {
+  MixerInfo info;
+  info.name = "kernel_rpe";
+  info.summary = "FAVOR+ kernelized attention with a relative position bias, Toeplitz products by FFT, O(T log T)";
+  info.citation = "Luo et al. 2021, Stable, Fast and Accurate: Kernelized Attention with RPE, sec. 2.3, 3.2";
+  info.schema = {
+      {"features", OptionType::Int, 32, "M positive random features per head (the FFT cost grows with M (D + 1))", 1,
+       4096},
+      {"max_distance", OptionType::Int, 128, "offsets beyond +-this share the bias of the last one", 1, 1e6},
+      {"normalize", OptionType::Bool, true, "l2-normalize queries and keys before the features (sec. 3.3)"},
+      {"orthogonal", OptionType::Bool, true, "orthogonal random features (drawn once per layer)"},
+      {"seed", OptionType::Int, 0, "seed of the random features", 0, 1e15},
+      {"eps", OptionType::Float, 1e-12, "added to the denominator", 0.0, 1.0},
+      {"bias", OptionType::Bool, true, "bias terms in the projections"},
+  };
+  info.make = [](const MixerArgs& a) -> Mixer { return std::make_shared<KernelRpeImpl>(a); };
+  info.flops = [](const FlopQuery& f) {  // projections; features; per column one forward and one inverse real FFT
+    const double M = f.options["features"].get<double>(), D = double(f.C) / f.H;
+    const double Lf = double(fft_length(f.T)), cols = f.B * f.H * M * (D + 1);
+    return 8.0 * f.B * f.T * f.C * f.C + 4.0 * f.B * f.T * M * f.C + cols * 2 * 2.5 * Lf * std::log2(Lf) +
+           2.0 * cols * f.T;
+  };
+  return info;
+}
+
+}  // namespace longseq

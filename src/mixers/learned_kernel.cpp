@@ -1,0 +1,152 @@
+// "learned_kernel": kernelized attention whose kernel is learned through its
+// spectral distribution. Chowdhury et al. 2021, "Learning the Transformer
+// Kernel" (KL-Transformer): frequencies are a differentiable function of fixed
+// noise (re-parameterization), so the distribution trains by gradient.
+//  - gmm_prf: per head omega = mu_h + exp(s_h / 2) * eps (diagonal Gaussian),
+//    phi(x) = exp(Omega x~ - |x~|^2) / sqrt(M): E[phi(x)^T phi(y)] =
+//    exp(mu^T u + u^T diag(e^s) u / 2 - |x~|^2 - |y~|^2), u = x~ + y~.
+//  - gmm_rks: per head omega_+- = L_h^T eps +- mu_h (symmetrized spectrum), n = M/4 draws,
+//    phi(x) = [cos Omega_+ x~, sin Omega_+ x~, cos Omega_- x~, sin Omega_- x~] / sqrt(n) (+) [1]:
+//    E[phi(x)^T phi(y)] = 2 exp(-|L (x~ - y~)|^2 / 2) cos(mu^T (x~ - y~)) + 1.
+// x~ = x D^(-1/4). Then linear attention, or its causal prefix sums (streams).
+// Init mu = 0, s = 0, L = I (the RBF kernel; the official code starts from
+// xavier draws). The noise is a buffer redrawn every `redraw` training
+// forwards (official: every forward, in eval too; here eval is deterministic).
+#include <cmath>
+
+#include "longseq/common.h"
+#include "longseq/kernels/linear_attention.h"
+#include "longseq/kernels/random_features.h"
+#include "longseq/mixers/heads.h"
+#include "longseq/recompute.h"
+#include "longseq/registry.h"
+
+namespace longseq {
+
+namespace {
+
+struct LearnedKernelState : MixerState {
+  LinearAttentionState sums;
+  torch::Tensor key_max;  // gmm_prf: the stabilizer the sums are scaled by
+};
+
+class LearnedKernelImpl : public MixerImpl {
+ public:
+  explicit LearnedKernelImpl(const MixerArgs& a)
+      : heads_(a.n_heads),
+        head_dim_(a.d_model / a.n_heads),
+        rks_(a.options["kernel"].get<std::string>() == "gmm_rks"),
+        draws_(rks_ ? std::max<int64_t>(1, a.options["features"].get<int64_t>() / 4) : a.options["features"].get<int64_t>()),
+        redraw_(a.options["redraw"]),
+        chunk_(a.options["chunk"]),
+        eps_(a.options["eps"]),
+        seed_(static_cast<uint64_t>(a.options["seed"].get<int64_t>()) * 7919 + a.layer_index) {
+    const bool bias = a.options["bias"].get<bool>();
+    qkv_ = register_module("qkv", torch::nn::Linear(torch::nn::LinearOptions(a.d_model, 3 * a.d_model).bias(bias)));
+    out_ = register_module("out", torch::nn::Linear(torch::nn::LinearOptions(a.d_model, a.d_model).bias(bias)));
+    mean_ = register_parameter("mean", torch::zeros({heads_, head_dim_}));
+    if (rks_)
+      factor_ = register_parameter("factor", torch::eye(head_dim_).repeat({heads_, 1, 1}));  // L_h
+    else
+      log_var_ = register_parameter("log_var", torch::zeros({heads_, head_dim_}));  // s_h
+    noise_ = register_buffer("noise", draw(0));
+  }
+
+  torch::Tensor forward(const torch::Tensor& x, MixContext& ctx) override {
+    TORCH_CHECK(x.dim() == 3, "learned_kernel: x must be [B, T, C], got ", x.sizes());
+    maybe_redraw();
+    auto* st = ctx.state ? dynamic_cast<LearnedKernelState*>(ctx.state) : nullptr;
+    TORCH_CHECK(!ctx.state || st, "learned_kernel: the state passed was not made by this mixer");
+    TORCH_CHECK(!st || ctx.causal, "learned_kernel: streaming needs causal mode");
+    auto qkv = qkv_(x).chunk(3, -1);
+    auto q = split_heads(qkv[0], heads_), k = split_heads(qkv[1], heads_), v = split_heads(qkv[2], heads_);
+    torch::Tensor fq, fk;
+    if (rks_) {
+      auto e = noise_.to(x.scalar_type());                                             // [M/4, D]
+      auto base = torch::matmul(e, factor_);                                           // (L^T eps)^T: [H, n, D]
+      auto plus = base + mean_.unsqueeze(1), minus = base - mean_.unsqueeze(1);
+      fq = trig_features(q, plus, minus);
+      fk = trig_features(k, plus, minus);
+    } else {
+      auto omega = mean_.unsqueeze(1) + torch::exp(0.5 * log_var_).unsqueeze(1) * noise_.to(x.scalar_type());  // [H, M, D]
+      auto ek = favor_exponents(k, omega, 1.0);
+      fq = favor_query_features(favor_exponents(q, omega, 1.0));
+      auto c = favor_key_max(ek, ctx.padding_mask);
+      if (st) c = grow_key_max(st->sums, st->key_max, c);
+      fk = favor_key_features(ek, c);
+    }
+    fk = zero_padded(fk, ctx.padding_mask);
+    torch::Tensor y;
+    if (st)
+      y = causal_linear_attention(fq, fk, v, chunk_, eps_, &st->sums);
+    else if (ctx.causal)
+      y = causal_linear_attention(fq, fk, v, chunk_, eps_);
+    else
+      y = linear_attention(fq, fk, v, eps_);
+    return out_(merge_heads(y));
+  }
+
+  std::unique_ptr<MixerState> initial_state(int64_t) const override { return std::make_unique<LearnedKernelState>(); }
+
+ private:
+  // [cos, sin of Omega_+ x~ and of Omega_- x~] / sqrt(n), then the constant smoothing feature 1.
+  torch::Tensor trig_features(const torch::Tensor& x, const torch::Tensor& plus, const torch::Tensor& minus) const {
+    auto xs = x * std::pow(double(head_dim_), -0.25);
+    auto a = torch::matmul(xs, plus.transpose(-1, -2)), b = torch::matmul(xs, minus.transpose(-1, -2));
+    auto ones = torch::ones({x.size(0), x.size(1), x.size(2), 1}, x.options());
+    return torch::cat({torch::cat({a.cos(), a.sin(), b.cos(), b.sin()}, -1) / std::sqrt(double(draws_)), ones}, -1);
+  }
+
+  torch::Tensor draw(int64_t index) const {
+    auto gen = at::detail::createCPUGenerator(seed_ * 1000003 + static_cast<uint64_t>(index));
+    return at::normal(0.0, 1.0, {draws_, head_dim_}, gen).to(torch::kFloat);
+  }
+
+  void maybe_redraw() {
+    if (!is_training() || redraw_ <= 0 || in_recompute()) return;
+    if (++calls_ % redraw_ != 0) return;
+    torch::NoGradGuard ng;
+    noise_.copy_(draw(calls_ / redraw_));
+  }
+
+  int64_t heads_, head_dim_;
+  bool rks_;
+  int64_t draws_, redraw_, chunk_;
+  double eps_;
+  uint64_t seed_;
+  int64_t calls_ = 0;
+  torch::nn::Linear qkv_{nullptr}, out_{nullptr};
+  torch::Tensor mean_, log_var_, factor_, noise_;
+};
+
+}  // namespace
+
+MixerInfo learned_kernel_mixer_info() {
+  MixerInfo info;
+  info.name = "learned_kernel";
+  info.summary = "kernelized attention with a learned spectral distribution (GMM-PRF, GMM-RKS), O(T M D)";
+  info.citation = "Chowdhury et al. 2021, Learning the Transformer Kernel";
+  info.schema = {
+      {"kernel", OptionType::String, "gmm_prf", "gmm_prf: positive features exp(Omega x - |x|^2); gmm_rks: Fourier "
+                                                "features of a learned Gaussian (M/4 draws, +- spectrum, +1 smoothing)",
+       -1e300, 1e300, {"gmm_prf", "gmm_rks"}},
+      {"features", OptionType::Int, 256, "M features per head (the paper: pow2(D ln D) = 256 at D = 64)", 4, 1e6},
+      {"redraw", OptionType::Int, 1, "draw new noise every this many training forwards (0 = never)", 0, 1e12},
+      {"seed", OptionType::Int, 0, "seed of the noise draws", 0, 1e15},
+      {"chunk", OptionType::Int, 128, "causal: positions per chunk of the prefix sums", 1, 1e6},
+      {"eps", OptionType::Float, 1e-12, "added to the denominator (official: 1e-6; tiny here because the PRF "
+                                        "stabilizers scale the denominator; RKS denominators can be <= 0 either way)",
+       0.0, 1.0},
+      {"bias", OptionType::Bool, true, "bias terms in the projections"},
+  };
+  info.make = [](const MixerArgs& a) -> Mixer { return std::make_shared<LearnedKernelImpl>(a); };
+  info.streams = true;
+  info.flops = [](const FlopQuery& f) {  // projections; features of Q and K; phi(K)^T V and phi(Q) S
+    const double M = f.options["features"].get<double>();
+    const double c = f.causal ? std::min<double>(f.options["chunk"].get<double>(), f.T) : 0;
+    return 8.0 * f.B * f.T * f.C * f.C + 8.0 * f.B * f.T * M * f.C + 2.0 * f.B * f.T * c * (M * f.H + f.C);
+  };
+  return info;
+}
+
+}  // namespace longseq
