@@ -27,6 +27,13 @@ ok "$L" eval "$dir/run" --split valid --json; grep -q '"bpb"' "$dir/out" || { ec
 ok "$L" generate "$dir/run" --prompt "line 1" --max-new 10 --temperature 0
 ok "$L" generate "$dir/run" --prompt "line 1" --max-new 10 --top-k 5 --top-p 0.9 --seed 3
 ok "$L" train --out "$dir/run" --resume --quiet --sample 0
+# A kernelized mixer end to end: train, then generate through its streaming state and by recomputation.
+ok "$L" train --out "$dir/prun" "${common[@]}" --set model.mixer=performer --quiet --sample 0
+ok "$L" generate "$dir/prun" --prompt "line 1" --max-new 8 --temperature 0; cp "$dir/out" "$dir/gen_cached"
+ok "$L" generate "$dir/prun" --prompt "line 1" --max-new 8 --temperature 0 --no-cache
+cmp -s "$dir/out" "$dir/gen_cached" || { echo "performer: cached and recomputed generation differ"; fail=1; }
+bad "has no causal form" "$L" train --out "$dir/x6" "${common[@]}" --set model.mixer=yoso --quiet
+[ -e "$dir/x6" ] && { echo "a refused config left a run directory"; fail=1; }
 
 # A subword run: train a SentencePiece model, train on it, generate through it.
 ok "$L" tokenizer --input "$dir/corpus.txt" --out "$dir/sp" --vocab 300
@@ -41,6 +48,10 @@ ok "$L" bench --mixers full --lengths 64,128 --heads 2 --head-dim 16 --repeats 1
 grep -q "full core (fused),causal,fwdbwd,128" "$dir/b.csv" || { echo "bench CSV lacks the fused row"; cat "$dir/b.csv"; fail=1; }
 grep -q "SGEMM roof" "$dir/out" || { echo "bench prints no roof"; fail=1; }
 grep -q "<polyline" "$dir/b.svg" || { echo "bench plot has no lines"; fail=1; }
+ok "$L" bench --mixers linear yoso --lengths 64 --heads 2 --head-dim 16 --repeats 1 --passes fwd --decode-contexts 32,64 --decode-tokens 4 --csv "$dir/d.csv" --svg "$dir/d.svg"
+grep -q "linear decode,causal,decode,64,.*,ok," "$dir/d.csv" || { echo "bench CSV lacks the decode row"; cat "$dir/d.csv"; fail=1; }
+grep -q "yoso mixer,bidirectional,fwd,64,.*,ok," "$dir/d.csv" || { echo "bench CSV lacks yoso's bidirectional row"; fail=1; }
+grep -q "yoso decode" "$dir/d.csv" && { echo "bench decoded through yoso, which does not stream"; fail=1; }
 bad "unknown mixer" "$L" bench --mixers nope --lengths 64
 
 cp "$dir/run/model.safetensors" "$dir/model.bak"

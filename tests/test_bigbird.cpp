@@ -5,10 +5,13 @@
 #include <set>
 
 #include "helpers.h"
+#include "mixer_helpers.h"
 #include "longseq/mixers/bigbird.h"
 #include "longseq/registry.h"
 
 using namespace longseq;
+using longseq_test::input_and_parameters;
+using longseq_test::to_heads;
 using longseq_test::param;
 
 namespace {
@@ -23,8 +26,6 @@ Mixer make(Json opts, int64_t layer = 0) {
   return m;
 }
 
-torch::Tensor heads(const torch::Tensor& x) { return x.view({x.size(0), x.size(1), kH, kD}).transpose(1, 2); }
-
 torch::Tensor run(const Mixer& m, const torch::Tensor& x, bool causal, const torch::Tensor& pad = {}) {
   MixContext ctx;
   ctx.causal = causal;
@@ -35,7 +36,7 @@ torch::Tensor run(const Mixer& m, const torch::Tensor& x, bool causal, const tor
 // Dense attention with the given [1|B, H, T, T] mask and the mixer's own weights.
 torch::Tensor dense(const Mixer& m, const torch::Tensor& x, const torch::Tensor& allowed) {
   auto qkv = torch::linear(x, param(*m, "qkv.weight"), param(*m, "qkv.bias")).chunk(3, -1);
-  auto o = longseq_test::dense_masked_attention(heads(qkv[0]), heads(qkv[1]), heads(qkv[2]), allowed);
+  auto o = longseq_test::dense_masked_attention(to_heads(qkv[0], kH), to_heads(qkv[1], kH), to_heads(qkv[2], kH), allowed);
   return torch::linear(o.transpose(1, 2).reshape({x.size(0), x.size(1), kC}), param(*m, "out.weight"),
                        param(*m, "out.bias"));
 }
@@ -51,12 +52,6 @@ torch::Tensor mask_from_table(const BigBirdPattern& p, int64_t T, int64_t b, boo
   return m.unsqueeze(0) & (~pad).view({pad.size(0), 1, 1, T});
 }
 
-std::vector<torch::Tensor> wrt(const Mixer& m, const torch::Tensor& x) {
-  std::vector<torch::Tensor> v = {x};
-  for (auto& p : m->parameters()) v.push_back(p);
-  return v;
-}
-
 TEST(BigBird, EqualsDenseMaskFromTheRandomTable) {
   const int64_t b = 2, r = 1, T = 17;  // 9 blocks, the last one partial
   for (bool causal : {false, true}) {
@@ -68,7 +63,7 @@ TEST(BigBird, EqualsDenseMaskFromTheRandomTable) {
     pad[1].narrow(0, T - 4, 4).fill_(true);
     auto allowed = mask_from_table(p, T, b, causal, pad);
     auto diff = longseq_test::max_output_and_grad_diff([&] { return run(m, x, causal, pad); },
-                                                       [&] { return dense(m, x, allowed); }, wrt(m, x));
+                                                       [&] { return dense(m, x, allowed); }, input_and_parameters(m, x));
     EXPECT_LT(diff, 1e-10) << "causal=" << causal;
   }
 }
@@ -130,7 +125,7 @@ TEST(BigBird, NoRandomBlocksIsBandPlusGlobal) {
   const int64_t last = (T - 1) / b;
   auto allowed = ((bj - bq).abs() <= 1) | (bj == 0) | (bj == last) | (bq == 0) | (bq == last);
   auto qkv = torch::linear(x, param(*m, "qkv.weight")).chunk(3, -1);
-  auto o = longseq_test::dense_masked_attention(heads(qkv[0]), heads(qkv[1]), heads(qkv[2]), allowed.view({1, 1, T, T}));
+  auto o = longseq_test::dense_masked_attention(to_heads(qkv[0], kH), to_heads(qkv[1], kH), to_heads(qkv[2], kH), allowed.view({1, 1, T, T}));
   auto expect = torch::linear(o.transpose(1, 2).reshape({1, T, kC}), param(*m, "out.weight"));
   EXPECT_TRUE(torch::allclose(run(m, x, false), expect, 1e-10, 1e-10));
 }

@@ -3,14 +3,17 @@
 #include <gtest/gtest.h>
 
 #include "helpers.h"
+#include "mixer_helpers.h"
 #include "longseq/registry.h"
 
 using namespace longseq;
+using longseq_test::input_and_parameters;
+using longseq_test::to_heads;
 using longseq_test::param;
 
 namespace {
 
-constexpr int64_t kC = 16, kH = 4, kD = kC / kH;
+constexpr int64_t kC = 16, kH = 4;
 
 Mixer make(Json opts) {
   opts["name"] = "linear";
@@ -20,17 +23,15 @@ Mixer make(Json opts) {
   return m;
 }
 
-torch::Tensor heads(const torch::Tensor& x) { return x.view({x.size(0), x.size(1), kH, kD}).transpose(1, 2); }
-
 // phi(Q) phi(K)^T masked (causal, padding) and row-normalized, times V.
 torch::Tensor quadratic(const Mixer& m, const torch::Tensor& x, bool causal, const torch::Tensor& pad) {
   const int64_t B = x.size(0), T = x.size(1);
   auto qkv = torch::linear(x, param(*m, "qkv.weight"), param(*m, "qkv.bias")).chunk(3, -1);
-  auto fq = torch::elu(heads(qkv[0])) + 1, fk = torch::elu(heads(qkv[1])) + 1;
+  auto fq = torch::elu(to_heads(qkv[0], kH)) + 1, fk = torch::elu(to_heads(qkv[1], kH)) + 1;
   auto a = torch::matmul(fq, fk.transpose(-1, -2));
   if (causal) a = torch::tril(a);
   a = a * (~pad).view({B, 1, 1, T}).to(a.dtype());
-  auto y = torch::matmul(a, heads(qkv[2])) / (a.sum(-1, true) + 1e-6);
+  auto y = torch::matmul(a, to_heads(qkv[2], kH)) / (a.sum(-1, true) + 1e-6);
   return torch::linear(y.transpose(1, 2).reshape({B, T, kC}), param(*m, "out.weight"), param(*m, "out.bias"));
 }
 
@@ -48,10 +49,9 @@ TEST(Linear, ChunkedAndBidirectionalEqualTheQuadraticForm) {
   for (int64_t chunk : {1, 4, 7, 64})
     for (bool causal : {false, true}) {
       auto m = make({{"chunk", chunk}});
-      std::vector<torch::Tensor> wrt = {x};
-      for (auto& p : m->parameters()) wrt.push_back(p);
       auto diff = longseq_test::max_output_and_grad_diff([&] { return run(m, x, causal, pad); },
-                                                         [&] { return quadratic(m, x, causal, pad); }, wrt);
+                                                         [&] { return quadratic(m, x, causal, pad); },
+                                                         input_and_parameters(m, x));
       EXPECT_LT(diff, 1e-10) << "chunk=" << chunk << " causal=" << causal;
     }
 }

@@ -3,10 +3,13 @@
 #include <gtest/gtest.h>
 
 #include "helpers.h"
+#include "mixer_helpers.h"
 #include "longseq/common.h"
 #include "longseq/registry.h"
 
 using namespace longseq;
+using longseq_test::input_and_parameters;
+using longseq_test::to_heads;
 using longseq_test::param;
 
 namespace {
@@ -20,8 +23,6 @@ Mixer make(Json opts, int64_t layer = 0) {
   m->to(torch::kDouble);
   return m;
 }
-
-torch::Tensor heads(const torch::Tensor& x) { return x.view({x.size(0), x.size(1), kH, kD}).transpose(1, 2); }
 
 // The definition: row i (not global) sees j not padded with j global, or
 // (j - i) % d == 0 and |j - i| <= d w (and j <= i if causal); a global row sees
@@ -42,13 +43,13 @@ torch::Tensor reference(const Mixer& m, const torch::Tensor& x, const torch::Ten
   auto window = torch::stack(per_head).unsqueeze(0);  // [1, H, T, T]
   auto gcol = glob.view({B, 1, 1, T});
   if (causal) gcol = gcol & (rel <= 0).view({1, 1, T, T});
-  auto local = longseq_test::dense_masked_attention(heads(qkv[0]), heads(qkv[1]), heads(qkv[2]),
+  auto local = longseq_test::dense_masked_attention(to_heads(qkv[0], kH), to_heads(qkv[1], kH), to_heads(qkv[2], kH),
                                                     (window | gcol) & keep);
   auto gq = qkv;
   if (gproj) gq = torch::linear(x, param(*m, "qkv_global.weight"), param(*m, "qkv_global.bias")).chunk(3, -1);
   auto all = keep.expand({B, 1, T, T});
   if (causal) all = all & (rel <= 0).view({1, 1, T, T});
-  auto global = longseq_test::dense_masked_attention(heads(gq[0]), heads(gq[1]), heads(gq[2]), all);
+  auto global = longseq_test::dense_masked_attention(to_heads(gq[0], kH), to_heads(gq[1], kH), to_heads(gq[2], kH), all);
   auto o = torch::where(glob.view({B, 1, T, 1}), global, local);
   o = o.transpose(1, 2).reshape({B, T, kC});
   return torch::linear(o, param(*m, "out.weight"), param(*m, "out.bias"));
@@ -61,12 +62,6 @@ torch::Tensor run(const Mixer& m, const torch::Tensor& x, bool causal, const tor
   ctx.padding_mask = pad;
   ctx.global_mask = glob;
   return m->forward(x, ctx);
-}
-
-std::vector<torch::Tensor> wrt(const Mixer& m, const torch::Tensor& x) {
-  std::vector<torch::Tensor> v = {x};
-  for (auto& p : m->parameters()) v.push_back(p);
-  return v;
 }
 
 TEST(Longformer, EqualsDenseMaskWithDilationGlobalsAndPadding) {
@@ -83,7 +78,7 @@ TEST(Longformer, EqualsDenseMaskWithDilationGlobalsAndPadding) {
       ref_glob.select(1, 4).fill_(true);
       auto diff = longseq_test::max_output_and_grad_diff(
           [&] { return run(m, x, causal, pad, glob); },
-          [&] { return reference(m, x, pad, ref_glob, w, d, 2, causal, true); }, wrt(m, x));
+          [&] { return reference(m, x, pad, ref_glob, w, d, 2, causal, true); }, input_and_parameters(m, x));
       EXPECT_LT(diff, 1e-10) << "causal=" << causal << " T=" << T;
     }
   }
@@ -100,7 +95,7 @@ TEST(Longformer, PerLayerWindowsAndSharedGlobalProjections) {
   for (bool causal : {false, true}) {
     auto diff = longseq_test::max_output_and_grad_diff([&] { return run(m, x, causal); },
                                                        [&] { return reference(m, x, pad, glob, 5, 1, 0, causal, false); },
-                                                       wrt(m, x));
+                                                       input_and_parameters(m, x));
     EXPECT_LT(diff, 1e-10) << "causal=" << causal;
   }
   EXPECT_THROW(make(opts, 3), Error);  // three entries, layer 3

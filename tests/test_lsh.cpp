@@ -7,11 +7,14 @@
 #include <algorithm>
 
 #include "helpers.h"
+#include "mixer_helpers.h"
 #include "longseq/common.h"
 #include "longseq/mixers/lsh.h"
 #include "longseq/registry.h"
 
 using namespace longseq;
+using longseq_test::input_and_parameters;
+using longseq_test::to_heads;
 using longseq_test::param;
 
 namespace {
@@ -27,8 +30,6 @@ Mixer make(Json opts) {
   return m;
 }
 
-torch::Tensor heads(const torch::Tensor& x) { return x.view({x.size(0), x.size(1), kH, kD}).transpose(1, 2); }
-
 torch::Tensor run(const Mixer& m, const torch::Tensor& x, bool causal, const torch::Tensor& pad = {}) {
   MixContext ctx;
   ctx.causal = causal;
@@ -41,7 +42,7 @@ torch::Tensor reference(const Mixer& mx, const torch::Tensor& x, const torch::Te
                         int64_t nb, int64_t m) {
   const int64_t B = x.size(0), T = x.size(1), N = T / m;
   auto qv = torch::linear(x, param(*mx, "qv.weight"), param(*mx, "qv.bias")).chunk(2, -1);
-  auto q = heads(qv[0]), v = heads(qv[1]);
+  auto q = to_heads(qv[0], kH), v = to_heads(qv[1], kH);
   auto k = q / q.norm(2, -1, true);
   auto buckets = lsh_buckets(q, nb, R, lsh_eval_generator(0, nb)).masked_fill(pad.view({B, 1, 1, T}), nb);
   auto bk = buckets.accessor<int64_t, 4>();
@@ -84,12 +85,6 @@ torch::Tensor reference(const Mixer& mx, const torch::Tensor& x, const torch::Te
   return torch::linear(y.transpose(1, 2).reshape({B, T, kC}), param(*mx, "out.weight"), param(*mx, "out.bias"));
 }
 
-std::vector<torch::Tensor> wrt(const Mixer& m, const torch::Tensor& x) {
-  std::vector<torch::Tensor> v = {x};
-  for (auto& p : m->parameters()) v.push_back(p);
-  return v;
-}
-
 TEST(Lsh, EqualsTheDefinitionWithChunksRoundsAndPadding) {
   for (bool causal : {false, true})
     for (int64_t R : {1, 3}) {
@@ -100,7 +95,7 @@ TEST(Lsh, EqualsTheDefinitionWithChunksRoundsAndPadding) {
       pad[1].narrow(0, 0, 3).fill_(true);
       auto diff = longseq_test::max_output_and_grad_diff([&] { return run(mx, x, causal, pad); },
                                                          [&] { return reference(mx, x, pad, causal, R, nb, m); },
-                                                         wrt(mx, x));
+                                                         input_and_parameters(mx, x));
       EXPECT_LT(diff, 1e-9) << "causal=" << causal << " R=" << R;
     }
 }
@@ -110,7 +105,7 @@ TEST(Lsh, OneChunkIsFullSharedQkAttentionWithTheSelfRule) {
   auto mx = make({{"n_hashes", 2}, {"chunk_length", 64}});
   auto x = torch::randn({1, T, kC}, torch::kDouble);
   auto qv = torch::linear(x, param(*mx, "qv.weight"), param(*mx, "qv.bias")).chunk(2, -1);
-  auto q = heads(qv[0]), v = heads(qv[1]);
+  auto q = to_heads(qv[0], kH), v = to_heads(qv[1], kH);
   auto k = q / q.norm(2, -1, true);
   for (bool causal : {false, true}) {
     auto allowed = torch::ones({T, T}, torch::kBool);

@@ -67,7 +67,8 @@ torch::Tensor dense_masked_attention(const torch::Tensor& q, const torch::Tensor
 }
 
 torch::Tensor param(const torch::nn::Module& m, const std::string& name) {
-  auto* p = m.named_parameters().find(name);
+  auto params = m.named_parameters();  // find() points into this dictionary: keep it alive
+  auto* p = params.find(name);
   EXPECT_TRUE(p) << "no parameter " << name;
   return p ? *p : torch::Tensor();
 }

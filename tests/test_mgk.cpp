@@ -26,6 +26,13 @@ Projected project(const Mixer& m, const torch::Tensor& x, int64_t K) {
   return {to_heads(lin("q"), kH), lin("k").view({B, T, K, kH, kD}).permute({0, 3, 1, 2, 4}), to_heads(lin("v"), kH)};
 }
 
+// The priors, learned (a parameter) or fixed (a buffer).
+torch::Tensor prior(const Mixer& m) {
+  auto params = m->named_parameters();
+  auto* p = params.find("prior");
+  return p ? *p : m->named_buffers()["prior"];
+}
+
 torch::Tensor finish(const Mixer& m, const torch::Tensor& y) {
   return torch::linear(from_heads(y), param(*m, "out.weight"), param(*m, "out.bias"));
 }
@@ -36,7 +43,7 @@ torch::Tensor mixture_reference(const Mixer& m, const torch::Tensor& x, int64_t 
   const int64_t B = x.size(0), T = x.size(1);
   auto p = project(m, x, K);
   auto diff = p.q.unsqueeze(3).unsqueeze(4) - p.k.unsqueeze(2);  // [B, H, T, T, K, D]
-  auto logpi = torch::log(param(*m, "prior").clamp(1e-6, 1.0)).view({1, kH, 1, 1, K});
+  auto logpi = torch::log(prior(m).clamp(1e-6, 1.0)).view({1, kH, 1, 1, K});
   auto logs = torch::logsumexp(logpi - diff.pow(2).sum(-1) / (2 * var), -1);  // [B, H, T, T]
   if (causal) logs = logs.masked_fill(torch::ones({T, T}, torch::kBool).triu(1), -INFINITY);
   if (pad.defined()) logs = logs.masked_fill(pad.view({B, 1, 1, T}), -INFINITY);
@@ -109,3 +116,13 @@ TEST(Mgk, LinearVariantEqualsItsQuadraticFormAndStreams) {
 }
 
 }  // namespace
+
+TEST(Mgk, FixedPriorsAreNotParameters) {
+  auto m = build_mixer("mgk", {{"learn_prior", false}}, kC, kH);
+  EXPECT_EQ(m->named_parameters().find("prior"), nullptr);
+  ASSERT_NE(m->named_buffers().find("prior"), nullptr);
+  EXPECT_TRUE(torch::allclose(m->named_buffers()["prior"], torch::full({kH, 2}, 0.5, torch::kDouble)));
+  auto x = torch::randn({1, 7, kC}, torch::kDouble);
+  EXPECT_TRUE(torch::allclose(run_mixer(m, x, true), mixture_reference(m, x, 2, std::sqrt(double(kD)), true, {}), 1e-10,
+                              1e-10));
+}

@@ -4,10 +4,13 @@
 #include <gtest/gtest.h>
 
 #include "helpers.h"
+#include "mixer_helpers.h"
 #include "longseq/common.h"
 #include "longseq/registry.h"
 
 using namespace longseq;
+using longseq_test::input_and_parameters;
+using longseq_test::to_heads;
 using longseq_test::param;
 
 namespace {
@@ -23,8 +26,6 @@ Mixer make(Json opts) {
   return m;
 }
 
-torch::Tensor heads(const torch::Tensor& x) { return x.view({x.size(0), x.size(1), kH, kD}).transpose(1, 2); }
-
 torch::Tensor buffer(const torch::nn::Module& m, const std::string& name) { return *m.named_buffers().find(name); }
 
 torch::Tensor run(const Mixer& m, const torch::Tensor& x, bool causal, const torch::Tensor& pad = {}) {
@@ -38,7 +39,7 @@ torch::Tensor run(const Mixer& m, const torch::Tensor& x, bool causal, const tor
 torch::Tensor reference(const Mixer& m, const torch::Tensor& x, bool causal, int64_t K) {
   const int64_t B = x.size(0), T = x.size(1), w = (T + K - 1) / K;
   auto qkv = torch::linear(x, param(*m, "qkv.weight"), param(*m, "qkv.bias")).chunk(3, -1);
-  auto qn = torch::layer_norm(heads(qkv[0]), {kD}), v = heads(qkv[2]);
+  auto qn = torch::layer_norm(to_heads(qkv[0], kH), {kD}), v = to_heads(qkv[2], kH);
   auto means = buffer(*m, "means");  // [H, K, D]
   auto sum = torch::zeros_like(v), n = torch::zeros({B, kH, T, 1}, v.options());
   for (int64_t c = 0; c < K; ++c) {
@@ -54,19 +55,13 @@ torch::Tensor reference(const Mixer& m, const torch::Tensor& x, bool causal, int
   return torch::linear(y.transpose(1, 2).reshape({B, T, kC}), param(*m, "out.weight"), param(*m, "out.bias"));
 }
 
-std::vector<torch::Tensor> wrt(const Mixer& m, const torch::Tensor& x) {
-  std::vector<torch::Tensor> v = {x};
-  for (auto& p : m->parameters()) v.push_back(p);
-  return v;
-}
-
 TEST(Routing, BalancedClustersEqualTheDefinition) {
   for (bool causal : {false, true})
     for (int64_t K : {1, 3, 5}) {  // 5 does not divide 12: clusters overlap, some tokens are left out
       auto m = make({{"clusters", K}, {"routing_heads", kH}});
       auto x = torch::randn({2, 12, kC}, torch::kDouble).requires_grad_(true);
       auto diff = longseq_test::max_output_and_grad_diff([&] { return run(m, x, causal); },
-                                                         [&] { return reference(m, x, causal, K); }, wrt(m, x));
+                                                         [&] { return reference(m, x, causal, K); }, input_and_parameters(m, x));
       EXPECT_LT(diff, 1e-10) << "causal=" << causal << " K=" << K;
     }
 }
@@ -81,7 +76,7 @@ TEST(Routing, LocalHeadsAreBlockLocalAttention) {
   for (bool causal : {false, true}) {
     auto allowed = causal ? ((rel == 0) | (rel == -1)) & torch::tril(torch::ones({T, T}, torch::kBool))
                           : rel.abs() <= 1;
-    auto o = longseq_test::dense_masked_attention(heads(qkv[0]), heads(qkv[1]), heads(qkv[2]), allowed.view({1, 1, T, T}));
+    auto o = longseq_test::dense_masked_attention(to_heads(qkv[0], kH), to_heads(qkv[1], kH), to_heads(qkv[2], kH), allowed.view({1, 1, T, T}));
     auto expect = torch::linear(o.transpose(1, 2).reshape({1, T, kC}), param(*m, "out.weight"), param(*m, "out.bias"));
     EXPECT_TRUE(torch::allclose(run(m, x, causal), expect, 1e-10, 1e-10)) << "causal=" << causal;
   }
@@ -101,7 +96,7 @@ TEST(Routing, CentroidsMoveByMovingAverageOnlyInTraining) {
   m->train();
   run(m, x, true);
   // decay 0: each centroid becomes the mean of the normalized queries nearest to it (one Lloyd step).
-  auto q = heads(torch::linear(x, param(*m, "qkv.weight")).chunk(3, -1)[0]).narrow(1, 0, 2);
+  auto q = to_heads(torch::linear(x, param(*m, "qkv.weight")).chunk(3, -1)[0], kH).narrow(1, 0, 2);
   auto qn = torch::layer_norm(q, {kD});
   auto nearest = torch::einsum("bhtd,hkd->bhkt", {qn, start}).argmax(2);
   auto now = buffer(*m, "means");

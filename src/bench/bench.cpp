@@ -168,7 +168,6 @@ std::string bench_one(const Json& s) {
     trunk = Trunk(ModelConfig::from_json(mj));
     inputs.push_back(torch::randint(0, 256, {B, T}));
     run = [&](const torch::Tensor& tokens) { return trunk->forward(tokens, causal, {}); };
-    mixer = nullptr;
   } else if (s["core"].get<bool>()) {  // the attention core alone: q, k, v -> o
     const std::string kernel = s["kernel"];
     for (int i = 0; i < 3; ++i) inputs.push_back(torch::randn({B, H, T, D}).requires_grad_(backward));

@@ -69,7 +69,6 @@ GatheredResult gathered_attention(const torch::Tensor& q, const torch::Tensor& k
                      .gather(3, idx.expand({pad.size(0), idx.size(1), idx.size(2), idx.size(3)}));
     allowed = allowed & (~pad_g).unsqueeze(-2);
   }
-  torch::Tensor values = vg;
   if (extra) {  // extra columns: one more score block, softmax taken over both together
     auto se = torch::matmul(q, extra->k.unsqueeze(2).transpose(-1, -2)) * scale;  // [B, H, N, b, G]
     scores = torch::cat({scores, se}, -1);
@@ -93,7 +92,7 @@ GatheredResult gathered_attention(const torch::Tensor& q, const torch::Tensor& k
     out = torch::matmul(r.probs.narrow(-1, 0, m), vg) +
           torch::matmul(r.probs.narrow(-1, m, r.probs.size(-1) - m), extra->v.unsqueeze(2));
   } else {
-    out = torch::matmul(r.probs, values);
+    out = torch::matmul(r.probs, vg);
   }
   if (sees.defined()) out = out * sees;  // a row that sees nothing returns zeros
   return {out, r.lse};

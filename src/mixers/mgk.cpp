@@ -11,7 +11,7 @@
 // (j, r) <= i exactly when j <= i.
 // `linear`: the paper's linear MGK (MLK), phi(q)^T sum_r pi_r phi(k_jr) with
 // phi = elu + 1, through linear attention and its prefix sums.
-// Priors: one learned pair per head, clamped to [1e-6, 1] as the official code
+// Priors: one pair per head, learned (or fixed at 1/K), clamped to [1e-6, 1] as the official code
 // clamps to [0, 1] (not renormalized); the soft/hard E-step variants are not offered.
 #include <cmath>
 
@@ -48,7 +48,8 @@ class MgkImpl : public MixerImpl {
     k_ = register_module("k", torch::nn::Linear(torch::nn::LinearOptions(C, keys_ * C).bias(bias)));
     v_ = register_module("v", torch::nn::Linear(torch::nn::LinearOptions(C, C).bias(bias)));
     out_ = register_module("out", torch::nn::Linear(torch::nn::LinearOptions(C, C).bias(bias)));
-    prior_ = register_parameter("prior", torch::full({heads_, keys_}, 1.0 / keys_));  // LRA code: [0.5, 0.5]
+    auto prior = torch::full({heads_, keys_}, 1.0 / keys_);  // LRA code: [0.5, 0.5]
+    prior_ = a.options["learn_prior"].get<bool>() ? register_parameter("prior", prior) : register_buffer("prior", prior);
   }
 
   torch::Tensor forward(const torch::Tensor& x, MixContext& ctx) override {
@@ -121,6 +122,7 @@ MixerInfo mgk_mixer_info() {
   info.citation = "Nguyen et al. 2022, Improving Transformers with Probabilistic Attention Keys, sec. 2-3";
   info.schema = {
       {"keys", OptionType::Int, 2, "K Gaussian keys per position and head (the paper: 2)", 1, 16},
+      {"learn_prior", OptionType::Bool, true, "priors pi learned (clamped to [1e-6, 1]); false = fixed at 1/K"},
       {"variance", OptionType::Float, 0.0, "sigma^2 of every component; 0 = sqrt(D) (the paper's LRA code)", 0.0, 1e9},
       {"linear", OptionType::Bool, false, "linear MGK: phi(q)^T sum_r pi_r phi(k_r), phi = elu + 1, O(T D^2)"},
       {"chunk", OptionType::Int, 64, "linear, causal: positions per chunk of the prefix sums", 1, 1e6},

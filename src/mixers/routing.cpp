@@ -88,7 +88,7 @@ class RoutingImpl : public MixerImpl {
   // Online k-means (sec. 4; the code's EMA form): nearest-centroid assignment,
   // counts and sums decayed by lambda, means = sums / Laplace-smoothed counts.
   void update_means(const torch::Tensor& qn, const torch::Tensor& affinity, const torch::Tensor& pad) {
-    const int64_t H = qn.size(1), D = qn.size(3), K = clusters_;
+    const int64_t K = clusters_;
     auto nearest = affinity.argmax(2);  // [B, H, T]
     auto onehot = torch::one_hot(nearest, K).to(qn.dtype());  // [B, H, T, K]
     if (pad.defined()) onehot = onehot * (~pad).to(qn.dtype()).view({pad.size(0), 1, -1, 1});
@@ -99,7 +99,6 @@ class RoutingImpl : public MixerImpl {
     auto total = ema_counts_.sum(-1, true);
     auto smoothed = (ema_counts_ + kLaplace) / (total + K * kLaplace) * total;
     means_.copy_(ema_sums_ / smoothed.clamp_min(1e-12).unsqueeze(-1));
-    (void)H, (void)D;
   }
 
   // Blocks of b queries over their own block and the previous one (and the next one when bidirectional).

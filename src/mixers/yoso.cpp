@@ -9,12 +9,20 @@
 // Bidirectional only: neither the paper nor its code define a causal YOSO.
 #include "longseq/mixers/yoso.h"
 
+#include <ATen/Parallel.h>
+
 #include <cmath>
+#include <vector>
 
 #include "longseq/common.h"
 #include "longseq/mixers/heads.h"
 #include "longseq/recompute.h"
 #include "longseq/registry.h"
+
+extern "C" void cblas_sgemm(int order, int trans_a, int trans_b, int m, int n, int k, float alpha, const float* a,
+                            int lda, const float* b, int ldb, float beta, float* c, int ldc);
+extern "C" void cblas_dgemm(int order, int trans_a, int trans_b, int m, int n, int k, double alpha, const double* a,
+                            int lda, const double* b, int ldb, double beta, double* c, int ldc);
 
 namespace longseq {
 
@@ -27,6 +35,8 @@ torch::Tensor yoso_hash_codes(const torch::Tensor& x, const torch::Tensor& R) {
 }
 
 namespace {
+
+constexpr int kRowMajor = 101, kNoTrans = 111, kTrans = 112;
 
 // Bucket row of a code: padded keys carry -1 and go to an extra row no query reads.
 torch::Tensor bucket_rows(const torch::Tensor& codes, int64_t n_buckets) {
@@ -58,30 +68,79 @@ torch::Tensor bucket_read(const torch::Tensor& tables, const torch::Tensor& code
   return out;
 }
 
-// Positions per block when tables of D x D outer products are built: bounds their memory.
-constexpr int64_t kOuterBlock = 512;
+void gemm(bool ta, bool tb, int64_t m, int64_t n, int64_t k, const float* a, int64_t lda, const float* b, int64_t ldb,
+          float* c, int64_t ldc) {
+  cblas_sgemm(kRowMajor, ta ? kTrans : kNoTrans, tb ? kTrans : kNoTrans, int(m), int(n), int(k), 1.0f, a, int(lda), b,
+              int(ldb), 0.0f, c, int(ldc));
+}
+void gemm(bool ta, bool tb, int64_t m, int64_t n, int64_t k, const double* a, int64_t lda, const double* b,
+          int64_t ldb, double* c, int64_t ldc) {
+  cblas_dgemm(kRowMajor, ta ? kTrans : kNoTrans, tb ? kTrans : kNoTrans, int(m), int(n), int(k), 1.0, a, int(lda), b,
+              int(ldb), 0.0, c, int(ldc));
+}
 
-// sum over rounds of table_r[codes_out] @ w where table_r[b] = sum_{codes_in = b} a_j c_j^T:
-// for each output position i, sum_r sum_{j: f_r(in_j) = f_r(out_i)} a_j (c_j . w_i). [BH, S|T, D] each.
+// Positions of each bucket, grouped: order[offsets[b] .. offsets[b+1]) hold bucket b (codes < 0 left out).
+void group_by_bucket(const int64_t* codes, int64_t n, int64_t nb, std::vector<int64_t>& order,
+                     std::vector<int64_t>& offsets) {
+  offsets.assign(nb + 1, 0);
+  for (int64_t i = 0; i < n; ++i)
+    if (codes[i] >= 0) ++offsets[codes[i] + 1];
+  for (int64_t b = 0; b < nb; ++b) offsets[b + 1] += offsets[b];
+  order.resize(offsets[nb]);
+  std::vector<int64_t> at(offsets.begin(), offsets.end() - 1);
+  for (int64_t i = 0; i < n; ++i)
+    if (codes[i] >= 0) order[at[codes[i]]++] = i;
+}
+
+// out_i = scale * sum_r sum_{j: f_r(in_j) = f_r(out_i)} a_j (c_j . w_i), for a, c [BH, S, D], w [BH, T, D]
+// and codes [BH, m, S|T]: per round and bucket, the table sum_j a_j c_j^T (D x D) by one GEMM over the
+// bucket's rows, applied to its queries by another. O(m (S + T) D^2) per sequence and head.
+template <typename Scalar>
+void bucket_outer_apply(const torch::Tensor& a, const torch::Tensor& c, const torch::Tensor& codes_in,
+                        const torch::Tensor& w, const torch::Tensor& codes_out, int64_t nb, double scale,
+                        torch::Tensor& out) {
+  const int64_t BH = a.size(0), S = a.size(1), T = w.size(1), D = a.size(2), m = codes_in.size(1);
+  const Scalar *A = a.data_ptr<Scalar>(), *Cm = c.data_ptr<Scalar>(), *W = w.data_ptr<Scalar>();
+  const int64_t *CI = codes_in.data_ptr<int64_t>(), *CO = codes_out.data_ptr<int64_t>();
+  Scalar* O = out.data_ptr<Scalar>();
+  at::parallel_for(0, BH, 1, [&](int64_t begin, int64_t end) {
+    std::vector<int64_t> oi, fi, oo, fo;
+    std::vector<Scalar> as(S * D), cs(S * D), ws(T * D), table(D * D), res(T * D);
+    for (int64_t n = begin; n < end; ++n)
+      for (int64_t r = 0; r < m; ++r) {
+        group_by_bucket(CI + (n * m + r) * S, S, nb, oi, fi);
+        group_by_bucket(CO + (n * m + r) * T, T, nb, oo, fo);
+        for (size_t k = 0; k < oi.size(); ++k) {  // rows in bucket order
+          std::copy_n(A + (n * S + oi[k]) * D, D, as.data() + k * D);
+          std::copy_n(Cm + (n * S + oi[k]) * D, D, cs.data() + k * D);
+        }
+        for (size_t k = 0; k < oo.size(); ++k) std::copy_n(W + (n * T + oo[k]) * D, D, ws.data() + k * D);
+        for (int64_t b = 0; b < nb; ++b) {
+          const int64_t ni = fi[b + 1] - fi[b], no = fo[b + 1] - fo[b];
+          if (ni == 0 || no == 0) continue;
+          gemm(true, false, D, D, ni, as.data() + fi[b] * D, D, cs.data() + fi[b] * D, D, table.data(), D);
+          gemm(false, true, no, D, D, ws.data() + fo[b] * D, D, table.data(), D, res.data() + fo[b] * D, D);
+          for (int64_t k = fo[b]; k < fo[b + 1]; ++k) {
+            Scalar* dst = O + (n * T + oo[k]) * D;
+            for (int64_t d = 0; d < D; ++d) dst[d] += Scalar(scale) * res[k * D + d];
+          }
+        }
+      }
+  });
+}
+
 torch::Tensor bucket_outer_apply(const torch::Tensor& a, const torch::Tensor& c, const torch::Tensor& codes_in,
-                                 const torch::Tensor& w, const torch::Tensor& codes_out, int64_t n_buckets) {
-  const int64_t BH = a.size(0), m = codes_in.size(1), D = a.size(2), Dc = c.size(2);
-  auto out = torch::zeros({BH, w.size(1), D}, w.options());
-  for (int64_t r = 0; r < m; ++r) {
-    torch::Tensor table;  // [BH, 1, 2^tau + 1, D * Dc]
-    for (int64_t s0 = 0; s0 < a.size(1); s0 += kOuterBlock) {
-      const int64_t n = std::min(kOuterBlock, a.size(1) - s0);
-      auto outer = torch::einsum("bsd,bse->bsde", {a.narrow(1, s0, n), c.narrow(1, s0, n)}).reshape({BH, n, D * Dc});
-      auto part = bucket_sums(outer, codes_in.narrow(1, r, 1).narrow(2, s0, n), n_buckets);
-      table = table.defined() ? table + part : part;
-    }
-    for (int64_t t0 = 0; t0 < w.size(1); t0 += kOuterBlock) {
-      const int64_t n = std::min(kOuterBlock, w.size(1) - t0);
-      auto rd = bucket_read(table, codes_out.narrow(1, r, 1).narrow(2, t0, n)).view({BH, n, D, Dc});
-      out.narrow(1, t0, n) += torch::matmul(rd, w.narrow(1, t0, n).unsqueeze(-1)).squeeze(-1);
-    }
+                                 const torch::Tensor& w, const torch::Tensor& codes_out, int64_t nb, double scale) {
+  auto ci = codes_in.contiguous(), co = codes_out.contiguous();
+  if (w.scalar_type() == torch::kDouble) {
+    auto out = torch::zeros_like(w);
+    bucket_outer_apply<double>(a.contiguous(), c.contiguous(), ci, w.contiguous(), co, nb, scale, out);
+    return out;
   }
-  return out;
+  auto f = [](const torch::Tensor& t) { return t.to(torch::kFloat).contiguous(); };
+  auto out = torch::zeros(w.sizes(), w.options().dtype(torch::kFloat));
+  bucket_outer_apply<float>(f(a), f(c), ci, f(w), co, nb, scale, out);
+  return out.to(w.scalar_type());
 }
 
 class YosoFunction : public torch::autograd::Function<YosoFunction> {
@@ -110,8 +169,8 @@ class YosoFunction : public torch::autograd::Function<YosoFunction> {
     const double c = tau / (2.0 * m);  // the surrogate dB/dx ~ (tau/2) B, over m rounds
     auto K = kn.reshape({B * H, S, D}), Q = qn.reshape({B * H, T, D}), V = v.reshape({B * H, S, D});
     // dQ_i = (tau/2) sum_j B_ij (g_i . v_j) k_j ; dK_j = (tau/2) sum_i B_ij (g_i . v_j) q_i
-    auto dq = bucket_outer_apply(K, V, ck, g, cq, nb) * c;
-    auto dk = bucket_outer_apply(Q, g, cq, V, ck, nb) * c;
+    auto dq = bucket_outer_apply(K, V, ck, g, cq, nb, c);
+    auto dk = bucket_outer_apply(Q, g, cq, V, ck, nb, c);
     return {dq.view(qn.sizes()), dk.view(kn.sizes()), dv.view(v.sizes()), {}, {}, {}};
   }
 };
