@@ -113,6 +113,7 @@ class KernelRpeImpl : public MixerImpl {
     TORCH_CHECK(x.dim() == 3, "kernel_rpe: x must be [B, T, C], got ", x.sizes());
     TORCH_CHECK(!ctx.state, "kernel_rpe: cannot stream (its exact state is the whole history)");
     const int64_t B = x.size(0), T = x.size(1), H = heads_, D = head_dim_;
+    if (T == 0) return out_(x);  // nothing to convolve
     auto qkv = qkv_(x).chunk(3, -1);
     auto q = split_heads(qkv[0], H), k = split_heads(qkv[1], H), v = split_heads(qkv[2], H);
     if (normalize_) {
