@@ -49,8 +49,8 @@ grep -q "full core (fused),causal,fwdbwd,128" "$dir/b.csv" || { echo "bench CSV 
 grep -q "SGEMM roof" "$dir/out" || { echo "bench prints no roof"; fail=1; }
 grep -q "<polyline" "$dir/b.svg" || { echo "bench plot has no lines"; fail=1; }
 ok "$L" bench --mixers linear yoso --lengths 64 --heads 2 --head-dim 16 --repeats 1 --passes fwd --decode-contexts 32,64 --decode-tokens 4 --csv "$dir/d.csv" --svg "$dir/d.svg"
-grep -q "linear decode,causal,decode,64,.*,ok," "$dir/d.csv" || { echo "bench CSV lacks the decode row"; cat "$dir/d.csv"; fail=1; }
-grep -q "yoso mixer,bidirectional,fwd,64,.*,ok," "$dir/d.csv" || { echo "bench CSV lacks yoso's bidirectional row"; fail=1; }
+grep -q "linear decode,causal,decode,64,.*,\"ok\"," "$dir/d.csv" || { echo "bench CSV lacks the decode row"; cat "$dir/d.csv"; fail=1; }
+grep -q "yoso mixer,bidirectional,fwd,64,.*,\"ok\"," "$dir/d.csv" || { echo "bench CSV lacks yoso's bidirectional row"; fail=1; }
 grep -q "yoso decode" "$dir/d.csv" && { echo "bench decoded through yoso, which does not stream"; fail=1; }
 bad "unknown mixer" "$L" bench --mixers nope --lengths 64
 

@@ -147,12 +147,14 @@ int main(int argc, char** argv) {
   bench->add_option("--stack-layers", bopts.stack_layers,
                     "also time whole stacks of the first mixer with this many blocks, standard and reversible "
                     "(activation memory versus depth)")
+      ->delimiter(',')
       ->check(CLI::PositiveNumber);
   bench->add_option("--csv", bopts.csv, "CSV output file");
   bench->add_option("--svg", bopts.svg, "plot output file (SVG)");
   bench->add_option("--decode-contexts", bopts.decode_contexts,
                     "also time token-by-token decoding through each streaming mixer's state after a prefix of these "
                     "lengths (tokens/s)")
+      ->delimiter(',')
       ->check(CLI::PositiveNumber);
   bench->add_option("--decode-tokens", bopts.decode_tokens, "timed single-token steps per decoding row")
       ->check(CLI::PositiveNumber);
