@@ -6,6 +6,7 @@
 #include "longseq/common.h"
 #include "longseq/kernels/attention_reference.h"
 #include "longseq/kernels/flash_attention.h"
+#include "longseq/kernels/growing_cache.h"
 #include "longseq/mixers/heads.h"
 #include "longseq/registry.h"
 
@@ -23,7 +24,7 @@ torch::Tensor append_padding(const torch::Tensor& cached, int64_t cached_len,
 namespace {
 
 struct KvCache : MixerState {
-  torch::Tensor k, v;         // [B, H, S, D]
+  GrowingCache k, v;          // [B, H, S, D]
   torch::Tensor key_padding;  // [B, S] or undefined
   int64_t length = 0;
 };
@@ -50,13 +51,9 @@ class FullAttentionImpl : public MixerImpl {
       auto* cache = dynamic_cast<KvCache*>(ctx.state);
       TORCH_CHECK(cache, "full: the state passed was not made by this mixer");
       TORCH_CHECK(ctx.causal, "full: streaming with a KV cache needs causal mode");
-      if (cache->length > 0) {
-        k = torch::cat({cache->k, k}, 2);
-        v = torch::cat({cache->v, v}, 2);
-      }
+      k = cache->k.append(k);
+      v = cache->v.append(v);
       mask.key_padding = append_padding(cache->key_padding, cache->length, ctx.padding_mask, B, T);
-      cache->k = k.detach();
-      cache->v = v.detach();
       cache->key_padding = mask.key_padding;
       cache->length += T;
     }

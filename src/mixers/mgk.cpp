@@ -17,6 +17,7 @@
 
 #include "longseq/common.h"
 #include "longseq/kernels/flash_attention.h"
+#include "longseq/kernels/growing_cache.h"
 #include "longseq/kernels/linear_attention.h"
 #include "longseq/mixers/heads.h"
 #include "longseq/registry.h"
@@ -27,7 +28,8 @@ namespace {
 
 struct MgkState : MixerState {
   LinearAttentionState sums;       // linear
-  torch::Tensor k, v, key_padding;  // softmax: augmented keys [B, H, K*S, D'], values, padding [B, K*S]
+  GrowingCache k, v;                // softmax: augmented keys [B, H, K*S, D'] and values
+  torch::Tensor key_padding;        // [B, K*S]
   int64_t length = 0;               // positions cached
 };
 
@@ -91,12 +93,10 @@ class MgkImpl : public MixerImpl {
     mask.causal = ctx.causal;
     if (ctx.padding_mask.defined()) mask.key_padding = ctx.padding_mask.to(torch::kBool).repeat_interleave(K, 1);
     if (st) {
-      if (st->length > 0) {
-        ka = torch::cat({st->k, ka}, 2);
-        va = torch::cat({st->v, va}, 2);
-      }
+      ka = st->k.append(ka);
+      va = st->v.append(va);
       mask.key_padding = append_padding(st->key_padding, st->length * K, mask.key_padding, B, T * K);
-      st->k = ka.detach(), st->v = va.detach(), st->key_padding = mask.key_padding;
+      st->key_padding = mask.key_padding;
       st->length += T;
     }
     if (!ctx.causal) return exact_attention(qa, ka, va, mask).narrow(-1, 0, D);

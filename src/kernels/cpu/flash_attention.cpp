@@ -182,7 +182,7 @@ Problem make_problem(const torch::Tensor& q, const torch::Tensor& k, bool causal
           static_cast<float>(1.0 / std::sqrt(static_cast<double>(q.size(3))))};
 }
 
-// q: [B, H, T, D], k, v: [B, H, S, D] contiguous float32 -> (o [B, H, T, D], lse [B, H, T])
+// q: [B, H, T, D] contiguous, k, v: [B, H, S, D] with contiguous rows, float32 -> (o [B, H, T, D], lse [B, H, T])
 std::pair<torch::Tensor, torch::Tensor> flash_forward(const torch::Tensor& q, const torch::Tensor& k,
                                                       const torch::Tensor& v, bool causal, const torch::Tensor& pad) {
   const Problem p = make_problem(q, k, causal, pad);
@@ -196,7 +196,9 @@ std::pair<torch::Tensor, torch::Tensor> flash_forward(const torch::Tensor& q, co
     for (int64_t task = begin; task < end; ++task) {
       const int64_t bh = task / q_blocks, blk = task % q_blocks, b = bh / p.H;
       const int64_t t0 = blk * kBlockQ, t1 = std::min(p.T, t0 + kBlockQ);
-      forward_rows(qp + bh * p.T * p.D, kp + bh * p.S * p.D, vp + bh * p.S * p.D, op + bh * p.T * p.D,
+      const int64_t h = bh % p.H;  // k, v: rows contiguous per head, heads and batches at any stride
+      forward_rows(qp + bh * p.T * p.D, kp + b * k.stride(0) + h * k.stride(1), vp + b * v.stride(0) + h * v.stride(1),
+                   op + bh * p.T * p.D,
                    lp + bh * p.T, t0, t1, p, p.key_padding ? p.key_padding + b * p.S : nullptr, sbuf.data(), m.data(),
                    l.data());
     }
@@ -253,7 +255,8 @@ class FlashAttentionFunction : public torch::autograd::Function<FlashAttentionFu
   static torch::autograd::tensor_list backward(torch::autograd::AutogradContext* ctx,
                                                torch::autograd::tensor_list grads) {
     auto saved = ctx->get_saved_variables();
-    const auto &q = saved[0], &k = saved[1], &v = saved[2], &o = saved[3], &lse = saved[4], &pad = saved[5];
+    const auto &q = saved[0], &o = saved[3], &lse = saved[4], &pad = saved[5];
+    const auto k = saved[1].contiguous(), v = saved[2].contiguous();  // the forward may have read strided views
     const Problem p = make_problem(q, k, ctx->saved_data["causal"].toBool(), pad);
     auto dout = grads[0].contiguous();
     auto dq = torch::empty_like(q), dk = torch::empty_like(k), dv = torch::empty_like(v);
@@ -307,7 +310,11 @@ torch::Tensor flash_attention(const torch::Tensor& q, const torch::Tensor& k, co
                 mask.key_padding.sizes());
     pad = mask.key_padding.to(torch::kBool).contiguous();
   }
-  return FlashAttentionFunction::apply(q.contiguous(), k.contiguous(), v.contiguous(), mask.causal, pad);
+  // Keys and values need contiguous rows only (a decoding cache's view is read in place).
+  auto rows = [](const torch::Tensor& t) {
+    return t.stride(3) == 1 && t.stride(2) == t.size(3) ? t : t.contiguous();
+  };
+  return FlashAttentionFunction::apply(q.contiguous(), rows(k), rows(v), mask.causal, pad);
 }
 
 torch::Tensor exact_attention(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
