@@ -47,4 +47,17 @@ torch::Tensor causal_linear_attention(const torch::Tensor& fq, const torch::Tens
   return nd.narrow(-1, 0, D) / (nd.narrow(-1, D, 1) + eps);
 }
 
+torch::Tensor kernelized_attention(const torch::Tensor& fq, const torch::Tensor& fk, const torch::Tensor& v,
+                                   bool causal, int64_t chunk, double eps, LinearAttentionState* state) {
+  TORCH_CHECK(!state || causal, "kernelized attention: streaming needs causal mode");
+  if (causal) return causal_linear_attention(fq, fk, v, chunk, eps, state);
+  return linear_attention(fq, fk, v, eps);
+}
+
+torch::Tensor zero_padded(const torch::Tensor& features, const torch::Tensor& key_padding) {
+  if (!key_padding.defined()) return features;
+  auto keep = (~key_padding.to(torch::kBool)).to(features.dtype());
+  return features * keep.view({features.size(0), 1, features.size(2), 1});
+}
+
 }  // namespace longseq

@@ -58,10 +58,14 @@ torch::Tensor favor_key_max(const torch::Tensor& e, const torch::Tensor& key_pad
   return c.masked_fill(torch::isinf(c), 0.0);  // all keys padded: any constant will do
 }
 
-torch::Tensor zero_padded(const torch::Tensor& features, const torch::Tensor& key_padding) {
-  if (!key_padding.defined()) return features;
-  auto keep = (~key_padding.to(torch::kBool)).to(features.dtype());
-  return features * keep.view({features.size(0), 1, features.size(2), 1});
+FeaturePair favor_features(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& W,
+                           const torch::Tensor& key_padding, double norm_weight, LinearAttentionState* sums,
+                           torch::Tensor* key_max) {
+  auto ek = favor_exponents(k, W, norm_weight);
+  auto c = favor_key_max(ek, key_padding);
+  if (key_max) c = grow_key_max(*sums, *key_max, c);
+  return {favor_query_features(favor_exponents(q, W, norm_weight)),
+          zero_padded(favor_key_features(ek, c), key_padding)};
 }
 
 }  // namespace longseq

@@ -121,14 +121,12 @@ class KernelRpeImpl : public MixerImpl {
       q = torch::nn::functional::normalize(q, unit);
       k = torch::nn::functional::normalize(k, unit);
     }
-    auto ek = favor_exponents(k, projection_);
-    auto fq = favor_query_features(favor_exponents(q, projection_));
-    auto fk = zero_padded(favor_key_features(ek, favor_key_max(ek, ctx.padding_mask)), ctx.padding_mask);
+    auto f = favor_features(q, k, projection_, ctx.padding_mask);
     auto v1 = torch::cat({v, torch::ones({B, H, T, 1}, v.options())}, -1);  // the ones column gives the denominator
     const int64_t Lf = fft_length(T);
     auto c = circulant_column(T, Lf, ctx.causal).to(x.scalar_type());        // [H, Lf]
     auto flat = [&](const torch::Tensor& t) { return t.reshape({B * H, T, t.size(3)}); };
-    auto nd = ToeplitzFeatureProducts::apply(flat(fq), flat(fk), flat(v1),
+    auto nd = ToeplitzFeatureProducts::apply(flat(f.q), flat(f.k), flat(v1),
                                              c.unsqueeze(0).expand({B, H, Lf}).reshape({B * H, Lf}));
     nd = nd.view({B, H, T, D + 1});
     auto y = nd.narrow(-1, 0, D) / (nd.narrow(-1, D, 1) + eps_);

@@ -57,32 +57,19 @@ class LearnedKernelImpl : public MixerImpl {
     maybe_redraw();
     auto* st = ctx.state ? dynamic_cast<LearnedKernelState*>(ctx.state) : nullptr;
     TORCH_CHECK(!ctx.state || st, "learned_kernel: the state passed was not made by this mixer");
-    TORCH_CHECK(!st || ctx.causal, "learned_kernel: streaming needs causal mode");
     auto qkv = qkv_(x).chunk(3, -1);
     auto q = split_heads(qkv[0], heads_), k = split_heads(qkv[1], heads_), v = split_heads(qkv[2], heads_);
-    torch::Tensor fq, fk;
+    FeaturePair f;
     if (rks_) {
       auto e = noise_.to(x.scalar_type());                                             // [M/4, D]
       auto base = torch::matmul(e, factor_);                                           // (L^T eps)^T: [H, n, D]
       auto plus = base + mean_.unsqueeze(1), minus = base - mean_.unsqueeze(1);
-      fq = trig_features(q, plus, minus);
-      fk = trig_features(k, plus, minus);
+      f = {trig_features(q, plus, minus), zero_padded(trig_features(k, plus, minus), ctx.padding_mask)};
     } else {
       auto omega = mean_.unsqueeze(1) + torch::exp(0.5 * log_var_).unsqueeze(1) * noise_.to(x.scalar_type());  // [H, M, D]
-      auto ek = favor_exponents(k, omega, 1.0);
-      fq = favor_query_features(favor_exponents(q, omega, 1.0));
-      auto c = favor_key_max(ek, ctx.padding_mask);
-      if (st) c = grow_key_max(st->sums, st->key_max, c);
-      fk = favor_key_features(ek, c);
+      f = favor_features(q, k, omega, ctx.padding_mask, 1.0, st ? &st->sums : nullptr, st ? &st->key_max : nullptr);
     }
-    fk = zero_padded(fk, ctx.padding_mask);
-    torch::Tensor y;
-    if (st)
-      y = causal_linear_attention(fq, fk, v, chunk_, eps_, &st->sums);
-    else if (ctx.causal)
-      y = causal_linear_attention(fq, fk, v, chunk_, eps_);
-    else
-      y = linear_attention(fq, fk, v, eps_);
+    auto y = kernelized_attention(f.q, f.k, v, ctx.causal, chunk_, eps_, st ? &st->sums : nullptr);
     return out_(merge_heads(y));
   }
 

@@ -31,21 +31,11 @@ class LinearImpl : public MixerImpl {
     TORCH_CHECK(x.dim() == 3, "linear: x must be [B, T, C], got ", x.sizes());
     auto qkv = qkv_(x).chunk(3, -1);
     auto fq = torch::elu(split_heads(qkv[0], heads_)) + 1;  // eq. 7
-    auto fk = torch::elu(split_heads(qkv[1], heads_)) + 1;
+    auto fk = zero_padded(torch::elu(split_heads(qkv[1], heads_)) + 1, ctx.padding_mask);
     auto v = split_heads(qkv[2], heads_);
-    if (ctx.padding_mask.defined())  // a padded key adds nothing to either sum
-      fk = fk * (~ctx.padding_mask.to(torch::kBool)).to(fk.dtype()).view({x.size(0), 1, x.size(1), 1});
-    torch::Tensor y;
-    if (ctx.state) {
-      auto* st = dynamic_cast<LinearState*>(ctx.state);
-      TORCH_CHECK(st, "linear: the state passed was not made by this mixer");
-      TORCH_CHECK(ctx.causal, "linear: streaming needs causal mode");
-      y = causal_linear_attention(fq, fk, v, chunk_, eps_, &st->sums);
-    } else if (ctx.causal) {
-      y = causal_linear_attention(fq, fk, v, chunk_, eps_);
-    } else {
-      y = linear_attention(fq, fk, v, eps_);  // eq. 6
-    }
+    auto* st = ctx.state ? dynamic_cast<LinearState*>(ctx.state) : nullptr;
+    TORCH_CHECK(!ctx.state || st, "linear: the state passed was not made by this mixer");
+    auto y = kernelized_attention(fq, fk, v, ctx.causal, chunk_, eps_, st ? &st->sums : nullptr);  // eq. 6 or 8-12
     return out_(merge_heads(y));
   }
 

@@ -66,12 +66,8 @@ class MgkImpl : public MixerImpl {
     auto pi = prior_.clamp(1e-6, 1.0).view({1, heads_, 1, K});
     torch::Tensor y;
     if (linear_) {
-      auto fk = ((torch::elu(k) + 1) * pi.unsqueeze(-1)).sum(3);  // sum_r pi_r phi(k_jr)
-      if (ctx.padding_mask.defined())
-        fk = fk * (~ctx.padding_mask.to(torch::kBool)).to(fk.dtype()).view({B, 1, T, 1});
-      auto fq = torch::elu(q) + 1;
-      y = st ? causal_linear_attention(fq, fk, v, chunk_, eps_, &st->sums)
-             : ctx.causal ? causal_linear_attention(fq, fk, v, chunk_, eps_) : linear_attention(fq, fk, v, eps_);
+      auto fk = zero_padded(((torch::elu(k) + 1) * pi.unsqueeze(-1)).sum(3), ctx.padding_mask);  // sum_r pi_r phi(k_jr)
+      y = kernelized_attention(torch::elu(q) + 1, fk, v, ctx.causal, chunk_, eps_, st ? &st->sums : nullptr);
     } else {
       y = gaussian_mixture(q, k, v, pi, ctx, st);
     }

@@ -55,27 +55,16 @@ class PerformerImpl : public MixerImpl {
     auto q = split_heads(qkv[0], heads_), k = split_heads(qkv[1], heads_), v = split_heads(qkv[2], heads_);
     auto* st = ctx.state ? dynamic_cast<PerformerState*>(ctx.state) : nullptr;
     TORCH_CHECK(!ctx.state || st, "performer: the state passed was not made by this mixer");
-    TORCH_CHECK(!st || ctx.causal, "performer: streaming needs causal mode");
-    torch::Tensor fq, fk;
+    FeaturePair f;
     if (relu_) {
       const double s = 1.0 / std::sqrt(double(features_));
-      fq = torch::relu(torch::matmul(q, projection_.t()) * s) + kReluFeatureFloor;
-      fk = torch::relu(torch::matmul(k, projection_.t()) * s) + kReluFeatureFloor;
+      f.q = torch::relu(torch::matmul(q, projection_.t()) * s) + kReluFeatureFloor;
+      f.k = zero_padded(torch::relu(torch::matmul(k, projection_.t()) * s) + kReluFeatureFloor, ctx.padding_mask);
     } else {
-      auto ek = favor_exponents(k, projection_);
-      fq = favor_query_features(favor_exponents(q, projection_));
-      auto c = favor_key_max(ek, ctx.padding_mask);
-      if (st) c = grow_key_max(st->sums, st->key_max, c);
-      fk = favor_key_features(ek, c);
+      f = favor_features(q, k, projection_, ctx.padding_mask, 0.5, st ? &st->sums : nullptr,
+                         st ? &st->key_max : nullptr);
     }
-    fk = zero_padded(fk, ctx.padding_mask);
-    torch::Tensor y;
-    if (st)
-      y = causal_linear_attention(fq, fk, v, chunk_, eps_, &st->sums);
-    else if (ctx.causal)
-      y = causal_linear_attention(fq, fk, v, chunk_, eps_);
-    else
-      y = linear_attention(fq, fk, v, eps_);
+    auto y = kernelized_attention(f.q, f.k, v, ctx.causal, chunk_, eps_, st ? &st->sums : nullptr);
     return out_(merge_heads(y));
   }
 

@@ -31,4 +31,12 @@ torch::Tensor causal_prefix_products(const torch::Tensor& a, const torch::Tensor
 torch::Tensor causal_linear_attention(const torch::Tensor& fq, const torch::Tensor& fk, const torch::Tensor& v,
                                       int64_t chunk, double eps, LinearAttentionState* state = nullptr);
 
+// The form a mixer's call needs: streaming (state given, causal), causal, or bidirectional.
+torch::Tensor kernelized_attention(const torch::Tensor& fq, const torch::Tensor& fk, const torch::Tensor& v,
+                                   bool causal, int64_t chunk, double eps, LinearAttentionState* state);
+
+// Multiplies features [B, H, T, M] by 0 at padded positions (a padded key adds nothing to any sum);
+// key_padding [B, T] (true = padding) or undefined.
+torch::Tensor zero_padded(const torch::Tensor& features, const torch::Tensor& key_padding);
+
 }  // namespace longseq

@@ -36,7 +36,14 @@ torch::Tensor favor_key_max(const torch::Tensor& e, const torch::Tensor& key_pad
 // Returns the max to use for this chunk's keys.
 torch::Tensor grow_key_max(LinearAttentionState& sums, torch::Tensor& key_max, const torch::Tensor& c);
 
-// Multiplies features [B, H, T, M] by 0 at padded positions (a padded key adds nothing to any sum).
-torch::Tensor zero_padded(const torch::Tensor& features, const torch::Tensor& key_padding);
+// FAVOR+ features of queries and keys, stabilized, padded keys zeroed: q, k
+// [B, H, T, D] -> {phi(q), phi(k)} [B, H, T, M]. With `key_max` (a stream's
+// running stabilizer) the key stabilizer grows into it and `sums` are rescaled.
+struct FeaturePair {
+  torch::Tensor q, k;
+};
+FeaturePair favor_features(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& W,
+                           const torch::Tensor& key_padding, double norm_weight = 0.5,
+                           LinearAttentionState* sums = nullptr, torch::Tensor* key_max = nullptr);
 
 }  // namespace longseq
