@@ -104,6 +104,13 @@ TEST(Config, MalformedJsonGivesLineAndColumn) {
   EXPECT_NE(msg.find("column"), std::string::npos) << msg;
 }
 
+TEST(Config, NumberBeyondADoubleIsNamed) {
+  // Found by fuzz_safetensors: nlohmann throws out_of_range, not parse_error, for 1e400.
+  auto msg = error_of([] { parse_json_text("{\"train\": {\"lr\": 1e400}}", "big.json"); });
+  EXPECT_NE(msg.find("big.json"), std::string::npos) << msg;
+  EXPECT_NE(msg.find("1e400"), std::string::npos) << msg;
+}
+
 TEST(Config, MissingFileIsNamed) {
   auto msg = error_of([] { load_run_config("/nonexistent/dir/c.json"); });
   EXPECT_NE(msg.find("/nonexistent/dir/c.json"), std::string::npos) << msg;

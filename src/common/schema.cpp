@@ -138,6 +138,8 @@ Json parse_json(const std::string& text, const std::string& source) {
     return Json::parse(text);
   } catch (const Json::parse_error& e) {
     throw Error(source + ": malformed JSON at " + position_text(text, e.byte > 0 ? e.byte - 1 : 0) + ": " + e.what());
+  } catch (const Json::exception& e) {  // e.g. out_of_range for a number beyond a double (1e400)
+    throw Error(source + ": unreadable JSON: " + e.what());
   }
 }
 
