@@ -12,6 +12,8 @@ packages=(
   libsentencepiece-dev     # subword tokenizers
   libgtest-dev             # tests
   libbenchmark-dev         # micro-benchmarks
+  clang-14                 # the fuzz targets (fuzz/): libFuzzer comes with clang
+  libclang-rt-14-dev       # libFuzzer and the sanitizer runtimes
   python3.11-doc           # the embedded default corpus (Python's documentation sources)
 )
 missing=()

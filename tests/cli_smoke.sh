@@ -6,11 +6,18 @@ dir=${1:?scratch directory}
 rm -rf "$dir" && mkdir -p "$dir"
 fail=0
 ok()   { if "$@" >"$dir/out" 2>"$dir/err"; then :; else echo "FAILED: $*"; cat "$dir/err"; fail=1; fi; }
-bad()  { # bad EXPECTED_TEXT cmd...: must exit non-zero and say EXPECTED_TEXT
+bad()  { # bad EXPECTED_TEXT cmd...: must exit 1 (within 5 minutes) and say EXPECTED_TEXT
   local want=$1; shift
-  if "$@" >"$dir/out" 2>"$dir/err"; then echo "SHOULD HAVE FAILED: $*"; fail=1; return; fi
-  grep -q -- "$want" "$dir/err" || { echo "MESSAGE LACKS '$want': $*"; cat "$dir/err"; fail=1; }
+  timeout "${BAD_TIMEOUT:-300}" "$@" >"$dir/out" 2>"$dir/err"
+  local rc=$?
+  if [ $rc -eq 0 ]; then echo "SHOULD HAVE FAILED: ${*:0:300}"; fail=1; return; fi
+  [ $rc -eq 1 ] || { echo "EXIT CODE $rc, NOT 1: ${*:0:300}"; fail=1; }
+  grep -q -- "$want" "$dir/err" || { echo "MESSAGE LACKS '$want': ${*:0:300}"; head -c 2000 "$dir/err"; fail=1; }
+  if grep -Eq '[0-9]{30}' "$dir/err"; then echo "A 30-DIGIT NUMBER IN THE MESSAGE: ${*:0:300}"; fail=1; fi
 }
+nested() { head -c "$1" /dev/zero | tr '\0' '['; head -c "$1" /dev/zero | tr '\0' ']'; }
+le64() { local n=$1 i; for i in 0 1 2 3 4 5 6 7; do printf "\\x$(printf %02x $(( (n >> (8 * i)) & 255 )))"; done; }
+safetensors_with_header() { le64 ${#1}; printf '%s' "$1"; }  # header text -> a file without data
 
 python_free_text() { for i in $(seq 1 400); do echo "line $i: the quick brown fox jumps over the lazy dog"; done; }
 python_free_text > "$dir/corpus.txt"
@@ -66,6 +73,54 @@ bad "not a run directory" "$L" eval "$dir"
 bad "unknown split\|split" "$L" eval "$dir/run" --split dev
 cmp -s "$dir/run/model.safetensors" "$dir/model.bak" || { echo "a failed command changed the run"; fail=1; }
 for x in x1 x2 x3 x4 x5; do [ -e "$dir/$x" ] && { echo "a failed command created $x"; fail=1; }; done
+
+# Bad input of every kind: a clear message naming it, exit 1, nothing written.
+printf '{"model": {"mixer": %s}}' "$(nested 200000)" > "$dir/deep.json"
+bad "deeper than" "$L" train --config "$dir/deep.json" --out "$dir/y1" --quiet
+bad "deeper than" "$L" train --out "$dir/y2" "${common[@]}" --set "model.mixer=$(nested 50000)" --quiet
+bad "model.vocab_size = 300" "$L" train --out "$dir/y3" "${common[@]}" --set model.vocab_size=300 --quiet
+bad "model.mixer.window has 3 entries" "$L" train --out "$dir/y4" "${common[@]}" \
+   --set 'model.mixer={"name": "longformer", "window": [2, 4, 8]}' --quiet
+printf 'too short\n' > "$dir/tiny.txt"
+bad "$dir/tiny.txt" "$L" train --out "$dir/y5" "${common[@]}" --set data.path="$dir/tiny.txt" --quiet
+bad "regular file" "$L" train --out "$dir/y6" "${common[@]}" --set data.path=/dev/zero --quiet
+bad "out of range" "$L" --threads 5000 info
+bad "--sample" "$L" train --out "$dir/y7" "${common[@]}" --sample -1 --quiet
+for y in y1 y2 y3 y4 y5 y6 y7; do [ -e "$dir/$y" ] && { echo "a refused train created $y"; fail=1; }; done
+bad "--batch-size" "$L" eval "$dir/run" --batch-size -1
+bad "--seq-len" "$L" eval "$dir/run" --seq-len -5
+bad "--max-batches" "$L" eval "$dir/run" --max-batches -3
+bad "$dir/corpus.txt" "$L" eval "$dir/run" --seq-len 100000
+bad "--temperature.*finite" "$L" generate "$dir/run" --prompt a --temperature nan
+bad "--top-p.*finite" "$L" generate "$dir/run" --prompt a --top-p nan
+bad "--temperature.*out of range" "$L" generate "$dir/run" --prompt a --temperature -1
+bad "--top-k" "$L" generate "$dir/run" --prompt a --top-k -2
+for args in "--lengths 0" "--lengths -5" "--lengths 64,0" "--batch 0" "--repeats 0" "--time-cap nan" \
+            "--memory-cap -1" "--budget inf" "--quality-steps -1" "--decode-contexts 0" "--stack-layers 0"; do
+  # shellcheck disable=SC2086
+  bad "${args%% *}" "$L" bench --mixers full --lengths 64 $args --csv "$dir/z.csv" --svg "$dir/z.svg"
+done
+bad "no such directory" "$L" bench --mixers full --lengths 64 --csv "$dir/nodir/z.csv" --svg "$dir/z.svg"
+[ -e "$dir/z.csv" ] || [ -e "$dir/z.svg" ] && { echo "a refused bench wrote its output"; fail=1; }
+cmp -s "$dir/run/model.safetensors" "$dir/model.bak" || { echo "a refused command changed the run"; fail=1; }
+
+# Learned positions end at model.max_len: generation stops there with a note, after training too.
+ok "$L" train --out "$dir/lrun" "${common[@]}" --set model.positions=learned --set model.max_len=32 --quiet --sample 300
+grep -q "stopped after 29 of 300" "$dir/err" || { echo "train's sample gave no note at max_len"; cat "$dir/err"; fail=1; }
+grep -q "^sample:" "$dir/out" || { echo "train printed no sample"; fail=1; }
+ok "$L" generate "$dir/lrun" --prompt "line 1" --max-new 100
+grep -q "stopped after 27 of 100" "$dir/err" || { echo "generate gave no note at max_len"; cat "$dir/err"; fail=1; }
+bad "model.max_len = 32" "$L" eval "$dir/lrun" --seq-len 64
+
+# Corrupt checkpoints: refused with the file's name, never a crash.
+cp -r "$dir/run" "$dir/crun"
+safetensors_with_header "{\"w\": {\"dtype\": $(nested 100000), \"shape\": [], \"data_offsets\": [0, 0]}}" \
+  > "$dir/crun/model.safetensors"
+bad "deeper than" "$L" generate "$dir/crun" --prompt a --max-new 2
+bad "deeper than" "$L" eval "$dir/crun"
+safetensors_with_header '{"w": {"dtype": "F32", "shape": [4611686018427387904], "data_offsets": [0, 0]}}' \
+  > "$dir/crun/model.safetensors"
+bad "crun/model.safetensors.*2^63" "$L" generate "$dir/crun" --prompt a --max-new 2
 
 head -c 100 "$dir/model.bak" > "$dir/run/model.safetensors"
 bad "truncated\|not a valid" "$L" generate "$dir/run" --prompt a --max-new 2

@@ -104,6 +104,13 @@ TEST(Config, MalformedJsonGivesLineAndColumn) {
   EXPECT_NE(msg.find("column"), std::string::npos) << msg;
 }
 
+TEST(Config, NumberBeyondADoubleIsNamed) {
+  // Found by fuzz_safetensors: nlohmann throws out_of_range, not parse_error, for 1e400.
+  auto msg = error_of([] { parse_json_text("{\"train\": {\"lr\": 1e400}}", "big.json"); });
+  EXPECT_NE(msg.find("big.json"), std::string::npos) << msg;
+  EXPECT_NE(msg.find("1e400"), std::string::npos) << msg;
+}
+
 TEST(Config, MissingFileIsNamed) {
   auto msg = error_of([] { load_run_config("/nonexistent/dir/c.json"); });
   EXPECT_NE(msg.find("/nonexistent/dir/c.json"), std::string::npos) << msg;
@@ -113,6 +120,69 @@ TEST(Config, SentencePieceNeedsModelPath) {
   Json j = base();
   j["data"]["tokenizer"] = "sentencepiece";
   EXPECT_NE(error_of([&] { RunConfig::from_json(j); }).find("data.spm_model"), std::string::npos);
+}
+
+TEST(Config, DeepNestingIsAnErrorNotACrash) {
+  // A value nested 200,000 deep once parsed, then overflowed the stack when copied.
+  const size_t depth = 200000;
+  const std::string text =
+      "{\"model\": {\"mixer\": " + std::string(depth, '[') + std::string(depth, ']') + "}}";
+  auto msg = error_of([&] { RunConfig::from_json(parse_json_text(text, "deep.json")); });
+  EXPECT_NE(msg.find("deep.json"), std::string::npos) << msg;
+  EXPECT_NE(msg.find("deeper than"), std::string::npos) << msg;
+  EXPECT_NE(msg.find("column"), std::string::npos) << msg;
+  // Brackets inside strings are text, not nesting.
+  const std::string quoted = "{\"data\": {\"path\": \"" + std::string(depth, '[') + "\"}}";
+  EXPECT_NO_THROW(parse_json_text(quoted, "quoted.json"));
+  // As deep as allowed parses.
+  const std::string ok = std::string(kMaxJsonDepth, '[') + std::string(kMaxJsonDepth, ']');
+  EXPECT_NO_THROW(parse_json_text(ok, "ok.json"));
+  EXPECT_NE(error_of([&] { parse_json_text("[" + ok + "]", "x.json"); }).find("deeper than"), std::string::npos);
+}
+
+TEST(Config, ErrorsQuoteLargeValuesBriefly) {
+  Json j = base();
+  j["model"]["d_model"] = Json::array();
+  for (int i = 0; i < 10000; ++i) j["model"]["d_model"].push_back(i);
+  auto msg = error_of([&] { RunConfig::from_json(j); });
+  EXPECT_NE(msg.find("model.d_model"), std::string::npos) << msg;
+  EXPECT_LT(msg.size(), 200u) << msg;
+}
+
+TEST(Config, ByteTokenizerNeedsVocab256) {
+  // A larger vocabulary once trained to the end, then failed when the sample drew an id above 255.
+  for (int64_t v : {300, 257, 100}) {
+    Json j = base();
+    j["model"]["vocab_size"] = v;
+    auto msg = error_of([&] { RunConfig::from_json(j); });
+    EXPECT_NE(msg.find("model.vocab_size = " + std::to_string(v)), std::string::npos) << msg;
+    EXPECT_NE(msg.find("byte"), std::string::npos) << msg;
+  }
+  Json sp = base();
+  sp["model"]["vocab_size"] = 300;
+  sp["data"]["tokenizer"] = "sentencepiece";
+  sp["data"]["spm_model"] = "x.model";
+  EXPECT_NO_THROW(RunConfig::from_json(sp));
+}
+
+TEST(Config, PerLayerListMustFitTheLayers) {
+  // A list longer than the model's layers was once cut silently.
+  Json j = base();
+  j["model"]["n_layers"] = 2;
+  j["model"]["mixer"] = Json{{"name", "longformer"}, {"window", {2, 4, 8}}};
+  auto msg = error_of([&] { RunConfig::from_json(j); });
+  EXPECT_NE(msg.find("model.mixer.window"), std::string::npos) << msg;
+  EXPECT_NE(msg.find("3 entries"), std::string::npos) << msg;
+  EXPECT_NE(msg.find("2 layers"), std::string::npos) << msg;
+  j["model"]["mixer"] = Json{{"name", "longformer"}, {"dilation", {1, 2, 2}}};
+  EXPECT_NE(error_of([&] { RunConfig::from_json(j); }).find("model.mixer.dilation"), std::string::npos);
+  j["model"]["mixer"] = Json{{"name", "longformer"}, {"window", Json::array()}};
+  EXPECT_NE(error_of([&] { RunConfig::from_json(j); }).find("model.mixer.window has 0 entries"), std::string::npos);
+  // One value, or one per layer, is accepted; a list that is not per layer keeps any length.
+  j["model"]["mixer"] = Json{{"name", "longformer"}, {"window", {2, 4}}, {"dilation", 3}, {"global_positions", {0, 1, 2}}};
+  EXPECT_NO_THROW(RunConfig::from_json(j));
+  j["model"]["layers"] = Json::array({"full", Json{{"name", "longformer"}, {"window", {2, 4, 8}}}});
+  EXPECT_NE(error_of([&] { RunConfig::from_json(j); }).find("model.layers[1].window"), std::string::npos);
 }
 
 }  // namespace

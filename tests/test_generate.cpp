@@ -1,5 +1,7 @@
 #include <gtest/gtest.h>
 
+#include <limits>
+
 #include "longseq/common.h"
 #include "longseq/generate.h"
 
@@ -68,11 +70,55 @@ TEST(Generate, SampleTokenFollowsTopKAndTopP) {
   EXPECT_GT(counts[2], 0);
 }
 
-TEST(Generate, RejectsEmptyPromptAndLearnedOverflow) {
+TEST(Generate, RejectsEmptyPromptAndLongerThanLearnedPositions) {
   auto model = random_model("learned");
   SampleOptions s;
   EXPECT_THROW(generate(*model, {}, 3, s), Error);
-  EXPECT_THROW(generate(*model, std::vector<int64_t>(60, 1), 10, s), Error);  // past max_len 64
+  try {
+    generate(*model, std::vector<int64_t>(65, 1), 1, s);  // the prompt alone is past max_len 64
+    FAIL() << "a prompt longer than the learned positions was accepted";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("model.max_len = 64"), std::string::npos) << e.what();
+  }
+}
+
+TEST(Generate, StopsWhereLearnedPositionsEnd) {
+  // Once a sample past max_len failed after the work was done (after a whole training run).
+  auto model = random_model("learned");
+  SampleOptions greedy;
+  greedy.temperature = 0;
+  for (bool cache : {true, false}) {
+    greedy.use_cache = cache;
+    // Positions 0..63 exist: a 60-token prompt feeds positions 0..59, the drawn tokens 60..63,
+    // and the logits at position 63 give a fifth token.
+    const std::vector<int64_t> prompt(60, 7);
+    auto out = generate(*model, prompt, 10, greedy);
+    EXPECT_EQ(out.size(), 5u) << "cache " << cache;
+    EXPECT_EQ(generate(*model, prompt, 3, greedy).size(), 3u);
+    // The tokens drawn are those of a generation that asked for no more than fits.
+    EXPECT_EQ(out, generate(*model, prompt, 5, greedy));
+    EXPECT_EQ(generate(*model, std::vector<int64_t>(64, 7), 4, greedy).size(), 1u);
+  }
+  // Sinusoidal positions have no end.
+  EXPECT_EQ(generate(*random_model("sinusoidal"), std::vector<int64_t>(60, 7), 10, greedy).size(), 10u);
+}
+
+TEST(Generate, RefusesNonFiniteSamplingOptions) {
+  auto model = random_model("sinusoidal");
+  const double nan = std::numeric_limits<double>::quiet_NaN(), inf = std::numeric_limits<double>::infinity();
+  for (double t : {nan, inf, -1.0}) {
+    SampleOptions s;
+    s.temperature = t;
+    EXPECT_THROW(generate(*model, {1, 2}, 2, s), Error) << t;
+  }
+  for (double p : {nan, -0.1, 1.5}) {
+    SampleOptions s;
+    s.top_p = p;
+    EXPECT_THROW(generate(*model, {1, 2}, 2, s), Error) << p;
+  }
+  SampleOptions k;
+  k.top_k = -1;
+  EXPECT_THROW(generate(*model, {1, 2}, 2, k), Error);
 }
 
 }  // namespace

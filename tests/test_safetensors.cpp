@@ -1,5 +1,6 @@
 #include <gtest/gtest.h>
 
+#include <cstdio>
 #include <cstring>
 
 #include "helpers.h"
@@ -8,6 +9,7 @@
 #include "longseq/models.h"
 #include "longseq/runtime.h"
 #include "longseq/safetensors.h"
+#include "longseq/train.h"
 
 using namespace longseq;
 
@@ -76,7 +78,7 @@ TEST(Safetensors, RejectsCorruptHeaders) {
   auto bytes = safetensors_serialize(sample_file());
   auto corrupt = bytes;
   corrupt[9] = '#';  // inside the JSON header
-  EXPECT_NE(error_of(corrupt).find("not JSON"), std::string::npos);
+  EXPECT_NE(error_of(corrupt).find("malformed JSON"), std::string::npos);
   auto huge = bytes;
   huge[7] = 0x7f;  // header length far beyond the file
   EXPECT_NE(error_of(huge).find("exceeds"), std::string::npos);
@@ -94,6 +96,44 @@ TEST(Safetensors, RejectsOffsetsThatDisagreeWithShape) {
   bytes += hs + std::string(8, '\0');
   auto msg = error_of(bytes);
   EXPECT_NE(msg.find("tensor x"), std::string::npos) << msg;
+}
+
+// A file of the given header text and `data_bytes` zero bytes.
+std::string file_with_header(std::string hs, size_t data_bytes) {
+  while ((8 + hs.size()) % 8) hs += ' ';
+  std::string bytes(8, '\0');
+  uint64_t n = hs.size();
+  std::memcpy(&bytes[0], &n, 8);
+  return bytes + hs + std::string(data_bytes, '\0');
+}
+
+TEST(Safetensors, DeeplyNestedHeaderIsAnErrorNotACrash) {
+  // The error message once printed the dtype with a recursive dump: a stack overflow.
+  const size_t depth = 100000;
+  auto msg = error_of(file_with_header(
+      "{\"w\": {\"dtype\": " + std::string(depth, '[') + std::string(depth, ']') + ", \"shape\": [], \"data_offsets\": [0, 0]}}", 0));
+  EXPECT_NE(msg.find("bad.safetensors"), std::string::npos) << msg;
+  EXPECT_NE(msg.find("deeper than"), std::string::npos) << msg;
+  EXPECT_LT(msg.size(), 300u) << msg;
+}
+
+TEST(Safetensors, ShapeWhoseSizeOverflowsIsNamed) {
+  // 2^62 floats are 2^64 bytes, which wraps to 0 and once matched offsets [0, 0];
+  // LibTorch then failed with "Storage size calculation overflowed", naming no file.
+  for (const char* shape : {"[4611686018427387904]", "[4294967296, 4294967296, 0]", "[18446744073709551615]"}) {
+    auto msg = error_of(file_with_header(
+        std::string("{\"w\": {\"dtype\": \"F32\", \"shape\": ") + shape + ", \"data_offsets\": [0, 0]}}", 0));
+    EXPECT_NE(msg.find("bad.safetensors"), std::string::npos) << shape << ": " << msg;
+    EXPECT_NE(msg.find("tensor w"), std::string::npos) << shape << ": " << msg;
+  }
+}
+
+TEST(Safetensors, ErrorsQuoteLargeValuesBriefly) {
+  Json h = {{"x", {{"dtype", Json::array()}, {"shape", {1}}, {"data_offsets", {0, 4}}}}};
+  for (int i = 0; i < 5000; ++i) h["x"]["dtype"].push_back(i);
+  auto msg = error_of(file_with_header(h.dump(), 4));
+  EXPECT_NE(msg.find("unsupported dtype"), std::string::npos) << msg;
+  EXPECT_LT(msg.size(), 300u);
 }
 
 ModelConfig tiny(int64_t d_model) {
@@ -125,6 +165,49 @@ TEST(Safetensors, ModelRoundTripAndMismatchLeavesModelUnchanged) {
   EXPECT_THROW(load_module_tensors(*b, f, "x"), Error);
   f.tensors.erase(f.tensors.begin());
   EXPECT_THROW(load_module_tensors(*b, f, "x"), Error);
+}
+
+TEST(Safetensors, DtypeMismatchSaysDtype) {
+  // A checkpoint whose tensors have the model's shapes but another dtype: the message
+  // once said "has shape [512], the model expects [512]" for the optimizer's tensors.
+  auto dir = longseq_test::scratch_dir("safetensors_dtype");
+  longseq_test::write_text(dir + "/corpus.txt", longseq_test::sample_text(20000));
+  Json j = {{"model", {{"d_model", 16}, {"n_heads", 2}, {"n_layers", 1}, {"d_ff", 32}}},
+            {"data", {{"corpus", "text"}, {"path", dir + "/corpus.txt"}}},
+            {"train", {{"steps", 2}, {"batch_size", 2}, {"seq_len", 16}, {"eval_batches", 1}, {"checkpoint_every", 1},
+                       {"warmup", 1}}}};
+  RunConfig cfg = RunConfig::from_json(j);
+  TrainOptions opts;
+  opts.out_dir = dir + "/run";
+  opts.quiet = true;
+  opts.stop_after = 1;
+  train_run(&cfg, opts);
+  const std::string state = dir + "/run/trainer_state.safetensors";
+  // The optimizer's tensors first: the model's are checked before them.
+  for (const std::string which : {"adamw.", "model."}) {
+    auto f = load_safetensors(state);
+    bool changed = false;
+    for (auto& kv : f.tensors)
+      if (!changed && kv.first.rfind(which, 0) == 0 && kv.second.scalar_type() == torch::kFloat) {
+        kv.second = kv.second.to(torch::kDouble);
+        changed = true;
+      }
+    ASSERT_TRUE(changed) << which;
+    save_safetensors(dir + "/bad.safetensors", f);
+    std::rename((dir + "/bad.safetensors").c_str(), state.c_str());
+    TrainOptions resume = opts;
+    resume.resume = true;
+    resume.stop_after = 0;
+    try {
+      train_run(nullptr, resume);
+      ADD_FAILURE() << which << ": a checkpoint of another dtype resumed";
+    } catch (const Error& e) {
+      const std::string msg = e.what();
+      EXPECT_NE(msg.find("dtype Double"), std::string::npos) << which << ": " << msg;
+      EXPECT_NE(msg.find("expects Float"), std::string::npos) << which << ": " << msg;
+      EXPECT_NE(msg.find(state), std::string::npos) << which << ": " << msg;
+    }
+  }
 }
 
 TEST(Safetensors, MissingFileIsNamed) {

@@ -34,6 +34,11 @@ void run_bench(const BenchOptions& opts);
 // The child side: one configuration (JSON spec) -> one JSON result line on stdout.
 std::string bench_one(const Json& spec);
 
+// The parent side: a child's standard output -> its result, the last line that is
+// a JSON object (discarded when none is). A failure's error is cut to one line
+// without quotes; a success without a positive median_s becomes a failure.
+Json parse_bench_child_output(const std::string& out);
+
 struct RoofResult {
   double square_gflops = 0;  // 2048^3 SGEMM, all threads
   double block_gflops = 0;   // the fused kernel's block shape (128x512x64) via torch::mm, one per thread

@@ -50,6 +50,8 @@ std::string default_pydoc_path();
 TextSplits read_pydoc(const std::string& dir);
 // Dispatches on data.corpus.
 TextSplits read_corpus(const Json& data_cfg);
+// "corpus text at PATH": where data.corpus reads from, for messages.
+std::string corpus_source(const Json& data_cfg);
 
 struct TokenSplit {
   torch::Tensor tokens;  // [N] int32

@@ -25,6 +25,10 @@ TensorFile load_safetensors(const std::string& path);
 
 // Parameters and buffers of a module, by their registered names, with a prefix.
 TensorFile module_tensors(const torch::nn::Module& module, const std::string& prefix = "");
+// Throws an Error naming `source` and `what` (e.g. "tensor block0.w") when `found`
+// differs from `expected` in dtype or shape.
+void check_tensor_matches(const torch::Tensor& found, const torch::Tensor& expected, const std::string& source,
+                          const std::string& what);
 // Copies `file` into the module's parameters and buffers. Every name must match
 // in both directions with the same shape; all is checked before anything is
 // copied, so a mismatch leaves the module unchanged.

@@ -351,7 +351,82 @@ void write_svg(const std::string& path, const std::vector<Row>& rows) {
 
 }  // namespace
 
+Json parse_bench_child_output(const std::string& out) {
+  // The result is the last line that is a JSON object: a library may print other lines first.
+  size_t end = out.size();
+  while (end > 0) {
+    const size_t begin = out.rfind('\n', end - 1);
+    const size_t from = begin == std::string::npos ? 0 : begin + 1;
+    const std::string line = out.substr(from, end - from);
+    end = begin == std::string::npos ? 0 : begin;
+    const size_t brace = line.find_first_not_of(" \t\r");
+    if (brace == std::string::npos || line[brace] != '{') continue;
+    Json res;
+    try {
+      res = parse_json(line, "bench child");
+    } catch (const Error&) {
+      continue;
+    }
+    if (!res.is_object()) continue;
+    if (res.value("ok", Json(false)) == Json(true)) {
+      const Json m = res.value("median_s", Json());
+      if (!m.is_number() || !(m.get<double>() > 0) || !std::isfinite(m.get<double>()))
+        return Json{{"ok", false}, {"error", "the result line lacks a positive median_s"}};
+      return res;
+    }
+    if (!res.contains("error")) return Json{{"ok", false}};
+    // One line of text without quotes, so the table and the CSV keep their shape.
+    std::string why = res["error"].is_string() ? res["error"].get<std::string>() : json_excerpt(res["error"]);
+    why = why.substr(0, why.find('\n'));
+    std::replace(why.begin(), why.end(), '"', '\'');
+    std::replace(why.begin(), why.end(), '\r', ' ');
+    return Json{{"ok", false}, {"error", why}};
+  }
+  return Json(Json::value_t::discarded);
+}
+
+namespace {
+
+// Every bench argument is checked before any work, so a bad one never costs a run.
+void check_bench_options(const BenchOptions& o) {
+  auto positive = [](const std::vector<int64_t>& v, const char* flag, int64_t most) {
+    for (auto x : v)
+      if (x < 1 || x > most)
+        throw Error(std::string("bench: ") + flag + " holds " + std::to_string(x) + "; each must be in [1, " +
+                    std::to_string(most) + "]");
+  };
+  positive(o.lengths, "--lengths", int64_t{1} << 30);
+  positive(o.decode_contexts, "--decode-contexts", int64_t{1} << 30);
+  positive(o.stack_layers, "--stack-layers", 1024);
+  positive({o.batch}, "--batch", int64_t{1} << 20);
+  positive({o.heads}, "--heads", 1024);
+  positive({o.head_dim}, "--head-dim", 65536);
+  positive({o.decode_tokens}, "--decode-tokens", 1000000000);
+  positive({o.repeats}, "--repeats", 1000000);
+  if (o.quality_steps < 0) throw Error("bench: --quality-steps must be >= 0, got " + std::to_string(o.quality_steps));
+  if (!(o.time_cap > 0 && std::isfinite(o.time_cap)))
+    throw Error("bench: --time-cap must be a positive number of seconds, got " + std::to_string(o.time_cap));
+  if (!(o.memory_cap_gib > 0 && std::isfinite(o.memory_cap_gib)))
+    throw Error("bench: --memory-cap must be a positive number of GiB, got " + std::to_string(o.memory_cap_gib));
+  if (!(o.budget >= 0 && std::isfinite(o.budget)))
+    throw Error("bench: --budget must be >= 0 seconds, got " + std::to_string(o.budget));
+  for (const auto& m : o.modes)
+    if (m != "causal" && m != "bidirectional") throw Error("bench: --modes takes causal, bidirectional; got " + m);
+  for (const auto& p : o.passes)
+    if (p != "fwd" && p != "fwdbwd") throw Error("bench: --passes takes fwd, fwdbwd; got " + p);
+  for (const auto& m : o.mixers) find_mixer(m);  // unknown names fail listing the registered ones
+  for (const std::string* out : {&o.csv, &o.svg}) {  // the results must have somewhere to go
+    const auto dir = std::filesystem::path(*out).parent_path();
+    std::error_code ec;
+    if (out->empty() || (!dir.empty() && !std::filesystem::is_directory(dir, ec)))
+      throw Error("bench: cannot write " + *out + ": no such directory");
+  }
+}
+
+}  // namespace
+
 void run_bench(const BenchOptions& o) {
+  check_bench_options(o);
   const auto start = std::chrono::steady_clock::now();
   std::vector<int64_t> lengths = o.lengths;
   if (lengths.empty())
@@ -433,7 +508,7 @@ void run_bench(const BenchOptions& o) {
             progress.update(static_cast<int64_t>(done - 1), label + " (" + format_duration(secs) + ")");
           });
           r.peak_mib = c.peak_mib;
-          Json res = Json::parse(c.out.empty() ? "{}" : c.out.substr(c.out.find('{')), nullptr, false);
+          Json res = parse_bench_child_output(c.out);
           if (!c.killed.empty()) {
             r.status = c.killed;
             skip_rest = true, skip_why = c.killed;
@@ -466,7 +541,7 @@ void run_bench(const BenchOptions& o) {
       auto c = run_child(o.self, spec, false, o.time_cap, o.memory_cap_gib,
                          [&](double secs) { progress.update(static_cast<int64_t>(done), label + " (" + format_duration(secs) + ")"); });
       r.peak_mib = c.peak_mib;
-      Json res = Json::parse(c.out.empty() ? "{}" : c.out.substr(c.out.find('{')), nullptr, false);
+      Json res = parse_bench_child_output(c.out);
       if (!c.killed.empty()) {
         r.status = c.killed;
       } else if (res.is_discarded() || !res.value("ok", false)) {

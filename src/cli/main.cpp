@@ -2,10 +2,12 @@
 #include <CLI/CLI.hpp>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdlib>
 #include <cstdio>
 #include <iostream>
+#include <thread>
 
 #include "longseq/bench.h"
 #include "longseq/common.h"
@@ -29,8 +31,13 @@ Json apply_overrides(Json cfg, const std::vector<std::string>& sets) {
     const std::string section = s.substr(0, dot), key = s.substr(dot + 1, eq - dot - 1), text = s.substr(eq + 1);
     if (section != "model" && section != "data" && section != "train")
       throw Error("--set " + s + ": unknown section " + section + "; valid sections: model, data, train");
-    Json value = Json::parse(text, nullptr, false);
-    if (value.is_discarded()) value = text;
+    // Text that is JSON is parsed with bounded nesting (a deep value would overflow the stack when copied).
+    Json value = Json::accept(text) ? parse_json(text, "--set " + section + "." + key) : Json(text);
+    try {
+      (void)value.dump();
+    } catch (const Json::type_error&) {
+      throw Error("--set " + section + "." + key + ": the value is not valid UTF-8");
+    }
     cfg[section][key] = value;
   }
   return cfg;
@@ -52,6 +59,44 @@ void print_info(bool markdown) {
   }
 }
 
+// A bound as one would write it (CLI11's own range checks print DBL_MAX in 309 digits).
+std::string bound_text(double v) {
+  char b[32];
+  std::snprintf(b, sizeof b, "%.10g", v);
+  return b;
+}
+
+// A number option's check: a finite number in [lo, hi] (CLI11's ranges let NaN through).
+CLI::Validator number_in(double lo, double hi) {
+  const std::string range = "[" + bound_text(lo) + ", " + bound_text(hi) + "]";
+  return CLI::Validator(
+      [lo, hi, range](std::string& in) -> std::string {
+        char* end = nullptr;
+        const double v = std::strtod(in.c_str(), &end);
+        if (in.empty() || *end != '\0' || !std::isfinite(v)) return "must be a finite number, got \"" + in + "\"";
+        if (v < lo || v > hi) return in + " is out of range; allowed " + range;
+        return std::string();
+      },
+      "in " + range);
+}
+
+// More threads than a few per core only slow the work down, and thousands take minutes to start.
+CLI::Validator thread_count() {
+  const int cores = std::max(1, static_cast<int>(std::thread::hardware_concurrency()));
+  const int most = 4 * cores;
+  return CLI::Validator(
+      [cores, most](std::string& in) -> std::string {
+        char* end = nullptr;
+        const long v = std::strtol(in.c_str(), &end, 10);
+        if (in.empty() || *end != '\0') return "must be a whole number, got \"" + in + "\"";
+        if (v < 0 || v > most)
+          return in + " is out of range: this machine has " + std::to_string(cores) + " cores; give 0 (one per core) to " +
+                 std::to_string(most) + " (4 per core)";
+        return std::string();
+      },
+      "0 to 4 per core");
+}
+
 // The allocation policy (DESIGN.md, "Memory faults"): glibc maps every block
 // above 32 MiB afresh and unmaps it on free, so attention's large temporaries
 // fault in new pages at every step; with transparent huge pages on "madvise"
@@ -69,6 +114,13 @@ void choose_allocation_policy(char** argv) {
   ::execv("/proc/self/exe", argv);  // returns only on failure: then run as we are
 }
 
+// Generation stops where learned positions end; say so rather than print less silently.
+void note_position_limit(const LoadedRun& run, size_t got, int64_t asked) {
+  if (static_cast<int64_t>(got) < asked)
+    std::fprintf(stderr, "note: generation stopped after %zu of %lld tokens: the learned positions end at model.max_len = %lld\n",
+                 got, static_cast<long long>(asked), static_cast<long long>(run.model_config.max_len));
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -76,7 +128,7 @@ int main(int argc, char** argv) {
   CLI::App app{"longseq: Transformers on long sequences (train, evaluate, generate)"};
   app.require_subcommand(1);
   int threads = 0;
-  app.add_option("--threads", threads, "intra-op threads (default: all cores)")->check(CLI::NonNegativeNumber);
+  app.add_option("--threads", threads, "intra-op threads (default: all cores)")->check(thread_count());
 
   auto* info = app.add_subcommand("info", "list every mixer with its options, and the config keys");
   bool markdown = false;
@@ -94,7 +146,8 @@ int main(int argc, char** argv) {
   train->add_option("--set", sets, "override a config key: section.key=value (repeatable)");
   train->add_flag("--resume", resume, "continue the run in --out from its last checkpoint");
   train->add_flag("--quiet", quiet, "no progress display");
-  train->add_option("--sample", sample_len, "bytes of text to generate after training (0 = none)");
+  train->add_option("--sample", sample_len, "bytes of text to generate after training (0 = none)")
+      ->check(number_in(0, 1e9));
 
   auto* eval = app.add_subcommand("eval", "evaluate a run: loss, bits per byte, perplexity");
   std::string run_dir, split = "test";
@@ -102,9 +155,10 @@ int main(int argc, char** argv) {
   bool as_json = false;
   eval->add_option("run", run_dir, "run directory")->required();
   eval->add_option("--split", split, "train, valid or test")->check(CLI::IsMember({"train", "valid", "test"}));
-  eval->add_option("--batch-size", eval_batch, "sequences per batch (default: the run's)");
-  eval->add_option("--seq-len", eval_len, "tokens per sequence (default: the run's)");
-  eval->add_option("--max-batches", eval_max, "at most this many batches (default: the whole split)");
+  eval->add_option("--batch-size", eval_batch, "sequences per batch (default: the run's)")->check(number_in(1, 1 << 20));
+  eval->add_option("--seq-len", eval_len, "tokens per sequence (default: the run's)")->check(number_in(1, 1 << 30));
+  eval->add_option("--max-batches", eval_max, "at most this many batches (default or 0: the whole split)")
+      ->check(number_in(0, 1e9));
   eval->add_flag("--json", as_json, "print one JSON object");
 
   auto* gen = app.add_subcommand("generate", "generate text from a run");
@@ -114,10 +168,10 @@ int main(int argc, char** argv) {
   bool no_cache = false;
   gen->add_option("run", run_dir, "run directory")->required();
   gen->add_option("--prompt", prompt, "text to continue")->required();
-  gen->add_option("--max-new", max_new, "tokens to generate")->check(CLI::NonNegativeNumber);
-  gen->add_option("--temperature", sopts.temperature, "0 = greedy")->check(CLI::NonNegativeNumber);
-  gen->add_option("--top-k", sopts.top_k, "keep the k most likely tokens (0 = off)")->check(CLI::NonNegativeNumber);
-  gen->add_option("--top-p", sopts.top_p, "keep the smallest set with this mass (1 = off)")->check(CLI::Range(0.0, 1.0));
+  gen->add_option("--max-new", max_new, "tokens to generate")->check(number_in(0, 1e9));
+  gen->add_option("--temperature", sopts.temperature, "0 = greedy")->check(number_in(0, 1e6));
+  gen->add_option("--top-k", sopts.top_k, "keep the k most likely tokens (0 = off)")->check(number_in(0, 1e9));
+  gen->add_option("--top-p", sopts.top_p, "keep the smallest set with this mass (1 = off)")->check(number_in(0, 1));
   gen->add_option("--seed", sopts.seed, "sampling seed");
   gen->add_flag("--no-cache", no_cache, "recompute the whole sequence each step instead of using the state");
 
@@ -126,54 +180,69 @@ int main(int argc, char** argv) {
   int64_t tok_vocab = 4096;
   tok->add_option("--input", tok_input, "text file to train on")->required();
   tok->add_option("--out", tok_out, "output prefix (writes PREFIX.model, PREFIX.vocab)")->required();
-  tok->add_option("--vocab", tok_vocab, "vocabulary size")->check(CLI::Range(8, 1 << 20));
+  tok->add_option("--vocab", tok_vocab, "vocabulary size")->check(number_in(8, 1 << 20));
   tok->add_option("--type", tok_type, "unigram or bpe")->check(CLI::IsMember({"unigram", "bpe"}));
 
   auto* bench = app.add_subcommand("bench", "measure time, memory and quality of mixers versus length");
   BenchOptions bopts;
   bench->add_option("--mixers", bopts.mixers, "mixers to measure (default: all registered)")->delimiter(',');
-  bench->add_option("--lengths", bopts.lengths, "sequence lengths (default: 1024,2048,...,65536)")->delimiter(',');
-  bench->add_option("--batch", bopts.batch, "batch size B")->check(CLI::PositiveNumber);
-  bench->add_option("--heads", bopts.heads, "heads H")->check(CLI::PositiveNumber);
-  bench->add_option("--head-dim", bopts.head_dim, "head width D (model width = H * D)")->check(CLI::PositiveNumber);
+  bench->add_option("--lengths", bopts.lengths, "sequence lengths (default: 1024,2048,...,65536)")
+      ->delimiter(',')
+      ->check(number_in(1, 1 << 30));
+  bench->add_option("--batch", bopts.batch, "batch size B")->check(number_in(1, 1 << 20));
+  bench->add_option("--heads", bopts.heads, "heads H")->check(number_in(1, 1024));
+  bench->add_option("--head-dim", bopts.head_dim, "head width D (model width = H * D)")->check(number_in(1, 65536));
   bench->add_option("--modes", bopts.modes, "causal, bidirectional")->delimiter(',')->check(CLI::IsMember({"causal", "bidirectional"}));
   bench->add_option("--passes", bopts.passes, "fwd, fwdbwd")->delimiter(',')->check(CLI::IsMember({"fwd", "fwdbwd"}));
-  bench->add_option("--repeats", bopts.repeats, "timed repeats after a warm-up (median reported)")->check(CLI::PositiveNumber);
-  bench->add_option("--time-cap", bopts.time_cap, "seconds per configuration before it is stopped");
-  bench->add_option("--memory-cap", bopts.memory_cap_gib, "GiB of resident memory per configuration before it is stopped");
-  bench->add_option("--budget", bopts.budget, "seconds for the whole run; later configurations are skipped (0 = none)");
+  bench->add_option("--repeats", bopts.repeats, "timed repeats after a warm-up (median reported)")
+      ->check(number_in(1, 1e6));
+  bench->add_option("--time-cap", bopts.time_cap, "seconds per configuration before it is stopped")
+      ->check(number_in(0.001, 1e9));
+  bench->add_option("--memory-cap", bopts.memory_cap_gib, "GiB of resident memory per configuration before it is stopped")
+      ->check(number_in(0.001, 1e6));
+  bench->add_option("--budget", bopts.budget, "seconds for the whole run; later configurations are skipped (0 = none)")
+      ->check(number_in(0, 1e9));
   bench->add_flag("--stock", bopts.stock, "also run the reference attention core under glibc's default allocator");
   bench->add_flag("--kernels-only", bopts.kernels_only, "only the attention cores, not whole mixers");
   bench->add_option("--stack-layers", bopts.stack_layers,
                     "also time whole stacks of the first mixer with this many blocks, standard and reversible "
                     "(activation memory versus depth)")
       ->delimiter(',')
-      ->check(CLI::PositiveNumber);
+      ->check(number_in(1, 1024));
   bench->add_option("--csv", bopts.csv, "CSV output file");
   bench->add_option("--svg", bopts.svg, "plot output file (SVG)");
   bench->add_option("--decode-contexts", bopts.decode_contexts,
                     "also time token-by-token decoding through each streaming mixer's state after a prefix of these "
                     "lengths (tokens/s)")
       ->delimiter(',')
-      ->check(CLI::PositiveNumber);
+      ->check(number_in(1, 1 << 30));
   bench->add_option("--decode-tokens", bopts.decode_tokens, "timed single-token steps per decoding row")
-      ->check(CLI::PositiveNumber);
-  bench->add_option("--quality-steps", bopts.quality_steps, "also train each mixer this many steps and report bits per byte");
+      ->check(number_in(1, 1e9));
+  bench->add_option("--quality-steps", bopts.quality_steps, "also train each mixer this many steps and report bits per byte")
+      ->check(number_in(0, 1e9));
 
   auto* bench_one_cmd = app.add_subcommand("bench-one", "(internal) one benchmark configuration");
   bench_one_cmd->group("");
   std::string bench_spec;
   bench_one_cmd->add_option("--spec", bench_spec)->required();
 
-  CLI11_PARSE(app, argc, argv);
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    const int rc = app.exit(e);  // prints the help, or the message naming the option
+    return rc == 0 ? 0 : 1;     // bad input exits 1, as every other error does
+  }
 
   try {
     const int n_threads = configure_threads(threads);
     if (*bench_one_cmd) {
       try {
-        std::printf("%s\n", bench_one(Json::parse(bench_spec)).c_str());
+        std::printf("%s\n", bench_one(parse_json(bench_spec, "--spec")).c_str());
+      } catch (const c10::Error& e) {  // the message without LibTorch's backtrace, which would fill the table
+        std::printf("%s\n", Json{{"ok", false}, {"error", e.what_without_backtrace()}}.dump(-1, ' ', false, Json::error_handler_t::replace).c_str());
+        return 1;
       } catch (const std::exception& e) {
-        std::printf("%s\n", Json{{"ok", false}, {"error", e.what()}}.dump().c_str());
+        std::printf("%s\n", Json{{"ok", false}, {"error", e.what()}}.dump(-1, ' ', false, Json::error_handler_t::replace).c_str());
         return 1;
       }
     } else if (*bench) {
@@ -220,6 +289,7 @@ int main(int argc, char** argv) {
         s.temperature = 0.8;
         s.top_k = 40;
         auto ids = generate(*run.model, run.tokenizer->encode(p), sample_len, s);
+        note_position_limit(run, ids.size(), sample_len);
         std::printf("sample:\n%s%s\n", p.c_str(), run.tokenizer->decode(ids).c_str());
       }
     } else if (*eval) {
@@ -228,6 +298,13 @@ int main(int argc, char** argv) {
       auto corpus = tokenize_corpus(text, *run.tokenizer);
       const int64_t B = eval_batch > 0 ? eval_batch : run.config.train["batch_size"].get<int64_t>();
       const int64_t T = eval_len > 0 ? eval_len : run.config.train["seq_len"].get<int64_t>();
+      if (run.model_config.positions == "learned" && T > run.model_config.max_len)
+        throw Error("--seq-len " + std::to_string(T) + " exceeds model.max_len = " +
+                    std::to_string(run.model_config.max_len) + " of the run's learned positions");
+      const int64_t have = corpus.split(split).tokens.size(0);
+      if (have < T + 1)
+        throw Error(corpus_source(run.config.data) + ": the " + split + " split holds " + std::to_string(have) +
+                    " tokens, fewer than seq_len + 1 = " + std::to_string(T + 1));
       auto r = evaluate_lm(*run.model, corpus.split(split), B, T, eval_max);
       if (as_json) {
         std::printf("%s\n", Json{{"split", split}, {"loss", r.loss}, {"bpb", r.bpb}, {"ppl", r.ppl},
@@ -246,6 +323,7 @@ int main(int argc, char** argv) {
           sopts.use_cache = false;
         }
       auto ids = generate(*run.model, run.tokenizer->encode(prompt), max_new, sopts);
+      note_position_limit(run, ids.size(), max_new);
       std::printf("%s%s\n", prompt.c_str(), run.tokenizer->decode(ids).c_str());
     } else if (*tok) {
       train_sentencepiece(tok_input, tok_out, tok_vocab, tok_type);

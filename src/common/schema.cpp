@@ -21,6 +21,37 @@ const char* option_type_name(OptionType t) {
 
 namespace {
 
+// "line L, column C" of byte `at` of `text`, both counted from 1.
+std::string position_text(const std::string& text, size_t at) {
+  size_t line = 1, col = 1;
+  for (size_t i = 0; i < at && i < text.size(); ++i) {
+    if (text[i] == '\n') { ++line; col = 1; } else { ++col; }
+  }
+  return "line " + std::to_string(line) + ", column " + std::to_string(col);
+}
+
+// Byte offset of the first '[' or '{' that opens a level deeper than `max_depth`,
+// or npos. Strings are skipped as the parser skips them, so on any text the
+// parser accepts up to that point this depth is the parser's.
+size_t too_deep_at(const std::string& text, size_t max_depth) {
+  size_t depth = 0;
+  bool in_string = false;
+  for (size_t i = 0; i < text.size(); ++i) {
+    const char c = text[i];
+    if (in_string) {
+      if (c == '\\') ++i;
+      else if (c == '"') in_string = false;
+    } else if (c == '"') {
+      in_string = true;
+    } else if (c == '[' || c == '{') {
+      if (++depth > max_depth) return i;
+    } else if ((c == ']' || c == '}') && depth > 0) {
+      --depth;
+    }
+  }
+  return std::string::npos;
+}
+
 std::string number_text(double v) {
   if (v == std::floor(v) && std::fabs(v) < 1e15) return std::to_string(static_cast<long long>(v));
   std::ostringstream os;
@@ -37,7 +68,7 @@ void check_number(const OptionSpec& s, double v, const std::string& key) {
 
 Json check_value(const OptionSpec& s, const Json& v, const std::string& key) {
   auto wrong = [&]() {
-    return Error(key + " must be of type " + option_type_name(s.type) + ", got " + v.dump());
+    return Error(key + " must be of type " + option_type_name(s.type) + ", got " + json_excerpt(v));
   };
   switch (s.type) {
     case OptionType::Int:
@@ -81,7 +112,7 @@ Json check_value(const OptionSpec& s, const Json& v, const std::string& key) {
 
 Json validate_options(const Json& given, const Schema& schema, const std::string& where) {
   Json in = given.is_null() ? Json::object() : given;
-  if (!in.is_object()) throw Error(where + " must be a JSON object, got " + in.dump());
+  if (!in.is_object()) throw Error(where + " must be a JSON object, got " + json_excerpt(in));
   std::vector<std::string> names;
   for (const auto& s : schema) names.push_back(s.name);
   for (auto it = in.begin(); it != in.end(); ++it) {
@@ -96,6 +127,26 @@ Json validate_options(const Json& given, const Schema& schema, const std::string
     out[s.name] = in.contains(s.name) ? check_value(s, in[s.name], key) : s.default_value;
   }
   return out;
+}
+
+Json parse_json(const std::string& text, const std::string& source) {
+  const size_t deep = too_deep_at(text, kMaxJsonDepth);
+  if (deep != std::string::npos)
+    throw Error(source + ": JSON nested deeper than " + std::to_string(kMaxJsonDepth) + " levels at " +
+                position_text(text, deep));
+  try {
+    return Json::parse(text);
+  } catch (const Json::parse_error& e) {
+    throw Error(source + ": malformed JSON at " + position_text(text, e.byte > 0 ? e.byte - 1 : 0) + ": " + e.what());
+  } catch (const Json::exception& e) {  // e.g. out_of_range for a number beyond a double (1e400)
+    throw Error(source + ": unreadable JSON: " + e.what());
+  }
+}
+
+std::string json_excerpt(const Json& value, size_t max_chars) {
+  std::string s = value.dump(-1, ' ', false, Json::error_handler_t::replace);
+  if (s.size() > max_chars) s = s.substr(0, max_chars) + "...";
+  return s;
 }
 
 std::string schema_markdown(const Schema& schema) {

@@ -9,20 +9,36 @@ namespace fs = std::filesystem;
 
 namespace longseq {
 
+namespace {
+
+// Only regular files are read: a device (/dev/zero) or a pipe would never end,
+// and a directory would read as an empty text.
+std::string read_corpus_file(const std::string& path) {
+  std::error_code ec;
+  if (!fs::exists(path, ec)) throw Error("corpus file " + path + " does not exist");
+  if (!fs::is_regular_file(path, ec))
+    throw Error("corpus file " + path + " is not a regular file (a directory, device or pipe?)");
+  return read_file(path);
+}
+
+}  // namespace
+
 std::string read_text_path(const std::string& path) {
   std::error_code ec;
   if (!fs::exists(path, ec)) throw Error("corpus path " + path + " does not exist");
-  if (!fs::is_directory(path, ec)) return read_file(path);
+  if (!fs::is_directory(path, ec)) return read_corpus_file(path);
   std::vector<std::string> files;
   for (auto it = fs::recursive_directory_iterator(path, ec); it != fs::recursive_directory_iterator();
        it.increment(ec)) {
     if (ec) throw Error("cannot list " + path + ": " + ec.message());
-    if (it->is_regular_file()) files.push_back(it->path().generic_string());
+    std::error_code fec;  // dangling links, link loops and special files are skipped
+    if (it->is_regular_file(fec)) files.push_back(it->path().generic_string());
   }
+  if (ec) throw Error("cannot list " + path + ": " + ec.message());
   if (files.empty()) throw Error("corpus directory " + path + " holds no files");
   std::sort(files.begin(), files.end());  // deterministic across file systems
   std::string out;
-  for (const auto& f : files) out += read_file(f);
+  for (const auto& f : files) out += read_corpus_file(f);
   return out;
 }
 
@@ -52,9 +68,9 @@ std::string first_existing(const std::string& dir, const std::vector<std::string
 
 TextSplits read_wikitext103(const std::string& dir) {
   TextSplits s;
-  s.train = read_file(first_existing(dir, {"wiki.train.tokens", "wiki.train.raw"}));
-  s.valid = read_file(first_existing(dir, {"wiki.valid.tokens", "wiki.valid.raw"}));
-  s.test = read_file(first_existing(dir, {"wiki.test.tokens", "wiki.test.raw"}));
+  s.train = read_corpus_file(first_existing(dir, {"wiki.train.tokens", "wiki.train.raw"}));
+  s.valid = read_corpus_file(first_existing(dir, {"wiki.valid.tokens", "wiki.valid.raw"}));
+  s.test = read_corpus_file(first_existing(dir, {"wiki.test.tokens", "wiki.test.raw"}));
   return s;
 }
 
@@ -74,6 +90,11 @@ TextSplits read_pydoc(const std::string& dir) {
                 " is missing: install it with `apt-get install python3.11-doc` (scripts/setup.sh does),"
                 " or set data.path");
   return split_by_fraction(read_text_path(dir), 0.05, 0.05);
+}
+
+std::string corpus_source(const Json& cfg) {
+  const std::string corpus = cfg.at("corpus"), path = cfg.at("path");
+  return "corpus " + corpus + " at " + (path.empty() && corpus == "pydoc" ? default_pydoc_path() : path);
 }
 
 TextSplits read_corpus(const Json& cfg) {

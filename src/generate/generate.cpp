@@ -1,13 +1,25 @@
 #include "longseq/generate.h"
 
 #include <algorithm>
+#include <cmath>
 #include <numeric>
+#include <string>
 
 #include "longseq/common.h"
 
 namespace longseq {
 
+void check_sample_options(const SampleOptions& opts) {
+  if (!(std::isfinite(opts.temperature) && opts.temperature >= 0))
+    throw Error("generate: temperature must be a finite number >= 0 (0 = greedy), got " +
+                std::to_string(opts.temperature));
+  if (!(opts.top_p >= 0 && opts.top_p <= 1))
+    throw Error("generate: top_p must be a number in [0, 1], got " + std::to_string(opts.top_p));
+  if (opts.top_k < 0) throw Error("generate: top_k must be >= 0 (0 = off), got " + std::to_string(opts.top_k));
+}
+
 int64_t sample_token(const torch::Tensor& logits, const SampleOptions& opts, std::mt19937_64& rng) {
+  check_sample_options(opts);
   auto l = logits.detach().to(torch::kDouble).contiguous();
   const int64_t V = l.numel();
   const double* p = l.data_ptr<double>();
@@ -42,6 +54,17 @@ std::vector<int64_t> generate(DecoderLMImpl& model, const std::vector<int64_t>& 
   for (auto id : prompt)
     if (id < 0 || id >= model.config().vocab_size)
       throw Error("generate: prompt token " + std::to_string(id) + " is outside the vocabulary");
+  check_sample_options(opts);
+  // Learned positions end at max_len: a prompt of L <= max_len tokens leaves max_len - L + 1
+  // tokens to draw (the last one is predicted, never fed), and generation stops there.
+  const auto& cfg = model.config();
+  if (cfg.positions == "learned") {
+    const int64_t L = static_cast<int64_t>(prompt.size());
+    if (L > cfg.max_len)
+      throw Error("generate: the prompt holds " + std::to_string(L) + " tokens, more than model.max_len = " +
+                  std::to_string(cfg.max_len) + " of the learned positions");
+    max_new = std::min(max_new, cfg.max_len - L + 1);
+  }
   torch::NoGradGuard no_grad;
   model.eval();
   std::mt19937_64 rng(opts.seed);

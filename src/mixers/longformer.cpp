@@ -215,10 +215,10 @@ MixerInfo longformer_mixer_info() {
   info.schema = {
       {"window", OptionType::IntList, Json::array({256}),
        "one-sided window w: keys i-w..i+w (causal: i-w..i); the paper's total window is 2w. One value for every "
-       "layer, or one per layer (e.g. small low, large high, sec. 4.1)", 0, 1e9},
+       "layer, or one per layer (e.g. small low, large high, sec. 4.1)", 0, 1e9, {}, true},
       {"dilation", OptionType::IntList, Json::array({1}),
        "dilation stride per layer (1 = contiguous; the paper's 'dilation d' is stride d+1); one value or one per layer",
-       1, 1e6},
+       1, 1e6, {}, true},
       {"dilated_heads", OptionType::Int, 2,
        "how many heads (the first ones) use the layer's dilation; the others stay contiguous (the paper: 2 of 8)", 0, 1e6},
       {"global_positions", OptionType::IntList, Json::array(),

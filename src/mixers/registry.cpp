@@ -53,12 +53,12 @@ MixerSpec parse_mixer_spec(const Json& spec, const std::string& where) {
     out.name = spec.get<std::string>();
   } else if (spec.is_object()) {
     if (!spec.contains("name") || !spec["name"].is_string())
-      throw Error(where + " must have a string \"name\" (the mixer), got " + spec.dump());
+      throw Error(where + " must have a string \"name\" (the mixer), got " + json_excerpt(spec));
     out.name = spec["name"].get<std::string>();
     options = spec;
     options.erase("name");
   } else {
-    throw Error(where + " must be a mixer name or an object with \"name\", got " + spec.dump());
+    throw Error(where + " must be a mixer name or an object with \"name\", got " + json_excerpt(spec));
   }
   const auto& info = find_mixer(out.name);
   out.options = validate_options(options, info.schema, where);

@@ -105,6 +105,15 @@ ModelConfig ModelConfig::from_json(const Json& raw) {
       c.layers.push_back(parse_mixer_spec(layers[i], "model.layers[" + std::to_string(i) + "]"));
     c.n_layers = static_cast<int64_t>(layers.size());
   }
+  // A per-layer list holds one value or one per layer: a longer list would be cut silently.
+  for (size_t i = 0; i < c.layers.size(); ++i)
+    for (const auto& s : find_mixer(c.layers[i].name).schema) {
+      const size_t n = s.per_layer ? c.layers[i].options[s.name].size() : 1;
+      if (n == 0 || (n > 1 && n != c.layers.size()))
+        throw Error((layers.empty() ? std::string("model.mixer") : "model.layers[" + std::to_string(i) + "]") + "." +
+                    s.name + " has " + std::to_string(n) + " entries but the model has " +
+                    std::to_string(c.layers.size()) + " layers: give one value for every layer, or one per layer");
+    }
   const bool causal = c.type == "decoder_lm";  // the decoder is causal, the classifier bidirectional
   for (size_t i = 0; i < c.layers.size(); ++i) {
     const auto& info = find_mixer(c.layers[i].name);
@@ -129,23 +138,15 @@ RunConfig RunConfig::from_json(const Json& j) {
   c.train = validate_options(j.value("train", Json::object()), train_schema(), "train");
   if (c.data["tokenizer"] == "sentencepiece" && c.data["spm_model"].get<std::string>().empty())
     throw Error("data.spm_model must name a SentencePiece .model file when data.tokenizer is sentencepiece");
+  if (c.data["tokenizer"] == "byte" && c.model["vocab_size"].get<int64_t>() != 256)
+    throw Error("model.vocab_size = " + std::to_string(c.model["vocab_size"].get<int64_t>()) +
+                ", but data.tokenizer = byte has 256 symbols: set model.vocab_size to 256");
   if (c.model["positions"] == "learned" && c.train["seq_len"].get<int64_t>() > c.model["max_len"].get<int64_t>())
     throw Error("train.seq_len exceeds model.max_len with learned positions");
   return c;
 }
 
-Json parse_json_text(const std::string& text, const std::string& source) {
-  try {
-    return Json::parse(text);
-  } catch (const Json::parse_error& e) {
-    size_t line = 1, col = 1;
-    for (size_t i = 0; i + 1 < e.byte && i < text.size(); ++i) {
-      if (text[i] == '\n') { ++line; col = 1; } else { ++col; }
-    }
-    throw Error(source + ": malformed JSON at line " + std::to_string(line) + ", column " +
-                std::to_string(col) + ": " + e.what());
-  }
-}
+Json parse_json_text(const std::string& text, const std::string& source) { return parse_json(text, source); }
 
 RunConfig load_run_config(const std::string& path) {
   std::ifstream in(path, std::ios::binary);

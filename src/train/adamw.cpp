@@ -52,9 +52,7 @@ void AdamW::load_state(const TensorFile& file, const std::string& prefix, int64_
       const std::string name = prefix + which + params_[i].first;
       const auto* t = file.find(name);
       if (!t) throw Error(source + " does not match the model: it lacks optimizer tensor " + name);
-      if (t->sizes() != params_[i].second.sizes() || t->scalar_type() != params_[i].second.scalar_type())
-        throw Error(source + " does not match the model: optimizer tensor " + name + " has shape " +
-                    c10::str(t->sizes()) + ", the model expects " + c10::str(params_[i].second.sizes()));
+      check_tensor_matches(*t, params_[i].second, source, "optimizer tensor " + name);
       found.push_back(t);
     }
   }

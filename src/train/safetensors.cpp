@@ -5,6 +5,7 @@
 
 #include "longseq/common.h"
 #include "longseq/runtime.h"
+#include "longseq/schema.h"
 
 namespace longseq {
 
@@ -80,10 +81,10 @@ TensorFile safetensors_parse(const std::string& bytes, const std::string& source
   std::memcpy(&hlen, bytes.data(), 8);
   if (hlen > bytes.size() - 8) throw bad("header length " + std::to_string(hlen) + " exceeds the file (truncated?)");
   nlohmann::json header;
-  try {
-    header = nlohmann::json::parse(bytes.substr(8, hlen));
-  } catch (const nlohmann::json::parse_error& e) {
-    throw bad(std::string("header is not JSON: ") + e.what());
+  try {  // bounded nesting: a deep header would overflow the stack when copied or printed
+    header = parse_json(bytes.substr(8, hlen), "header");
+  } catch (const Error& e) {
+    throw bad(e.what());
   }
   if (!header.is_object()) throw bad("header is not a JSON object");
   const uint64_t data_size = bytes.size() - 8 - hlen;
@@ -105,20 +106,26 @@ TensorFile safetensors_parse(const std::string& bytes, const std::string& source
       throw bad(where + " lacks dtype, shape or data_offsets");
     torch::ScalarType type;
     if (!e["dtype"].is_string() || !dtype_from_name(e["dtype"].get<std::string>(), &type))
-      throw bad(where + " has unsupported dtype " + e["dtype"].dump());
+      throw bad(where + " has unsupported dtype " + json_excerpt(e["dtype"]));
     std::vector<int64_t> shape;
     if (!e["shape"].is_array()) throw bad(where + " has a shape that is not a list");
-    uint64_t numel = 1;
+    // The byte count is checked against the file below; it must not wrap around on the way
+    // (nor may the nonzero dimensions alone, whose product LibTorch also forms).
+    const uint64_t limit = static_cast<uint64_t>(INT64_MAX);
+    uint64_t nonzero = c10::elementSize(type), need = nonzero;
     for (const auto& d : e["shape"]) {
-      if (!d.is_number_unsigned()) throw bad(where + " has a bad dimension " + d.dump());
-      shape.push_back(d.get<int64_t>());
-      numel *= d.get<uint64_t>();
+      if (!d.is_number_unsigned()) throw bad(where + " has a bad dimension " + json_excerpt(d));
+      const uint64_t n = d.get<uint64_t>();
+      if (n != 0 && nonzero > limit / n)
+        throw bad(where + " has shape " + json_excerpt(e["shape"]) + ", more than 2^63 bytes");
+      if (n != 0) nonzero *= n;
+      shape.push_back(static_cast<int64_t>(n));
+      need *= n;
     }
     const auto& off = e["data_offsets"];
     if (!off.is_array() || off.size() != 2 || !off[0].is_number_unsigned() || !off[1].is_number_unsigned())
-      throw bad(where + " has bad data_offsets " + off.dump());
+      throw bad(where + " has bad data_offsets " + json_excerpt(off));
     const uint64_t b = off[0].get<uint64_t>(), en = off[1].get<uint64_t>();
-    const uint64_t need = numel * c10::elementSize(type);
     if (en < b || en - b != need)
       throw bad(where + " spans " + std::to_string(en - b) + " bytes but its shape and dtype need " + std::to_string(need));
     if (en > data_size)
@@ -155,18 +162,23 @@ TensorFile module_tensors(const torch::nn::Module& module, const std::string& pr
   return f;
 }
 
+void check_tensor_matches(const torch::Tensor& found, const torch::Tensor& expected, const std::string& source,
+                          const std::string& what) {
+  if (found.scalar_type() != expected.scalar_type())
+    throw Error(source + " does not match the model: " + what + " has dtype " + c10::toString(found.scalar_type()) +
+                ", the model expects " + c10::toString(expected.scalar_type()));
+  if (found.sizes() != expected.sizes())
+    throw Error(source + " does not match the model: " + what + " has shape " + c10::str(found.sizes()) +
+                ", the model expects " + c10::str(expected.sizes()));
+}
+
 void load_module_tensors(torch::nn::Module& module, const TensorFile& file, const std::string& source,
                          const std::string& prefix) {
   auto own = module_tensors(module, prefix);
   for (const auto& kv : own.tensors) {
     const auto* t = file.find(kv.first);
     if (!t) throw Error(source + " does not match the model: it lacks tensor " + kv.first);
-    if (t->sizes() != kv.second.sizes())
-      throw Error(source + " does not match the model: tensor " + kv.first + " has shape " +
-                  c10::str(t->sizes()) + ", the model expects " + c10::str(kv.second.sizes()));
-    if (t->scalar_type() != kv.second.scalar_type())
-      throw Error(source + " does not match the model: tensor " + kv.first + " has dtype " +
-                  c10::toString(t->scalar_type()) + ", the model expects " + c10::toString(kv.second.scalar_type()));
+    check_tensor_matches(*t, kv.second, source, "tensor " + kv.first);
   }
   for (const auto& kv : file.tensors) {
     if (kv.first.rfind(prefix, 0) != 0) continue;

@@ -105,7 +105,7 @@ TrainResult train_run(const RunConfig* given, const TrainOptions& opts) {
   Corpus corpus = tokenize_corpus(read_corpus(cfg.data), *tokenizer);
   for (const char* split : {"train", "valid"})
     if (corpus.split(split).tokens.size(0) < T + 1)
-      throw Error(std::string("the ") + split + " split holds " + std::to_string(corpus.split(split).tokens.size(0)) +
+      throw Error(corpus_source(cfg.data) + ": the " + split + " split holds " + std::to_string(corpus.split(split).tokens.size(0)) +
                   " tokens, fewer than train.seq_len + 1 = " + std::to_string(T + 1));
 
   torch::manual_seed(seed);
