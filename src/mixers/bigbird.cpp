@@ -102,7 +102,7 @@ class BigBirdImpl : public MixerImpl {
     if (!pad.defined() || !pad.any().item<bool>()) return out_(merge_heads(attend(q, k, v, ctx.causal)));
     // Each sequence's real tokens are moved to the front and attend at their own length L, so its blocks start at
     // its first token and its last global block is its own last block, however much padding the batch carries.
-    auto order = std::get<1>(pad.to(torch::kInt).sort(/*stable=*/true, 1));  // [B, T]: real positions first
+    auto order = std::get<1>(pad.to(torch::kInt).sort(/*stable=*/true, 1, /*descending=*/false));  // [B, T]: real first
     auto idx = order.view({B, 1, T, 1}).expand_as(q);
     auto qc = q.gather(2, idx), kc = k.gather(2, idx), vc = v.gather(2, idx);
     auto real = (~pad).sum(1);  // [B]
