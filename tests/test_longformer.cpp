@@ -130,7 +130,7 @@ TEST(Longformer, ZeroWindowReturnsOwnValue) {
   for (bool causal : {false, true}) EXPECT_TRUE(torch::allclose(run(m, x, causal), expect, 1e-10, 1e-10));
 }
 
-TEST(Longformer, DilatedStreamingEqualsWholeAndGlobalStreamingIsRefused) {
+TEST(Longformer, DilatedAndGlobalStreamingEqualsWholeAndAGlobalMaskIsRefused) {
   auto m = make({{"window", {2}}, {"dilation", {2}}, {"dilated_heads", 1}});
   auto x = torch::randn({1, 15, kC}, torch::kDouble);
   auto whole = run(m, x, true);
@@ -143,12 +143,33 @@ TEST(Longformer, DilatedStreamingEqualsWholeAndGlobalStreamingIsRefused) {
     parts.push_back(m->forward(x.narrow(1, at, 3), ctx));
   }
   EXPECT_TRUE(torch::allclose(torch::cat(parts, 1), whole, 1e-10, 1e-10));
-  auto g = make({{"global_first", true}});
+  // Configured global tokens stream too (by recomputing the prefix); a global-token mask does not.
+  auto g = make({{"global_first", true}, {"global_positions", {6}}, {"dilation", {2}}});
+  auto gwhole = run(g, x, true);
   auto gs = g->initial_state(1);
+  for (int64_t at = 0; at < 15; at += 5) {
+    MixContext ctx;
+    ctx.causal = true;
+    ctx.state = gs.get();
+    EXPECT_TRUE(torch::allclose(g->forward(x.narrow(1, at, 5), ctx), gwhole.narrow(1, at, 5), 1e-10, 1e-10)) << at;
+  }
+  auto ms = m->initial_state(1);
   MixContext ctx;
   ctx.causal = true;
-  ctx.state = gs.get();
-  EXPECT_THROW(g->forward(x, ctx), Error);
+  ctx.state = ms.get();
+  ctx.global_mask = torch::ones({1, 15}, torch::kBool);
+  EXPECT_THROW(m->forward(x, ctx), Error);
+}
+
+TEST(Longformer, ConfiguredGlobalPositionsCountRealTokens) {
+  // global_first and global_positions name the sequence's first and seventh real token under left padding.
+  auto m = make({{"window", {1}}, {"global_first", true}, {"global_positions", {6}}});
+  auto x = torch::randn({1, 12, kC}, torch::kDouble);
+  auto alone = run(m, x, false);
+  auto xp = torch::cat({torch::randn({1, 5, kC}, torch::kDouble), x}, 1);
+  auto pad = torch::zeros({1, 17}, torch::kBool);
+  pad.narrow(1, 0, 5).fill_(true);
+  EXPECT_TRUE(torch::allclose(run(m, xp, false, pad).narrow(1, 5, 12), alone, 1e-10, 1e-10));
 }
 
 TEST(Longformer, BadOptionsNameTheKey) {

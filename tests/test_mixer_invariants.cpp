@@ -1,5 +1,8 @@
 // The invariants of DESIGN.md, run over every registered mixer: a mechanism
-// is covered the moment it is registered.
+// is covered the moment it is registered. Each check runs on the mixer's
+// defaults and on the small configuration it declares for its sparse or
+// approximate regime (MixerInfo::sparse_options, invariant 7), at lengths of
+// several blocks, one of them (13, 17) a multiple of no block size.
 #include <gtest/gtest.h>
 
 #include "helpers.h"
@@ -11,20 +14,20 @@ namespace {
 
 constexpr int64_t kC = 16, kH = 4;
 
-Mixer build(const MixerInfo& info, bool strict_causal, torch::ScalarType dtype) {
-  Json spec = strict_causal ? info.strictly_causal_options : Json::object();
-  spec["name"] = info.name;
-  torch::manual_seed(7);
-  auto m = make_mixer(parse_mixer_spec(spec, "test"), kC, kH, 0);
-  m->to(dtype);
-  m->eval();  // dropout off
-  return m;
-}
+struct Variant {
+  std::string mixer;
+  bool sparse = false;  // the declared sparse configuration instead of the defaults
+};
 
-std::vector<std::string> mixer_names() {
-  std::vector<std::string> names;
-  for (const auto& m : mixer_registry()) names.push_back(m.name);
-  return names;
+void PrintTo(const Variant& v, std::ostream* os) { *os << v.mixer << (v.sparse ? " (sparse options)" : " (defaults)"); }
+
+std::vector<Variant> variants() {
+  std::vector<Variant> out;
+  for (const auto& m : mixer_registry()) {
+    out.push_back({m.name, false});
+    if (!m.sparse_options.is_null()) out.push_back({m.name, true});
+  }
+  return out;
 }
 
 torch::Tensor run(const Mixer& m, const torch::Tensor& x, bool causal, const torch::Tensor& pad = {}) {
@@ -34,9 +37,31 @@ torch::Tensor run(const Mixer& m, const torch::Tensor& x, bool causal, const tor
   return m->forward(x, ctx);
 }
 
-class MixerInvariants : public ::testing::TestWithParam<std::string> {
+// The entries of a [B, T, C] output at the positions where `real` [B, T] is true, flattened.
+torch::Tensor real_rows(const torch::Tensor& y, const torch::Tensor& real) {
+  return y.masked_select(real.unsqueeze(-1).expand_as(y));
+}
+
+bool close(const torch::Tensor& a, const torch::Tensor& b) { return torch::allclose(a, b, 1e-9, 1e-9); }
+
+class MixerInvariants : public ::testing::TestWithParam<Variant> {
  protected:
-  const MixerInfo& info() { return find_mixer(GetParam()); }
+  const MixerInfo& info() { return find_mixer(GetParam().mixer); }
+  // The variant's options; `strict` adds the options of the strictly causal limit.
+  Json options(bool strict) {
+    Json spec = GetParam().sparse ? info().sparse_options : Json::object();
+    if (strict) spec.update(info().strictly_causal_options);
+    return spec;
+  }
+  Mixer build(bool strict, torch::ScalarType dtype = torch::kDouble) {
+    Json spec = options(strict);
+    spec["name"] = info().name;
+    torch::manual_seed(7);
+    auto m = make_mixer(parse_mixer_spec(spec, "test"), kC, kH, 0);
+    m->to(dtype);
+    m->eval();  // dropout off, rotations fixed
+    return m;
+  }
   std::vector<bool> modes() {
     std::vector<bool> out;
     if (info().supports_bidirectional) out.push_back(false);
@@ -45,62 +70,115 @@ class MixerInvariants : public ::testing::TestWithParam<std::string> {
   }
 };
 
-TEST_P(MixerInvariants, ShapeDtypeAndFinite) {
-  for (bool causal : modes()) {
-    for (auto dtype : {torch::kFloat, torch::kDouble}) {
-      auto m = build(info(), false, dtype);
-      auto x = torch::randn({2, 13, kC}, torch::TensorOptions().dtype(dtype));
-      auto y = run(m, x, causal);
-      EXPECT_EQ(y.sizes(), x.sizes()) << "causal=" << causal;
-      EXPECT_EQ(y.scalar_type(), dtype);
-      EXPECT_EQ(y.device(), x.device());
-      EXPECT_TRUE(torch::isfinite(y).all().item<bool>()) << "causal=" << causal;
+TEST(MixerRegistry, EveryMixerDeclaresItsSparseRegimeOrWhyItHasNone) {
+  for (const auto& m : mixer_registry()) {
+    EXPECT_NE(m.sparse_options.is_null(), m.no_sparse_regime.empty())
+        << m.name << ": declare sparse_options (the small configuration of its sparse regime) or no_sparse_regime";
+    if (!m.sparse_options.is_null()) {
+      Json spec = m.sparse_options;
+      spec["name"] = m.name;
+      EXPECT_NO_THROW(parse_mixer_spec(spec, "sparse_options")) << m.name;
     }
   }
 }
 
+TEST_P(MixerInvariants, ShapeDtypeAndFinite) {
+  for (bool causal : modes())
+    for (auto dtype : {torch::kFloat, torch::kDouble})
+      for (int64_t T : {12, 17}) {
+        auto m = build(false, dtype);
+        auto x = torch::randn({2, T, kC}, torch::TensorOptions().dtype(dtype));
+        auto pad = torch::zeros({2, T}, torch::kBool);
+        pad[1].narrow(0, 0, 3).fill_(true);
+        for (auto p : {torch::Tensor(), pad}) {
+          auto y = run(m, x, causal, p);
+          EXPECT_EQ(y.sizes(), x.sizes()) << "causal=" << causal;
+          EXPECT_EQ(y.scalar_type(), dtype);
+          EXPECT_EQ(y.device(), x.device());
+          EXPECT_TRUE(torch::isfinite(y).all().item<bool>())
+              << "causal=" << causal << " T=" << T << " padded=" << p.defined();
+        }
+      }
+}
+
 TEST_P(MixerInvariants, CausalityFutureTokensDoNotLeak) {
   if (!info().supports_causal) GTEST_SKIP() << "bidirectional only";
-  auto m = build(info(), /*strict_causal=*/true, torch::kDouble);
-  auto x = torch::randn({2, 17, kC}, torch::kDouble);
-  auto y = run(m, x, true);
-  for (int64_t t : {0, 5, 11, 15}) {
-    auto x2 = x.clone();
-    x2.narrow(1, t + 1, 17 - t - 1).normal_();
-    auto y2 = run(m, x2, true);
-    EXPECT_TRUE(torch::allclose(y.narrow(1, 0, t + 1), y2.narrow(1, 0, t + 1), 1e-9, 1e-9))
-        << "output at or before " << t << " changed when later tokens changed";
-    // Later outputs must move (a mixer may ignore its own token, as LSH attention does when others are visible).
-    EXPECT_FALSE(torch::allclose(y.narrow(1, t + 1, 17 - t - 1), y2.narrow(1, t + 1, 17 - t - 1), 1e-9, 1e-9))
-        << "positions after " << t << " ignore the changed tokens: the test would not catch a leak";
+  auto m = build(/*strict=*/true);
+  for (int64_t T : {12, 17}) {
+    auto x = torch::randn({2, T, kC}, torch::kDouble);
+    auto y = run(m, x, true);
+    for (int64_t t : {int64_t{0}, int64_t{5}, T - 6, T - 2}) {
+      auto x2 = x.clone();
+      x2.narrow(1, t + 1, T - t - 1).normal_();
+      auto y2 = run(m, x2, true);
+      EXPECT_TRUE(close(y.narrow(1, 0, t + 1), y2.narrow(1, 0, t + 1)))
+          << "T=" << T << ": output at or before " << t << " changed when later tokens changed";
+      // Later outputs must move (a mixer may ignore its own token, as LSH attention does when others are visible).
+      EXPECT_FALSE(close(y.narrow(1, t + 1, T - t - 1), y2.narrow(1, t + 1, T - t - 1)))
+          << "T=" << T << ": positions after " << t << " ignore the changed tokens: the test would not catch a leak";
+    }
   }
 }
 
 TEST_P(MixerInvariants, PaddedPositionsDoNotChangeOthers) {
+  for (bool causal : modes())
+    for (int64_t T : {13, 16}) {
+      auto m = build(false);
+      auto x = torch::randn({2, T, kC}, torch::kDouble);
+      auto pad = torch::zeros({2, T}, torch::kBool);
+      pad[0].narrow(0, T - 4, 4).fill_(true);  // right padding
+      pad[1].narrow(0, 0, 3).fill_(true);      // left padding
+      auto y = run(m, x, causal, pad);
+      auto x2 = x.clone();
+      x2.masked_scatter_(pad.unsqueeze(-1).expand_as(x2), torch::randn({2, T, kC}, torch::kDouble) * 5);
+      auto y2 = run(m, x2, causal, pad);
+      EXPECT_TRUE(close(real_rows(y, ~pad), real_rows(y2, ~pad))) << "causal=" << causal << " T=" << T;
+      EXPECT_TRUE(torch::isfinite(y).all().item<bool>());
+    }
+}
+
+// A sequence's real tokens give the same outputs alone and in batches carrying
+// more or less padding, on the left or on the right.
+TEST_P(MixerInvariants, PaddingAmountDoesNotChangeRealTokens) {
+  const std::vector<int64_t> lengths = {13, 9, 11};
   for (bool causal : modes()) {
-    auto m = build(info(), causal, torch::kDouble);
-    const int64_t T = 14;
-    auto x = torch::randn({2, T, kC}, torch::kDouble);
-    auto pad = torch::zeros({2, T}, torch::kBool);
-    pad[0].narrow(0, T - 4, 4).fill_(true);  // right padding
-    pad[1].narrow(0, 0, 3).fill_(true);      // left padding
-    auto y = run(m, x, causal, pad);
-    auto x2 = x.clone();
-    x2.masked_scatter_(pad.unsqueeze(-1).expand_as(x2), torch::randn({2, T, kC}, torch::kDouble) * 5);
-    auto y2 = run(m, x2, causal, pad);
-    auto keep = (~pad).unsqueeze(-1).expand_as(y);
-    EXPECT_TRUE(torch::allclose(y.masked_select(keep), y2.masked_select(keep), 1e-9, 1e-9))
-        << "causal=" << causal;
-    EXPECT_TRUE(torch::isfinite(y).all().item<bool>());
+    auto m = build(false);
+    std::vector<torch::Tensor> xs, alone;
+    for (int64_t L : lengths) {
+      xs.push_back(torch::randn({1, L, kC}, torch::kDouble));
+      alone.push_back(run(m, xs.back(), causal));
+    }
+    enum Side { kRight, kLeft, kMixed };
+    for (int64_t T : {13, 16, 23})
+      for (Side side : {kRight, kLeft, kMixed}) {
+        const int64_t B = static_cast<int64_t>(lengths.size());
+        auto x = torch::randn({B, T, kC}, torch::kDouble) * 5;  // padding: large garbage
+        auto pad = torch::ones({B, T}, torch::kBool);
+        std::vector<int64_t> first(B);
+        for (int64_t b = 0; b < B; ++b) {
+          const bool left = side == kLeft || (side == kMixed && b % 2 == 1);
+          first[b] = left ? T - lengths[b] : 0;
+          x[b].narrow(0, first[b], lengths[b]).copy_(xs[b][0]);
+          pad[b].narrow(0, first[b], lengths[b]).fill_(false);
+        }
+        auto y = run(m, x, causal, pad);
+        EXPECT_TRUE(torch::isfinite(y).all().item<bool>()) << "causal=" << causal << " T=" << T << " side=" << side;
+        for (int64_t b = 0; b < B; ++b)
+          EXPECT_TRUE(close(y[b].narrow(0, first[b], lengths[b]), alone[b][0]))
+              << "causal=" << causal << ": the sequence of length " << lengths[b] << " in a batch of length " << T
+              << " padded on the " << (first[b] > 0 ? "left" : "right") << " differs from the sequence alone by "
+              << (y[b].narrow(0, first[b], lengths[b]) - alone[b][0]).abs().max().item<double>();
+      }
   }
 }
 
 TEST_P(MixerInvariants, GradientsMatchFiniteDifferences) {
   if (!info().exact_gradients) GTEST_SKIP() << "surrogate backward, tested in the mechanism's own tests";
+  const int64_t T = GetParam().sparse ? 11 : 6;  // sparse: enough blocks that no fallback to exact attention applies
   for (bool causal : modes()) {
-    auto m = build(info(), causal, torch::kDouble);
-    auto x = torch::randn({1, 5, kC}, torch::kDouble).requires_grad_(true);
-    auto w = torch::randn({1, 5, kC}, torch::kDouble);
+    auto m = build(false);
+    auto x = torch::randn({1, T, kC}, torch::kDouble).requires_grad_(true);
+    auto w = torch::randn({1, T, kC}, torch::kDouble);
     auto f = [&]() { return (run(m, x, causal) * w).sum(); };
     EXPECT_LT(longseq_test::gradcheck_error(f, x), 1e-6) << "input gradient, causal=" << causal;
     for (auto& p : m->named_parameters()) {
@@ -110,29 +188,61 @@ TEST_P(MixerInvariants, GradientsMatchFiniteDifferences) {
   }
 }
 
+// Chunks fed through the state give what the whole computation gives: for a
+// strictly causal mixer the rows of the whole sequence; otherwise (LSH) the
+// last rows of the whole computation on each prefix, which is what it streams.
 TEST_P(MixerInvariants, StreamingInChunksEqualsWhole) {
   if (!info().streams) GTEST_SKIP() << "does not stream";
-  auto m = build(info(), true, torch::kDouble);
+  auto m = build(false);
   const int64_t T = 13;
-  auto x = torch::randn({2, T, kC}, torch::kDouble);
-  auto whole = run(m, x, true);
-  auto state = m->initial_state(2);
-  ASSERT_TRUE(state) << "declares streams but gives no state";
-  std::vector<torch::Tensor> parts;
-  int64_t at = 0;
-  for (int64_t len : {4, 1, 1, 5, 2}) {
-    MixContext ctx;
-    ctx.causal = true;
-    ctx.offset = at;
-    ctx.state = state.get();
-    parts.push_back(m->forward(x.narrow(1, at, len), ctx));
-    at += len;
+  struct Case {
+    const char* what;
+    std::vector<int64_t> left, right;  // padding per row
+  };
+  const std::vector<Case> cases = {
+      {"no padding", {0, 0}, {0, 0}},
+      {"left and right padding, a row's chunks all padding", {0, 5, 0}, {0, 0, 6}},
+      {"a first chunk that is padding in every row", {4, 6}, {0, 1}},
+  };
+  for (const auto& c : cases) {
+    const int64_t B = static_cast<int64_t>(c.left.size());
+    auto x = torch::randn({B, T, kC}, torch::kDouble);
+    auto pad = torch::zeros({B, T}, torch::kBool);
+    for (int64_t b = 0; b < B; ++b) {
+      pad[b].narrow(0, 0, c.left[b]).fill_(true);
+      pad[b].narrow(0, T - c.right[b], c.right[b]).fill_(true);
+    }
+    const bool padded = pad.any().item<bool>();
+    auto p = padded ? pad : torch::Tensor();
+    auto whole = run(m, x, true, p);
+    auto state = m->initial_state(B);
+    ASSERT_TRUE(state) << "declares streams but gives no state";
+    int64_t at = 0;
+    for (int64_t len : {4, 1, 1, 5, 2}) {
+      MixContext ctx;
+      ctx.causal = true;
+      ctx.offset = at;
+      ctx.state = state.get();
+      ctx.padding_mask = padded ? pad.narrow(1, at, len) : torch::Tensor();
+      auto part = m->forward(x.narrow(1, at, len), ctx);
+      EXPECT_TRUE(torch::isfinite(part).all().item<bool>()) << c.what << ": chunk at " << at;
+      auto expect = info().strictly_causal
+                        ? whole.narrow(1, at, len)
+                        : run(m, x.narrow(1, 0, at + len), true, padded ? pad.narrow(1, 0, at + len) : torch::Tensor())
+                              .narrow(1, at, len);
+      auto real = ~pad.narrow(1, at, len);
+      EXPECT_TRUE(close(real_rows(part, real), real_rows(expect, real)))
+          << c.what << ": chunk at " << at << " of length " << len << " differs by "
+          << (real_rows(part, real) - real_rows(expect, real)).abs().max().item<double>();
+      at += len;
+    }
+    ASSERT_EQ(at, T);
   }
-  ASSERT_EQ(at, T);
-  EXPECT_TRUE(torch::allclose(torch::cat(parts, 1), whole, 1e-9, 1e-9));
 }
 
-INSTANTIATE_TEST_SUITE_P(Registry, MixerInvariants, ::testing::ValuesIn(mixer_names()),
-                         [](const ::testing::TestParamInfo<std::string>& p) { return p.param; });
+INSTANTIATE_TEST_SUITE_P(Registry, MixerInvariants, ::testing::ValuesIn(variants()),
+                         [](const ::testing::TestParamInfo<Variant>& p) {
+                           return p.param.mixer + (p.param.sparse ? "_sparse" : "");
+                         });
 
 }  // namespace

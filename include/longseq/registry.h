@@ -37,6 +37,15 @@ struct MixerInfo {
   bool strictly_causal = true;
   // Options under which a non-strictly-causal mixer becomes strictly causal.
   Json strictly_causal_options = Json::object();
+  // A small configuration that puts the mechanism in its real sparse or
+  // approximate regime at T of about 10-20 (several blocks, chunks, clusters
+  // or buckets; the defaults are exact there): the invariant tests run every
+  // check on it as well as on the defaults (DESIGN.md, invariant 7).
+  // Null = not declared; then `no_sparse_regime` must say why.
+  Json sparse_options;
+  // Why the mechanism has no sparse regime (it is exact, or its defaults
+  // already approximate at every T); empty when sparse_options is declared.
+  std::string no_sparse_regime;
   bool streams = false;  // initial_state() returns a state and chunked == whole
   // False when the backward is the paper's surrogate rather than the derivative
   // of the forward (YOSO's sampled hash tables): finite differences do not apply.

@@ -4,11 +4,14 @@
 // Query block j attends to its key blocks in one softmax; the global rows
 // (first and last block) attend to every key through the fused exact kernel.
 // The random table is a fixed function of (seed + layer, head, j): the same for
-// every batch item, step and call.
+// every batch item, step and call. With padding, each sequence's real tokens
+// are packed to the front and attend at their own length, so the blocks, the
+// last global block and the random table do not depend on the batch's padding.
 #include "longseq/mixers/bigbird.h"
 
 #include <algorithm>
 #include <cstdio>
+#include <map>
 
 #include "longseq/common.h"
 #include "longseq/kernels/flash_attention.h"
@@ -94,9 +97,34 @@ class BigBirdImpl : public MixerImpl {
     TORCH_CHECK(!ctx.state, "bigbird: does not stream (decode by recomputing the sequence)");
     auto qkv = qkv_(x).chunk(3, -1);
     auto q = split_heads(qkv[0], heads_), k = split_heads(qkv[1], heads_), v = split_heads(qkv[2], heads_);
-    auto pad = ctx.padding_mask.defined() ? ctx.padding_mask.to(torch::kBool) : torch::Tensor();
-    const int64_t T = x.size(1);
-    const auto& p = pattern(T, ctx.causal);
+    const int64_t B = x.size(0), T = x.size(1);
+    auto pad = ctx.padding_mask.defined() ? ctx.padding_mask.to(x.device(), torch::kBool) : torch::Tensor();
+    if (!pad.defined() || !pad.any().item<bool>()) return out_(merge_heads(attend(q, k, v, ctx.causal)));
+    // Each sequence's real tokens are moved to the front and attend at their own length L, so its blocks start at
+    // its first token and its last global block is its own last block, however much padding the batch carries.
+    auto order = std::get<1>(pad.to(torch::kInt).sort(/*stable=*/true, 1, /*descending=*/false));  // [B, T]: real first
+    auto idx = order.view({B, 1, T, 1}).expand_as(q);
+    auto qc = q.gather(2, idx), kc = k.gather(2, idx), vc = v.gather(2, idx);
+    auto real = (~pad).sum(1);  // [B]
+    auto lengths = std::get<0>(at::_unique(real)).cpu();
+    auto out = torch::zeros_like(q);  // compacted; padded rows stay zero
+    for (int64_t i = 0; i < lengths.numel(); ++i) {
+      const int64_t L = lengths[i].item<int64_t>();
+      if (L == 0) continue;
+      auto rows = (real == L).nonzero().squeeze(1);
+      auto pick = [&](const torch::Tensor& t) { return t.index_select(0, rows).narrow(2, 0, L); };
+      auto o = attend(pick(qc), pick(kc), pick(vc), ctx.causal);
+      if (L < T) o = torch::cat({o, torch::zeros({o.size(0), heads_, T - L, o.size(3)}, o.options())}, 2);
+      out = out.index_copy(0, rows, o);
+    }
+    return out_(merge_heads(torch::zeros_like(out).scatter(2, idx, out)));
+  }
+
+ private:
+  // q, k, v: [B, H, T, D], no padding -> [B, H, T, D]
+  torch::Tensor attend(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v, bool causal) {
+    const int64_t T = q.size(2);
+    const auto& p = pattern(T, causal);
     if (p.exact) {
       if (!warned_) {
         std::fprintf(stderr, "bigbird: T = %lld makes %lld blocks of %lld, too few for the pattern with %lld random "
@@ -105,22 +133,21 @@ class BigBirdImpl : public MixerImpl {
                      static_cast<long long>(random_));
         warned_ = true;
       }
-      return out_(merge_heads(exact_attention(q, k, v, AttentionMask{ctx.causal, pad})));
+      return exact_attention(q, k, v, AttentionMask{causal, {}});
     }
-    return out_(merge_heads(ctx.causal ? causal_blocks(q, k, v, pad, p) : itc_blocks(q, k, v, pad, p)));
+    return causal ? causal_blocks(q, k, v, p) : itc_blocks(q, k, v, p);
   }
 
- private:
   const BigBirdPattern& pattern(int64_t T, bool causal) {
-    if (cached_T_ != T || cached_causal_ != causal) {
-      pattern_ = bigbird_pattern(T, block_, random_, static_cast<uint64_t>(seed_), heads_, causal);
-      cached_T_ = T, cached_causal_ = causal;
-    }
-    return pattern_;
+    auto key = std::make_pair(T, causal);
+    auto it = patterns_.find(key);
+    if (it != patterns_.end()) return it->second;
+    if (patterns_.size() >= 64) patterns_.clear();  // lengths of a padded batch; bounded
+    return patterns_[key] = bigbird_pattern(T, block_, random_, static_cast<uint64_t>(seed_), heads_, causal);
   }
 
   // Rows [j0, j0 + N) of the pattern as token slots [1, H, N, m] (-1 = empty).
-  torch::Tensor slots(const BigBirdPattern& p, int64_t j0, int64_t N, int64_t T) const {
+  torch::Tensor slots(const BigBirdPattern& p, int64_t j0, int64_t N, int64_t T, const torch::Device& device) const {
     size_t most = 0;
     for (const auto& head : p.rows)
       for (int64_t j = j0; j < j0 + N; ++j) most = std::max(most, head[j].size());
@@ -136,7 +163,7 @@ class BigBirdImpl : public MixerImpl {
             if (key < T) acc[0][h][n][static_cast<int64_t>(s) * block_ + t] = key;
           }
       }
-    return pos;
+    return pos.to(device);
   }
 
   torch::Tensor blocked_queries(const torch::Tensor& q, int64_t nb) const {
@@ -147,32 +174,31 @@ class BigBirdImpl : public MixerImpl {
 
   // ITC: dense first and last block rows; the middle rows over their slots.
   torch::Tensor itc_blocks(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
-                           const torch::Tensor& pad, const BigBirdPattern& p) const {
+                           const BigBirdPattern& p) const {
     const int64_t B = q.size(0), T = q.size(2), D = q.size(3), nb = p.blocks, last0 = (nb - 1) * block_;
-    AttentionMask all{false, pad};
+    AttentionMask all{false, {}};
     auto first = exact_attention(q.narrow(2, 0, block_), k, v, all);
     auto last = exact_attention(q.narrow(2, last0, T - last0), k, v, all);
     auto mid = gathered_attention(blocked_queries(q, nb).narrow(2, 1, nb - 2), k, v,
-                                  KeySlots{slots(p, 1, nb - 2, T), {}}, pad)
+                                  KeySlots{slots(p, 1, nb - 2, T, q.device()), {}}, {})
                    .out.reshape({B, heads_, (nb - 2) * block_, D});
     return torch::cat(std::vector<torch::Tensor>{first, mid, last}, 2);
   }
 
   // Causal: every row over its slots, keys after the query masked.
   torch::Tensor causal_blocks(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
-                              const torch::Tensor& pad, const BigBirdPattern& p) const {
+                              const BigBirdPattern& p) const {
     const int64_t B = q.size(0), T = q.size(2), D = q.size(3), nb = p.blocks;
-    auto pos = slots(p, 0, nb, T);
-    auto qpos = torch::arange(nb * block_).view({1, 1, nb, block_, 1});
+    auto pos = slots(p, 0, nb, T, q.device());
+    auto qpos = torch::arange(nb * block_, pos.options()).view({1, 1, nb, block_, 1});
     auto allowed = pos.unsqueeze(-2) <= qpos;  // [1, H, nb, b, m]
-    auto out = gathered_attention(blocked_queries(q, nb), k, v, KeySlots{pos, allowed}, pad).out;
+    auto out = gathered_attention(blocked_queries(q, nb), k, v, KeySlots{pos, allowed}, {}).out;
     return out.reshape({B, heads_, nb * block_, D}).narrow(2, 0, T);
   }
 
   int64_t heads_, block_, random_, seed_;
-  int64_t cached_T_ = -1;
-  bool cached_causal_ = false, warned_ = false;
-  BigBirdPattern pattern_;
+  bool warned_ = false;
+  std::map<std::pair<int64_t, bool>, BigBirdPattern> patterns_;  // by (length, causal)
   torch::nn::Linear qkv_{nullptr}, out_{nullptr};
 };
 
@@ -191,6 +217,7 @@ MixerInfo bigbird_mixer_info() {
       {"bias", OptionType::Bool, true, "bias terms in the projections"},
   };
   info.make = [](const MixerArgs& a) -> Mixer { return std::make_shared<BigBirdImpl>(a); };
+  info.sparse_options = {{"block", 2}, {"random_blocks", 1}};  // sparse from T = 11 (6 blocks; causal: 9)
   info.flops = [](const FlopQuery& f) {
     const double b = f.options["block"].get<double>(), r = f.options["random_blocks"].get<double>();
     const double nb = std::ceil(f.T / b);

@@ -15,10 +15,10 @@ namespace longseq {
 torch::Tensor append_padding(const torch::Tensor& cached, int64_t cached_len,
                              const torch::Tensor& next, int64_t B, int64_t T) {
   if (!cached.defined() && !next.defined()) return {};
-  auto opts = torch::TensorOptions().dtype(torch::kBool);
-  auto a = cached.defined() ? cached : torch::zeros({B, cached_len}, opts);
-  auto b = next.defined() ? next.to(torch::kBool).cpu() : torch::zeros({B, T}, opts);
-  return torch::cat({a.cpu(), b}, 1);
+  auto opts = (next.defined() ? next : cached).options().dtype(torch::kBool);  // the device of the padding given
+  auto a = cached.defined() ? cached.to(opts.device()) : torch::zeros({B, cached_len}, opts);
+  auto b = next.defined() ? next.to(torch::kBool) : torch::zeros({B, T}, opts);
+  return torch::cat({a, b}, 1);
 }
 
 namespace {
@@ -89,6 +89,7 @@ MixerInfo full_mixer_info() {
        -1e300, 1e300, {"auto", "reference", "fused"}},
   };
   info.make = [](const MixerArgs& a) -> Mixer { return std::make_shared<FullAttentionImpl>(a); };
+  info.no_sparse_regime = "exact softmax attention at every length";
   info.streams = true;
   info.flops = [](const FlopQuery& f) {  // q, k, v, out projections + QK^T and PV (half of them when causal)
     const double attn = 4.0 * f.B * f.T * f.T * f.C;

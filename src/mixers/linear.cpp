@@ -62,6 +62,7 @@ MixerInfo linear_mixer_info() {
       {"bias", OptionType::Bool, true, "bias terms in the projections"},
   };
   info.make = [](const MixerArgs& a) -> Mixer { return std::make_shared<LinearImpl>(a); };
+  info.sparse_options = {{"chunk", 3}};  // exact at every T; this puts several chunks of the causal prefix sums in T
   info.streams = true;
   info.flops = [](const FlopQuery& f) {  // projections; phi(K)^T V and phi(Q) S (+ the masked chunk products)
     const double D = double(f.C) / f.H, c = f.causal ? std::min<double>(f.options["chunk"].get<double>(), f.T) : 0;

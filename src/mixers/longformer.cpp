@@ -26,6 +26,7 @@ struct WindowCache : MixerState {
   torch::Tensor k, v;         // [B, H, S, D]: the last w * max(d) positions
   torch::Tensor key_padding;  // [B, S] or undefined
   int64_t length = 0;         // positions consumed so far
+  torch::Tensor x, pad;       // with configured global tokens: the whole prefix [B, S, C] and its padding [B, S]
 };
 
 class LongformerImpl : public MixerImpl {
@@ -53,28 +54,33 @@ class LongformerImpl : public MixerImpl {
     TORCH_CHECK(x.dim() == 3, "longformer: x must be [B, T, C], got ", x.sizes());
     auto qkv = qkv_(x).chunk(3, -1);
     auto q = split_heads(qkv[0], heads_), k = split_heads(qkv[1], heads_), v = split_heads(qkv[2], heads_);
-    auto pad = ctx.padding_mask.defined() ? ctx.padding_mask.to(torch::kBool) : torch::Tensor();
+    auto pad = ctx.padding_mask.defined() ? ctx.padding_mask.to(x.device(), torch::kBool) : torch::Tensor();
+    if (ctx.state && (global_first_ || !global_positions_.empty())) return out_(stream_with_globals(x, pad, ctx));
     if (ctx.state) return out_(merge_heads(stream(q, k, v, pad, ctx)));
-    auto is_global = global_set(x.size(0), x.size(1), ctx, pad);
+    auto is_global = global_set(x.size(0), x.size(1), ctx, pad, x.device());
     return out_(merge_heads(attend(x, q, k, v, pad, is_global, ctx.causal)));
   }
 
   std::unique_ptr<MixerState> initial_state(int64_t) const override { return std::make_unique<WindowCache>(); }
 
  private:
-  // [B, T] bool: the global tokens (from the context's mask and the config), never padding.
-  torch::Tensor global_set(int64_t B, int64_t T, const MixContext& ctx, const torch::Tensor& pad) const {
+  // [B, T] bool: the global tokens (from the context's mask and the config), never padding. Configured
+  // positions count a sequence's real tokens (0 = its first), so left padding does not move them.
+  torch::Tensor global_set(int64_t B, int64_t T, const MixContext& ctx, const torch::Tensor& pad,
+                           const torch::Device& device) const {
     torch::Tensor g;
     if (ctx.global_mask.defined()) {
       TORCH_CHECK(ctx.global_mask.dim() == 2 && ctx.global_mask.size(0) == B && ctx.global_mask.size(1) == T,
                   "longformer: global_mask must be [B, T] = [", B, ", ", T, "], got ", ctx.global_mask.sizes());
-      g = ctx.global_mask.to(torch::kBool).clone();
+      g = ctx.global_mask.to(device, torch::kBool).clone();
     }
     if (global_first_ || !global_positions_.empty()) {
-      if (!g.defined()) g = torch::zeros({B, T}, torch::kBool);
-      if (global_first_) g.select(1, 0).fill_(true);
-      for (int64_t p : global_positions_)
-        if (p < T) g.select(1, p).fill_(true);
+      auto lopts = torch::TensorOptions().dtype(torch::kLong).device(device);
+      auto rank = pad.defined() ? torch::cumsum((~pad).to(torch::kLong), 1) - 1
+                                : torch::arange(T, lopts).unsqueeze(0).expand({B, T});
+      if (!g.defined()) g = torch::zeros({B, T}, lopts.dtype(torch::kBool));
+      if (global_first_) g = g | (rank == 0);
+      for (int64_t p : global_positions_) g = g | (rank == p);
     }
     if (g.defined() && pad.defined()) g = g & ~pad;
     return g.defined() && g.any().item<bool>() ? g : torch::Tensor();
@@ -83,6 +89,7 @@ class LongformerImpl : public MixerImpl {
   torch::Tensor attend(const torch::Tensor& x, const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
                        const torch::Tensor& pad, const torch::Tensor& is_global, bool causal) {
     const int64_t B = q.size(0), T = q.size(2);
+    auto lopts = q.options().dtype(torch::kLong);
     // Global keys: removed from the windows (no double counting) and offered to every row as extra columns.
     torch::Tensor gpos, gvalid, window_pad = pad;
     std::unique_ptr<ExtraKeys> extra;
@@ -90,13 +97,13 @@ class LongformerImpl : public MixerImpl {
       auto count = is_global.sum(1);
       const int64_t G = count.max().item<int64_t>();
       auto order = std::get<1>(is_global.to(torch::kInt).sort(/*stable=*/true, 1, /*descending=*/true));
-      gvalid = torch::arange(G).unsqueeze(0) < count.unsqueeze(1);  // [B, G]
-      gpos = torch::where(gvalid, order.narrow(1, 0, G), torch::full({B, G}, T, torch::kLong));  // dummy slot: T
+      gvalid = torch::arange(G, lopts).unsqueeze(0) < count.unsqueeze(1);  // [B, G]
+      gpos = torch::where(gvalid, order.narrow(1, 0, G), torch::full({B, G}, T, lopts));  // dummy slot: T
       window_pad = pad.defined() ? (pad | is_global) : is_global;
       auto gidx = gpos.clamp_max(T - 1).view({B, 1, G, 1}).expand({B, heads_, G, q.size(3)});
       auto allowed = gvalid.view({B, 1, 1, G}).expand({B, 1, T, G});
       if (causal)
-        allowed = allowed & (gpos.view({B, 1, 1, G}) <= torch::arange(T).view({1, 1, T, 1}));
+        allowed = allowed & (gpos.view({B, 1, 1, G}) <= torch::arange(T, lopts).view({1, 1, T, 1}));
       extra = std::make_unique<ExtraKeys>(ExtraKeys{k.gather(2, gidx), v.gather(2, gidx), allowed});
     }
     std::vector<torch::Tensor> parts;
@@ -113,9 +120,9 @@ class LongformerImpl : public MixerImpl {
     const int64_t G = gpos.size(1), D = q.size(3);
     auto gidx = gpos.clamp_max(T - 1).view({B, 1, G, 1}).expand({B, heads_, G, D});
     auto rows_q = qg.gather(2, gidx).unsqueeze(2);  // [B, H, 1, G, D]
-    KeySlots all{torch::arange(T).view({1, 1, 1, T}), gvalid.view({B, 1, 1, G, 1})};
+    KeySlots all{torch::arange(T, lopts).view({1, 1, 1, T}), gvalid.view({B, 1, 1, G, 1})};
     if (causal)
-      all.allowed = all.allowed & (torch::arange(T).view({1, 1, 1, 1, T}) <= gpos.view({B, 1, 1, G, 1}));
+      all.allowed = all.allowed & (torch::arange(T, lopts).view({1, 1, 1, 1, T}) <= gpos.view({B, 1, 1, G, 1}));
     auto rows = gathered_attention(rows_q, kg, vg, all, pad).out.squeeze(2);  // [B, H, G, D]
     auto widened = torch::cat({out, torch::zeros({B, heads_, 1, D}, out.options())}, 2);
     auto sidx = gpos.view({B, 1, G, 1}).expand({B, heads_, G, D});
@@ -129,35 +136,36 @@ class LongformerImpl : public MixerImpl {
     const int64_t B = q_all.size(0), T = q_all.size(2), D = q_all.size(3);
     auto q = q_all.narrow(1, h0, nh), k = k_all.narrow(1, h0, nh), v = v_all.narrow(1, h0, nh);
     const int64_t Tp = (T + d - 1) / d * d, L = Tp / d;  // d subsequences of length L
+    auto lopts = q_all.options().dtype(torch::kLong), bopts = q_all.options().dtype(torch::kBool);
     torch::Tensor key_pad = pad;
     if (Tp > T) {
       auto zeros = torch::zeros({B, nh, Tp - T, D}, q.options());
       q = torch::cat({q, zeros}, 2), k = torch::cat({k, zeros}, 2), v = torch::cat({v, zeros}, 2);
-      auto tail = torch::ones({B, Tp - T}, torch::kBool);
-      key_pad = torch::cat({pad.defined() ? pad : torch::zeros({B, T}, torch::kBool), tail}, 1);
+      auto tail = torch::ones({B, Tp - T}, bopts);
+      key_pad = torch::cat({pad.defined() ? pad : torch::zeros({B, T}, bopts), tail}, 1);
     }
     // Permuted coordinate p = r * L + s holds original position s * d + r.
-    auto p_all = torch::arange(Tp);
+    auto p_all = torch::arange(Tp, lopts);
     auto perm = (p_all % L) * d + p_all.div(L, "floor"), inv = torch::empty_like(perm).scatter_(0, perm, p_all);
     const int64_t left = std::min(window_, L - 1), right = causal ? 0 : left;
     const int64_t b = std::clamp<int64_t>(std::max<int64_t>(window_, 1), 1, std::min(kMaxBlock, L));
     const int64_t N = (Tp + b - 1) / b, m = b + left + right;
-    auto qp = torch::arange(N * b).view({N, b, 1});                               // query, permuted
-    auto kp = (torch::arange(N) * b - left).view({N, 1, 1}) + torch::arange(m).view({1, 1, m});  // [N, 1, m]
+    auto qp = torch::arange(N * b, lopts).view({N, b, 1});                               // query, permuted
+    auto kp = (torch::arange(N, lopts) * b - left).view({N, 1, 1}) + torch::arange(m, lopts).view({1, 1, m});  // [N, 1, m]
     auto kvalid = (kp >= 0) & (kp < Tp);
     auto rel = kp - qp;
     auto allowed = kvalid & (qp < Tp) & (kp.div(L, "floor") == qp.div(L, "floor")) & (rel >= -left) & (rel <= right);
     KeySlots slots{torch::where(kvalid, perm.index_select(0, kp.clamp(0, Tp - 1).view(-1)).view({N, 1, m}),
-                                torch::full({N, 1, m}, -1, torch::kLong)).view({1, 1, N, m}),
+                                torch::full({N, 1, m}, -1, lopts)).view({1, 1, N, m}),
                    allowed.view({1, 1, N, b, m})};
     auto qg = q.index_select(2, perm);
     if (N * b > Tp) qg = torch::cat({qg, torch::zeros({B, nh, N * b - Tp, D}, q.options())}, 2);
     std::unique_ptr<ExtraKeys> ex;
     if (extra) {
       auto ea = extra->allowed.expand({B, 1, T, extra->allowed.size(3)});
-      if (Tp > T) ea = torch::cat({ea, torch::zeros({B, 1, Tp - T, ea.size(3)}, torch::kBool)}, 2);
+      if (Tp > T) ea = torch::cat({ea, torch::zeros({B, 1, Tp - T, ea.size(3)}, bopts)}, 2);
       ea = ea.index_select(2, perm);
-      if (N * b > Tp) ea = torch::cat({ea, torch::zeros({B, 1, N * b - Tp, ea.size(3)}, torch::kBool)}, 2);
+      if (N * b > Tp) ea = torch::cat({ea, torch::zeros({B, 1, N * b - Tp, ea.size(3)}, bopts)}, 2);
       ex = std::make_unique<ExtraKeys>(ExtraKeys{extra->k.narrow(1, h0, nh), extra->v.narrow(1, h0, nh),
                                                  ea.view({B, 1, N, b, ea.size(3)})});
     }
@@ -171,25 +179,25 @@ class LongformerImpl : public MixerImpl {
     auto* cache = dynamic_cast<WindowCache*>(ctx.state);
     TORCH_CHECK(cache, "longformer: the state passed was not made by this mixer");
     TORCH_CHECK(ctx.causal, "longformer: streaming needs causal mode");
-    if (global_first_ || !global_positions_.empty() ||
-        (ctx.global_mask.defined() && ctx.global_mask.any().item<bool>()))
-      throw Error("longformer: streaming (token-by-token decoding) does not support global attention; "
-                  "set global_first false and global_positions []");
+    if (ctx.global_mask.defined() && ctx.global_mask.any().item<bool>())
+      throw Error("longformer: streaming takes global tokens from global_first and global_positions only, not "
+                  "from a global-token mask");
     const int64_t B = q.size(0), T = q.size(2), cached = cache->k.defined() ? cache->k.size(2) : 0;
+    auto lopts = q.options().dtype(torch::kLong), bopts = q.options().dtype(torch::kBool);
     auto keys = cached ? torch::cat({cache->k, k}, 2) : k, vals = cached ? torch::cat({cache->v, v}, 2) : v;
     const int64_t S = keys.size(2), first = cache->length - cached;  // absolute position of keys[0]
     auto key_pad = cache->key_padding.defined() || pad.defined()
                        ? torch::cat({cache->key_padding.defined() ? cache->key_padding
-                                                                  : torch::zeros({B, cached}, torch::kBool),
-                                     pad.defined() ? pad : torch::zeros({B, T}, torch::kBool)},
+                                                                  : torch::zeros({B, cached}, bopts),
+                                     pad.defined() ? pad : torch::zeros({B, T}, bopts)},
                                     1)
                        : torch::Tensor();
-    auto dil = torch::ones({heads_}, torch::kLong);
+    auto dil = torch::ones({heads_}, lopts);
     if (dilation_ > 1) dil.narrow(0, 0, dilated_heads_).fill_(dilation_);
-    auto rel = (torch::arange(S) + first).view({1, 1, S}) - (torch::arange(T) + cache->length).view({1, T, 1});
+    auto rel = (torch::arange(S, lopts) + first).view({1, 1, S}) - (torch::arange(T, lopts) + cache->length).view({1, T, 1});
     auto dv = dil.view({heads_, 1, 1});
     auto allowed = (rel <= 0) & (rel >= -window_ * dv) & (rel.remainder(dv) == 0);  // [H, T, S]
-    KeySlots slots{torch::arange(S).view({1, 1, 1, S}), allowed.view({1, heads_, 1, T, S})};
+    KeySlots slots{torch::arange(S, lopts).view({1, 1, 1, S}), allowed.view({1, heads_, 1, T, S})};
     auto out = gathered_attention(q.unsqueeze(2), keys, vals, slots, key_pad).out.squeeze(2);
     const int64_t keep = std::min(S, window_ * std::max<int64_t>(dilation_, 1));
     cache->k = keys.narrow(2, S - keep, keep).detach();
@@ -197,6 +205,28 @@ class LongformerImpl : public MixerImpl {
     cache->key_padding = key_pad.defined() ? key_pad.narrow(1, S - keep, keep) : torch::Tensor();
     cache->length += T;
     return out;
+  }
+
+  // Causal decoding with configured global tokens: a global row sees every earlier key, so the chunk's rows are
+  // recomputed over the cached prefix (O(S w) per step instead of O(w)). x: [B, T, C] -> [B, T, C] before out_.
+  torch::Tensor stream_with_globals(torch::Tensor x, torch::Tensor pad, const MixContext& ctx) {
+    auto* cache = dynamic_cast<WindowCache*>(ctx.state);
+    TORCH_CHECK(cache, "longformer: the state passed was not made by this mixer");
+    TORCH_CHECK(ctx.causal, "longformer: streaming needs causal mode");
+    if (ctx.global_mask.defined() && ctx.global_mask.any().item<bool>())
+      throw Error("longformer: streaming takes global tokens from global_first and global_positions only, not "
+                  "from a global-token mask");
+    const int64_t B = x.size(0), T = x.size(1);
+    if (!pad.defined()) pad = torch::zeros({B, T}, x.options().dtype(torch::kBool));
+    if (cache->x.defined()) x = torch::cat({cache->x, x}, 1), pad = torch::cat({cache->pad, pad}, 1);
+    cache->x = x.detach(), cache->pad = pad;
+    const int64_t S = x.size(1);
+    cache->length = S;
+    auto qkv = qkv_(x).chunk(3, -1);
+    auto q = split_heads(qkv[0], heads_), k = split_heads(qkv[1], heads_), v = split_heads(qkv[2], heads_);
+    MixContext whole;
+    auto is_global = global_set(B, S, whole, pad, x.device());
+    return merge_heads(attend(x, q, k, v, pad, is_global, true).narrow(2, S - T, T));
   }
 
   int64_t heads_, window_, dilation_, dilated_heads_;
@@ -222,13 +252,16 @@ MixerInfo longformer_mixer_info() {
       {"dilated_heads", OptionType::Int, 2,
        "how many heads (the first ones) use the layer's dilation; the others stay contiguous (the paper: 2 of 8)", 0, 1e6},
       {"global_positions", OptionType::IntList, Json::array(),
-       "positions with global attention in every sequence (besides the model's global-token mask)", 0, 1e9},
-      {"global_first", OptionType::Bool, false, "the first token has global attention (a [CLS] token)"},
+       "positions with global attention in every sequence, counted from its first real (non-padding) token "
+       "(besides the model's global-token mask); decoding with them recomputes the prefix", 0, 1e9},
+      {"global_first", OptionType::Bool, false, "the first real token has global attention (a [CLS] token)"},
       {"global_projections", OptionType::Bool, true,
        "separate Q_g, K_g, V_g for the global rows, initialized as copies of the local ones (sec. 3.1)"},
       {"bias", OptionType::Bool, true, "bias terms in the projections"},
   };
   info.make = [](const MixerArgs& a) -> Mixer { return std::make_shared<LongformerImpl>(a); };
+  // Windows of 5 (dilated: 2 heads of 4 see every other key) and a global first token.
+  info.sparse_options = {{"window", Json::array({2})}, {"dilation", Json::array({2})}, {"global_first", true}};
   info.streams = true;
   info.flops = [](const FlopQuery& f) {
     const int64_t w = per_layer_value(f.options, "window", 0, "longformer");

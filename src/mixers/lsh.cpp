@@ -3,11 +3,15 @@
 // Shared QK (keys are the unit-normalized queries, no 1/sqrt(D) on the
 // logits); angular LSH h(x) = argmax([xR; -xR]) per round; items sorted by
 // (round, bucket, position) and cut into chunks of m, each attending to
-// itself and the previous chunk (circularly, as the official code does); a
-// token sees itself only when nothing else is visible; causal masking by
-// original position; rounds combined by their log-sum-exp weights (eq. 14).
-// Padding tokens get a bucket of their own. Not strictly causal when m < T:
-// later tokens move chunk boundaries (a property of the method).
+// itself and the previous chunk (circularly, as the official code does); the
+// self logit carries the penalty 1e5 (App. A) inside the log-sum-exp, so a
+// token sees itself only when nothing else is visible and such a round then
+// weighs nothing beside rounds that see more; causal masking by original
+// position; rounds combined by their log-sum-exp weights (eq. 14).
+// Padding tokens get a bucket of their own, sorted after the real tokens; the
+// automatic bucket count and the circular look-back follow each sequence's
+// real length, so padding changes no real output. Not strictly causal when
+// m < T: later tokens move chunk boundaries (a property of the method).
 #include <algorithm>
 #include <cmath>
 
@@ -22,7 +26,7 @@ namespace longseq {
 
 torch::Tensor lsh_buckets(const torch::Tensor& q, int64_t n_buckets, int64_t rounds, at::Generator gen) {
   torch::NoGradGuard ng;
-  auto rot = at::normal(0.0, 1.0, {q.size(1), rounds, q.size(3), n_buckets / 2}, gen).to(q.dtype());
+  auto rot = at::normal(0.0, 1.0, {q.size(1), rounds, q.size(3), n_buckets / 2}, gen).to(q.device(), q.scalar_type());
   auto proj = torch::einsum("bhtd,hrdn->bhrtn", {q.detach(), rot});
   return torch::cat({proj, -proj}, -1).argmax(-1);
 }
@@ -60,7 +64,8 @@ class LshImpl : public MixerImpl {
     const int64_t B = x.size(0), T = x.size(1);
     auto qv = qv_(x).chunk(2, -1);
     auto q = split_heads(qv[0], heads_), v = split_heads(qv[1], heads_);
-    auto pad = ctx.padding_mask.defined() ? ctx.padding_mask.to(torch::kBool) : torch::zeros({B, T}, torch::kBool);
+    auto pad = ctx.padding_mask.defined() ? ctx.padding_mask.to(x.device(), torch::kBool)
+                                          : torch::zeros({B, T}, x.options().dtype(torch::kBool));
     if (!ctx.state) return out_(merge_heads(attend(q, v, pad, ctx.causal)));
     // Decoding: the new rows of the whole-sequence computation on the prefix so far. The projections are
     // cached; hashing, sorting and chunked attention run again over the prefix (the chunks of earlier
@@ -81,14 +86,21 @@ class LshImpl : public MixerImpl {
   // q, v: [B, H, T, D]; pad: [B, T] bool -> [B, H, T, D]
   torch::Tensor attend(torch::Tensor q, torch::Tensor v, torch::Tensor pad, bool causal) {
     const int64_t B = q.size(0), T = q.size(2), D = head_dim_;
-    const int64_t m = std::min(chunk_, T), Tp = (T + m - 1) / m * m, R = rounds_;
+    const int64_t m = std::min(chunk_, T), Tp = (T + m - 1) / m * m, R = rounds_, Nr = Tp / m;
+    auto lopts = q.options().dtype(torch::kLong);
     if (Tp > T) {
       auto z = torch::zeros({B, heads_, Tp - T, D}, q.options());
       q = torch::cat({q, z}, 2), v = torch::cat({v, z}, 2);
-      pad = torch::cat({pad, torch::ones({B, Tp - T}, torch::kBool)}, 1);
+      pad = torch::cat({pad, torch::ones({B, Tp - T}, pad.options())}, 1);
     }
     auto k = q / q.norm(2, -1, true).clamp_min(1e-6);  // shared QK: unit keys (sec. 2)
-    const int64_t nb = buckets_ > 0 ? buckets_ : std::clamp<int64_t>((2 * Tp / m + 1) / 2 * 2, 2, 8192);
+    // A row's bucket count and last chunk follow its real length, not the batch's: padding sorts after the real
+    // tokens of each round, so a sequence is hashed and chunked as it is alone, whatever padding its batch carries.
+    auto real = (~pad).sum(1);                                              // [B]
+    auto row_chunks = (real + m - 1).div(m, "floor").clamp_min(1);         // chunks of a round holding real tokens
+    auto row_nb = buckets_ > 0 ? torch::full({B}, buckets_, lopts)
+                               : (2 * (real + chunk_ - 1).div(chunk_, "floor")).clamp(2, 8192);  // 2T/m (sec. 2)
+    const int64_t nb = row_nb.max().item<int64_t>();
     // Rotations fresh at each training forward when rehashing; otherwise a fixed function of (seed + layer, nb),
     // so evaluation and tests see the same hashes every call. Padding goes to an extra bucket nb.
     at::Generator gen = lsh_eval_generator(seed_, nb);
@@ -97,10 +109,23 @@ class LshImpl : public MixerImpl {
       else last_state_ = training_gen_.get_state();
       gen = training_gen_;
     }
-    auto buckets = lsh_buckets(q, nb, R, gen).masked_fill(pad.view({B, 1, 1, Tp}), nb);  // [B, H, R, Tp]
+    const bool fixed = !(is_training() && rehash_);
+    torch::Tensor buckets;  // [B, H, R, Tp]
+    auto counts = std::get<0>(at::_unique(row_nb)).cpu();
+    if (counts.numel() == 1) {
+      buckets = lsh_buckets(q, nb, R, gen);
+    } else {  // rows of each bucket count hashed with their own rotations, in increasing count
+      buckets = torch::empty({B, heads_, R, Tp}, lopts);
+      for (int64_t i = 0; i < counts.numel(); ++i) {
+        const int64_t n = counts[i].item<int64_t>();
+        auto rows = (row_nb == n).nonzero().squeeze(1);
+        buckets.index_copy_(0, rows, lsh_buckets(q.index_select(0, rows), n, R, fixed ? lsh_eval_generator(seed_, n) : gen));
+      }
+    }
+    buckets = buckets.masked_fill(pad.view({B, 1, 1, Tp}), nb);
     // Sort key (round, bucket, position); ties cannot happen.
-    auto pos = torch::arange(Tp).view({1, 1, 1, Tp});
-    auto round_off = torch::arange(R).view({1, 1, R, 1}) * (nb + 1);
+    auto pos = torch::arange(Tp, lopts).view({1, 1, 1, Tp});
+    auto round_off = torch::arange(R, lopts).view({1, 1, R, 1}) * (nb + 1);
     auto key = ((round_off + buckets) * Tp + pos).view({B, heads_, R * Tp});
     auto order = std::get<1>(key.sort(-1));              // sorted item -> (round * Tp + position)
     auto spos = order.remainder(Tp);                     // [B, H, R*Tp] original positions in sorted order
@@ -109,18 +134,27 @@ class LshImpl : public MixerImpl {
                   .gather(2, spos.unsqueeze(-1).expand({B, heads_, R * Tp, D}))
                   .view({B, heads_, N, m, D});
     auto cpos = spos.view({B, heads_, N, m});
-    auto kpos = torch::cat({cpos.roll(1, 2), cpos}, -1);  // previous chunk (circular) and own chunk: [B, H, N, 2m]
+    // Each chunk also sees the previous one; a round's first chunk sees the previous round's last chunk holding
+    // real tokens (circularly, as the official code does).
+    auto c = torch::arange(N, lopts).view({1, N});
+    auto wrap = (c.div(Nr, "floor") + R - 1).remainder(R) * Nr + row_chunks.view({B, 1}) - 1;
+    auto prev = torch::where(c.remainder(Nr) == 0, wrap, (c - 1).expand({B, N}));  // [B, N]
+    auto kpos = torch::cat({cpos.gather(2, prev.view({B, 1, N, 1}).expand({B, heads_, N, m})), cpos}, -1);  // [B, H, N, 2m]
     auto qp = cpos.unsqueeze(-1), kp = kpos.unsqueeze(-2);  // [B, H, N, m, 1], [B, H, N, 1, 2m]
     auto ok = causal ? (kp <= qp) : torch::ones_like(kp, torch::kBool).expand({B, heads_, N, m, 2 * m});
     ok = ok & ~pad.view({B, 1, 1, 1, Tp}).expand({B, heads_, N, m, Tp}).gather(4, kp.expand({B, heads_, N, m, 2 * m}));
     auto self = (kp == qp) & ok;
     auto others = ok & ~self;
-    auto allowed = others | (self & ~others.any(-1, true));  // self only when nothing else (the 1e5 penalty)
+    auto sees_others = others.any(-1, true);
+    auto allowed = others | (self & ~sees_others);
     auto r = gathered_attention(qs, k, v, KeySlots{kpos, allowed}, {}, nullptr, /*want_lse=*/true);
+    // The self logit carries the penalty 1e5 (App. A): beside other keys its weight exp(-1e5) is 0; alone it gives
+    // v_i, and the round's log-sum-exp drops by 1e5, so that round gets no weight in eq. 14 when another sees more.
+    auto lse_r = r.lse - 1e5 * (self.any(-1) & ~sees_others.squeeze(-1)).to(r.lse.scalar_type());
     // Unsort and combine rounds: o = sum_r softmax_r(lse_r) o_r (eq. 14).
-    auto inv = torch::empty_like(order).scatter_(2, order, torch::arange(R * Tp).view({1, 1, -1}).expand_as(order));
+    auto inv = torch::empty_like(order).scatter_(2, order, torch::arange(R * Tp, lopts).view({1, 1, -1}).expand_as(order));
     auto o = r.out.view({B, heads_, R * Tp, D}).gather(2, inv.unsqueeze(-1).expand({B, heads_, R * Tp, D}));
-    auto lse = r.lse.view({B, heads_, R * Tp}).gather(2, inv).view({B, heads_, R, Tp}).transpose(2, 3);
+    auto lse = lse_r.view({B, heads_, R * Tp}).gather(2, inv).view({B, heads_, R, Tp}).transpose(2, 3);
     auto w = masked_softmax(lse.masked_fill(torch::isinf(lse), 0), torch::isfinite(lse)).transpose(2, 3);  // over R
     return (o.view({B, heads_, R, Tp, D}) * w.unsqueeze(-1)).sum(2).narrow(2, 0, T);
   }
@@ -154,6 +188,7 @@ MixerInfo lsh_mixer_info() {
       {"bias", OptionType::Bool, true, "bias terms in the projections"},
   };
   info.make = [](const MixerArgs& a) -> Mixer { return std::make_shared<LshImpl>(a); };
+  info.sparse_options = {{"chunk_length", 4}, {"n_hashes", 2}};  // several chunks and 2T/4 buckets
   info.strictly_causal = false;
   info.strictly_causal_options = {{"chunk_length", 1000000000}};
   info.streams = true;  // exactly the whole-sequence rows under the strict options; per step O(R T m D)

@@ -129,6 +129,7 @@ MixerInfo luna_mixer_info() {
       {"bias", OptionType::Bool, true, "bias terms in the projections"},
   };
   info.make = [](const MixerArgs& a) -> Mixer { return std::make_shared<LunaImpl>(a); };
+  info.sparse_options = {{"length", 3}, {"chunk", 4}};  // fewer slots than tokens; several prefix chunks
   info.streams = true;
   info.flops = [](const FlopQuery& f) {  // projections of x; pack and unpack products (causal: omega and two prefix products)
     const double L = f.options["length"].get<double>(), proj = f.options["tied"].get<bool>() ? 4 : 5;

@@ -126,6 +126,7 @@ MixerInfo mgk_mixer_info() {
       {"bias", OptionType::Bool, true, "bias terms in the projections"},
   };
   info.make = [](const MixerArgs& a) -> Mixer { return std::make_shared<MgkImpl>(a); };
+  info.sparse_options = {{"linear", true}, {"keys", 3}, {"chunk", 4}};  // the linear form (MLK), several chunks
   info.streams = true;
   info.flops = [](const FlopQuery& f) {  // projections (K key projections); scores and values over K T pairs
     const double K = f.options["keys"].get<double>(), D = double(f.C) / f.H;

@@ -29,8 +29,8 @@ namespace longseq {
 torch::Tensor yoso_hash_codes(const torch::Tensor& x, const torch::Tensor& R) {
   torch::NoGradGuard ng;
   const int64_t tau = R.size(3);
-  auto bits = torch::einsum("bhtd,hmdk->bhmtk", {x.detach(), R.to(x.dtype())}).gt(0).to(torch::kLong);
-  auto weights = torch::pow(2, torch::arange(tau, torch::kLong));
+  auto bits = torch::einsum("bhtd,hmdk->bhmtk", {x.detach(), R.to(x.device(), x.scalar_type())}).gt(0).to(torch::kLong);
+  auto weights = torch::pow(2, torch::arange(tau, bits.options()));
   return (bits * weights).sum(-1);
 }
 
@@ -264,6 +264,7 @@ MixerInfo yoso_mixer_info() {
       {"bias", OptionType::Bool, true, "bias terms in the projections"},
   };
   info.make = [](const MixerArgs& a) -> Mixer { return std::make_shared<YosoImpl>(a); };
+  info.sparse_options = {{"hash_bits", 2}, {"hashes", 3}};  // 4 buckets: keys collide, the estimate is coarse
   info.supports_causal = false;
   info.exact_gradients = false;  // sec. 3.2's surrogate; the sampled forward is piecewise constant in Q, K
   info.flops = [](const FlopQuery& f) {  // projections; hashing of Q and K; table writes and reads
