@@ -37,6 +37,8 @@ struct MixerInfo {
   bool strictly_causal = true;
   // Options under which a non-strictly-causal mixer becomes strictly causal.
   Json strictly_causal_options = Json::object();
+  // Options that put the mechanism in its sparse or approximate regime at small T (the invariant tests run it too).
+  Json sparse_options = Json::object();
   bool streams = false;  // initial_state() returns a state and chunked == whole
   // False when the backward is the paper's surrogate rather than the derivative
   // of the forward (YOSO's sampled hash tables): finite differences do not apply.
