@@ -50,6 +50,19 @@ torch::Tensor direct(const Mixer& m, const torch::Tensor& x, bool causal, const 
   return torch::linear(from_heads(y), param(*m, "out.weight"), param(*m, "out.bias"));
 }
 
+// direct() with offsets clipped at R (the reference above is fixed at kR).
+torch::Tensor direct_clipped(const Mixer& m, const torch::Tensor& x, bool causal, const torch::Tensor& pad, int64_t R) {
+  const int64_t B = x.size(0), T = x.size(1);
+  auto f = features(m, x);
+  auto r = torch::arange(T).unsqueeze(0) - torch::arange(T).unsqueeze(1);  // r = j - i
+  auto C = torch::exp(param(*m, "rpe").index_select(1, r.clamp(-R, R).reshape(-1) + R)).view({1, kH, T, T});
+  if (causal) C = C * (r <= 0).to(C.dtype());
+  auto a = C * torch::matmul(f.fq, f.fk.transpose(-1, -2));
+  if (pad.defined()) a = a * (~pad).view({B, 1, 1, T}).to(a.dtype());
+  auto y = torch::matmul(a, f.v) / a.sum(-1, true);
+  return torch::linear(from_heads(y), param(*m, "out.weight"), param(*m, "out.bias"));
+}
+
 TEST(KernelRpe, FftPathEqualsTheDirectQuadraticComputation) {
   auto x = torch::randn({2, 13, kC}, torch::kDouble).requires_grad_(true);
   auto pad = right_padding(2, 13, 1, 3);
@@ -102,6 +115,99 @@ TEST(KernelRpe, LongerThanTheClippingDistanceAndOddLengths) {
     for (bool causal : {false, true})
       EXPECT_TRUE(torch::allclose(run_mixer(m, x, causal), direct(m, x, causal, {}), 1e-9, 1e-9))
           << "T=" << T << " causal=" << causal;
+  }
+}
+
+// Biases of the kinds trained heads learn, over offsets -(R)..R: a previous-token head (b_-1 high, the rest
+// low: causal row 0 sees only weights e^{b_0 - max b}), a distance decay, and a spread of random values.
+torch::Tensor realistic_bias(int kind, int64_t R) {
+  auto r = torch::arange(-R, R + 1, torch::kDouble).unsqueeze(0).expand({kH, 2 * R + 1});
+  if (kind == 0) {
+    auto b = torch::randn({kH, 2 * R + 1}, torch::kDouble) - 6;
+    b.select(1, R - 1).fill_(6);  // b_{-1}: attend to the previous token
+    return b;
+  }
+  if (kind == 1) return -0.4 * r.abs() + torch::randn({kH, 2 * R + 1}, torch::kDouble) * 0.5;
+  return torch::randn({kH, 2 * R + 1}, torch::kDouble) * 3;
+}
+
+Mixer make_wide(int64_t R, const std::string& fft) {
+  return build_mixer("kernel_rpe", {{"max_distance", R}, {"features", 16}, {"fft_precision", fft}}, kC, kH);
+}
+
+// Float32 inputs against the float64 direct computation of the same formula: FFT round-off is relative to
+// the largest entries, so a row whose visible weights are all small is only right with the wide FFT.
+TEST(KernelRpe, Float32MatchesAFloat64ReferenceWithRealisticBiases) {
+  const int64_t R = 40, T = 150;
+  for (int kind : {0, 1, 2})
+    for (bool causal : {false, true}) {
+      auto m64 = make_wide(R, "float64");
+      auto bias = realistic_bias(kind, R);
+      {
+        torch::NoGradGuard ng;
+        param(*m64, "rpe").copy_(bias);
+      }
+      auto x = torch::randn({2, T, kC}, torch::kDouble);
+      auto pad = right_padding(2, T, 1, 20);
+      auto expect = direct_clipped(m64, x, causal, pad, R);
+      auto m32 = make_wide(R, "float64");
+      m32->to(torch::kFloat);
+      {
+        torch::NoGradGuard ng;
+        param(*m32, "rpe").copy_(bias);
+      }
+      auto y = run_mixer(m32, x.to(torch::kFloat), causal, pad).to(torch::kDouble);
+      auto keep = (~pad).unsqueeze(-1).expand_as(y);
+      const double err = (y - expect).masked_select(keep).abs().max().item<double>();
+      EXPECT_LT(err, 2e-5 * expect.abs().max().item<double>()) << "bias kind " << kind << " causal=" << causal;
+    }
+}
+
+// A bias range far beyond float32's FFT resolution: with the input-precision FFT the denominators of the
+// rows that only see low weights sit below the round-off; the guard keeps them positive, so every head
+// output stays a bounded, finite blend of values instead of a flipped or exploding one.
+TEST(KernelRpe, GuardedDenominatorNeverFlipsSign) {
+  const int64_t R = 40, T = 150;
+  auto m = make_wide(R, "input");
+  m->to(torch::kFloat);
+  {
+    torch::NoGradGuard ng;
+    auto b = torch::full({kH, 2 * R + 1}, -30.0);
+    b.select(1, R - 1).fill_(0);  // only the previous token matters; row 0 sees e^-30 alone
+    param(*m, "rpe").copy_(b);
+    param(*m, "out.weight").copy_(torch::eye(kC));
+    param(*m, "out.bias").zero_();
+  }
+  auto x = torch::randn({1, T, kC});
+  auto v = to_heads(torch::linear(x, param(*m, "qkv.weight"), param(*m, "qkv.bias")).chunk(3, -1)[2], kH);
+  auto y = to_heads(run_mixer(m, x, true), kH);
+  EXPECT_TRUE(torch::isfinite(y).all().item<bool>());
+  EXPECT_LT(y.abs().max().item<double>(), 10 * v.abs().max().item<double>());
+}
+
+// The real tokens' outputs do not depend on how much padding the batch carries, left or right.
+TEST(KernelRpe, RealOutputsDoNotDependOnPaddingLength) {
+  auto m = make();
+  {
+    torch::NoGradGuard ng;
+    param(*m, "rpe").normal_(0, 1.5);
+  }
+  const int64_t n = 9;
+  auto real = torch::randn({1, n, kC}, torch::kDouble);
+  for (bool causal : {false, true}) {
+    torch::Tensor first;
+    for (auto lr : std::vector<std::pair<int64_t, int64_t>>{{0, 0}, {0, 7}, {5, 0}, {3, 11}}) {
+      const int64_t T = lr.first + n + lr.second;
+      auto x = torch::randn({2, T, kC}, torch::kDouble) * 3;
+      x[0].narrow(0, lr.first, n).copy_(real[0]);
+      auto pad = torch::zeros({2, T}, torch::kBool);
+      pad[0].narrow(0, 0, lr.first).fill_(true);
+      pad[0].narrow(0, lr.first + n, lr.second).fill_(true);
+      auto y = run_mixer(m, x, causal, pad)[0].narrow(0, lr.first, n);
+      if (!first.defined()) first = y;
+      EXPECT_TRUE(torch::allclose(y, first, 1e-10, 1e-12))
+          << "left " << lr.first << " right " << lr.second << " causal=" << causal;
+    }
   }
 }
 

@@ -63,14 +63,17 @@ TEST(LearnedKernel, LinearPathEqualsTheQuadraticFormAndTrainsTheSpectrum) {
 }
 
 // Two tokens, bidirectional: y_0 = (K00 v0 + K01 v1) / (K00 + K01) per head, then the output
-// projection. K(m, h, a, b) is head h's closed-form kernel of the scaled q~, k~.
+// projection. K(m, h, a, b) is head h's closed-form kernel of the scaled q~, k~. `perturb` moves the
+// spectral parameters away from the RBF init (s != 0, L != I) before the run.
 using Kernel = std::function<double(const Mixer&, int64_t, const torch::Tensor&, const torch::Tensor&)>;
 
-double first_row_error(const char* kernel, const Kernel& K) {
+double first_row_error(const char* kernel, const Kernel& K, bool perturb) {
   auto m = build_mixer("learned_kernel", {{"kernel", kernel}, {"features", 400000}, {"eps", 0.0}}, kC, kH);
   {
     torch::NoGradGuard ng;
     param(*m, "mean").normal_(0, 0.5);
+    if (perturb && std::string(kernel) == "gmm_prf") param(*m, "log_var").normal_(0, 0.6);
+    if (perturb && std::string(kernel) == "gmm_rks") param(*m, "factor").add_(torch::randn({kH, kD, kD}, torch::kDouble) * 0.4);
   }
   auto x = torch::randn({1, 2, kC}, torch::kDouble) * 0.7;
   auto qkv = torch::linear(x, param(*m, "qkv.weight"), param(*m, "qkv.bias")).chunk(3, -1);
@@ -86,20 +89,112 @@ double first_row_error(const char* kernel, const Kernel& K) {
   return ((got - expected).norm() / expected.norm()).item<double>();
 }
 
-TEST(LearnedKernel, ManyDrawsMatchTheClosedFormKernels) {
-  const double prf = first_row_error("gmm_prf", [](const Mixer& m, int64_t h, const torch::Tensor& a,
-                                                   const torch::Tensor& b) {
-    auto u = a + b;  // log_var = 0: u^T diag(e^s) u = |u|^2
-    return torch::exp((param(*m, "mean")[h] * u).sum() + 0.5 * u.pow(2).sum() - a.pow(2).sum() - b.pow(2).sum())
-        .item<double>();
-  });
-  EXPECT_LT(prf, 0.02);
-  const double rks = first_row_error("gmm_rks", [](const Mixer& m, int64_t h, const torch::Tensor& a,
-                                                   const torch::Tensor& b) {
-    auto d = a - b;  // L = I
-    return (2 * torch::exp(-0.5 * d.pow(2).sum()) * torch::cos((param(*m, "mean")[h] * d).sum()) + 1).item<double>();
-  });
-  EXPECT_LT(rks, 0.02);
+// GMM-PRF: omega ~ N(mu, diag(e^s)), so E[exp(omega^T u)] = exp(mu^T u + u^T diag(e^s) u / 2), u = a + b.
+double prf_kernel(const Mixer& m, int64_t h, const torch::Tensor& a, const torch::Tensor& b) {
+  auto u = a + b;
+  auto var = torch::exp(param(*m, "log_var")[h]);
+  return torch::exp((param(*m, "mean")[h] * u).sum() + 0.5 * (var * u.pow(2)).sum() - a.pow(2).sum() - b.pow(2).sum())
+      .item<double>();
+}
+
+// GMM-RKS: omega = L^T eps +- mu, so omega^T d ~ N(+-mu^T d, |L d|^2): E[cos] = exp(-|L d|^2 / 2) cos(mu^T d),
+// twice (the +- pair) plus the smoothing feature's 1.
+double rks_kernel(const Mixer& m, int64_t h, const torch::Tensor& a, const torch::Tensor& b) {
+  auto d = a - b;
+  auto Ld = torch::matmul(param(*m, "factor")[h], d);
+  return (2 * torch::exp(-0.5 * Ld.pow(2).sum()) * torch::cos((param(*m, "mean")[h] * d).sum()) + 1).item<double>();
+}
+
+TEST(LearnedKernel, ManyDrawsMatchTheClosedFormKernelsAtTheRbfInit) {
+  EXPECT_LT(first_row_error("gmm_prf", prf_kernel, false), 0.02);
+  EXPECT_LT(first_row_error("gmm_rks", rks_kernel, false), 0.02);
+}
+
+// Away from s = 0, L = I the closed forms still hold: the re-parameterization draws from the distribution
+// the parameters name (a wrong variance scale, L for L^T, or a shared head would show here).
+TEST(LearnedKernel, ManyDrawsMatchTheClosedFormKernelsAtOtherParameters) {
+  for (int seed : {1, 2}) {
+    torch::manual_seed(seed);
+    const double prf = first_row_error("gmm_prf", prf_kernel, true);
+    EXPECT_LT(prf, 0.03) << "seed " << seed;
+    torch::manual_seed(seed);
+    const double rks = first_row_error("gmm_rks", rks_kernel, true);
+    EXPECT_LT(rks, 0.03) << "seed " << seed;
+  }
+}
+
+// Identity projections (no bias): per head q = k = v = x, so the test sets every exponent.
+Mixer identity_mixer(Json opts) {
+  opts["bias"] = false;
+  auto m = build_mixer("learned_kernel", opts, kC, kH);
+  torch::NoGradGuard ng;
+  auto eye = torch::eye(kC, torch::kDouble);
+  param(*m, "qkv.weight").copy_(torch::cat({eye, eye, eye}, 0));
+  param(*m, "out.weight").copy_(eye);
+  return m;
+}
+
+// Rows whose head slices have |x~| = r: every GMM-PRF exponent is omega^T x~ - r^2.
+torch::Tensor rows_of_norm(int64_t B, int64_t T, double r) {
+  auto x = torch::randn({B, T, kH, kD}, torch::kDouble);
+  return (x / x.norm(2, -1, true) * r * std::pow(double(kD), 0.25)).reshape({B, T, kC});
+}
+
+// Streaming with chunks that hold padding, one only padding, equals the whole call; keys with very negative
+// exponents show a running stabilizer that a padding-only chunk resets. A later key far above the earlier
+// ones leaves the earlier causal outputs alone.
+TEST(LearnedKernel, StreamingWithPaddingOnlyChunksAndALaterLargeKeyEqualsWhole) {
+  for (const char* kernel : {"gmm_prf", "gmm_rks"}) {
+    auto m = identity_mixer({{"kernel", kernel}, {"features", 16}, {"chunk", 2}});
+    const int64_t T = 12;
+    auto x = rows_of_norm(2, T, 20);  // gmm_prf exponents about -400
+    auto pad = torch::zeros({2, T}, torch::kBool);
+    pad[0].narrow(0, 0, 5).fill_(true);
+    pad[1].narrow(0, 4, 3).fill_(true);
+    auto whole = run_mixer(m, x, true, pad);
+    auto state = m->initial_state(2);
+    std::vector<torch::Tensor> parts;
+    int64_t at = 0;
+    for (int64_t len : {4, 3, 1, 2, 2}) {
+      parts.push_back(run_mixer(m, x.narrow(1, at, len), true, pad.narrow(1, at, len), state.get()));
+      at += len;
+    }
+    auto streamed = torch::cat(parts, 1);
+    auto keep = (~pad).unsqueeze(-1).expand_as(whole);
+    EXPECT_TRUE(torch::allclose(streamed.masked_select(keep), whole.masked_select(keep), 1e-9, 1e-12))
+        << kernel << ": max diff " << (streamed - whole).masked_select(keep).abs().max().item<double>();
+    EXPECT_GT(whole.masked_select(keep).abs().min().item<double>(), 0) << kernel << ": real outputs vanished";
+
+    auto y = rows_of_norm(1, T, 7);                     // exponents about -49
+    y.narrow(1, T - 1, 1).copy_(rows_of_norm(1, 1, 0.3));  // the last key's about 0
+    auto full = run_mixer(m, y, true), prefix = run_mixer(m, y.narrow(1, 0, T - 1), true);
+    EXPECT_TRUE(torch::allclose(full.narrow(1, 0, T - 1), prefix, 1e-9, 1e-12))
+        << kernel << ": max diff " << (full.narrow(1, 0, T - 1) - prefix).abs().max().item<double>();
+  }
+}
+
+// The real tokens' outputs do not depend on how much padding the batch carries, left or right.
+TEST(LearnedKernel, RealOutputsDoNotDependOnPaddingLength) {
+  const int64_t n = 9;
+  auto real = torch::randn({1, n, kC}, torch::kDouble);
+  for (const char* kernel : {"gmm_prf", "gmm_rks"}) {
+    auto m = build_mixer("learned_kernel", {{"kernel", kernel}, {"features", 8}, {"chunk", 3}}, kC, kH);
+    for (bool causal : {false, true}) {
+      torch::Tensor first;
+      for (auto lr : std::vector<std::pair<int64_t, int64_t>>{{0, 0}, {0, 7}, {5, 0}, {3, 11}}) {
+        const int64_t T = lr.first + n + lr.second;
+        auto x = torch::randn({2, T, kC}, torch::kDouble) * 3;
+        x[0].narrow(0, lr.first, n).copy_(real[0]);
+        auto pad = torch::zeros({2, T}, torch::kBool);
+        pad[0].narrow(0, 0, lr.first).fill_(true);
+        pad[0].narrow(0, lr.first + n, lr.second).fill_(true);
+        auto y = run_mixer(m, x, causal, pad)[0].narrow(0, lr.first, n);
+        if (!first.defined()) first = y;
+        EXPECT_TRUE(torch::allclose(y, first, 1e-10, 1e-12))
+            << kernel << " left " << lr.first << " right " << lr.second << " causal=" << causal;
+      }
+    }
+  }
 }
 
 }  // namespace

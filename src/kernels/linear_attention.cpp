@@ -4,10 +4,22 @@
 
 namespace longseq {
 
+namespace {
+
+// num / (den + eps), 0 where that sum is exactly 0 (no key visible, or every weight underflowed), so
+// eps = 0 is allowed: then a constant factor on all key features cancels exactly (the FAVOR+ stabilizers).
+torch::Tensor guarded_ratio(const torch::Tensor& num, const torch::Tensor& den, double eps) {
+  auto d = eps != 0 ? den + eps : den;
+  auto nz = d != 0;
+  return num / torch::where(nz, d, torch::ones_like(d)) * nz.to(num.dtype());
+}
+
+}  // namespace
+
 torch::Tensor linear_attention(const torch::Tensor& fq, const torch::Tensor& fk, const torch::Tensor& v, double eps) {
   auto S = torch::matmul(fk.transpose(-1, -2), v);  // [B, H, M, D]
   auto z = fk.sum(2);                                // [B, H, M]
-  return torch::matmul(fq, S) / (torch::matmul(fq, z.unsqueeze(-1)) + eps);
+  return guarded_ratio(torch::matmul(fq, S), torch::matmul(fq, z.unsqueeze(-1)), eps);
 }
 
 torch::Tensor causal_prefix_products(const torch::Tensor& a, const torch::Tensor& b, const torch::Tensor& v,
@@ -26,7 +38,10 @@ torch::Tensor causal_prefix_products(const torch::Tensor& a, const torch::Tensor
   auto q = grouped(a), k = grouped(b), vv = grouped(v);
   auto inside = torch::matmul(torch::matmul(q, k.transpose(-1, -2)).tril(), vv);  // j <= i inside the chunk
   auto kv = torch::matmul(k.transpose(-1, -2), vv);  // [B, H, N, M, E]: each chunk's sum of b_j v_j^T
-  auto before = torch::cumsum(kv, 2) - kv;            // sums of the chunks before each chunk
+  // Sums of the chunks before each chunk: a shifted cumsum, not cumsum - kv, which cancels catastrophically
+  // when a later chunk's keys dominate (e.g. a key far above the earlier ones under the FAVOR+ stabilizer).
+  auto before = N > 1 ? torch::constant_pad_nd(torch::cumsum(kv.narrow(2, 0, N - 1), 2), {0, 0, 0, 0, 1, 0})
+                      : torch::zeros_like(kv);
   if (state && state->defined()) before = before + state->unsqueeze(2);
   auto y = (inside + torch::matmul(q, before)).view({B, H, N * c, E});
   if (state) {
@@ -44,7 +59,7 @@ torch::Tensor causal_linear_attention(const torch::Tensor& fq, const torch::Tens
   if (state && state->S.defined()) sums = torch::cat({state->S, state->z.unsqueeze(-1)}, -1);
   auto nd = causal_prefix_products(fq, fk, torch::cat({v, ones}, -1), chunk, state ? &sums : nullptr);
   if (state) state->S = sums.narrow(-1, 0, D), state->z = sums.select(-1, D);
-  return nd.narrow(-1, 0, D) / (nd.narrow(-1, D, 1) + eps);
+  return guarded_ratio(nd.narrow(-1, 0, D), nd.narrow(-1, D, 1), eps);
 }
 
 torch::Tensor kernelized_attention(const torch::Tensor& fq, const torch::Tensor& fk, const torch::Tensor& v,

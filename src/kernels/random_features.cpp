@@ -32,8 +32,8 @@ torch::Tensor favor_exponents(const torch::Tensor& x, const torch::Tensor& W, do
 torch::Tensor grow_key_max(LinearAttentionState& sums, torch::Tensor& key_max, const torch::Tensor& c) {
   if (!key_max.defined()) return key_max = c;
   auto grown = torch::maximum(key_max, c);
-  if (sums.S.defined()) {
-    auto f = torch::exp(key_max - grown);
+  if (sums.S.defined()) {  // -inf = no real key yet (the sums are 0): no rescaling, and no -inf - -inf
+    auto f = torch::where(grown == key_max, torch::ones_like(grown), torch::exp(key_max - grown));
     sums.S = sums.S * f.view({f.size(0), f.size(1), 1, 1});
     sums.z = sums.z * f.unsqueeze(-1);
   }
@@ -54,8 +54,7 @@ torch::Tensor favor_key_max(const torch::Tensor& e, const torch::Tensor& key_pad
   auto m = std::get<0>(e.max(-1));  // [B, H, T]
   if (key_padding.defined())
     m = m.masked_fill(key_padding.to(torch::kBool).unsqueeze(1), -std::numeric_limits<double>::infinity());
-  auto c = std::get<0>(m.max(-1));
-  return c.masked_fill(torch::isinf(c), 0.0);  // all keys padded: any constant will do
+  return std::get<0>(m.max(-1));  // -inf where every key is padding
 }
 
 FeaturePair favor_features(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& W,
@@ -64,6 +63,7 @@ FeaturePair favor_features(const torch::Tensor& q, const torch::Tensor& k, const
   auto ek = favor_exponents(k, W, norm_weight);
   auto c = favor_key_max(ek, key_padding);
   if (key_max) c = grow_key_max(*sums, *key_max, c);
+  c = c.masked_fill(torch::isinf(c), 0.0);  // no real key (yet): these features are all zeroed, any constant will do
   return {favor_query_features(favor_exponents(q, W, norm_weight)),
           zero_padded(favor_key_features(ek, c), key_padding)};
 }

@@ -14,6 +14,7 @@
 #include <torch/fft.h>
 
 #include <cmath>
+#include <limits>
 
 #include "longseq/common.h"
 #include "longseq/kernels/random_features.h"
@@ -28,15 +29,15 @@ namespace {
 constexpr int64_t kBlockValues = int64_t(1) << 22;
 
 // sum_l fq[:, l] * (C (fk[:, l] * v1)) for one sequence and head: fq, fk [T, lb], v1 [T, E],
-// c [Lf] the circulant's first column -> [T, E].
+// c [Lf] the circulant's first column -> [T, E], computed in `work` precision, returned in fq's.
 torch::Tensor toeplitz_block(const torch::Tensor& fq, const torch::Tensor& fk, const torch::Tensor& v1,
-                             const torch::Tensor& c) {
+                             const torch::Tensor& c, torch::ScalarType work) {
   const int64_t T = fq.size(0), lb = fq.size(1), E = v1.size(1), Lf = c.size(0);
-  auto u = (fk.unsqueeze(-1) * v1.unsqueeze(1)).reshape({T, lb * E});
+  auto u = (fk.to(work).unsqueeze(-1) * v1.to(work).unsqueeze(1)).reshape({T, lb * E});
   auto fu = torch::fft::rfft(u, Lf, 0);
-  auto fc = torch::fft::rfft(c, Lf, 0).unsqueeze(-1);
+  auto fc = torch::fft::rfft(c.to(work), Lf, 0).unsqueeze(-1);
   auto n = torch::fft::irfft(fu * fc, Lf, 0).narrow(0, 0, T).view({T, lb, E});
-  return (n * fq.unsqueeze(-1)).sum(1);
+  return (n * fq.to(work).unsqueeze(-1)).sum(1).to(fq.scalar_type());
 }
 
 // Feature blocks of the Toeplitz products: forward without a graph, backward recomputing block by block.
@@ -44,12 +45,14 @@ class ToeplitzFeatureProducts : public torch::autograd::Function<ToeplitzFeature
  public:
   // fq, fk [N, T, M]; v1 [N, T, E]; c [N, Lf] -> [N, T, E]
   static torch::Tensor forward(torch::autograd::AutogradContext* ctx, const torch::Tensor& fq, const torch::Tensor& fk,
-                               const torch::Tensor& v1, const torch::Tensor& c) {
+                               const torch::Tensor& v1, const torch::Tensor& c, bool wide) {
     ctx->save_for_backward({fq, fk, v1, c});
+    ctx->saved_data["wide"] = wide;
+    const auto work = wide ? torch::kDouble : fq.scalar_type();
     torch::NoGradGuard ng;
     auto out = torch::zeros({fq.size(0), fq.size(1), v1.size(2)}, v1.options());
     for_blocks(fq, v1, c, [&](int64_t n, int64_t l0, int64_t lb) {
-      out[n] += toeplitz_block(fq[n].narrow(1, l0, lb), fk[n].narrow(1, l0, lb), v1[n], c[n]);
+      out[n] += toeplitz_block(fq[n].narrow(1, l0, lb), fk[n].narrow(1, l0, lb), v1[n], c[n], work);
     });
     return out;
   }
@@ -59,6 +62,7 @@ class ToeplitzFeatureProducts : public torch::autograd::Function<ToeplitzFeature
     auto s = ctx->get_saved_variables();
     const auto &fq = s[0], &fk = s[1], &v1 = s[2], &c = s[3];
     auto g = grads[0];
+    const auto work = ctx->saved_data["wide"].toBool() ? torch::kDouble : fq.scalar_type();
     auto dfq = torch::zeros_like(fq), dfk = torch::zeros_like(fk), dv = torch::zeros_like(v1), dc = torch::zeros_like(c);
     for_blocks(fq, v1, c, [&](int64_t n, int64_t l0, int64_t lb) {
       torch::AutoGradMode on(true);
@@ -66,13 +70,13 @@ class ToeplitzFeatureProducts : public torch::autograd::Function<ToeplitzFeature
       auto k = fk[n].narrow(1, l0, lb).detach().requires_grad_(true);
       auto v = v1[n].detach().requires_grad_(true);
       auto cc = c[n].detach().requires_grad_(true);
-      auto d = torch::autograd::grad({toeplitz_block(q, k, v, cc)}, {q, k, v, cc}, {g[n]});
+      auto d = torch::autograd::grad({toeplitz_block(q, k, v, cc, work)}, {q, k, v, cc}, {g[n]});
       dfq[n].narrow(1, l0, lb) += d[0];
       dfk[n].narrow(1, l0, lb) += d[1];
       dv[n] += d[2];
       dc[n] += d[3];
     });
-    return {dfq, dfk, dv, dc};
+    return {dfq, dfk, dv, dc, torch::Tensor()};
   }
 
  private:
@@ -98,6 +102,7 @@ class KernelRpeImpl : public MixerImpl {
         head_dim_(a.d_model / a.n_heads),
         max_distance_(a.options["max_distance"]),
         normalize_(a.options["normalize"]),
+        wide_fft_(a.options["fft_precision"].get<std::string>() == "float64"),
         eps_(a.options["eps"]) {
     const bool bias = a.options["bias"].get<bool>();
     qkv_ = register_module("qkv", torch::nn::Linear(torch::nn::LinearOptions(a.d_model, 3 * a.d_model).bias(bias)));
@@ -127,9 +132,18 @@ class KernelRpeImpl : public MixerImpl {
     auto c = circulant_column(T, Lf, ctx.causal).to(x.scalar_type());        // [H, Lf]
     auto flat = [&](const torch::Tensor& t) { return t.reshape({B * H, T, t.size(3)}); };
     auto nd = ToeplitzFeatureProducts::apply(flat(f.q), flat(f.k), flat(v1),
-                                             c.unsqueeze(0).expand({B, H, Lf}).reshape({B * H, Lf}));
+                                             c.unsqueeze(0).expand({B, H, Lf}).reshape({B * H, Lf}), wide_fft_);
     nd = nd.view({B, H, T, D + 1});
-    auto y = nd.narrow(-1, 0, D) / (nd.narrow(-1, D, 1) + eps_);
+    // The true denominator is positive, but FFT round-off is relative to the largest entries, so a row whose
+    // visible weights e^b are all small can come out ~0 or negative. Floor it at that noise level (sec. 3.2's
+    // FFT; the pitfall of the sheet): max_r e^{b_r} = 1 bounds C, so phi(q_i)^T sum_j phi(k_j) bounds every row.
+    const double unit = wide_fft_ ? std::numeric_limits<double>::epsilon()
+                        : x.scalar_type() == torch::kDouble ? std::numeric_limits<double>::epsilon()
+                                                            : std::numeric_limits<float>::epsilon();
+    auto bound = torch::matmul(f.q, f.k.sum(2).unsqueeze(-1)).detach();  // [B, H, T, 1]
+    auto floor = bound * (unit * std::sqrt(double(Lf)));
+    auto den = torch::maximum(nd.narrow(-1, D, 1) + eps_, floor);
+    auto y = nd.narrow(-1, 0, D) / torch::where(den > 0, den, torch::ones_like(den)) * (den > 0).to(den.dtype());
     return out_(merge_heads(y));
   }
 
@@ -138,19 +152,20 @@ class KernelRpeImpl : public MixerImpl {
   // i < T, c[Lf - r] = e^{b_r} for 0 < r < T (0 when causal), zeros between. b minus its max (cancels).
   torch::Tensor circulant_column(int64_t T, int64_t Lf, bool causal) const {
     auto b = rpe_ - std::get<0>(rpe_.detach().max(-1, true));
-    auto offsets = torch::arange(T, torch::kLong).clamp_max(max_distance_);  // |r| clipped
+    auto lopts = rpe_.options().dtype(torch::kLong);
+    auto offsets = torch::arange(T, lopts).clamp_max(max_distance_);  // |r| clipped
     auto past = torch::exp(b.index_select(1, max_distance_ - offsets));     // e^{b_{-i}}, i = 0..T-1
     auto middle = torch::zeros({heads_, Lf - 2 * T + 1}, b.options());
     auto tail = torch::zeros({heads_, T - 1}, b.options());
     if (!causal && T > 1) {  // c[Lf - r] = e^{b_r}: r = T-1 .. 1 in order of position
-      auto r = torch::arange(T - 1, 0, -1, torch::kLong).clamp_max(max_distance_);
+      auto r = torch::arange(T - 1, 0, -1, lopts).clamp_max(max_distance_);
       tail = torch::exp(b.index_select(1, max_distance_ + r));
     }
     return torch::cat({past, middle, tail}, 1);
   }
 
   int64_t heads_, head_dim_, max_distance_;
-  bool normalize_;
+  bool normalize_, wide_fft_;
   double eps_;
   torch::nn::Linear qkv_{nullptr}, out_{nullptr};
   torch::Tensor rpe_;         // [H, 2 max_distance + 1], b_r at r + max_distance
@@ -171,10 +186,17 @@ MixerInfo kernel_rpe_mixer_info() {
       {"normalize", OptionType::Bool, true, "l2-normalize queries and keys before the features (sec. 3.3)"},
       {"orthogonal", OptionType::Bool, true, "orthogonal random features (drawn once per layer)"},
       {"seed", OptionType::Int, 0, "seed of the random features", 0, 1e15},
-      {"eps", OptionType::Float, 1e-12, "added to the denominator", 0.0, 1.0},
+      {"fft_precision", OptionType::String, "float64", "float64: the Toeplitz products run in double precision "
+                                                       "(float32 round-off, relative to the largest entry, swamps "
+                                                       "rows whose visible biases are all low); input: in the "
+                                                       "input's precision (faster, for narrow bias ranges)",
+       -1e300, 1e300, {"float64", "input"}},
+      {"eps", OptionType::Float, 1e-12, "added to the denominator (which is also floored at the FFT's round-off "
+                                        "level, so it never comes out <= 0)", 0.0, 1.0},
       {"bias", OptionType::Bool, true, "bias terms in the projections"},
   };
   info.make = [](const MixerArgs& a) -> Mixer { return std::make_shared<KernelRpeImpl>(a); };
+  info.sparse_options = {{"features", 4}, {"max_distance", 3}};  // M < D features; offsets clipped inside T
   info.flops = [](const FlopQuery& f) {  // projections; features; per column one forward and one inverse real FFT
     const double M = f.options["features"].get<double>(), D = double(f.C) / f.H;
     const double Lf = double(fft_length(f.T)), cols = f.B * f.H * M * (D + 1);

@@ -121,13 +121,14 @@ MixerInfo learned_kernel_mixer_info() {
       {"redraw", OptionType::Int, 1, "draw new noise every this many training forwards (0 = never)", 0, 1e12},
       {"seed", OptionType::Int, 0, "seed of the noise draws", 0, 1e15},
       {"chunk", OptionType::Int, 128, "causal: positions per chunk of the prefix sums", 1, 1e6},
-      {"eps", OptionType::Float, 1e-12, "added to the denominator (official: 1e-6; tiny here because the PRF "
-                                        "stabilizers scale the denominator; RKS denominators can be <= 0 either way)",
-       0.0, 1.0},
+      {"eps", OptionType::Float, 0.0, "added to the denominator (official: 1e-6). 0 = exact: the gmm_prf stabilizers "
+                                      "cancel and a query that sees no real key returns 0; a positive value does not "
+                                      "cancel with them. gmm_rks denominators can be <= 0 either way", 0.0, 1.0},
       {"bias", OptionType::Bool, true, "bias terms in the projections"},
   };
   info.make = [](const MixerArgs& a) -> Mixer { return std::make_shared<LearnedKernelImpl>(a); };
   info.streams = true;
+  info.sparse_options = {{"features", 8}, {"chunk", 3}};  // few features; several chunks of prefix sums
   info.flops = [](const FlopQuery& f) {  // projections; features of Q and K; phi(K)^T V and phi(Q) S
     const double M = f.options["features"].get<double>();
     const double c = f.causal ? std::min<double>(f.options["chunk"].get<double>(), f.T) : 0;

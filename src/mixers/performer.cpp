@@ -7,7 +7,9 @@
 // Stabilizers (the official code's, not the paper's equations): each query row
 // minus its own max, all keys of a (batch, head) minus their common max; both
 // are constants that cancel. Unlike the official code no epsilon is added
-// inside the features, so the stabilizers cancel exactly (streamed == whole).
+// inside the features or (by default) to the denominator, so the stabilizers
+// cancel exactly: streamed == whole, and a later key far above the earlier
+// ones leaves earlier causal outputs alone (a zero denominator gives 0).
 // W is a buffer (saved with the model), redrawn every `redraw` training forwards.
 #include <cmath>
 
@@ -112,12 +114,14 @@ MixerInfo performer_mixer_info() {
        0, 1e12},
       {"seed", OptionType::Int, 0, "seed of the draws (each layer and each redraw gets its own stream)", 0, 1e15},
       {"chunk", OptionType::Int, 128, "causal: positions per chunk of the prefix sums", 1, 1e6},
-      {"eps", OptionType::Float, 1e-12, "added to the denominator (the stabilizers keep the largest key feature at "
-                                        "1/sqrt(M), so it only guards all-padded prefixes)", 0.0, 1.0},
+      {"eps", OptionType::Float, 0.0, "added to the denominator (official: 1e-6). 0 = exact: the stabilizers cancel "
+                                      "and a query that sees no real key returns 0; a positive value does not cancel "
+                                      "with the key stabilizer, so later keys then move earlier causal outputs", 0.0, 1.0},
       {"bias", OptionType::Bool, true, "bias terms in the projections"},
   };
   info.make = [](const MixerArgs& a) -> Mixer { return std::make_shared<PerformerImpl>(a); };
   info.streams = true;
+  info.sparse_options = {{"features", 8}, {"chunk", 3}};  // M < D: a coarse estimate; several chunks of prefix sums
   info.flops = [](const FlopQuery& f) {  // projections; features of Q and K; phi(K)^T V and phi(Q) S (+ chunk products)
     const double M = f.options["features"].get<double>();
     const double c = f.causal ? std::min<double>(f.options["chunk"].get<double>(), f.T) : 0;

@@ -1,17 +1,25 @@
 // "routing": Routing Transformer attention. Roy, Saffar, Vaswani, Grangier
 // 2021, "Efficient Content-Based Sparse Attention with Routing Transformers",
 // sec. 4 (routing attention, online k-means), with the balanced clusters of
-// the authors' code: centroid c takes the w = ceil(T/k) tokens nearest to it,
-// attention runs inside each cluster (shared QK, LN-normalized, slots sorted by
-// position, causal by position), and a token's output is the mean over the
-// clusters that took it (zero if none). Centroids are buffers updated by an
-// exponential moving average of the normalized queries assigned to them (the
-// nearest centroid), in training only, never by gradients.
+// the authors' code: centroid c takes the w tokens nearest to it, attention
+// runs inside each cluster (LN-normalized queries and keys, causal by
+// position), and a token's output is the mean over the clusters that took it
+// (zero if none). The paper's form fixes the cluster size w and uses k =
+// ceil(n / w) clusters for n real tokens (O(n w); k ~ sqrt(n) gives O(n^1.5));
+// `clusters` > 0 fixes k instead (w = ceil(n / k), O(n^2 / k)). Decoder
+// heads share QK (k := q, the code's share_qk); bidirectional heads may have
+// their own keys, clustered by the same centroids (the official encoder).
+// Centroids are buffers updated by an exponential moving average of the
+// normalized queries (and keys) assigned to them (the nearest centroid), in
+// training only, never by gradients.
 // Local heads: blocks of b queries attend to their own block and the previous
 // one (and the next one when bidirectional), as the paper's models mix them.
+// Padding counts nowhere: each row's real tokens are moved to the front
+// first, so cluster sizes and block boundaries follow the real tokens only.
 // Not strictly causal with k > 1: a later token can push an earlier one out.
 #include <algorithm>
 #include <cmath>
+#include <limits>
 
 #include "longseq/common.h"
 #include "longseq/kernels/gathered_attention.h"
@@ -25,80 +33,152 @@ namespace {
 
 constexpr double kLaplace = 1e-5;
 
+int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+// Centroids per routing head: a fixed k, or enough clusters of `cluster_size` for `max_len` tokens.
+int64_t centroid_count(const Json& o) {
+  const int64_t k = o["clusters"].get<int64_t>();
+  return k > 0 ? k : ceil_div(o["max_len"].get<int64_t>(), o["cluster_size"].get<int64_t>());
+}
+
+int64_t routing_head_count(const Json& o, int64_t heads) {
+  const int64_t r = o["routing_heads"].get<int64_t>();
+  return r < 0 ? (heads + 1) / 2 : std::min(r, heads);
+}
+
 class RoutingImpl : public MixerImpl {
  public:
   explicit RoutingImpl(const MixerArgs& a)
       : heads_(a.n_heads),
         head_dim_(a.d_model / a.n_heads),
-        clusters_(a.options["clusters"]),
+        routing_heads_(routing_head_count(a.options, a.n_heads)),
+        fixed_clusters_(a.options["clusters"]),
+        cluster_size_(a.options["cluster_size"]),
+        centroids_(centroid_count(a.options)),
         local_block_(a.options["local_window"]),
+        shared_qk_(a.options["shared_qk"]),
         decay_(a.options["decay"]) {
-    const int64_t r = a.options["routing_heads"].get<int64_t>();
-    routing_heads_ = r < 0 ? (a.n_heads + 1) / 2 : std::min(r, a.n_heads);
     const bool bias = a.options["bias"].get<bool>();
-    qkv_ = register_module("qkv", torch::nn::Linear(torch::nn::LinearOptions(a.d_model, 3 * a.d_model).bias(bias)));
+    // [q (all heads) | k (the heads that use keys: local ones, and routing ones without shared QK) | v (all heads)]
+    key_heads_ = shared_qk_ ? heads_ - routing_heads_ : heads_;
+    const int64_t width = 2 * a.d_model + key_heads_ * head_dim_;
+    qkv_ = register_module("qkv", torch::nn::Linear(torch::nn::LinearOptions(a.d_model, width).bias(bias)));
     out_ = register_module("out", torch::nn::Linear(torch::nn::LinearOptions(a.d_model, a.d_model).bias(bias)));
-    auto init = torch::layer_norm(torch::randn({routing_heads_, clusters_, head_dim_}), {head_dim_});
+    auto init = torch::layer_norm(torch::randn({routing_heads_, centroids_, head_dim_}), {head_dim_});
     means_ = register_buffer("means", init);
     ema_sums_ = register_buffer("ema_sums", init.clone());
-    ema_counts_ = register_buffer("ema_counts", torch::ones({routing_heads_, clusters_}));
+    ema_counts_ = register_buffer("ema_counts", torch::ones({routing_heads_, centroids_}));
   }
 
   torch::Tensor forward(const torch::Tensor& x, MixContext& ctx) override {
     TORCH_CHECK(x.dim() == 3, "routing: x must be [B, T, C], got ", x.sizes());
     TORCH_CHECK(!ctx.state, "routing: does not stream (decode by recomputing the sequence)");
-    auto qkv = qkv_(x).chunk(3, -1);
-    auto q = split_heads(qkv[0], heads_), k = split_heads(qkv[1], heads_), v = split_heads(qkv[2], heads_);
-    auto pad = ctx.padding_mask.defined() ? ctx.padding_mask.to(torch::kBool) : torch::Tensor();
+    TORCH_CHECK(shared_qk_ || !ctx.causal || routing_heads_ == 0,
+                "routing: shared_qk false is bidirectional only (the official encoder); causal routing shares QK");
+    const int64_t B = x.size(0), T = x.size(1), C = x.size(2);
+    // Real tokens first, in order (a stable sort on the padding flag): padding then changes no cluster size
+    // and no block boundary. The mixer is per-token outside attention, so permuting x permutes the output.
+    torch::Tensor pad, order;
+    if (ctx.padding_mask.defined()) {
+      auto p = ctx.padding_mask.to(torch::kBool);
+      auto key = p.to(torch::kLong) * T + torch::arange(T, x.options().dtype(torch::kLong)).unsqueeze(0);
+      order = std::get<1>(key.sort(-1));  // [B, T]
+      pad = p.gather(1, order);           // right padding only
+    }
+    auto xs = order.defined() ? x.gather(1, order.unsqueeze(-1).expand({B, T, C})) : x;
+    auto proj = qkv_(xs);
+    const int64_t Ck = key_heads_ * head_dim_;
+    auto q = split_heads(proj.narrow(-1, 0, C), heads_), v = split_heads(proj.narrow(-1, C + Ck, C), heads_);
+    auto k = key_heads_ > 0 ? split_heads(proj.narrow(-1, C, Ck), key_heads_) : torch::Tensor();
     const int64_t Hr = routing_heads_, Hl = heads_ - Hr;
     std::vector<torch::Tensor> parts;
-    if (Hr > 0) parts.push_back(routed(q.narrow(1, 0, Hr), v.narrow(1, 0, Hr), pad, ctx.causal));
-    if (Hl > 0) parts.push_back(local(q.narrow(1, Hr, Hl), k.narrow(1, Hr, Hl), v.narrow(1, Hr, Hl), pad, ctx.causal));
-    return out_(merge_heads(parts.size() == 1 ? parts[0] : torch::cat(parts, 1)));
+    if (Hr > 0)
+      parts.push_back(routed(q.narrow(1, 0, Hr), shared_qk_ ? torch::Tensor() : k.narrow(1, 0, Hr),
+                             v.narrow(1, 0, Hr), pad, ctx.causal));
+    if (Hl > 0)
+      parts.push_back(local(q.narrow(1, Hr, Hl), k.narrow(1, key_heads_ - Hl, Hl), v.narrow(1, Hr, Hl), pad,
+                            ctx.causal));
+    auto y = out_(merge_heads(parts.size() == 1 ? parts[0] : torch::cat(parts, 1)));
+    return order.defined() ? torch::zeros_like(y).scatter(1, order.unsqueeze(-1).expand({B, T, C}), y) : y;
   }
 
  private:
-  torch::Tensor routed(const torch::Tensor& q, const torch::Tensor& v, const torch::Tensor& pad, bool causal) {
-    const int64_t B = q.size(0), H = q.size(1), T = q.size(2), D = q.size(3), K = clusters_;
-    const int64_t w = (T + K - 1) / K;
+  // q, v [B, H, T, D]; k undefined (shared QK) or [B, H, T, D]; pad [B, T] right padding or undefined.
+  torch::Tensor routed(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v, const torch::Tensor& pad,
+                       bool causal) {
+    const int64_t B = q.size(0), H = q.size(1), T = q.size(2), D = q.size(3);
+    auto lopts = q.options().dtype(torch::kLong);
+    // Per row: n real tokens, k_b clusters of w_b (the paper's k = ceil(n / w); fixed k: w = ceil(n / k);
+    // beyond the centroids sized by max_len the clusters grow).
+    auto n = pad.defined() ? (~pad).sum(1) : torch::full({B}, T, lopts);
+    auto n_cpu = n.to(torch::kCPU);
+    std::vector<int64_t> kb(B), wb(B);
+    for (int64_t b = 0; b < B; ++b) {
+      const int64_t nb = n_cpu[b].item<int64_t>();
+      kb[b] = fixed_clusters_ > 0 ? fixed_clusters_ : std::clamp<int64_t>(ceil_div(nb, cluster_size_), 1, centroids_);
+      wb[b] = std::min(nb, fixed_clusters_ > 0 || ceil_div(nb, cluster_size_) > centroids_ ? ceil_div(nb, kb[b])
+                                                                                            : cluster_size_);
+    }
+    const int64_t K = *std::max_element(kb.begin(), kb.end()), W = *std::max_element(wb.begin(), wb.end());
     auto qn = torch::layer_norm(q, {D});  // no scale or bias: |qn| = sqrt(D)
+    auto kn = k.defined() ? torch::layer_norm(k, {D}) : qn;
+    if (W == 0) return torch::zeros_like(v);  // no real token anywhere
     // A recomputation (reversible backward) routes with the centroids its forward used, and updates nothing.
     const bool recompute = in_recompute() && means_used_.defined();
     if (is_training() && !recompute) means_used_ = means_.clone();
-    auto means = (recompute ? means_used_ : means_).to(q.dtype());
-    torch::Tensor idx;
+    auto means = (recompute ? means_used_ : means_).narrow(1, 0, K).to(q.dtype());
+    auto cluster = torch::arange(K, lopts).view({1, 1, K, 1});
+    auto kb_t = torch::tensor(kb, torch::kLong).to(q.device()).view({B, 1, 1, 1});
+    auto wb_t = torch::tensor(wb, torch::kLong).to(q.device()).view({B, 1, 1, 1});
+    const double lowest = std::numeric_limits<double>::lowest();
+    // Members of each cluster: its w_b nearest real tokens (rank < w_b), in the row's first k_b clusters; -1 = none.
+    auto members = [&](const torch::Tensor& xn, torch::Tensor& affinity) {
+      affinity = torch::einsum("bhtd,hkd->bhkt", {xn.detach(), means});  // [B, H, K, T]
+      if (pad.defined()) affinity = affinity.masked_fill(pad.view({B, 1, 1, T}), lowest);  // padding picked last
+      auto idx = std::get<1>(affinity.topk(W, -1));  // [B, H, K, W]
+      auto keep = (torch::arange(W, lopts).view({1, 1, 1, W}) < wb_t) & (cluster < kb_t);
+      return torch::where(keep, idx, torch::full_like(idx, -1));
+    };
+    torch::Tensor q_idx, k_idx, q_aff, k_aff;
     {
       torch::NoGradGuard ng;
-      auto affinity = torch::einsum("bhtd,hkd->bhkt", {qn.detach(), means});  // [B, H, K, T]
-      if (pad.defined()) affinity = affinity.masked_fill(pad.view({B, 1, 1, T}), -1e30);  // padding picked last
-      idx = std::get<0>(std::get<1>(affinity.topk(w, -1)).sort(-1));  // [B, H, K, w], by position
-      if (is_training() && !recompute) update_means(qn.detach(), affinity, pad);
+      q_idx = members(qn, q_aff);
+      k_idx = k.defined() ? members(kn, k_aff) : q_idx;
+      if (is_training() && !recompute) {
+        auto real_cluster = cluster.view({1, 1, K}) < kb_t.view({B, 1, 1});  // [B, 1, K]
+        update_means(qn.detach(), q_aff.masked_fill(~real_cluster.unsqueeze(-1), lowest), pad, K);
+        if (k.defined()) update_means(kn.detach(), k_aff.masked_fill(~real_cluster.unsqueeze(-1), lowest), pad, K);
+      }
     }
-    // Logits qn_a . qn_b (no 1/sqrt(D): LN sets the temperature); the primitive divides by sqrt(D).
-    auto groups = (qn * std::sqrt(static_cast<double>(D))).gather(2, idx.view({B, H, K * w, 1}).expand({B, H, K * w, D}));
-    KeySlots slots{idx, causal ? (idx.unsqueeze(-2) <= idx.unsqueeze(-1)) : torch::Tensor()};
-    auto o = gathered_attention(groups.view({B, H, K, w, D}), qn, v, slots, pad).out;  // [B, H, K, w, D]
-    auto flat = idx.view({B, H, K * w});
-    auto sum = torch::zeros({B, H, T, D}, o.options()).scatter_add(2, flat.unsqueeze(-1).expand({B, H, K * w, D}),
-                                                                    o.reshape({B, H, K * w, D}));
-    auto n = torch::zeros({B, H, T}, o.options()).scatter_add(2, flat, torch::ones({B, H, K * w}, o.options()));
-    return sum / n.clamp_min(1).unsqueeze(-1);  // mean over the clusters that took the token; 0 if none
+    // Logits qn_a . kn_b (no 1/sqrt(D): LN sets the temperature); the primitive divides by sqrt(D).
+    auto qg = (qn * std::sqrt(static_cast<double>(D)))
+                  .gather(2, q_idx.clamp_min(0).view({B, H, K * W, 1}).expand({B, H, K * W, D}));
+    KeySlots slots{k_idx, causal ? (k_idx.unsqueeze(-2) <= q_idx.unsqueeze(-1)) : torch::Tensor()};
+    auto o = gathered_attention(qg.view({B, H, K, W, D}), kn, v, slots, pad).out;  // [B, H, K, W, D]
+    // Scatter back; empty slots go to a spare row T that is dropped.
+    auto flat = torch::where(q_idx >= 0, q_idx, torch::full_like(q_idx, T)).view({B, H, K * W});
+    auto sum = torch::zeros({B, H, T + 1, D}, o.options())
+                   .scatter_add(2, flat.unsqueeze(-1).expand({B, H, K * W, D}), o.reshape({B, H, K * W, D}));
+    auto count = torch::zeros({B, H, T + 1}, o.options()).scatter_add(2, flat, torch::ones({B, H, K * W}, o.options()));
+    // Mean over the clusters that took the token; 0 if none.
+    return (sum / count.clamp_min(1).unsqueeze(-1)).narrow(2, 0, T);
   }
 
-  // Online k-means (sec. 4; the code's EMA form): nearest-centroid assignment,
-  // counts and sums decayed by lambda, means = sums / Laplace-smoothed counts.
-  void update_means(const torch::Tensor& qn, const torch::Tensor& affinity, const torch::Tensor& pad) {
-    const int64_t K = clusters_;
+  // Online k-means (sec. 4; the code's EMA form): nearest-centroid assignment among the K clusters in use,
+  // counts and sums decayed by lambda, means = sums / Laplace-smoothed counts. Centroids beyond K (sized for
+  // longer inputs) keep their state.
+  void update_means(const torch::Tensor& xn, const torch::Tensor& affinity, const torch::Tensor& pad, int64_t K) {
     auto nearest = affinity.argmax(2);  // [B, H, T]
-    auto onehot = torch::one_hot(nearest, K).to(qn.dtype());  // [B, H, T, K]
-    if (pad.defined()) onehot = onehot * (~pad).to(qn.dtype()).view({pad.size(0), 1, -1, 1});
+    auto onehot = torch::one_hot(nearest, K).to(xn.dtype());  // [B, H, T, K]
+    if (pad.defined()) onehot = onehot * (~pad).to(xn.dtype()).view({pad.size(0), 1, -1, 1});
     auto counts = onehot.sum(std::vector<int64_t>{0, 2});                                   // [H, K]
-    auto sums = torch::einsum("bhtk,bhtd->hkd", {onehot, qn});            // [H, K, D]
-    ema_counts_.mul_(decay_).add_((1 - decay_) * counts.to(ema_counts_.dtype()));
-    ema_sums_.mul_(decay_).add_((1 - decay_) * sums.to(ema_sums_.dtype()));
-    auto total = ema_counts_.sum(-1, true);
-    auto smoothed = (ema_counts_ + kLaplace) / (total + K * kLaplace) * total;
-    means_.copy_(ema_sums_ / smoothed.clamp_min(1e-12).unsqueeze(-1));
+    auto sums = torch::einsum("bhtk,bhtd->hkd", {onehot, xn});            // [H, K, D]
+    auto ema_counts = ema_counts_.narrow(1, 0, K), ema_sums = ema_sums_.narrow(1, 0, K);
+    ema_counts.mul_(decay_).add_((1 - decay_) * counts.to(ema_counts_.dtype()));
+    ema_sums.mul_(decay_).add_((1 - decay_) * sums.to(ema_sums_.dtype()));
+    auto total = ema_counts.sum(-1, true);
+    auto smoothed = (ema_counts + kLaplace) / (total + K * kLaplace) * total;
+    means_.narrow(1, 0, K).copy_(ema_sums / smoothed.clamp_min(1e-12).unsqueeze(-1));
   }
 
   // Blocks of b queries over their own block and the previous one (and the next one when bidirectional).
@@ -106,10 +186,11 @@ class RoutingImpl : public MixerImpl {
                       bool causal) const {
     const int64_t B = q.size(0), H = q.size(1), T = q.size(2), D = q.size(3);
     const int64_t b = std::min(local_block_, T), N = (T + b - 1) / b, span = causal ? 2 : 3;
-    auto kpos = (torch::arange(N) * b - b).view({N, 1}) + torch::arange(span * b).view({1, span * b});  // [N, span*b]
-    auto qpos = (torch::arange(N) * b).view({N, 1, 1}) + torch::arange(b).view({1, b, 1});
+    auto lopts = q.options().dtype(torch::kLong);
+    auto kpos = (torch::arange(N, lopts) * b - b).view({N, 1}) + torch::arange(span * b, lopts).view({1, span * b});
+    auto qpos = (torch::arange(N, lopts) * b).view({N, 1, 1}) + torch::arange(b, lopts).view({1, b, 1});
     auto valid = (kpos >= 0) & (kpos < T);
-    auto allowed = causal ? (kpos.unsqueeze(1) <= qpos) : torch::ones({N, b, span * b}, torch::kBool);
+    auto allowed = causal ? (kpos.unsqueeze(1) <= qpos) : torch::ones({N, b, span * b}, lopts.dtype(torch::kBool));
     KeySlots slots{torch::where(valid, kpos, torch::full_like(kpos, -1)).view({1, 1, N, span * b}),
                    allowed.view({1, 1, N, b, span * b})};
     auto qp = N * b > T ? torch::cat({q, torch::zeros({B, H, N * b - T, D}, q.options())}, 2) : q;
@@ -117,7 +198,9 @@ class RoutingImpl : public MixerImpl {
     return o.reshape({B, H, N * b, D}).narrow(2, 0, T);
   }
 
-  int64_t heads_, head_dim_, clusters_, local_block_, routing_heads_;
+  int64_t heads_, head_dim_, routing_heads_, fixed_clusters_, cluster_size_, centroids_, local_block_;
+  int64_t key_heads_ = 0;
+  bool shared_qk_;
   double decay_;
   torch::Tensor means_, ema_sums_, ema_counts_;
   torch::Tensor means_used_;  // the centroids the last training forward routed with
@@ -129,14 +212,23 @@ class RoutingImpl : public MixerImpl {
 MixerInfo routing_mixer_info() {
   MixerInfo info;
   info.name = "routing";
-  info.summary = "Routing Transformer: online k-means clusters (balanced), attention within clusters, plus local heads";
+  info.summary = "Routing Transformer: online k-means clusters of fixed size (balanced), attention within clusters, "
+                 "plus local heads";
   info.citation = "Roy, Saffar, Vaswani, Grangier 2021, Efficient Content-Based Sparse Attention with Routing "
                   "Transformers, sec. 4";
   info.schema = {
-      {"clusters", OptionType::Int, 16, "k centroids per routing head; each takes its ceil(T/k) nearest tokens (the "
-                                        "paper's 8K models: 16)", 1, 1e5},
+      {"cluster_size", OptionType::Int, 512, "w tokens per cluster; n real tokens use k = ceil(n / w) clusters (the "
+                                             "paper's form, O(n w); the paper's 8K models: w = 512, k = 16)", 1, 1e9},
+      {"clusters", OptionType::Int, 0, "0: k follows the length (cluster_size); > 0: a fixed k, each cluster takes "
+                                       "ceil(n / k) tokens (O(n^2 / k))", 0, 1e5},
+      {"max_len", OptionType::Int, 65536, "longest input the centroids are sized for: ceil(max_len / cluster_size) "
+                                          "per routing head; longer inputs keep that many clusters, which then grow",
+       1, 1e9},
       {"routing_heads", OptionType::Int, -1, "heads that route (the first ones); the others attend locally; -1 = half "
                                              "(the paper's enwik8 model: 4 of 8)", -1, 1e6},
+      {"shared_qk", OptionType::Bool, true, "routing heads use their queries as keys (the decoder's form); false: own "
+                                            "keys, clustered by the same centroids (the official encoder; "
+                                            "bidirectional only)"},
       {"local_window", OptionType::Int, 256, "block size b of the local heads: a block sees itself and the previous "
                                              "block (and the next when bidirectional); the paper: 256", 1, 1e9},
       {"decay", OptionType::Float, 0.999, "EMA decay lambda of the centroid update (the paper: 0.999)", 0.0, 1.0},
@@ -145,14 +237,19 @@ MixerInfo routing_mixer_info() {
   info.make = [](const MixerArgs& a) -> Mixer { return std::make_shared<RoutingImpl>(a); };
   info.strictly_causal = false;
   info.strictly_causal_options = {{"clusters", 1}};
+  info.sparse_options = {{"cluster_size", 4}, {"local_window", 4}};  // several clusters of 4, blocks of 4
   info.flops = [](const FlopQuery& f) {
-    const int64_t r = f.options["routing_heads"].get<int64_t>();
-    const double hr = r < 0 ? (f.H + 1) / 2 : std::min<int64_t>(r, f.H), hl = f.H - hr, D = double(f.C) / f.H;
-    const double K = f.options["clusters"].get<double>(), w = std::ceil(f.T / K);
+    const double hr = routing_head_count(f.options, f.H), hl = f.H - hr, D = double(f.C) / f.H;
+    const int64_t fixed = f.options["clusters"].get<int64_t>(), w0 = f.options["cluster_size"].get<int64_t>();
+    const int64_t cap = centroid_count(f.options), need = ceil_div(f.T, w0);
+    const double K = fixed > 0 ? fixed : std::clamp<int64_t>(need, 1, cap);
+    const double w = fixed > 0 || need > cap ? std::ceil(f.T / K) : std::min<double>(w0, f.T);
     const double b = std::min<double>(f.options["local_window"].get<double>(), f.T);
-    const double routed = hr * (4.0 * K * w * w * D / (f.causal ? 2 : 1) + 2.0 * f.T * K * D);
+    const double key_heads = f.options["shared_qk"].get<bool>() ? hl : f.H;
+    const double routed = hr * (4.0 * K * w * w * D / (f.causal ? 2 : 1) + 2.0 * f.T * K * D * (key_heads > hl ? 2 : 1));
     const double local = hl * 4.0 * f.T * (f.causal ? 1.5 : 3.0) * b * D;
-    return 8.0 * f.B * f.T * f.C * f.C + f.B * (routed + local);
+    const double projections = 2.0 * f.T * f.C * (3.0 * f.C + key_heads * D);  // q, v, out and the keys in use
+    return f.B * (projections + routed + local);
   };
   return info;
 }

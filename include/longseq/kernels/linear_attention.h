@@ -1,6 +1,7 @@
 // Kernelized ("linear") attention over feature maps, the shared core of the
 // linear, performer, mgk (linear variant) and learned_kernel mixers:
 //   y_i = phi(q_i)^T S_i / (phi(q_i)^T z_i + eps),  S_i = sum_j phi(k_j) v_j^T,  z_i = sum_j phi(k_j)
+// (y_i = 0 where the denominator is exactly 0, so eps = 0 is safe: nothing visible gives 0, not NaN)
 // with j over all keys (bidirectional) or j <= i (causal; Katharopoulos et al.
 // 2020, eq. 8-12). Feature width M and value width D may differ.
 #pragma once

@@ -28,12 +28,13 @@ torch::Tensor favor_query_features(const torch::Tensor& e);
 // all keys of a sequence and head, so it cancels too; e: [B, H, T, M].
 torch::Tensor favor_key_features(const torch::Tensor& e, const torch::Tensor& c);
 
-// The max of e over the features and the real keys: [B, H]. key_padding [B, T] (true = padding) or undefined.
+// The max of e over the features and the real keys: [B, H], -inf where every key is padding.
+// key_padding [B, T] (true = padding) or undefined.
 torch::Tensor favor_key_max(const torch::Tensor& e, const torch::Tensor& key_padding);
 
 // Streaming with key stabilizers: the running max `key_max` [B, H] grows to
 // include `c`; sums made under the old max are scaled down to the new one.
-// Returns the max to use for this chunk's keys.
+// A chunk without real keys (c = -inf) leaves it as it was. Returns the max to use for this chunk's keys.
 torch::Tensor grow_key_max(LinearAttentionState& sums, torch::Tensor& key_max, const torch::Tensor& c);
 
 // FAVOR+ features of queries and keys, stabilized, padded keys zeroed: q, k
