@@ -63,9 +63,8 @@ class RoutingImpl : public MixerImpl {
     const int64_t w = (T + K - 1) / K;
     auto qn = torch::layer_norm(q, {D});  // no scale or bias: |qn| = sqrt(D)
     // A recomputation (reversible backward) routes with the centroids its forward used, and updates nothing.
-    const bool recompute = in_recompute() && means_used_.defined();
-    if (is_training() && !recompute) means_used_ = means_.clone();
-    auto means = (recompute ? means_used_ : means_).to(q.dtype());
+    const bool recompute = in_recompute();
+    auto means = (is_training() ? replay_or_record(this, "means", [&] { return means_.clone(); }) : means_).to(q.dtype());
     torch::Tensor idx;
     {
       torch::NoGradGuard ng;
@@ -120,7 +119,6 @@ class RoutingImpl : public MixerImpl {
   int64_t heads_, head_dim_, clusters_, local_block_, routing_heads_;
   double decay_;
   torch::Tensor means_, ema_sums_, ema_counts_;
-  torch::Tensor means_used_;  // the centroids the last training forward routed with
   torch::nn::Linear qkv_{nullptr}, out_{nullptr};
 };
 
