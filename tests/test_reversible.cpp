@@ -75,7 +75,7 @@ std::vector<Json> drawing_mixers(bool causal) {
 
 Trunk make_drawing_trunk(bool causal) {
   auto layers = Json::array();
-  for (auto& spec : drawing_mixers(causal)) layers.push_back(spec);
+  for (auto& spec : drawing_mixers(true)) layers.push_back(spec);  // a decoder LM's trunk: yoso has no causal form
   Json j = {{"d_model", 16}, {"n_heads", 4}, {"d_ff", 32}, {"dropout", 0.1}, {"reversible", true},
             {"ff_chunks", 2}, {"layers", layers}};
   torch::manual_seed(33);
