@@ -45,8 +45,8 @@ struct ModelState;
 // `blocks`: x -> (Y1 + Y2) / 2 with X1 = X2 = x. Keeps only the last outputs;
 // the backward walks the blocks in reverse, recomputing X2 = Y2 - FF(Y1) and
 // X1 = Y1 - mix(X2) and back-propagating through each recomputation. Dropout
-// masks are replayed from the saved generator state; mixers see
-// in_recompute() and must repeat their forward's random draws.
+// masks are replayed from the saved generator state; mixers replay what that
+// forward recorded (longseq/recompute.h), so forwards may precede backwards in any order.
 torch::Tensor reversible_stack(std::vector<Block>& blocks, const torch::Tensor& x, MixContext& ctx,
                                ModelState* state, int64_t ff_chunks);
 

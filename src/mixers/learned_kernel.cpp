@@ -50,23 +50,24 @@ class LearnedKernelImpl : public MixerImpl {
     else
       log_var_ = register_parameter("log_var", torch::zeros({heads_, head_dim_}));  // s_h
     noise_ = register_buffer("noise", draw(0));
+    calls_ = register_buffer("calls", torch::zeros({}, torch::kLong));
   }
 
   torch::Tensor forward(const torch::Tensor& x, MixContext& ctx) override {
     TORCH_CHECK(x.dim() == 3, "learned_kernel: x must be [B, T, C], got ", x.sizes());
-    maybe_redraw();
+    const auto noise = maybe_redraw();
     auto* st = ctx.state ? dynamic_cast<LearnedKernelState*>(ctx.state) : nullptr;
     TORCH_CHECK(!ctx.state || st, "learned_kernel: the state passed was not made by this mixer");
     auto qkv = qkv_(x).chunk(3, -1);
     auto q = split_heads(qkv[0], heads_), k = split_heads(qkv[1], heads_), v = split_heads(qkv[2], heads_);
     FeaturePair f;
     if (rks_) {
-      auto e = noise_.to(x.scalar_type());                                             // [M/4, D]
+      auto e = noise.to(x.scalar_type());                                              // [M/4, D]
       auto base = torch::matmul(e, factor_);                                           // (L^T eps)^T: [H, n, D]
       auto plus = base + mean_.unsqueeze(1), minus = base - mean_.unsqueeze(1);
       f = {trig_features(q, plus, minus), zero_padded(trig_features(k, plus, minus), ctx.padding_mask)};
     } else {
-      auto omega = mean_.unsqueeze(1) + torch::exp(0.5 * log_var_).unsqueeze(1) * noise_.to(x.scalar_type());  // [H, M, D]
+      auto omega = mean_.unsqueeze(1) + torch::exp(0.5 * log_var_).unsqueeze(1) * noise.to(x.scalar_type());  // [H, M, D]
       f = favor_features(q, k, omega, ctx.padding_mask, 1.0, st ? &st->sums : nullptr, st ? &st->key_max : nullptr);
     }
     auto y = kernelized_attention(f.q, f.k, v, ctx.causal, chunk_, eps_, st ? &st->sums : nullptr);
@@ -89,11 +90,16 @@ class LearnedKernelImpl : public MixerImpl {
     return at::normal(0.0, 1.0, {draws_, head_dim_}, gen).to(torch::kFloat);
   }
 
-  void maybe_redraw() {
-    if (!is_training() || redraw_ <= 0 || in_recompute()) return;
-    if (++calls_ % redraw_ != 0) return;
-    torch::NoGradGuard ng;
-    noise_.copy_(draw(calls_ / redraw_));
+  // The noise this forward uses: redrawn every `redraw` training forwards, counted in the buffer calls_ (saved
+  // with the model, so a resumed run redraws on schedule); a recomputation replays its own forward's.
+  torch::Tensor maybe_redraw() {
+    if (!is_training() || redraw_ <= 0) return noise_;
+    return replay_or_record(this, "noise", [&] {
+      torch::NoGradGuard ng;
+      const int64_t n = calls_.add_(1).item<int64_t>();
+      if (n % redraw_ == 0) noise_.copy_(draw(n / redraw_));
+      return noise_.clone();
+    });
   }
 
   int64_t heads_, head_dim_;
@@ -101,7 +107,7 @@ class LearnedKernelImpl : public MixerImpl {
   int64_t draws_, redraw_, chunk_;
   double eps_;
   uint64_t seed_;
-  int64_t calls_ = 0;
+  torch::Tensor calls_;  // training forwards since construction: a buffer
   torch::nn::Linear qkv_{nullptr}, out_{nullptr};
   torch::Tensor mean_, log_var_, factor_, noise_;
 };

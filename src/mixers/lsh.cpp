@@ -56,7 +56,7 @@ class LshImpl : public MixerImpl {
     out_ = register_module("out", torch::nn::Linear(torch::nn::LinearOptions(a.d_model, a.d_model).bias(bias)));
     if (buckets_ % 2) throw Error("lsh.n_buckets must be even (h(x) = argmax([xR; -xR])), got " + std::to_string(buckets_));
     seed_ = static_cast<uint64_t>(a.options["seed"].get<int64_t>() + a.layer_index);
-    training_gen_ = at::detail::createCPUGenerator(seed_);
+    forwards_ = register_buffer("forwards", torch::zeros({}, torch::kLong));
   }
 
   torch::Tensor forward(const torch::Tensor& x, MixContext& ctx) override {
@@ -104,10 +104,9 @@ class LshImpl : public MixerImpl {
     // Rotations fresh at each training forward when rehashing; otherwise a fixed function of (seed + layer, nb),
     // so evaluation and tests see the same hashes every call. Padding goes to an extra bucket nb.
     at::Generator gen = lsh_eval_generator(seed_, nb);
-    if (is_training() && rehash_) {  // a recomputation (reversible backward) repeats the forward's draw
-      if (in_recompute() && last_state_.defined()) training_gen_.set_state(last_state_);
-      else last_state_ = training_gen_.get_state();
-      gen = training_gen_;
+    if (is_training() && rehash_) {  // draw n of (seed + layer); a recomputation replays its forward's n
+      auto n = replay_or_record(this, "draw", [&] { return forwards_.add_(1).clone(); });
+      gen = at::detail::createCPUGenerator(draw_seed(seed_, static_cast<uint64_t>(n.item<int64_t>())));
     }
     const bool fixed = !(is_training() && rehash_);
     torch::Tensor buckets;  // [B, H, R, Tp]
@@ -162,8 +161,7 @@ class LshImpl : public MixerImpl {
   int64_t heads_, head_dim_, rounds_, chunk_, buckets_;
   bool rehash_;
   uint64_t seed_;
-  at::Generator training_gen_;
-  torch::Tensor last_state_;  // training_gen_ before the last forward's draw
+  torch::Tensor forwards_;  // training forwards that drew rotations (a buffer: a resumed run continues them)
   torch::nn::Linear qv_{nullptr}, out_{nullptr};
 };
 

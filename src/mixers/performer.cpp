@@ -48,11 +48,12 @@ class PerformerImpl : public MixerImpl {
     qkv_ = register_module("qkv", torch::nn::Linear(torch::nn::LinearOptions(a.d_model, 3 * a.d_model).bias(bias)));
     out_ = register_module("out", torch::nn::Linear(torch::nn::LinearOptions(a.d_model, a.d_model).bias(bias)));
     projection_ = register_buffer("projection", draw(0));
+    calls_ = register_buffer("calls", torch::zeros({}, torch::kLong));
   }
 
   torch::Tensor forward(const torch::Tensor& x, MixContext& ctx) override {
     TORCH_CHECK(x.dim() == 3, "performer: x must be [B, T, C], got ", x.sizes());
-    maybe_redraw();
+    const auto projection = maybe_redraw();
     auto qkv = qkv_(x).chunk(3, -1);
     auto q = split_heads(qkv[0], heads_), k = split_heads(qkv[1], heads_), v = split_heads(qkv[2], heads_);
     auto* st = ctx.state ? dynamic_cast<PerformerState*>(ctx.state) : nullptr;
@@ -60,10 +61,10 @@ class PerformerImpl : public MixerImpl {
     FeaturePair f;
     if (relu_) {
       const double s = 1.0 / std::sqrt(double(features_));
-      f.q = torch::relu(torch::matmul(q, projection_.t()) * s) + kReluFeatureFloor;
-      f.k = zero_padded(torch::relu(torch::matmul(k, projection_.t()) * s) + kReluFeatureFloor, ctx.padding_mask);
+      f.q = torch::relu(torch::matmul(q, projection.t()) * s) + kReluFeatureFloor;
+      f.k = zero_padded(torch::relu(torch::matmul(k, projection.t()) * s) + kReluFeatureFloor, ctx.padding_mask);
     } else {
-      f = favor_features(q, k, projection_, ctx.padding_mask, 0.5, st ? &st->sums : nullptr,
+      f = favor_features(q, k, projection, ctx.padding_mask, 0.5, st ? &st->sums : nullptr,
                          st ? &st->key_max : nullptr);
     }
     auto y = kernelized_attention(f.q, f.k, v, ctx.causal, chunk_, eps_, st ? &st->sums : nullptr);
@@ -79,11 +80,16 @@ class PerformerImpl : public MixerImpl {
     return gaussian_projection(features_, head_dim_, orthogonal_, fixed_norms_, gen);
   }
 
-  void maybe_redraw() {
-    if (!is_training() || redraw_ <= 0 || in_recompute()) return;
-    if (++calls_ % redraw_ != 0) return;
-    torch::NoGradGuard ng;
-    projection_.copy_(draw(calls_ / redraw_));
+  // The projection this forward uses: redrawn every `redraw` training forwards, counted in the buffer calls_ (saved
+  // with the model, so a resumed run redraws on schedule); a recomputation replays its own forward's.
+  torch::Tensor maybe_redraw() {
+    if (!is_training() || redraw_ <= 0) return projection_;
+    return replay_or_record(this, "projection", [&] {
+      torch::NoGradGuard ng;
+      const int64_t n = calls_.add_(1).item<int64_t>();
+      if (n % redraw_ == 0) projection_.copy_(draw(n / redraw_));
+      return projection_.clone();
+    });
   }
 
   int64_t heads_, head_dim_, features_;
@@ -91,7 +97,7 @@ class PerformerImpl : public MixerImpl {
   int64_t redraw_, chunk_;
   double eps_;
   uint64_t seed_;
-  int64_t calls_ = 0;  // training forwards since construction (not saved: a resumed run restarts the count)
+  torch::Tensor calls_;  // training forwards since construction: a buffer
   torch::nn::Linear qkv_{nullptr}, out_{nullptr};
   torch::Tensor projection_;  // [M, D]
 };

@@ -124,9 +124,10 @@ class RoutingImpl : public MixerImpl {
     auto kn = k.defined() ? torch::layer_norm(k, {D}) : qn;
     if (W == 0) return torch::zeros_like(v);  // no real token anywhere
     // A recomputation (reversible backward) routes with the centroids its forward used, and updates nothing.
-    const bool recompute = in_recompute() && means_used_.defined();
-    if (is_training() && !recompute) means_used_ = means_.clone();
-    auto means = (recompute ? means_used_ : means_).narrow(1, 0, K).to(q.dtype());
+    const bool recompute = in_recompute();
+    auto means = (is_training() ? replay_or_record(this, "means", [&] { return means_.clone(); }) : means_)
+                     .narrow(1, 0, K)
+                     .to(q.dtype());
     auto cluster = torch::arange(K, lopts).view({1, 1, K, 1});
     auto kb_t = torch::tensor(kb, torch::kLong).to(q.device()).view({B, 1, 1, 1});
     auto wb_t = torch::tensor(wb, torch::kLong).to(q.device()).view({B, 1, 1, 1});
@@ -203,7 +204,6 @@ class RoutingImpl : public MixerImpl {
   bool shared_qk_;
   double decay_;
   torch::Tensor means_, ema_sums_, ema_counts_;
-  torch::Tensor means_used_;  // the centroids the last training forward routed with
   torch::nn::Linear qkv_{nullptr}, out_{nullptr};
 };
 

@@ -196,7 +196,7 @@ class YosoImpl : public MixerImpl {
     const bool bias = a.options["bias"].get<bool>();
     qkv_ = register_module("qkv", torch::nn::Linear(torch::nn::LinearOptions(a.d_model, 3 * a.d_model).bias(bias)));
     out_ = register_module("out", torch::nn::Linear(torch::nn::LinearOptions(a.d_model, a.d_model).bias(bias)));
-    training_gen_ = at::detail::createCPUGenerator(seed_);
+    forwards_ = register_buffer("forwards", torch::zeros({}, torch::kLong));
   }
 
   torch::Tensor forward(const torch::Tensor& x, MixContext& ctx) override {
@@ -237,15 +237,16 @@ class YosoImpl : public MixerImpl {
       auto gen = at::detail::createCPUGenerator(seed_ * 1000003 + 1);
       return at::normal(0.0, 1.0, shape, gen).to(dtype);
     }
-    if (!in_recompute() || !last_.defined()) last_ = at::normal(0.0, 1.0, shape, training_gen_);
-    return last_.to(dtype);
+    // Draw n of the seed's training stream; a recomputation (reversible backward) replays its forward's n.
+    auto n = replay_or_record(this, "draw", [&] { return forwards_.add_(1).clone(); });
+    auto gen = at::detail::createCPUGenerator(draw_seed(seed_, static_cast<uint64_t>(n.item<int64_t>())));
+    return at::normal(0.0, 1.0, shape, gen).to(dtype);
   }
 
   int64_t heads_, head_dim_, tau_, rounds_;
   bool expectation_;
   uint64_t seed_;
-  at::Generator training_gen_;
-  torch::Tensor last_;
+  torch::Tensor forwards_;  // training forwards so far (a buffer: a resumed run continues the draws)
   torch::nn::Linear qkv_{nullptr}, out_{nullptr};
 };
 
