@@ -23,7 +23,7 @@ python_free_text() { for i in $(seq 1 400); do echo "line $i: the quick brown fo
 python_free_text > "$dir/corpus.txt"
 common=(--set data.corpus=text --set data.path="$dir/corpus.txt" --set model.d_model=32 --set model.n_layers=1
         --set model.d_ff=64 --set train.steps=6 --set train.seq_len=32 --set train.batch_size=2
-        --set train.eval_batches=1 --set train.checkpoint_every=3)
+        --set train.eval_batches=1 --set train.checkpoint_every=3 --set train.warmup=2)
 
 ok "$L" info;            grep -q "## full" "$dir/out" || { echo "info lacks full"; fail=1; }
 ok "$L" info --config-keys; grep -q "seq_len" "$dir/out" || { echo "info lacks config keys"; fail=1; }

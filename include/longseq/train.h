@@ -2,11 +2,20 @@
 //
 // A run directory holds:
 //   config.json                  the validated config (defaults filled)
-//   model.safetensors            the weights (safetensors)
-//   trainer_state.safetensors    weights + AdamW moments + step, one file, so a
-//                                checkpoint is replaced by a single atomic rename
+//   model.safetensors            the weights (safetensors), written before trainer_state,
+//                                so it is never a checkpoint behind it
+//   trainer_state.safetensors    weights + AdamW moments + step, AdamW updates and the
+//                                non-finite streak, one file, so a checkpoint is
+//                                replaced by a single atomic rename
 //   metrics.jsonl                one JSON line per logged step and evaluation
 //   tokenizer.model              the SentencePiece model, when one is used
+//
+// A step line of metrics.jsonl holds step, loss, bpb, lr, grad_norm,
+// train_tokens_per_s (tokens over train_s), train_s (seconds spent in training
+// steps by this invocation: validation and checkpoint time excluded) and
+// elapsed_s (wall seconds since this invocation began training, everything
+// included). A step with a non-finite loss or gradient is skipped (no update)
+// and logged as {"step", "skipped", "lr", "nonfinite_in_a_row"}.
 #pragma once
 #include <torch/torch.h>
 
@@ -58,6 +67,8 @@ struct TrainOptions {
   bool resume = false;
   bool quiet = false;          // no progress bar
   int64_t stop_after = 0;      // stop after this step without a final checkpoint (tests: a kill)
+  // Tests: replaces each micro-batch's loss before its backward (fault injection).
+  std::function<torch::Tensor(int64_t step, const torch::Tensor& loss)> loss_hook;
 };
 
 struct TrainResult {
@@ -65,10 +76,12 @@ struct TrainResult {
   std::vector<double> losses;  // training loss per step run in this call
   EvalResult valid;
   bool stopped_by_time = false;
+  double tokens_per_s = 0;     // training tokens per second of this call, validation and checkpoints excluded
 };
 
 // New run: cfg is the config; resume: cfg is ignored unless set, and must then
-// equal the run's own config.
+// equal the run's own config. Resuming a run that has a config.json but no
+// checkpoint yet starts it at step 0; resuming a finished run only validates.
 TrainResult train_run(const RunConfig* cfg, const TrainOptions& opts);
 
 // A finished or checkpointed run, loaded for eval or generation.

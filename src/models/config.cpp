@@ -59,12 +59,17 @@ const Schema& train_schema() {
       {"accum", OptionType::Int, 1, "micro-batches accumulated per optimizer step", 1, 1 << 20},
       {"lr", OptionType::Float, 1e-3, "peak learning rate", 0.0, 10.0},
       {"min_lr_ratio", OptionType::Float, 0.1, "final learning rate as a fraction of lr", 0.0, 1.0},
-      {"warmup", OptionType::Int, 100, "linear warm-up steps", 0, 1e9},
+      {"warmup", OptionType::Int, 100,
+       "linear warm-up steps, then cosine decay to lr * min_lr_ratio at the last step; must be less than steps",
+       0, 1e9},
       {"weight_decay", OptionType::Float, 0.1, "AdamW decoupled weight decay (matrices only)", 0.0, 10.0},
       {"beta1", OptionType::Float, 0.9, "AdamW beta1", 0.0, 0.999999},
       {"beta2", OptionType::Float, 0.95, "AdamW beta2", 0.0, 0.999999},
       {"eps", OptionType::Float, 1e-8, "AdamW epsilon", 0.0, 1.0},
       {"grad_clip", OptionType::Float, 1.0, "clip the global gradient norm; 0 = off", 0.0, 1e9},
+      {"max_nonfinite_steps", OptionType::Int, 5,
+       "a step whose loss or gradient is not finite is skipped (no update) and logged; this many in a row stop "
+       "the run with an error, leaving the last checkpoint as it was", 1, 1e9},
       {"seed", OptionType::Int, 1234, "seed of initialization, batches and dropout", 0, 9e18},
       {"eval_every", OptionType::Int, 200, "validate every N steps; 0 = only at the end", 0, 1e9},
       {"eval_batches", OptionType::Int, 8, "validation batches per evaluation", 1, 1e9},
@@ -141,6 +146,12 @@ RunConfig RunConfig::from_json(const Json& j) {
   if (c.data["tokenizer"] == "byte" && c.model["vocab_size"].get<int64_t>() != 256)
     throw Error("model.vocab_size = " + std::to_string(c.model["vocab_size"].get<int64_t>()) +
                 ", but data.tokenizer = byte has 256 symbols: set model.vocab_size to 256");
+  // A warm-up that lasts the whole run never reaches the cosine, so the final rate would not be lr * min_lr_ratio.
+  if (c.train["warmup"].get<int64_t>() >= c.train["steps"].get<int64_t>())
+    throw Error("train.warmup = " + std::to_string(c.train["warmup"].get<int64_t>()) +
+                " must be less than train.steps = " + std::to_string(c.train["steps"].get<int64_t>()) +
+                ": the schedule warms up to train.lr, then decays to lr * min_lr_ratio at the last step; "
+                "lower train.warmup (0 = none)");
   if (c.model["positions"] == "learned" && c.train["seq_len"].get<int64_t>() > c.model["max_len"].get<int64_t>())
     throw Error("train.seq_len exceeds model.max_len with learned positions");
   return c;

@@ -1,6 +1,10 @@
+#include <dirent.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
+#include <cerrno>
 #include <chrono>
+#include <csignal>
 #include <cmath>
 #include <cstdio>
 #include <fstream>
@@ -44,10 +48,22 @@ void truncate_metrics(const std::string& path, int64_t step) {
   std::string line, kept;
   while (std::getline(in, line)) {
     Json j = Json::parse(line, nullptr, false);
-    if (j.is_discarded() || !j.contains("step")) continue;  // a line cut by a kill
+    if (j.is_discarded() || !j.contains("step") || !j["step"].is_number_integer()) continue;  // a line cut by a kill
     if (j["step"].get<int64_t>() <= step) kept += line + "\n";
   }
   write_file_atomic(path, kept);
+}
+
+// Whether metrics.jsonl already holds a validation line for `step`.
+bool has_validation_at(const std::string& path, int64_t step) {
+  if (!path_exists(path)) return false;
+  std::istringstream in(read_file(path));
+  std::string line;
+  while (std::getline(in, line)) {
+    Json j = Json::parse(line, nullptr, false);
+    if (!j.is_discarded() && j.contains("valid_loss") && j.value("step", Json()) == step) return true;
+  }
+  return false;
 }
 
 void append_line(const std::string& path, const Json& j) {
@@ -56,14 +72,68 @@ void append_line(const std::string& path, const Json& j) {
   out.flush();
 }
 
-void save_checkpoint(const std::string& dir, DecoderLMImpl& model, const AdamW& opt, int64_t step) {
+// Removes temporary files that a killed run left behind (name.tmp.<pid> of a
+// process that no longer exists), so a resumed run directory holds only its files.
+void remove_stale_temporaries(const std::string& dir) {
+  DIR* d = ::opendir(dir.c_str());
+  if (!d) return;
+  std::vector<std::string> stale;
+  while (dirent* e = ::readdir(d)) {
+    const std::string name = e->d_name;
+    const auto at = name.rfind(".tmp.");
+    if (at == std::string::npos || at + 5 >= name.size()) continue;
+    const std::string pid = name.substr(at + 5);
+    if (pid.find_first_not_of("0123456789") != std::string::npos || pid.size() > 9) continue;
+    const pid_t p = static_cast<pid_t>(std::stol(pid));
+    if (p != ::getpid() && ::kill(p, 0) != 0 && errno == ESRCH) stale.push_back(dir + "/" + name);
+  }
+  ::closedir(d);
+  for (const auto& f : stale) std::remove(f.c_str());
+}
+
+// A count in a checkpoint's metadata: decimal digits only, within [0, max].
+int64_t metadata_count(const TensorFile& state, const std::string& path, const std::string& key, int64_t max,
+                       const std::string& max_name, int64_t fallback) {
+  auto it = state.metadata.find(key);
+  if (it == state.metadata.end()) {
+    if (fallback >= 0) return fallback;
+    throw Error(path + " lacks the " + key + " in its metadata");
+  }
+  const std::string& v = it->second;
+  if (v.empty() || v.size() > 18 || v.find_first_not_of("0123456789") != std::string::npos)
+    throw Error(path + ": the " + key + " in its metadata is \"" + v +
+                "\", not a whole number >= 0; the checkpoint is corrupt");
+  const int64_t n = std::stoll(v);
+  if (n > max)
+    throw Error(path + ": the " + key + " in its metadata is \"" + v + "\", beyond " + max_name + " = " +
+                std::to_string(max) + "; the checkpoint is corrupt or belongs to another run");
+  return n;
+}
+
+// What a checkpoint carries besides tensors: everything that decides the rest of the run.
+struct Carried {
+  int64_t step = 0;
+  int64_t adamw_steps = 0;       // AdamW updates done (fewer than step when steps were skipped)
+  int64_t nonfinite_streak = 0;  // non-finite steps in a row just before `step`
+};
+
+// model.safetensors first: a kill between the two writes leaves the export copy
+// that eval and generate read ahead of trainer_state, never behind it.
+void save_checkpoint(const std::string& dir, DecoderLMImpl& model, const AdamW& opt, const Carried& c) {
+  TensorFile weights = module_tensors(model);
+  weights.metadata = {{"format", "pt"}, {"step", std::to_string(c.step)}};
+  save_safetensors(dir + "/model.safetensors", weights);
   TensorFile state = module_tensors(model, "model.");
   for (auto& kv : opt.state("adamw.").tensors) state.tensors.push_back(kv);
-  state.metadata = {{"format", "longseq-trainer-state"}, {"step", std::to_string(step)}};
+  state.metadata = {{"format", "longseq-trainer-state"},
+                    {"step", std::to_string(c.step)},
+                    {"adamw_steps", std::to_string(c.adamw_steps)},
+                    {"nonfinite_streak", std::to_string(c.nonfinite_streak)}};
   save_safetensors(dir + "/trainer_state.safetensors", state);
-  TensorFile weights = module_tensors(model);
-  weights.metadata = {{"format", "pt"}, {"step", std::to_string(step)}};
-  save_safetensors(dir + "/model.safetensors", weights);
+}
+
+double seconds_since(std::chrono::steady_clock::time_point t) {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t).count();
 }
 
 }  // namespace
@@ -74,12 +144,14 @@ TrainResult train_run(const RunConfig* given, const TrainOptions& opts) {
   const std::string config_path = dir + "/config.json", state_path = dir + "/trainer_state.safetensors",
                     metrics_path = dir + "/metrics.jsonl";
   RunConfig cfg;
+  bool has_checkpoint = false;
   if (opts.resume) {
+    if (!path_exists(dir)) throw Error("cannot resume: run directory " + dir + " does not exist");
     if (!path_exists(config_path)) throw Error("cannot resume: " + dir + " has no config.json");
-    if (!path_exists(state_path)) throw Error("cannot resume: " + dir + " has no checkpoint (trainer_state.safetensors)");
     cfg = load_run_config(config_path);
     if (given && given->to_json() != cfg.to_json())
       throw Error("cannot resume: the config given differs from " + config_path + "; resume without --config");
+    has_checkpoint = path_exists(state_path);  // a run killed before its first checkpoint restarts at step 0
   } else {
     if (!given) throw Error("train: a config is required for a new run");
     if (path_exists(config_path) || path_exists(state_path))
@@ -90,7 +162,7 @@ TrainResult train_run(const RunConfig* given, const TrainOptions& opts) {
   const int64_t steps = t["steps"], B = t["batch_size"], T = t["seq_len"], accum = t["accum"];
   const uint64_t seed = t["seed"];
   const int64_t log_every = t["log_every"], eval_every = t["eval_every"], ckpt_every = t["checkpoint_every"],
-                eval_n = t["eval_batches"];
+                eval_n = t["eval_batches"], max_nonfinite = t["max_nonfinite_steps"];
   const double time_limit = t["time_limit"];
 
   // Everything that can fail on bad input is checked before the run directory is touched.
@@ -111,27 +183,39 @@ TrainResult train_run(const RunConfig* given, const TrainOptions& opts) {
   torch::manual_seed(seed);
   DecoderLM model(mc);
   AdamW opt(named_params(*model), t["beta1"], t["beta2"], t["eps"], t["weight_decay"]);
-  int64_t start = 0;
-  if (opts.resume) {
+  Carried carried;
+  if (has_checkpoint) {
     TensorFile state = load_safetensors(state_path);
-    auto it = state.metadata.find("step");
-    if (it == state.metadata.end()) throw Error(state_path + " lacks the step in its metadata");
-    start = std::stoll(it->second);
+    carried.step = metadata_count(state, state_path, "step", steps, "train.steps", -1);
+    // Older checkpoints lack these two: no step was skipped before them.
+    carried.adamw_steps = metadata_count(state, state_path, "adamw_steps", carried.step, "its step", carried.step);
+    carried.nonfinite_streak =
+        metadata_count(state, state_path, "nonfinite_streak", carried.step, "its step", 0);
     load_module_tensors(*model, state, state_path, "model.");
-    opt.load_state(state, "adamw.", start, state_path);
+    opt.load_state(state, "adamw.", carried.adamw_steps, state_path);
+  }
+  const int64_t start = carried.step;
+  if (opts.resume) {
+    remove_stale_temporaries(dir);
     truncate_metrics(metrics_path, start);
   } else {
     ::mkdir(dir.c_str(), 0755);
     if (!path_exists(dir)) throw Error("cannot create run directory " + dir);
-    write_file_atomic(config_path, cfg.to_json().dump(2) + "\n");
-    if (cfg.data["tokenizer"] == "sentencepiece")
-      write_file_atomic(dir + "/tokenizer.model", read_file(cfg.data["spm_model"]));
+    remove_stale_temporaries(dir);
   }
-  if (!opts.quiet)
+  // The tokenizer before config.json: a directory with a config holds all a resume needs.
+  const std::string spm_copy = dir + "/tokenizer.model";
+  if (cfg.data["tokenizer"] == "sentencepiece" && (!opts.resume || !path_exists(spm_copy)))
+    write_file_atomic(spm_copy, read_file(cfg.data["spm_model"]));
+  if (!opts.resume) write_file_atomic(config_path, cfg.to_json().dump(2) + "\n");
+  if (!opts.quiet) {
+    std::string how;
+    if (opts.resume) how = has_checkpoint ? ", resuming at step " + std::to_string(start)
+                                          : ", resuming a run that has no checkpoint yet: starting at step 0";
     std::fprintf(stderr, "model: %lld parameters, %lld layers, train split %lld tokens%s\n",
                  static_cast<long long>(count_parameters(*model)), static_cast<long long>(mc.n_layers),
-                 static_cast<long long>(corpus.train.tokens.size(0)),
-                 opts.resume ? (", resuming at step " + std::to_string(start)).c_str() : "");
+                 static_cast<long long>(corpus.train.tokens.size(0)), how.c_str());
+  }
 
   const double train_tokens_per_byte =
       static_cast<double>(corpus.train.tokens.size(0)) / static_cast<double>(std::max<int64_t>(corpus.train.bytes, 1));
@@ -140,9 +224,11 @@ TrainResult train_run(const RunConfig* given, const TrainOptions& opts) {
   Progress progress("train", steps);
   const auto t0 = std::chrono::steady_clock::now();
   int64_t tokens_done = 0;
+  double train_s = 0;  // time in training steps only: validation and checkpoints excluded
   model->train();
   for (int64_t step = start + 1; step <= steps; ++step) {
     if (opts.stop_after > 0 && step > opts.stop_after) return result;
+    const auto step_t0 = std::chrono::steady_clock::now();
     torch::manual_seed(mix(seed, static_cast<uint64_t>(step)));
     const double lr = learning_rate(step, steps, t["warmup"], t["lr"], t["min_lr_ratio"]);
     opt.zero_grad();
@@ -152,22 +238,52 @@ TrainResult train_run(const RunConfig* given, const TrainOptions& opts) {
       Batch batch = sample_batch(corpus.train.tokens, B, T, rng);
       auto logits = model->forward(batch.input);
       auto loss = torch::nn::functional::cross_entropy(logits.reshape({-1, logits.size(-1)}), batch.target.reshape({-1}));
+      if (opts.loss_hook) loss = opts.loss_hook(step, loss);
       (loss / static_cast<double>(accum)).backward();
       loss_sum += loss.item<double>() / static_cast<double>(accum);
     }
     const double max_norm = t["grad_clip"];
     double grad_norm = max_norm > 0 ? torch::nn::utils::clip_grad_norm_(model->parameters(), max_norm)
                                     : torch::nn::utils::clip_grad_norm_(model->parameters(), 1e30);
-    opt.step(lr);
+    const bool finite = std::isfinite(loss_sum) && std::isfinite(grad_norm);
+    if (finite) {
+      opt.step(lr);
+      carried.nonfinite_streak = 0;
+    } else {
+      ++carried.nonfinite_streak;  // the update is skipped: weights and moments stay as they were
+    }
+    carried.step = step;
+    carried.adamw_steps = opt.steps();
     tokens_done += B * T * accum;
+    train_s += seconds_since(step_t0);
     result.losses.push_back(loss_sum);
     result.last_step = step;
-    const double elapsed = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    const double elapsed = seconds_since(t0);
     const double bpb = loss_sum * train_tokens_per_byte / std::log(2.0);
-    const double tps = tokens_done / std::max(elapsed, 1e-9);
-    if (step % log_every == 0 || step == 1)
+    const double tps = tokens_done / std::max(train_s, 1e-9);
+    result.tokens_per_s = tps;
+    if (!finite) {
+      const std::string what = !std::isfinite(loss_sum) ? "loss" : "gradient";
+      append_line(metrics_path, {{"step", step}, {"skipped", "non-finite " + what}, {"lr", lr},
+                                 {"nonfinite_in_a_row", carried.nonfinite_streak}});
+      std::fprintf(stderr, "%sstep %lld: non-finite %s (loss %g, gradient norm %g); update skipped, %lld in a row "
+                   "(train.max_nonfinite_steps = %lld)\n", opts.quiet ? "" : "\n", static_cast<long long>(step),
+                   what.c_str(), loss_sum, grad_norm, static_cast<long long>(carried.nonfinite_streak),
+                   static_cast<long long>(max_nonfinite));
+      if (carried.nonfinite_streak >= max_nonfinite) {
+        const bool saved = path_exists(state_path);
+        throw Error("training stopped at step " + std::to_string(step) + ": " +
+                    std::to_string(carried.nonfinite_streak) + " steps in a row had a non-finite loss or gradient "
+                    "(train.max_nonfinite_steps = " + std::to_string(max_nonfinite) + "); " +
+                    (saved ? "the last checkpoint in " + dir + " is kept as it was"
+                           : "no checkpoint was written") +
+                    "; a lower train.lr or a tighter train.grad_clip may help");
+      }
+    } else if (step % log_every == 0 || step == 1) {
       append_line(metrics_path, {{"step", step}, {"loss", loss_sum}, {"bpb", bpb}, {"lr", lr},
-                                 {"grad_norm", grad_norm}, {"tokens_per_s", tps}, {"elapsed_s", elapsed}});
+                                 {"grad_norm", grad_norm}, {"train_tokens_per_s", tps}, {"train_s", train_s},
+                                 {"elapsed_s", elapsed}});
+    }
     if (!opts.quiet) {
       char fields[160];
       std::snprintf(fields, sizeof fields, "loss %.4f | bpb %.3f | %.0f tok/s", loss_sum, bpb, tps);
@@ -178,7 +294,7 @@ TrainResult train_run(const RunConfig* given, const TrainOptions& opts) {
       auto v = evaluate_lm(*model, corpus.valid, B, T, eval_n);
       append_line(metrics_path, {{"step", step}, {"valid_loss", v.loss}, {"valid_bpb", v.bpb}});
     }
-    if (step % ckpt_every == 0 || step == steps || time_up) save_checkpoint(dir, *model, opt, step);
+    if (step % ckpt_every == 0 || step == steps || time_up) save_checkpoint(dir, *model, opt, carried);
     if (time_up) {
       result.stopped_by_time = true;
       if (!opts.quiet)
@@ -189,6 +305,8 @@ TrainResult train_run(const RunConfig* given, const TrainOptions& opts) {
   }
   if (!opts.quiet) progress.finish();
   result.valid = evaluate_lm(*model, corpus.valid, B, T, eval_n);
+  // A finished run that is resumed again already holds its final validation line.
+  if (start == steps && has_validation_at(metrics_path, steps)) return result;
   append_line(metrics_path, {{"step", result.last_step}, {"valid_loss", result.valid.loss}, {"valid_bpb", result.valid.bpb}});
   return result;
 }
