@@ -34,6 +34,14 @@ void run_bench(const BenchOptions& opts);
 // The child side: one configuration (JSON spec) -> one JSON result line on stdout.
 std::string bench_one(const Json& spec);
 
+// The median; of an even count, the mean of the two middle values.
+double median(std::vector<double> values);
+// The process's own peak resident set: reset_peak_memory() sets it to the
+// current resident set (/proc/self/clear_refs, "5"; false if refused);
+// peak_memory_mib() reads it (VmHWM of /proc/self/status).
+bool reset_peak_memory();
+double peak_memory_mib();
+
 struct RoofResult {
   double square_gflops = 0;  // 2048^3 SGEMM, all threads
   double block_gflops = 0;   // the fused kernel's block shape (128x512x64) via torch::mm, one per thread

@@ -98,13 +98,18 @@ int main(int argc, char** argv) {
 
   auto* eval = app.add_subcommand("eval", "evaluate a run: loss, bits per byte, perplexity");
   std::string run_dir, split = "test";
-  int64_t eval_batch = 0, eval_max = 0, eval_len = 0;
+  int64_t eval_batch = 0, eval_max = 0, eval_len = 0, eval_stride = 0;
   bool as_json = false;
   eval->add_option("run", run_dir, "run directory")->required();
   eval->add_option("--split", split, "train, valid or test")->check(CLI::IsMember({"train", "valid", "test"}));
   eval->add_option("--batch-size", eval_batch, "sequences per batch (default: the run's)");
   eval->add_option("--seq-len", eval_len, "tokens per sequence (default: the run's)");
   eval->add_option("--max-batches", eval_max, "at most this many batches (default: the whole split)");
+  eval->add_option("--stride", eval_stride,
+                   "sliding-window evaluation: windows start this many tokens apart and score only the targets the "
+                   "previous one did not, so each target sees at least seq-len - stride + 1 tokens; seq-len = "
+                   "non-overlapping windows (default: the run's train.eval_stride)")
+      ->check(CLI::PositiveNumber);
   eval->add_flag("--json", as_json, "print one JSON object");
 
   auto* gen = app.add_subcommand("generate", "generate text from a run");
@@ -211,8 +216,9 @@ int main(int argc, char** argv) {
       opts.resume = resume;
       opts.quiet = quiet;
       auto r = train_run(use_given ? &cfg : nullptr, opts);
-      std::printf("step %lld: validation loss %.4f nats/token, %.4f bits per byte, perplexity %.3f\n",
-                  static_cast<long long>(r.last_step), r.valid.loss, r.valid.bpb, r.valid.ppl);
+      std::printf("step %lld: validation loss %.4f nats/token, %.4f bits per byte, perplexity %.3f\n(%s)\n",
+                  static_cast<long long>(r.last_step), r.valid.loss, r.valid.bpb, r.valid.ppl,
+                  r.valid.method().c_str());
       if (sample_len > 0) {
         auto run = load_run(out_dir);
         const std::string p = "The ";
@@ -228,13 +234,24 @@ int main(int argc, char** argv) {
       auto corpus = tokenize_corpus(text, *run.tokenizer);
       const int64_t B = eval_batch > 0 ? eval_batch : run.config.train["batch_size"].get<int64_t>();
       const int64_t T = eval_len > 0 ? eval_len : run.config.train["seq_len"].get<int64_t>();
-      auto r = evaluate_lm(*run.model, corpus.split(split), B, T, eval_max);
+      const int64_t S = eval_stride > 0 ? eval_stride : std::min(T, run.config.train.value("eval_stride", int64_t{0}));
+      const auto& data = corpus.split(split);
+      auto r = evaluate_lm(*run.model, data, B, T, eval_max, S);
       if (as_json) {
         std::printf("%s\n", Json{{"split", split}, {"loss", r.loss}, {"bpb", r.bpb}, {"ppl", r.ppl},
-                                 {"tokens", r.tokens}}.dump().c_str());
+                                 {"tokens", r.tokens}, {"split_targets", r.split_targets}, {"whole_split", r.whole()},
+                                 {"seq_len", r.seq_len}, {"stride", r.stride}, {"windows", r.windows},
+                                 {"bytes", data.bytes}, {"text_bytes", data.text_bytes}, {"eval", r.method()}}
+                                .dump()
+                                .c_str());
       } else {
-        std::printf("%s: loss %.4f nats/token, %.4f bits per byte, perplexity %.3f (%lld tokens)\n", split.c_str(),
-                    r.loss, r.bpb, r.ppl, static_cast<long long>(r.tokens));
+        std::printf("%s: loss %.4f nats/token, %.4f bits per byte, perplexity %.3f (%lld tokens)\n%s\n", split.c_str(),
+                    r.loss, r.bpb, r.ppl, static_cast<long long>(r.tokens), r.method().c_str());
+        if (!data.lossless())
+          std::printf("note: the tokenizer is lossy: its tokens decode to %lld of the text's %lld bytes; bits per "
+                      "byte count the %lld\n",
+                      static_cast<long long>(data.bytes), static_cast<long long>(data.text_bytes),
+                      static_cast<long long>(data.bytes));
       }
     } else if (*gen) {
       auto run = load_run(run_dir);

@@ -110,7 +110,7 @@ TrainResult train_run(const RunConfig* given, const TrainOptions& opts) {
 
   torch::manual_seed(seed);
   DecoderLM model(mc);
-  AdamW opt(named_params(*model), t["beta1"], t["beta2"], t["eps"], t["weight_decay"]);
+  AdamW opt(named_params(*model), t["beta1"], t["beta2"], t["eps"], t["weight_decay"], decayed_parameters(*model));
   int64_t start = 0;
   if (opts.resume) {
     TensorFile state = load_safetensors(state_path);
@@ -175,8 +175,9 @@ TrainResult train_run(const RunConfig* given, const TrainOptions& opts) {
     }
     const bool time_up = time_limit > 0 && elapsed >= time_limit;
     if (eval_every > 0 && step % eval_every == 0 && step != steps && !time_up) {
-      auto v = evaluate_lm(*model, corpus.valid, B, T, eval_n);
-      append_line(metrics_path, {{"step", step}, {"valid_loss", v.loss}, {"valid_bpb", v.bpb}});
+      auto v = evaluate_lm(*model, corpus.valid, B, T, eval_n, t["eval_stride"]);
+      append_line(metrics_path,
+                  {{"step", step}, {"valid_loss", v.loss}, {"valid_bpb", v.bpb}, {"valid_eval", v.method()}});
     }
     if (step % ckpt_every == 0 || step == steps || time_up) save_checkpoint(dir, *model, opt, step);
     if (time_up) {
@@ -188,8 +189,9 @@ TrainResult train_run(const RunConfig* given, const TrainOptions& opts) {
     }
   }
   if (!opts.quiet) progress.finish();
-  result.valid = evaluate_lm(*model, corpus.valid, B, T, eval_n);
-  append_line(metrics_path, {{"step", result.last_step}, {"valid_loss", result.valid.loss}, {"valid_bpb", result.valid.bpb}});
+  result.valid = evaluate_lm(*model, corpus.valid, B, T, eval_n, t["eval_stride"]);
+  append_line(metrics_path, {{"step", result.last_step}, {"valid_loss", result.valid.loss},
+                             {"valid_bpb", result.valid.bpb}, {"valid_eval", result.valid.method()}});
   return result;
 }
 
