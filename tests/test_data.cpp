@@ -39,6 +39,42 @@ TEST(SentencePiece, TrainsLoadsAndRoundTrips) {
   EXPECT_THROW(load_sentencepiece(dir + "/corrupt.model"), Error);
 }
 
+// The tokenizers longseq trains are lossless, so bits per byte count every
+// byte of the text and generated text keeps its layout. SentencePiece's
+// defaults (NFKC, whitespace runs collapsed, newlines to spaces, a dummy
+// prefix space) fail this.
+TEST(SentencePiece, DecodingAnEncodingGivesTheTextBackByteForByte) {
+  auto dir = scratch_dir("spm_lossless");
+  std::string corpus = longseq_test::sample_text(60000);
+  corpus += "\n    def f(x):\n        return x  # indented\n\tTab\there\n";
+  write_text(dir + "/corpus.txt", corpus);
+  for (const char* type : {"unigram", "bpe"}) {
+    train_sentencepiece(dir + "/corpus.txt", dir + "/sp_" + type, 320, type);
+    auto tok = load_sentencepiece(dir + "/sp_" + type + ".model");
+    const std::vector<std::string> texts = {
+        "the lazy fox.\nattends to\n\n\na long sequence\n",  // newlines, blank lines
+        "  leading spaces, runs   of    spaces, trailing  ",       // whitespace kept as it is
+        "\tindented\n    code\r\nwith CRLF\n",                   // tabs, indentation, carriage return
+        "\xef\xac\x81 ligature, \xef\xbc\xa1 full width, \xe2\x91\xa0 circled, e\xcc\x81 combining",  // NFKC would rewrite
+        "caf\xc3\xa9 \xe2\x82\xac \xe4\xb8\xad\xe6\x96\x87 \xf0\x9f\x99\x82",  // outside the vocabulary: byte pieces
+        " ",
+        "\n",
+        corpus.substr(0, 3000),
+    };
+    for (const auto& text : texts) {
+      auto ids = tok->encode(text);
+      EXPECT_EQ(tok->decode(ids), text) << type << ": " << text;
+    }
+    // The corpus's splits count the bytes their tokens decode to, here all of them.
+    auto c = tokenize_corpus(TextSplits{corpus, texts[0] + texts[2], texts[3] + texts[4]}, *tok);
+    for (const auto* split : {&c.train, &c.valid, &c.test}) {
+      EXPECT_TRUE(split->lossless()) << type;
+      EXPECT_EQ(split->bytes, split->text_bytes) << type;
+    }
+    EXPECT_EQ(c.valid.text_bytes, static_cast<int64_t>((texts[0] + texts[2]).size()));
+  }
+}
+
 TEST(Readers, DirectoryIsReadInSortedPathOrder) {
   auto dir = scratch_dir("reader_dir");
   std::filesystem::create_directories(dir + "/b");
@@ -134,6 +170,69 @@ TEST(Batching, EvalSegmentsAreContiguousAndDisjoint) {
     }
   EXPECT_EQ(n, 10);
   EXPECT_EQ(eval_batches(tokens, 3, 10, 2).size(), 2u);
+}
+
+// The targets each evaluation scores, counted per target index: tokens are
+// arange(N), so a target's value is its index in the split.
+std::vector<int> scored_count(int64_t N, int64_t B, int64_t T, int64_t stride) {
+  std::vector<int> count(static_cast<size_t>(N), 0);
+  for (const auto& b : eval_batches(torch::arange(N, torch::kInt32), B, T, 0, stride)) {
+    EXPECT_TRUE(torch::equal(b.input + 1, b.target));
+    auto t = b.target.masked_select(b.scored);
+    for (int64_t i = 0; i < t.numel(); ++i) ++count[static_cast<size_t>(t[i].item<int64_t>())];
+  }
+  return count;
+}
+
+TEST(Batching, WholeSplitEvaluationScoresEveryTargetExactlyOnce) {
+  // N - 1 a multiple of T, not a multiple (a tail), and barely longer than one window.
+  for (int64_t N : {101, 107, 12, 11})
+    for (int64_t B : {1, 3})
+      for (int64_t stride : {0, 10, 7, 3, 1}) {
+        auto count = scored_count(N, B, 10, stride);
+        EXPECT_EQ(count[0], 0);  // the first token is never a target
+        for (int64_t t = 1; t < N; ++t)
+          EXPECT_EQ(count[static_cast<size_t>(t)], 1)
+              << "N " << N << " B " << B << " stride " << stride << " target " << t;
+      }
+  EXPECT_THROW(eval_batches(torch::arange(10, torch::kInt32), 2, 10, 0), Error);      // shorter than T + 1
+  EXPECT_THROW(eval_batches(torch::arange(100, torch::kInt32), 2, 10, 0, 11), Error);  // stride beyond T
+}
+
+// Sliding windows of T with stride s, from the definition: windows start at
+// 0, s, 2s, ... (the last one moved back to end at the split's end) and a
+// target is scored by the first window that reaches it, so it sees the
+// tokens from that window's start up to itself.
+TEST(Batching, SlidingWindowContextMatchesBruteForce) {
+  const int64_t T = 10;
+  for (int64_t N : {60, 64, 11})
+    for (int64_t s : {1, 3, 4, 10}) {
+      const int64_t last = N - 1 - T;
+      std::vector<int64_t> starts;
+      for (int64_t a = 0; a < last; a += s) starts.push_back(a);
+      starts.push_back(last);
+      std::vector<int64_t> want(static_cast<size_t>(N), -1);  // context of each target, brute force
+      for (int64_t t = 1; t < N; ++t)
+        for (int64_t a : starts)
+          if (a + T >= t) {
+            want[static_cast<size_t>(t)] = t - a;
+            break;
+          }
+      std::vector<int64_t> got(static_cast<size_t>(N), -1);
+      for (const auto& b : eval_batches(torch::arange(N, torch::kInt32), 4, T, 0, s))
+        for (int64_t r = 0; r < b.target.size(0); ++r)
+          for (int64_t j = 0; j < T; ++j)
+            if (b.scored[r][j].item<bool>()) {
+              const int64_t t = b.target[r][j].item<int64_t>();
+              EXPECT_EQ(b.input[r][0].item<int64_t>() + j + 1, t);
+              got[static_cast<size_t>(t)] = j + 1;  // window tokens up to the target: positions 0..j
+            }
+      for (int64_t t = 1; t < N; ++t) {
+        EXPECT_EQ(got[static_cast<size_t>(t)], want[static_cast<size_t>(t)]) << "N " << N << " s " << s << " t " << t;
+        // At least T - s + 1 tokens, or everything before the target.
+        EXPECT_GE(got[static_cast<size_t>(t)], std::min(t, T - s + 1)) << "N " << N << " s " << s << " t " << t;
+      }
+    }
 }
 
 }  // namespace

@@ -436,7 +436,7 @@ TEST(Schedule, WarmupThenCosineToFloor) {
 
 TEST(AdamWTest, MatchesClosedFormFirstStep) {
   auto p = torch::tensor({{1.0, -2.0}}, torch::kDouble).requires_grad_(true);
-  AdamW opt({{"p", p}}, 0.9, 0.999, 1e-8, 0.1);
+  AdamW opt({{"p", p}}, 0.9, 0.999, 1e-8, 0.1, {"p"});
   (p * torch::tensor({{3.0, -4.0}}, torch::kDouble)).sum().backward();
   opt.step(0.01);
   // First step: decay by (1 - lr*wd), then move lr * sign(g) (bias-corrected m/sqrt(v) = g/|g|).

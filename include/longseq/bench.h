@@ -38,6 +38,13 @@ std::string bench_one(const Json& spec);
 // a JSON object (discarded when none is). A failure's error is cut to one line
 // without quotes; a success without a positive median_s becomes a failure.
 Json parse_bench_child_output(const std::string& out);
+// The median; of an even count, the mean of the two middle values.
+double median(std::vector<double> values);
+// The process's own peak resident set: reset_peak_memory() sets it to the
+// current resident set (/proc/self/clear_refs, "5"; false if refused);
+// peak_memory_mib() reads it (VmHWM of /proc/self/status).
+bool reset_peak_memory();
+double peak_memory_mib();
 
 struct RoofResult {
   double square_gflops = 0;  // 2048^3 SGEMM, all threads

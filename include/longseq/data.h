@@ -53,9 +53,15 @@ TextSplits read_corpus(const Json& data_cfg);
 // "corpus text at PATH": where data.corpus reads from, for messages.
 std::string corpus_source(const Json& data_cfg);
 
+// Bits per byte divide by the bytes the tokens decode to, the bytes the model
+// really predicts. Tokenizers trained by train_sentencepiece (and the byte
+// tokenizer) are lossless, so this is the text's size; a lossy model (e.g. one
+// trained with NFKC normalization) is measured on what it keeps.
 struct TokenSplit {
-  torch::Tensor tokens;  // [N] int32
-  int64_t bytes = 0;     // UTF-8 bytes of the text, for bits per byte
+  torch::Tensor tokens;    // [N] int32
+  int64_t bytes = 0;       // bytes of decode(tokens), the denominator of bits per byte
+  int64_t text_bytes = 0;  // bytes of the text that was encoded
+  bool lossless() const { return bytes == text_bytes; }
 };
 
 struct Corpus {
@@ -66,11 +72,29 @@ Corpus tokenize_corpus(const TextSplits& text, const Tokenizer& tok);
 
 struct Batch {
   torch::Tensor input, target;  // [B, T] long
+  torch::Tensor scored;         // [B, T] bool, the targets that count (evaluation); undefined = all
 };
 // B contiguous segments of T + 1 tokens at random offsets drawn from `rng`.
 Batch sample_batch(const torch::Tensor& tokens, int64_t B, int64_t T, std::mt19937_64& rng);
-// Deterministic non-overlapping segments covering the split from its start;
-// at most `max_batches` batches of B sequences (0 = all).
-std::vector<Batch> eval_batches(const torch::Tensor& tokens, int64_t B, int64_t T, int64_t max_batches);
+
+// One evaluation window: inputs tokens[start, start + T), targets shifted by
+// one; only the targets at window positions >= first_scored count.
+struct EvalWindow {
+  int64_t start = 0, first_scored = 0;
+};
+// Windows over a split of N tokens that score each of its N - 1 targets exactly
+// once. Window k starts at k * stride and scores the targets the previous one
+// did not; a last window ends at the split's end for the remainder. With
+// stride = T they do not overlap; with stride s < T (the sliding-window
+// evaluation of e.g. Baevski & Auli 2019 and Press et al. 2021) every target
+// after the first window is predicted from at least T - s + 1 tokens.
+std::vector<EvalWindow> eval_windows(int64_t N, int64_t T, int64_t stride);
+// Windows [first, first + count) of `windows` as one batch.
+Batch eval_batch(const torch::Tensor& tokens, const std::vector<EvalWindow>& windows, size_t first, size_t count,
+                 int64_t T);
+// eval_windows in batches of B windows; at most `max_batches` batches (0 = all);
+// stride 0 = T (non-overlapping).
+std::vector<Batch> eval_batches(const torch::Tensor& tokens, int64_t B, int64_t T, int64_t max_batches,
+                                int64_t stride = 0);
 
 }  // namespace longseq

@@ -21,6 +21,7 @@
 
 #include <functional>
 #include <memory>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -28,15 +29,17 @@
 #include "longseq/data.h"
 #include "longseq/models.h"
 #include "longseq/safetensors.h"
+#include "longseq/weight_decay.h"
 
 namespace longseq {
 
 // AdamW with decoupled weight decay (Loshchilov & Hutter 2019, Algorithm 2).
-// Weight decay applies to parameters with two or more dimensions only.
+// Weight decay applies to the parameters named in `decayed` only (for a model:
+// decayed_parameters(model), see weight_decay.h).
 class AdamW {
  public:
   AdamW(std::vector<std::pair<std::string, torch::Tensor>> params, double beta1, double beta2, double eps,
-        double weight_decay);
+        double weight_decay, const std::set<std::string>& decayed = {});
   void step(double lr);
   void zero_grad();
   int64_t steps() const { return steps_; }
@@ -46,6 +49,7 @@ class AdamW {
  private:
   std::vector<std::pair<std::string, torch::Tensor>> params_;
   std::vector<torch::Tensor> m_, v_;
+  std::vector<bool> decay_;  // per parameter
   double beta1_, beta2_, eps_, weight_decay_;
   int64_t steps_ = 0;
 };
@@ -54,13 +58,21 @@ class AdamW {
 double learning_rate(int64_t step, int64_t total, int64_t warmup, double lr, double min_ratio);
 
 struct EvalResult {
-  double loss = 0;  // nats per token
-  double bpb = 0;   // bits per UTF-8 byte of the text
+  double loss = 0;  // nats per scored token
+  double bpb = 0;   // bits per byte the tokens decode to (TokenSplit::bytes)
   double ppl = 0;   // per token
-  int64_t tokens = 0;
+  int64_t tokens = 0;         // targets scored
+  int64_t split_targets = 0;  // targets in the split (its tokens - 1)
+  int64_t windows = 0, seq_len = 0, stride = 0;
+  bool whole() const { return tokens == split_targets; }
+  // Which evaluation this was, for the output: coverage, window and stride.
+  std::string method() const;
 };
+// Scores the split through eval_windows (stride 0 = seq_len: non-overlapping),
+// in batches of `batch` windows; `max_batches` > 0 stops after that many
+// (a prefix of the split), 0 covers the whole split.
 EvalResult evaluate_lm(DecoderLMImpl& model, const TokenSplit& split, int64_t batch, int64_t seq_len,
-                       int64_t max_batches);
+                       int64_t max_batches, int64_t stride = 0);
 
 struct TrainOptions {
   std::string out_dir;

@@ -1,6 +1,8 @@
 // `longseq bench`. Each configuration runs in a fresh child process
-// (`longseq bench-one`), so its peak memory is the child's peak resident set
-// (from wait4), free of what earlier configurations left behind; the parent
+// (`longseq bench-one`), so its peak memory is the child's own peak resident
+// set (VmHWM, reset as bench-one starts), free of what earlier configurations
+// and the parent left behind (wait4's ru_maxrss is not: Linux folds the
+// parent's peak into it when a posix_spawn child execs); the parent
 // kills a child over the time or memory cap and skips that series' longer
 // lengths. Children inherit the parent's allocation policy unless a row asks
 // for glibc's default, and the policy is printed with the results.
@@ -8,7 +10,6 @@
 
 #include <signal.h>
 #include <spawn.h>
-#include <sys/resource.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -16,6 +17,7 @@
 #include <chrono>
 #include <cmath>
 #include <cstdio>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <functional>
@@ -35,15 +37,40 @@ extern char** environ;
 
 namespace longseq {
 
+double median(std::vector<double> v) {
+  if (v.empty()) return 0;
+  std::sort(v.begin(), v.end());
+  const size_t n = v.size();
+  return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
+}
+
+namespace {
+
+// A field of /proc/self/status in kB ("VmHWM:", "VmRSS:"); -1 if absent.
+long status_kib(const std::string& path, const char* field) {
+  std::ifstream in(path);
+  std::string line;
+  const size_t len = std::strlen(field);
+  while (std::getline(in, line))
+    if (line.compare(0, len, field) == 0) return std::stol(line.substr(len));
+  return -1;
+}
+
+}  // namespace
+
+bool reset_peak_memory() {
+  std::ofstream out("/proc/self/clear_refs");
+  out << "5";  // 5: reset the peak resident set (VmHWM) to the current one (proc(5))
+  out.flush();
+  return static_cast<bool>(out);
+}
+
+double peak_memory_mib() { return status_kib("/proc/self/status", "VmHWM:") / 1024.0; }
+
 namespace {
 
 double seconds_since(std::chrono::steady_clock::time_point t0) {
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-}
-
-double median(std::vector<double> v) {
-  std::sort(v.begin(), v.end());
-  return v.empty() ? 0 : v[v.size() / 2];
 }
 
 // Useful FLOPs of exact attention (the reference's count): 4 T^2 D H forward,
@@ -129,30 +156,34 @@ std::string bench_decode(const Json& s) {
   torch::NoGradGuard ng;
   auto state = mixer->initial_state(B);
   if (!state) throw Error("mixer " + s["mixer"].get<std::string>() + " does not stream: no decoding to time");
-  auto step = [&](int64_t offset, int64_t n) {
+  // Inputs are drawn before each timer starts: only the mixer's step is timed.
+  auto step = [&](int64_t offset, const torch::Tensor& x) {
     MixContext ctx;
     ctx.causal = true;
     ctx.offset = offset;
     ctx.state = state.get();
-    return mixer->forward(torch::randn({B, n, H * D}), ctx);
+    auto t0 = std::chrono::steady_clock::now();
+    mixer->forward(x, ctx);
+    return seconds_since(t0);
   };
-  auto t0 = std::chrono::steady_clock::now();
-  for (int64_t at = 0; at < context; at += 4096) step(at, std::min<int64_t>(4096, context - at));
-  const double prefill = seconds_since(t0);
+  double prefill = 0;
+  for (int64_t at = 0; at < context; at += 4096)
+    prefill += step(at, torch::randn({B, std::min<int64_t>(4096, context - at), H * D}));
   std::vector<double> roofs = {local_roof()};
-  step(context, 1);  // warm-up
-  t0 = std::chrono::steady_clock::now();
-  for (int64_t i = 0; i < steps; ++i) step(context + 1 + i, 1);
-  const double per_token = seconds_since(t0) / steps;
+  auto xs = torch::randn({steps + 1, B, 1, H * D});
+  step(context, xs[0]);  // warm-up
+  std::vector<double> times;  // seconds per single-token step
+  for (int64_t i = 0; i < steps; ++i) times.push_back(step(context + 1 + i, xs[i + 1]));
   roofs.push_back(local_roof());
-  return Json{{"ok", true}, {"times", {per_token}}, {"median_s", per_token}, {"prefill_s", prefill},
-              {"roofs", roofs}, {"roof_gflops", median(roofs)}}
+  return Json{{"ok", true}, {"times", times}, {"median_s", median(times)}, {"prefill_s", prefill},
+              {"roofs", roofs}, {"roof_gflops", median(roofs)}, {"peak_mib", peak_memory_mib()}}
       .dump();
 }
 
 }  // namespace
 
 std::string bench_one(const Json& s) {
+  reset_peak_memory();  // first: the peak from here on is this configuration's (plus what is resident now)
   const int64_t B = s["B"], H = s["H"], D = s["D"], T = s["T"];
   const bool causal = s["causal"], backward = s["pass"] == "fwdbwd";
   const int repeats = s["repeats"];
@@ -207,8 +238,8 @@ std::string bench_one(const Json& s) {
     times.push_back(once());
     roofs.push_back(local_roof());
   }
-  return Json{{"ok", true},          {"times", times}, {"median_s", median(times)},
-              {"warmup_s", warm},    {"roofs", roofs}, {"roof_gflops", median(roofs)}}
+  return Json{{"ok", true},       {"times", times}, {"median_s", median(times)},     {"warmup_s", warm},
+              {"roofs", roofs},   {"roof_gflops", median(roofs)}, {"peak_mib", peak_memory_mib()}}
       .dump();
 }
 
@@ -229,13 +260,7 @@ struct ChildResult {
   std::string killed;  // why the parent stopped it
 };
 
-long rss_kib(pid_t pid) {
-  std::ifstream in("/proc/" + std::to_string(pid) + "/status");
-  std::string line;
-  while (std::getline(in, line))
-    if (line.rfind("VmRSS:", 0) == 0) return std::stol(line.substr(6));
-  return 0;
-}
+long rss_kib(pid_t pid) { return std::max(0L, status_kib("/proc/" + std::to_string(pid) + "/status", "VmRSS:")); }
 
 // `tick` is called with the seconds elapsed while the child runs (progress display).
 ChildResult run_child(const std::string& self, const Json& spec, bool system_malloc, double time_cap,
@@ -269,13 +294,15 @@ ChildResult run_child(const std::string& self, const Json& spec, bool system_mal
   ChildResult r;
   auto t0 = std::chrono::steady_clock::now();
   int status = 0;
-  struct rusage ru {};
+  long sampled_kib = 0;  // the child's highest resident set seen by polling
   while (true) {
-    pid_t done = wait4(pid, &status, WNOHANG, &ru);
+    pid_t done = waitpid(pid, &status, WNOHANG);
     if (done == pid) break;
+    const long rss = rss_kib(pid);
+    sampled_kib = std::max(sampled_kib, rss);
     if (r.killed.empty()) {
       if (seconds_since(t0) > time_cap) r.killed = "over time cap";
-      else if (rss_kib(pid) / 1048576.0 > mem_cap_gib) r.killed = "over memory cap";
+      else if (rss / 1048576.0 > mem_cap_gib) r.killed = "over memory cap";
       if (!r.killed.empty()) kill(pid, SIGKILL);
     }
     if (tick) tick(seconds_since(t0));
@@ -286,7 +313,7 @@ ChildResult run_child(const std::string& self, const Json& spec, bool system_mal
   while ((n = read(fds[0], buf, sizeof buf)) > 0) r.out.append(buf, static_cast<size_t>(n));
   close(fds[0]);
   r.status = status;
-  r.peak_mib = ru.ru_maxrss / 1024.0;
+  r.peak_mib = sampled_kib / 1024.0;  // replaced by the child's own VmHWM when it reports one
   return r;
 }
 
@@ -442,7 +469,9 @@ void run_bench(const BenchOptions& o) {
               torch::get_num_threads(), policy.c_str());
   std::printf("SGEMM roof: %.1f GFLOP/s (2048^3, all threads); block products 128x512x64 via torch::mm: %.1f GFLOP/s (one per thread)\n",
               roof.square_gflops, roof.block_gflops);
-  std::printf("peak memory: the peak resident set of a fresh child process per configuration, program and libraries included\n");
+  std::printf("peak memory: the peak resident set (VmHWM) of a fresh child process per configuration, program and "
+              "libraries included, reset as it starts its configuration; for a child stopped by a cap, the highest "
+              "resident set sampled every 20 ms\n");
 
   // The series: whole mixers, and for exact attention its cores (fused and reference).
   struct Series {
@@ -470,6 +499,10 @@ void run_bench(const BenchOptions& o) {
   Json base_spec = {{"B", 1}, {"H", 1}, {"D", 1}, {"T", 1}, {"causal", false}, {"pass", "fwd"}, {"repeats", 1},
                     {"core", true}, {"kernel", "reference"}, {"mixer", "full"}};
   auto base = run_child(o.self, base_spec, false, 60, 1e9);
+  {
+    Json res = Json::parse(base.out.empty() ? "{}" : base.out.substr(base.out.find('{')), nullptr, false);
+    if (!res.is_discarded() && res.contains("peak_mib")) base.peak_mib = res["peak_mib"];
+  }
   std::printf("baseline peak resident set: %.0f MiB\n\n", base.peak_mib);
 
   std::vector<Row> rows;
@@ -518,6 +551,7 @@ void run_bench(const BenchOptions& o) {
             skip_rest = true, skip_why = "failure";
           } else {
             r.status = "ok";
+            r.peak_mib = res.value("peak_mib", r.peak_mib);
             r.median_s = res["median_s"];
             r.tokens_per_s = o.batch * T / r.median_s;
             const double flops = s.stack_layers > 0 ? 0.0 : s.core ? attention_flops(spec) : mixer_flops(spec);
@@ -548,6 +582,7 @@ void run_bench(const BenchOptions& o) {
         r.status = !res.is_discarded() && res.contains("error") ? "error: " + res["error"].get<std::string>() : "failed";
       } else {
         r.status = "ok";
+        r.peak_mib = res.value("peak_mib", r.peak_mib);
         r.median_s = res["median_s"];
         r.tokens_per_s = o.batch / r.median_s;
         r.roof_gflops = res.value("roof_gflops", 0.0);
@@ -574,8 +609,10 @@ void run_bench(const BenchOptions& o) {
         << "," << (rated ? fmt(r.gflops, 2) : "") << "," << (ok ? fmt(r.roof_gflops, 1) : "") << ","
         << (rated ? fmt(r.roof_fraction, 4) : "") << "\n";
   }
-  std::printf("\ndecode rows: T is the prefix length; time is per generated token (batch B), after the prefix "
-              "went in by chunks of 4096.\n");
+  std::printf("\ntime (s): the median of the timed repeats (one call, forward or forward + backward, after a "
+              "warm-up); decode rows: T is the prefix length and time is the median of the single-token steps (batch "
+              "B) after the prefix went in by chunks of 4096, inputs drawn outside the timing. tokens/s: B * T / time "
+              "(decode rows: B / time).\n");
   std::printf("row's roof: SGEMM 1024^3 on all threads, measured in the row's own process before the warm-up and "
               "after each timed repeat (median); \"of roof\" divides by it. GFLOP/s counts each mixer's useful FLOPs "
               "as its registry entry states them (x3 for fwd+bwd).\n");
@@ -596,7 +633,8 @@ void run_bench(const BenchOptions& o) {
 
   if (o.quality_steps > 0) {
     std::printf("\n## Quality: %d training steps each on the embedded corpus (default config otherwise)\n\n", o.quality_steps);
-    std::printf("| mixer | valid bits per byte | wall time (s) | tokens/s |\n|---|---|---|---|\n");
+    std::printf("| mixer | valid bits per byte | wall time (s) | training tokens/s |\n|---|---|---|---|\n");
+    std::string eval_method;
     for (const auto& m : mixers) {
       if (!find_mixer(m).supports_causal) {  // the embedded default is a causal language model
         std::printf("| %s | (bidirectional only: not in the causal LM) | | |\n", m.c_str());
@@ -608,6 +646,8 @@ void run_bench(const BenchOptions& o) {
       raw["train"]["eval_every"] = 0;
       raw["train"]["time_limit"] = 0;
       raw["train"]["checkpoint_every"] = o.quality_steps;
+      raw["train"]["eval_batches"] = 0;  // the whole validation split, not a prefix
+      raw["train"]["log_every"] = 1;     // the last step's line carries the training-only rate
       RunConfig cfg = RunConfig::from_json(raw);
       char tmpl[] = "/tmp/longseq_quality_XXXXXX";
       if (!mkdtemp(tmpl)) throw Error("bench: cannot create a temporary run directory");
@@ -617,12 +657,21 @@ void run_bench(const BenchOptions& o) {
       auto t0 = std::chrono::steady_clock::now();
       auto res = train_run(&cfg, topts);
       const double wall = seconds_since(t0);
-      const double tokens = static_cast<double>(o.quality_steps) * cfg.train["batch_size"].get<int64_t>() *
-                            cfg.train["seq_len"].get<int64_t>() * cfg.train["accum"].get<int64_t>();
-      std::printf("| %s | %.4f | %.1f | %.0f |\n", m.c_str(), res.valid.bpb, wall, tokens / wall);
+      // The run's own rate at its last step: training steps only, not reading the corpus, validating or saving.
+      double train_tps = 0;
+      std::istringstream metrics(read_file(topts.out_dir + "/metrics.jsonl"));
+      for (std::string line; std::getline(metrics, line);) {
+        Json j = Json::parse(line, nullptr, false);
+        if (!j.is_discarded() && j.contains("tokens_per_s")) train_tps = j["tokens_per_s"];
+      }
+      eval_method = res.valid.method();
+      std::printf("| %s | %.4f | %.1f | %.0f |\n", m.c_str(), res.valid.bpb, wall, train_tps);
       std::fflush(stdout);
       std::filesystem::remove_all(tmpl);
     }
+    std::printf("\nvalidation: %s. wall time: the whole run (reading and tokenizing the corpus, training, the final "
+                "validation and checkpoint); training tokens/s: the run's rate over its training steps.\n",
+                eval_method.c_str());
   }
 }
 

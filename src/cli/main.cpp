@@ -151,7 +151,7 @@ int main(int argc, char** argv) {
 
   auto* eval = app.add_subcommand("eval", "evaluate a run: loss, bits per byte, perplexity");
   std::string run_dir, split = "test";
-  int64_t eval_batch = 0, eval_max = 0, eval_len = 0;
+  int64_t eval_batch = 0, eval_max = 0, eval_len = 0, eval_stride = 0;
   bool as_json = false;
   eval->add_option("run", run_dir, "run directory")->required();
   eval->add_option("--split", split, "train, valid or test")->check(CLI::IsMember({"train", "valid", "test"}));
@@ -159,6 +159,11 @@ int main(int argc, char** argv) {
   eval->add_option("--seq-len", eval_len, "tokens per sequence (default: the run's)")->check(number_in(1, 1 << 30));
   eval->add_option("--max-batches", eval_max, "at most this many batches (default or 0: the whole split)")
       ->check(number_in(0, 1e9));
+  eval->add_option("--stride", eval_stride,
+                   "sliding-window evaluation: windows start this many tokens apart and score only the targets the "
+                   "previous one did not, so each target sees at least seq-len - stride + 1 tokens; seq-len = "
+                   "non-overlapping windows (default: the run's train.eval_stride)")
+      ->check(number_in(1, 1 << 30));
   eval->add_flag("--json", as_json, "print one JSON object");
 
   auto* gen = app.add_subcommand("generate", "generate text from a run");
@@ -280,8 +285,9 @@ int main(int argc, char** argv) {
       opts.resume = resume;
       opts.quiet = quiet;
       auto r = train_run(use_given ? &cfg : nullptr, opts);
-      std::printf("step %lld: validation loss %.4f nats/token, %.4f bits per byte, perplexity %.3f\n",
-                  static_cast<long long>(r.last_step), r.valid.loss, r.valid.bpb, r.valid.ppl);
+      std::printf("step %lld: validation loss %.4f nats/token, %.4f bits per byte, perplexity %.3f\n(%s)\n",
+                  static_cast<long long>(r.last_step), r.valid.loss, r.valid.bpb, r.valid.ppl,
+                  r.valid.method().c_str());
       if (sample_len > 0) {
         auto run = load_run(out_dir);
         const std::string p = "The ";
@@ -301,17 +307,28 @@ int main(int argc, char** argv) {
       if (run.model_config.positions == "learned" && T > run.model_config.max_len)
         throw Error("--seq-len " + std::to_string(T) + " exceeds model.max_len = " +
                     std::to_string(run.model_config.max_len) + " of the run's learned positions");
-      const int64_t have = corpus.split(split).tokens.size(0);
+      const auto& data = corpus.split(split);
+      const int64_t have = data.tokens.size(0);
       if (have < T + 1)
         throw Error(corpus_source(run.config.data) + ": the " + split + " split holds " + std::to_string(have) +
                     " tokens, fewer than seq_len + 1 = " + std::to_string(T + 1));
-      auto r = evaluate_lm(*run.model, corpus.split(split), B, T, eval_max);
+      const int64_t S = eval_stride > 0 ? eval_stride : std::min(T, run.config.train.value("eval_stride", int64_t{0}));
+      auto r = evaluate_lm(*run.model, data, B, T, eval_max, S);
       if (as_json) {
         std::printf("%s\n", Json{{"split", split}, {"loss", r.loss}, {"bpb", r.bpb}, {"ppl", r.ppl},
-                                 {"tokens", r.tokens}}.dump().c_str());
+                                 {"tokens", r.tokens}, {"split_targets", r.split_targets}, {"whole_split", r.whole()},
+                                 {"seq_len", r.seq_len}, {"stride", r.stride}, {"windows", r.windows},
+                                 {"bytes", data.bytes}, {"text_bytes", data.text_bytes}, {"eval", r.method()}}
+                                .dump()
+                                .c_str());
       } else {
-        std::printf("%s: loss %.4f nats/token, %.4f bits per byte, perplexity %.3f (%lld tokens)\n", split.c_str(),
-                    r.loss, r.bpb, r.ppl, static_cast<long long>(r.tokens));
+        std::printf("%s: loss %.4f nats/token, %.4f bits per byte, perplexity %.3f (%lld tokens)\n%s\n", split.c_str(),
+                    r.loss, r.bpb, r.ppl, static_cast<long long>(r.tokens), r.method().c_str());
+        if (!data.lossless())
+          std::printf("note: the tokenizer is lossy: its tokens decode to %lld of the text's %lld bytes; bits per "
+                      "byte count the %lld\n",
+                      static_cast<long long>(data.bytes), static_cast<long long>(data.text_bytes),
+                      static_cast<long long>(data.bytes));
       }
     } else if (*gen) {
       auto run = load_run(run_dir);

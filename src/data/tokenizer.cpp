@@ -131,8 +131,16 @@ std::unique_ptr<Tokenizer> load_sentencepiece(const std::string& model_path) {
 void train_sentencepiece(const std::string& input_file, const std::string& model_prefix,
                          int64_t vocab_size, const std::string& model_type) {
   if (!path_exists(input_file)) throw Error("SentencePiece training input " + input_file + " does not exist");
+  // Lossless: decode(encode(text)) == text for valid UTF-8, so bits per byte
+  // counts every byte of the text and generated text keeps its layout. The
+  // identity rule keeps NFKC from rewriting characters; spaces are neither
+  // trimmed nor collapsed and no dummy space is prepended; characters outside
+  // the vocabulary (newline among them: training reads one line at a time)
+  // become byte pieces. Whitespace-only pieces let indentation be one piece.
   const std::string args = "--input=" + input_file + " --model_prefix=" + model_prefix +
                            " --vocab_size=" + std::to_string(vocab_size) + " --model_type=" + model_type +
+                           " --normalization_rule_name=identity --remove_extra_whitespaces=false"
+                           " --add_dummy_prefix=false --allow_whitespace_only_pieces=true"
                            " --character_coverage=1.0 --byte_fallback=true --minloglevel=2"
                            " --num_threads=1 --input_sentence_size=2000000 --shuffle_input_sentence=false";
   char err[512] = {0};

@@ -62,7 +62,8 @@ const Schema& train_schema() {
       {"warmup", OptionType::Int, 100,
        "linear warm-up steps, then cosine decay to lr * min_lr_ratio at the last step; must be less than steps",
        0, 1e9},
-      {"weight_decay", OptionType::Float, 0.1, "AdamW decoupled weight decay (matrices only)", 0.0, 10.0},
+      {"weight_decay", OptionType::Float, 0.1,
+       "AdamW decoupled weight decay (weights of projections and embeddings only)", 0.0, 10.0},
       {"beta1", OptionType::Float, 0.9, "AdamW beta1", 0.0, 0.999999},
       {"beta2", OptionType::Float, 0.95, "AdamW beta2", 0.0, 0.999999},
       {"eps", OptionType::Float, 1e-8, "AdamW epsilon", 0.0, 1.0},
@@ -72,7 +73,12 @@ const Schema& train_schema() {
        "the run with an error, leaving the last checkpoint as it was", 1, 1e9},
       {"seed", OptionType::Int, 1234, "seed of initialization, batches and dropout", 0, 9e18},
       {"eval_every", OptionType::Int, 200, "validate every N steps; 0 = only at the end", 0, 1e9},
-      {"eval_batches", OptionType::Int, 8, "validation batches per evaluation", 1, 1e9},
+      {"eval_batches", OptionType::Int, 8,
+       "validation batches (of batch_size windows) per evaluation; 0 = the whole split", 0, 1e9},
+      {"eval_stride", OptionType::Int, 0,
+       "validation windows of seq_len start this many tokens apart and score only the targets the previous window "
+       "did not (sliding-window evaluation: each target sees at least seq_len - eval_stride + 1 tokens); "
+       "0 = seq_len, non-overlapping windows", 0, 1 << 30},
       {"log_every", OptionType::Int, 10, "write a metrics line every N steps", 1, 1e9},
       {"checkpoint_every", OptionType::Int, 100, "checkpoint every N steps (and at the end)", 1, 1e9},
       {"time_limit", OptionType::Float, 0.0,
@@ -152,6 +158,9 @@ RunConfig RunConfig::from_json(const Json& j) {
                 " must be less than train.steps = " + std::to_string(c.train["steps"].get<int64_t>()) +
                 ": the schedule warms up to train.lr, then decays to lr * min_lr_ratio at the last step; "
                 "lower train.warmup (0 = none)");
+  if (c.train["eval_stride"].get<int64_t>() > c.train["seq_len"].get<int64_t>())
+    throw Error("train.eval_stride = " + std::to_string(c.train["eval_stride"].get<int64_t>()) +
+                " exceeds train.seq_len = " + std::to_string(c.train["seq_len"].get<int64_t>()));
   if (c.model["positions"] == "learned" && c.train["seq_len"].get<int64_t>() > c.model["max_len"].get<int64_t>())
     throw Error("train.seq_len exceeds model.max_len with learned positions");
   return c;

@@ -5,13 +5,33 @@
 
 namespace longseq {
 
+std::set<std::string> decayed_parameters(const torch::nn::Module& root) {
+  std::set<std::string> out;
+  for (const auto& item : root.named_modules("", true)) {
+    const torch::nn::Module& m = *item.value();
+    const auto* choice = dynamic_cast<const WeightDecayChoice*>(&m);
+    const bool matrix_owner = dynamic_cast<const torch::nn::LinearImpl*>(&m) ||
+                              dynamic_cast<const torch::nn::EmbeddingImpl*>(&m);
+    for (const auto& p : m.named_parameters(false)) {
+      const bool decays = choice ? choice->decays(p.key()) : matrix_owner && p.key() == "weight";
+      if (decays) out.insert(item.key().empty() ? p.key() : item.key() + "." + p.key());
+    }
+  }
+  return out;
+}
+
 AdamW::AdamW(std::vector<std::pair<std::string, torch::Tensor>> params, double beta1, double beta2, double eps,
-             double weight_decay)
+             double weight_decay, const std::set<std::string>& decayed)
     : params_(std::move(params)), beta1_(beta1), beta2_(beta2), eps_(eps), weight_decay_(weight_decay) {
+  std::set<std::string> names;
   for (const auto& p : params_) {
     m_.push_back(torch::zeros_like(p.second));
     v_.push_back(torch::zeros_like(p.second));
+    decay_.push_back(decayed.count(p.first) > 0);
+    names.insert(p.first);
   }
+  for (const auto& d : decayed)
+    if (!names.count(d)) throw Error("AdamW: parameter " + d + " chosen for weight decay is not among the parameters");
 }
 
 void AdamW::step(double lr) {
@@ -23,7 +43,7 @@ void AdamW::step(double lr) {
     auto& p = params_[i].second;
     if (!p.grad().defined()) continue;
     const auto& g = p.grad();
-    if (p.dim() >= 2 && weight_decay_ > 0) p.mul_(1.0 - lr * weight_decay_);
+    if (decay_[i] && weight_decay_ > 0) p.mul_(1.0 - lr * weight_decay_);
     m_[i].mul_(beta1_).add_(g, 1.0 - beta1_);
     v_[i].mul_(beta2_).addcmul_(g, g, 1.0 - beta2_);
     auto denom = (v_[i] / bc2).sqrt_().add_(eps_);

@@ -4,27 +4,49 @@
 
 namespace longseq {
 
+std::string EvalResult::method() const {
+  std::string s = whole() ? "whole split (" + std::to_string(split_targets) + " targets)"
+                          : "prefix of the split: " + std::to_string(tokens) + " of " + std::to_string(split_targets) +
+                                " targets";
+  s += ", " + std::to_string(windows) + " windows of " + std::to_string(seq_len) + " tokens";
+  if (stride >= seq_len) return s + ", non-overlapping";
+  return s + " with stride " + std::to_string(stride) + ": each target is predicted from at least " +
+         std::to_string(seq_len - stride + 1) + " tokens (or all before it)";
+}
+
 EvalResult evaluate_lm(DecoderLMImpl& model, const TokenSplit& split, int64_t batch, int64_t seq_len,
-                       int64_t max_batches) {
+                       int64_t max_batches, int64_t stride) {
   torch::NoGradGuard no_grad;
   const bool was_training = model.is_training();
   model.eval();
+  const int64_t N = split.tokens.size(0), T = seq_len, s = stride > 0 ? stride : seq_len;
+  const auto windows = eval_windows(N, T, s);
   double nats = 0;
-  int64_t tokens = 0;
-  for (const auto& b : eval_batches(split.tokens, batch, seq_len, max_batches)) {
-    auto logits = model.forward(b.input);
+  int64_t tokens = 0, used = 0;
+  // Batches are built as they are scored: a sliding-window pass over a long split holds T / s copies of it.
+  for (size_t first = 0, b = 0; first < windows.size(); first += static_cast<size_t>(batch), ++b) {
+    if (max_batches > 0 && static_cast<int64_t>(b) >= max_batches) break;
+    const size_t count = std::min(windows.size() - first, static_cast<size_t>(batch));
+    Batch bt = eval_batch(split.tokens, windows, first, count, T);
+    auto logits = model.forward(bt.input);
     auto loss = torch::nn::functional::cross_entropy(
-        logits.reshape({-1, logits.size(-1)}), b.target.reshape({-1}),
-        torch::nn::functional::CrossEntropyFuncOptions().reduction(torch::kSum));
-    nats += loss.item<double>();
-    tokens += b.target.numel();
+        logits.reshape({-1, logits.size(-1)}), bt.target.reshape({-1}),
+        torch::nn::functional::CrossEntropyFuncOptions().reduction(torch::kNone));
+    auto keep = bt.scored.reshape({-1}).to(loss.device());
+    nats += loss.masked_select(keep).sum().item<double>();
+    tokens += keep.sum().item<int64_t>();
+    used += static_cast<int64_t>(count);
   }
   model.train(was_training);
   EvalResult r;
   r.tokens = tokens;
+  r.split_targets = N - 1;
+  r.windows = used;
+  r.seq_len = T;
+  r.stride = s;
   r.loss = nats / static_cast<double>(std::max<int64_t>(tokens, 1));
-  // Bits per byte: the split's bytes per token converts nats/token to bits/byte.
-  const double tokens_per_byte = static_cast<double>(split.tokens.size(0)) / static_cast<double>(std::max<int64_t>(split.bytes, 1));
+  // Bits per byte: the split's tokens per decoded byte converts nats/token to bits/byte.
+  const double tokens_per_byte = static_cast<double>(N) / static_cast<double>(std::max<int64_t>(split.bytes, 1));
   r.bpb = r.loss * tokens_per_byte / std::log(2.0);
   r.ppl = std::exp(r.loss);
   return r;

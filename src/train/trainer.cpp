@@ -182,7 +182,7 @@ TrainResult train_run(const RunConfig* given, const TrainOptions& opts) {
 
   torch::manual_seed(seed);
   DecoderLM model(mc);
-  AdamW opt(named_params(*model), t["beta1"], t["beta2"], t["eps"], t["weight_decay"]);
+  AdamW opt(named_params(*model), t["beta1"], t["beta2"], t["eps"], t["weight_decay"], decayed_parameters(*model));
   Carried carried;
   if (has_checkpoint) {
     TensorFile state = load_safetensors(state_path);
@@ -291,8 +291,9 @@ TrainResult train_run(const RunConfig* given, const TrainOptions& opts) {
     }
     const bool time_up = time_limit > 0 && elapsed >= time_limit;
     if (eval_every > 0 && step % eval_every == 0 && step != steps && !time_up) {
-      auto v = evaluate_lm(*model, corpus.valid, B, T, eval_n);
-      append_line(metrics_path, {{"step", step}, {"valid_loss", v.loss}, {"valid_bpb", v.bpb}});
+      auto v = evaluate_lm(*model, corpus.valid, B, T, eval_n, t["eval_stride"]);
+      append_line(metrics_path,
+                  {{"step", step}, {"valid_loss", v.loss}, {"valid_bpb", v.bpb}, {"valid_eval", v.method()}});
     }
     if (step % ckpt_every == 0 || step == steps || time_up) save_checkpoint(dir, *model, opt, carried);
     if (time_up) {
@@ -304,10 +305,11 @@ TrainResult train_run(const RunConfig* given, const TrainOptions& opts) {
     }
   }
   if (!opts.quiet) progress.finish();
-  result.valid = evaluate_lm(*model, corpus.valid, B, T, eval_n);
+  result.valid = evaluate_lm(*model, corpus.valid, B, T, eval_n, t["eval_stride"]);
   // A finished run that is resumed again already holds its final validation line.
   if (start == steps && has_validation_at(metrics_path, steps)) return result;
-  append_line(metrics_path, {{"step", result.last_step}, {"valid_loss", result.valid.loss}, {"valid_bpb", result.valid.bpb}});
+  append_line(metrics_path, {{"step", result.last_step}, {"valid_loss", result.valid.loss},
+                             {"valid_bpb", result.valid.bpb}, {"valid_eval", result.valid.method()}});
   return result;
 }
 
