@@ -41,27 +41,35 @@ torch::Tensor dense(const Mixer& m, const torch::Tensor& x, const torch::Tensor&
                        param(*m, "out.bias"));
 }
 
-// M[h, i, j] = block(j) is in the table's row for block(i) (and j <= i if causal), j not padding.
-torch::Tensor mask_from_table(const BigBirdPattern& p, int64_t T, int64_t b, bool causal, const torch::Tensor& pad) {
-  auto m = torch::zeros({kH, T, T}, torch::kBool);
-  for (int64_t h = 0; h < kH; ++h)
-    for (int64_t i = 0; i < T; ++i)
-      for (int64_t blk : p.rows[h][i / b])
-        for (int64_t j = blk * b; j < std::min(T, (blk + 1) * b); ++j)
-          if (!causal || j <= i) m[h][i][j] = true;
-  return m.unsqueeze(0) & (~pad).view({pad.size(0), 1, 1, T});
+// Per row: its L real tokens (from `first`) attend as a sequence of length L: M[b, h, first + i, first + j] =
+// block(j) is in the length-L table's row for block(i) (and j <= i if causal); padding sees and is seen by nothing.
+torch::Tensor mask_from_tables(const std::vector<int64_t>& first, const std::vector<int64_t>& len, int64_t T, int64_t b,
+                               int64_t r, uint64_t seed, bool causal) {
+  const int64_t B = static_cast<int64_t>(len.size());
+  auto m = torch::zeros({B, kH, T, T}, torch::kBool);
+  for (int64_t row = 0; row < B; ++row) {
+    const int64_t L = len[row], f = first[row];
+    auto p = bigbird_pattern(L, b, r, seed, kH, causal);
+    EXPECT_FALSE(p.exact) << "L=" << L;
+    for (int64_t h = 0; h < kH; ++h)
+      for (int64_t i = 0; i < L; ++i)
+        for (int64_t blk : p.rows[h][i / b])
+          for (int64_t j = blk * b; j < std::min(L, (blk + 1) * b); ++j)
+            if (!causal || j <= i) m[row][h][f + i][f + j] = true;
+  }
+  return m;
 }
 
 TEST(BigBird, EqualsDenseMaskFromTheRandomTable) {
+  // Each sequence uses the table of its own length, so its last global block is its own last block, not padding.
   const int64_t b = 2, r = 1, T = 17;  // 9 blocks, the last one partial
+  const std::vector<int64_t> first = {0, 0, 3}, len = {17, 13, 14};  // no padding, right 4, left 3
   for (bool causal : {false, true}) {
     auto m = make({{"block", b}, {"random_blocks", r}, {"seed", 11}}, /*layer=*/1);
-    auto p = bigbird_pattern(T, b, r, 12, kH, causal);  // seed + layer
-    ASSERT_FALSE(p.exact);
-    auto x = torch::randn({2, T, kC}, torch::kDouble).requires_grad_(true);
-    auto pad = torch::zeros({2, T}, torch::kBool);
-    pad[1].narrow(0, T - 4, 4).fill_(true);
-    auto allowed = mask_from_table(p, T, b, causal, pad);
+    auto x = torch::randn({3, T, kC}, torch::kDouble).requires_grad_(true);
+    auto pad = torch::ones({3, T}, torch::kBool);
+    for (int64_t row = 0; row < 3; ++row) pad[row].narrow(0, first[row], len[row]).fill_(false);
+    auto allowed = mask_from_tables(first, len, T, b, r, 12, causal);  // seed + layer
     auto diff = longseq_test::max_output_and_grad_diff([&] { return run(m, x, causal, pad); },
                                                        [&] { return dense(m, x, allowed); }, input_and_parameters(m, x));
     EXPECT_LT(diff, 1e-10) << "causal=" << causal;
