@@ -131,7 +131,7 @@ class RoutingImpl : public MixerImpl {
     auto cluster = torch::arange(K, lopts).view({1, 1, K, 1});
     auto kb_t = torch::tensor(kb, torch::kLong).to(q.device()).view({B, 1, 1, 1});
     auto wb_t = torch::tensor(wb, torch::kLong).to(q.device()).view({B, 1, 1, 1});
-    const double lowest = std::numeric_limits<double>::lowest();
+    const double lowest = -std::numeric_limits<double>::infinity();  // any dtype: padding and unused clusters rank last
     // Members of each cluster: its w_b nearest real tokens (rank < w_b), in the row's first k_b clusters; -1 = none.
     auto members = [&](const torch::Tensor& xn, torch::Tensor& affinity) {
       affinity = torch::einsum("bhtd,hkd->bhkt", {xn.detach(), means});  // [B, H, K, T]
