@@ -1,7 +1,12 @@
 // Helpers for tests of one mixer: build it from options, run it, list what to
 // differentiate. Header-only, so the tests of each mechanism share them.
 #pragma once
+#include <gtest/gtest.h>
 #include <torch/torch.h>
+
+#include <string>
+#include <utility>
+#include <vector>
 
 #include "longseq/registry.h"
 
@@ -47,6 +52,26 @@ inline torch::Tensor right_padding(int64_t B, int64_t T, int64_t row, int64_t n)
   auto pad = torch::zeros({B, T}, torch::kBool);
   pad[row].narrow(0, T - n, n).fill_(true);
   return pad;
+}
+
+// The real tokens of `real` [1, n, C] give the same outputs in a batch of two whose
+// first row carries them with left and right padding of different lengths as without
+// padding. `mix(x, pad)`: [B, T, C], [B, T] bool -> [B, T, C].
+template <typename Mix>
+void expect_padding_length_invariance(Mix mix, const torch::Tensor& real, const std::string& what) {
+  const int64_t n = real.size(1), C = real.size(2);
+  torch::Tensor first;
+  for (auto lr : std::vector<std::pair<int64_t, int64_t>>{{0, 0}, {0, 7}, {5, 0}, {3, 11}}) {
+    const int64_t T = lr.first + n + lr.second;
+    auto x = torch::randn({2, T, C}, real.options()) * 3;
+    x[0].narrow(0, lr.first, n).copy_(real[0]);
+    auto pad = torch::zeros({2, T}, torch::kBool);
+    pad[0].narrow(0, 0, lr.first).fill_(true);
+    pad[0].narrow(0, lr.first + n, lr.second).fill_(true);
+    auto y = mix(x, pad)[0].narrow(0, lr.first, n);
+    if (!first.defined()) first = y;
+    EXPECT_TRUE(torch::allclose(y, first, 1e-10, 1e-12)) << what << ": left " << lr.first << " right " << lr.second;
+  }
 }
 
 }  // namespace longseq_test
