@@ -32,6 +32,19 @@ inline torch::Tensor run_mixer(const longseq::Mixer& m, const torch::Tensor& x, 
   return m->forward(x, ctx);
 }
 
+// m run causally over x in consecutive chunks of `lens` with one state: [B, T, C].
+inline torch::Tensor stream_in_chunks(const longseq::Mixer& m, const torch::Tensor& x, const torch::Tensor& pad,
+                                      const std::vector<int64_t>& lens) {
+  auto state = m->initial_state(x.size(0));
+  std::vector<torch::Tensor> parts;
+  int64_t at = 0;
+  for (int64_t len : lens) {
+    parts.push_back(run_mixer(m, x.narrow(1, at, len), true, pad.narrow(1, at, len), state.get()));
+    at += len;
+  }
+  return torch::cat(parts, 1);
+}
+
 // x and every parameter of m: what output-and-gradient comparisons differentiate.
 inline std::vector<torch::Tensor> input_and_parameters(const longseq::Mixer& m, const torch::Tensor& x) {
   std::vector<torch::Tensor> wrt = {x};

@@ -186,14 +186,7 @@ TEST(Performer, StreamingWithPaddingOnlyChunksEqualsWhole) {
     pad[1].narrow(0, 4, 3).fill_(true);   // padding in the middle: the second chunk holds only padding
     pad[1].narrow(0, 10, 2).fill_(true);  // and right padding
     auto whole = run_mixer(m, x, true, pad);
-    auto state = m->initial_state(2);
-    std::vector<torch::Tensor> parts;
-    int64_t at = 0;
-    for (int64_t len : {4, 3, 1, 2, 2}) {
-      parts.push_back(run_mixer(m, x.narrow(1, at, len), true, pad.narrow(1, at, len), state.get()));
-      at += len;
-    }
-    auto streamed = torch::cat(parts, 1);
+    auto streamed = longseq_test::stream_in_chunks(m, x, pad, {4, 3, 1, 2, 2});
     auto keep = (~pad).unsqueeze(-1).expand_as(whole);
     EXPECT_TRUE(torch::allclose(streamed.masked_select(keep), whole.masked_select(keep), 1e-9, 1e-12))
         << kernel << ": max diff " << (streamed - whole).masked_select(keep).abs().max().item<double>();

@@ -173,15 +173,21 @@ class LongformerImpl : public MixerImpl {
     return out.view({B, nh, N * b, D}).narrow(2, 0, Tp).index_select(2, inv).narrow(2, 0, T);
   }
 
-  // Causal decoding: new rows attend to the cached and new keys within each head's dilated window.
-  torch::Tensor stream(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v, const torch::Tensor& pad,
-                       const MixContext& ctx) {
+  // The state of a causal stream, checked; globals come from the options only while streaming.
+  static WindowCache* stream_cache(const MixContext& ctx) {
     auto* cache = dynamic_cast<WindowCache*>(ctx.state);
     TORCH_CHECK(cache, "longformer: the state passed was not made by this mixer");
     TORCH_CHECK(ctx.causal, "longformer: streaming needs causal mode");
     if (ctx.global_mask.defined() && ctx.global_mask.any().item<bool>())
       throw Error("longformer: streaming takes global tokens from global_first and global_positions only, not "
                   "from a global-token mask");
+    return cache;
+  }
+
+  // Causal decoding: new rows attend to the cached and new keys within each head's dilated window.
+  torch::Tensor stream(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v, const torch::Tensor& pad,
+                       const MixContext& ctx) {
+    auto* cache = stream_cache(ctx);
     const int64_t B = q.size(0), T = q.size(2), cached = cache->k.defined() ? cache->k.size(2) : 0;
     auto lopts = q.options().dtype(torch::kLong), bopts = q.options().dtype(torch::kBool);
     auto keys = cached ? torch::cat({cache->k, k}, 2) : k, vals = cached ? torch::cat({cache->v, v}, 2) : v;
@@ -210,12 +216,7 @@ class LongformerImpl : public MixerImpl {
   // Causal decoding with configured global tokens: a global row sees every earlier key, so the chunk's rows are
   // recomputed over the cached prefix (O(S w) per step instead of O(w)). x: [B, T, C] -> [B, T, C] before out_.
   torch::Tensor stream_with_globals(torch::Tensor x, torch::Tensor pad, const MixContext& ctx) {
-    auto* cache = dynamic_cast<WindowCache*>(ctx.state);
-    TORCH_CHECK(cache, "longformer: the state passed was not made by this mixer");
-    TORCH_CHECK(ctx.causal, "longformer: streaming needs causal mode");
-    if (ctx.global_mask.defined() && ctx.global_mask.any().item<bool>())
-      throw Error("longformer: streaming takes global tokens from global_first and global_positions only, not "
-                  "from a global-token mask");
+    auto* cache = stream_cache(ctx);
     const int64_t B = x.size(0), T = x.size(1);
     if (!pad.defined()) pad = torch::zeros({B, T}, x.options().dtype(torch::kBool));
     if (cache->x.defined()) x = torch::cat({cache->x, x}, 1), pad = torch::cat({cache->pad, pad}, 1);
