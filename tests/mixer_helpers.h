@@ -87,4 +87,13 @@ void expect_padding_length_invariance(Mix mix, const torch::Tensor& real, const 
   }
 }
 
+// The same, for a mixer run in each mode it has (the checks of the mechanism tests).
+inline void expect_padding_length_invariance(const longseq::Mixer& m, const torch::Tensor& real,
+                                             const std::string& what = "") {
+  for (bool causal : {false, true})
+    expect_padding_length_invariance(
+        [&](const torch::Tensor& x, const torch::Tensor& pad) { return run_mixer(m, x, causal, pad); }, real,
+        what + " causal=" + std::to_string(causal));
+}
+
 }  // namespace longseq_test
