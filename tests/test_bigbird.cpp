@@ -14,7 +14,7 @@ using longseq_test::input_and_parameters;
 using longseq_test::to_heads;
 using longseq_test::param;
 
-namespace {
+namespace bigbird_test {
 
 constexpr int64_t kC = 16, kH = 4, kD = kC / kH;
 
@@ -138,4 +138,4 @@ TEST(BigBird, NoRandomBlocksIsBandPlusGlobal) {
   EXPECT_TRUE(torch::allclose(run(m, x, false), expect, 1e-10, 1e-10));
 }
 
-}  // namespace
+}  // namespace bigbird_test

@@ -6,7 +6,7 @@
 
 using namespace longseq;
 
-namespace {
+namespace config_test {
 
 std::string error_of(const std::function<void()>& f) {
   try {
@@ -185,4 +185,4 @@ TEST(Config, PerLayerListMustFitTheLayers) {
   EXPECT_NE(error_of([&] { RunConfig::from_json(j); }).find("model.layers[1].window"), std::string::npos);
 }
 
-}  // namespace
+}  // namespace config_test

@@ -10,7 +10,7 @@ using namespace longseq;
 using longseq_test::scratch_dir;
 using longseq_test::write_text;
 
-namespace {
+namespace data_test {
 
 TEST(ByteTokenizer, RoundTripsEveryByte) {
   auto tok = make_byte_tokenizer();
@@ -235,4 +235,4 @@ TEST(Batching, SlidingWindowContextMatchesBruteForce) {
     }
 }
 
-}  // namespace
+}  // namespace data_test

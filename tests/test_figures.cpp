@@ -12,7 +12,7 @@
 
 using namespace longseq;
 
-namespace {
+namespace figures_test {
 
 DecoderLM tiny_lm(const Json& mixer = "full") {
   torch::manual_seed(5);
@@ -191,4 +191,4 @@ TEST(Bench, PeakMemoryIsTheConfigurationsOwn) {
   EXPECT_DOUBLE_EQ(res["median_s"].get<double>(), median(res["times"].get<std::vector<double>>()));
 }
 
-}  // namespace
+}  // namespace figures_test

@@ -11,7 +11,7 @@
 
 using namespace longseq;
 
-namespace {
+namespace flash_attention_test {
 
 // max |a - b| / max |b|: the error measure of kFlashAttentionTolerance.
 double rel_err(const torch::Tensor& a, const torch::Tensor& b) {
@@ -114,4 +114,4 @@ TEST(FlashAttention, FullMixerFusedStreamsAndMatchesReferenceKernel) {
   EXPECT_TRUE(torch::allclose(torch::cat(parts, 1), whole, 1e-4, 1e-5));
 }
 
-}  // namespace
+}  // namespace flash_attention_test

@@ -7,7 +7,7 @@
 
 using namespace longseq;
 
-namespace {
+namespace generate_test {
 
 DecoderLM random_model(const std::string& positions) {
   torch::manual_seed(11);
@@ -121,4 +121,4 @@ TEST(Generate, RefusesNonFiniteSamplingOptions) {
   EXPECT_THROW(generate(*model, {1, 2}, 2, k), Error);
 }
 
-}  // namespace
+}  // namespace generate_test

@@ -12,7 +12,7 @@
 
 using namespace longseq;
 
-namespace {
+namespace inputs_test {
 
 TEST(BenchChildOutput, LinesWithoutABraceAreNotACrash) {
   // The parent once took substr(find('{')): output without '{' threw std::out_of_range.
@@ -88,4 +88,4 @@ TEST(CorpusReaders, SourceNamesThePath) {
   EXPECT_NE(corpus_source({{"corpus", "pydoc"}, {"path", ""}}).find(default_pydoc_path()), std::string::npos);
 }
 
-}  // namespace
+}  // namespace inputs_test

@@ -31,7 +31,7 @@ extern char** environ;
 
 using namespace longseq;
 
-namespace {
+namespace kill_test {
 
 const char* kRunEnv = "LONGSEQ_KILL_HARNESS_RUN";
 const char* kConfigEnv = "LONGSEQ_KILL_HARNESS_CONFIG";
@@ -173,4 +173,4 @@ TEST(KillHarness, ResumeAfterEveryKillIsExact) {
   EXPECT_NO_THROW(load_run(run));
 }
 
-}  // namespace
+}  // namespace kill_test

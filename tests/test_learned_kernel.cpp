@@ -11,7 +11,7 @@
 using namespace longseq;
 using namespace longseq_test;
 
-namespace {
+namespace learned_kernel_test {
 
 constexpr int64_t kC = 8, kH = 2, kD = kC / kH;
 
@@ -176,4 +176,4 @@ TEST(LearnedKernel, RealOutputsDoNotDependOnPaddingLength) {
   }
 }
 
-}  // namespace
+}  // namespace learned_kernel_test

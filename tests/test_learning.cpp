@@ -7,7 +7,7 @@
 
 using namespace longseq;
 
-namespace {
+namespace learning_test {
 
 class MixerLearns : public ::testing::TestWithParam<std::string> {};
 
@@ -53,4 +53,4 @@ std::vector<std::string> names() {
 INSTANTIATE_TEST_SUITE_P(Registry, MixerLearns, ::testing::ValuesIn(names()),
                          [](const ::testing::TestParamInfo<std::string>& p) { return p.param; });
 
-}  // namespace
+}  // namespace learning_test

@@ -11,7 +11,7 @@ using longseq_test::input_and_parameters;
 using longseq_test::to_heads;
 using longseq_test::param;
 
-namespace {
+namespace linear_test {
 
 constexpr int64_t kC = 16, kH = 4;
 
@@ -69,4 +69,4 @@ TEST(Linear, RecurrentDecodingEqualsTheParallelForm) {
   }
 }
 
-}  // namespace
+}  // namespace linear_test

@@ -12,7 +12,7 @@ using longseq_test::input_and_parameters;
 using longseq_test::to_heads;
 using longseq_test::param;
 
-namespace {
+namespace longformer_test {
 
 constexpr int64_t kC = 16, kH = 4, kD = kC / kH;
 
@@ -183,4 +183,4 @@ TEST(Longformer, BadOptionsNameTheKey) {
   EXPECT_THROW(make({{"window", Json::array()}}), Error);
 }
 
-}  // namespace
+}  // namespace longformer_test

@@ -17,7 +17,7 @@ using longseq_test::input_and_parameters;
 using longseq_test::to_heads;
 using longseq_test::param;
 
-namespace {
+namespace lsh_test {
 
 constexpr int64_t kC = 16, kH = 4, kD = kC / kH;
 
@@ -168,4 +168,4 @@ TEST(Lsh, DecodingGivesTheLastRowOfEachPrefix) {
   }
 }
 
-}  // namespace
+}  // namespace lsh_test

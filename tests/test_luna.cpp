@@ -11,7 +11,7 @@
 using namespace longseq;
 using namespace longseq_test;
 
-namespace {
+namespace luna_test {
 
 constexpr int64_t kC = 16, kH = 2, kD = kC / kH;
 
@@ -111,4 +111,4 @@ TEST(Luna, UntiedProjectionsAreUsed) {
   }
 }
 
-}  // namespace
+}  // namespace luna_test

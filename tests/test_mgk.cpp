@@ -12,7 +12,7 @@
 using namespace longseq;
 using namespace longseq_test;
 
-namespace {
+namespace mgk_test {
 
 constexpr int64_t kC = 16, kH = 2, kD = kC / kH;
 
@@ -115,8 +115,6 @@ TEST(Mgk, LinearVariantEqualsItsQuadraticFormAndStreams) {
   EXPECT_TRUE(torch::allclose(torch::cat(parts, 1), whole, 1e-10, 1e-10));
 }
 
-}  // namespace
-
 TEST(Mgk, FixedPriorsAreNotParameters) {
   auto m = build_mixer("mgk", {{"learn_prior", false}}, kC, kH);
   EXPECT_EQ(m->named_parameters().find("prior"), nullptr);
@@ -126,3 +124,5 @@ TEST(Mgk, FixedPriorsAreNotParameters) {
   EXPECT_TRUE(torch::allclose(run_mixer(m, x, true), mixture_reference(m, x, 2, std::sqrt(double(kD)), true, {}), 1e-10,
                               1e-10));
 }
+
+}  // namespace mgk_test

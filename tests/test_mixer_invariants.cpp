@@ -10,7 +10,7 @@
 
 using namespace longseq;
 
-namespace {
+namespace mixer_invariants_test {
 
 constexpr int64_t kC = 16, kH = 4;
 
@@ -240,9 +240,47 @@ TEST_P(MixerInvariants, StreamingInChunksEqualsWhole) {
   }
 }
 
+// The bench times each kernel of a mechanism's core alone: under one seed every kernel must compute
+// the same function of the same drawn inputs, forward and gradients, in the sparse regime too.
+TEST_P(MixerInvariants, CoreKernelsComputeTheSameFunction) {
+  const auto& m = info();
+  ASSERT_EQ(m.core_kernels.empty(), !m.core) << m.name << ": core_kernels and core come together";
+  if (!m.core) GTEST_SKIP() << m.name << " has no attention core apart from the mixer";
+  Json spec = options(false);
+  spec["name"] = m.name;
+  const Json opts = parse_mixer_spec(spec, "test").options;
+  for (bool causal : modes())
+    for (int64_t T : {13, 40}) {
+      std::vector<torch::Tensor> outs, grads;
+      for (const auto& kernel : m.core_kernels) {
+        torch::manual_seed(11);
+        auto c = m.core(CoreQuery{2, 2, T, 8, causal, opts, kernel});
+        ASSERT_FALSE(c.inputs.empty()) << kernel;
+        for (auto& x : c.inputs) x.requires_grad_(true);
+        auto y = c.run();
+        ASSERT_TRUE(torch::isfinite(y).all().item<bool>()) << kernel;
+        auto g = torch::autograd::grad({y}, c.inputs, {torch::ones_like(y)}, false, false, true);
+        std::vector<torch::Tensor> flat;
+        for (auto& t : g) flat.push_back(t.defined() ? t.flatten() : torch::zeros({0}));
+        outs.push_back(y.detach());
+        grads.push_back(torch::cat(flat));
+        EXPECT_GT(c.flops, 0) << kernel << ": state the core's useful FLOPs";
+      }
+      for (size_t i = 1; i < outs.size(); ++i) {
+        const std::string what = m.core_kernels[i] + " vs " + m.core_kernels[0] + (causal ? " causal" : " bidirectional") +
+                                 " T=" + std::to_string(T);
+        ASSERT_EQ(outs[i].sizes(), outs[0].sizes()) << what;
+        const double scale = std::max(1.0, outs[0].abs().max().item<double>());
+        EXPECT_LT((outs[i] - outs[0]).abs().max().item<double>(), 1e-4 * scale) << what;
+        const double gscale = std::max(1.0, grads[0].abs().max().item<double>());
+        EXPECT_LT((grads[i] - grads[0]).abs().max().item<double>(), 1e-4 * gscale) << what << " (gradients)";
+      }
+    }
+}
+
 INSTANTIATE_TEST_SUITE_P(Registry, MixerInvariants, ::testing::ValuesIn(variants()),
                          [](const ::testing::TestParamInfo<Variant>& p) {
                            return p.param.mixer + (p.param.sparse ? "_sparse" : "");
                          });
 
-}  // namespace
+}  // namespace mixer_invariants_test

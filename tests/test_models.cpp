@@ -10,7 +10,7 @@
 
 using namespace longseq;
 
-namespace {
+namespace models_test {
 
 // softmax(q k^T / sqrt(D)) v written as loops: the oracle of the oracle.
 torch::Tensor naive_attention(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v, bool causal,
@@ -117,7 +117,6 @@ TEST(Runtime, BlasCheckMeasuresThroughput) {
   EXPECT_EQ(r.slow, !r.message.empty());
 }
 
-}  // namespace
 
 // Every registered mixer builds into the models it has a form for, trains (finite loss and
 // gradients through the whole trunk) and, in the encoder, ignores what padding holds.
@@ -157,3 +156,5 @@ TEST(Models, EveryMixerRunsInTheModelsItHasAFormFor) {
     }
   }
 }
+
+}  // namespace models_test

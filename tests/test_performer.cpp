@@ -13,7 +13,7 @@
 using namespace longseq;
 using namespace longseq_test;
 
-namespace {
+namespace performer_test {
 
 constexpr int64_t kC = 16, kH = 2, kD = kC / kH;
 
@@ -227,4 +227,4 @@ TEST(Performer, RedrawsOnItsTrainingScheduleOnly) {
   EXPECT_TRUE(torch::equal(never->named_buffers()["projection"], N0));
 }
 
-}  // namespace
+}  // namespace performer_test

@@ -13,7 +13,7 @@
 
 using namespace longseq;
 
-namespace {
+namespace reversible_test {
 
 Trunk make_trunk(double dropout) {
   Json j = {{"d_model", 16}, {"n_heads", 4}, {"d_ff", 32}, {"dropout", dropout}, {"reversible", true},
@@ -258,4 +258,4 @@ TEST(Reversible, BadChunksAreRefused) {
   EXPECT_THROW(ModelConfig::from_json({{"reversible", "yes"}}), Error);
 }
 
-}  // namespace
+}  // namespace reversible_test

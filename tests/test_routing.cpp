@@ -14,7 +14,7 @@ using longseq_test::to_heads;
 using longseq_test::param;
 using longseq_test::right_padding;
 
-namespace {
+namespace routing_test {
 
 constexpr int64_t kC = 16, kH = 4, kD = kC / kH;
 
@@ -200,4 +200,4 @@ TEST(Routing, OnlyTheClustersInUseMove) {
   EXPECT_FALSE(torch::equal(now.narrow(1, 0, 2), start.narrow(1, 0, 2)));
 }
 
-}  // namespace
+}  // namespace routing_test

@@ -13,7 +13,7 @@
 
 using namespace longseq;
 
-namespace {
+namespace safetensors_test {
 
 TensorFile sample_file() {
   TensorFile f;
@@ -219,4 +219,4 @@ TEST(Safetensors, MissingFileIsNamed) {
   }
 }
 
-}  // namespace
+}  // namespace safetensors_test

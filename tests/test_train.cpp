@@ -16,7 +16,7 @@
 
 using namespace longseq;
 
-namespace {
+namespace train_test {
 
 RunConfig tiny_run(const std::string& corpus_file, int64_t steps) {
   Json j = {{"model", {{"d_model", 32}, {"n_heads", 2}, {"n_layers", 2}, {"d_ff", 64}, {"dropout", 0.1}}},
@@ -444,4 +444,4 @@ TEST(AdamWTest, MatchesClosedFormFirstStep) {
   EXPECT_NEAR(p[0][1].item<double>(), -2.0 * (1 - 0.001) + 0.01, 1e-9);
 }
 
-}  // namespace
+}  // namespace train_test

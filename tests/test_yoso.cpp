@@ -13,7 +13,7 @@
 using namespace longseq;
 using namespace longseq_test;
 
-namespace {
+namespace yoso_test {
 
 constexpr int64_t kC = 16, kH = 2;
 
@@ -89,4 +89,4 @@ TEST(Yoso, TrainingDrawsFreshHyperplanesEvalKeepsThem) {
   EXPECT_FALSE(torch::equal(run_mixer(m, x, false), run_mixer(m, x, false)));
 }
 
-}  // namespace
+}  // namespace yoso_test

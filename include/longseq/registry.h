@@ -24,6 +24,21 @@ struct FlopQuery {
   Json options;  // validated, defaults filled
 };
 
+// One mechanism's attention core alone (`longseq bench`, core rows): what it is asked for.
+struct CoreQuery {
+  int64_t B = 1, H = 1, T = 0, D = 0;  // batch, heads, length, head dimension
+  bool causal = false;
+  Json options;        // the mixer's options, validated, defaults filled
+  std::string kernel;  // one of MixerInfo::core_kernels
+};
+
+// The core's inputs, drawn for the query, and the call that runs it on them.
+struct CoreRun {
+  std::vector<torch::Tensor> inputs;  // leaves: the bench sets requires_grad on them for forward + backward
+  std::function<torch::Tensor()> run;
+  double flops = 0;  // useful FLOPs of one forward (2 per multiply-add); 0 = not stated
+};
+
 struct MixerInfo {
   std::string name;
   std::string summary;  // one line: paper and what it does
@@ -54,6 +69,12 @@ struct MixerInfo {
   // (2 per multiply-add, projections included); the bench takes 3x for
   // forward + backward. Null: the bench reports no FLOP rate for this mixer.
   std::function<double(const FlopQuery&)> flops;
+  // The kernels of the mechanism's attention core the bench times alone, one
+  // series each (e.g. {"fused", "reference"}); empty: no core apart from the mixer.
+  // `core` draws its inputs from the global generator, so under one seed every
+  // kernel computes the same function of the same inputs (tested).
+  std::vector<std::string> core_kernels;
+  std::function<CoreRun(const CoreQuery&)> core;
 };
 
 const std::vector<MixerInfo>& mixer_registry();

@@ -73,14 +73,6 @@ double seconds_since(std::chrono::steady_clock::time_point t0) {
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
 }
 
-// Useful FLOPs of exact attention (the reference's count): 4 T^2 D H forward,
-// 12 T^2 D H forward + backward, halved when causal.
-double attention_flops(const Json& s) {
-  const double T = s["T"], D = s["D"], H = s["H"], B = s["B"];
-  double f = (s["pass"] == "fwd" ? 4.0 : 12.0) * T * T * D * H * B;
-  return s["causal"].get<bool>() ? f / 2 : f;
-}
-
 // A whole mixer's useful FLOPs as its registry entry states them; 0 if it states none.
 double mixer_flops(const Json& s) {
   const auto& info = find_mixer(s["mixer"]);
@@ -192,6 +184,7 @@ std::string bench_one(const Json& s) {
   std::vector<torch::Tensor> inputs;
   Mixer mixer;
   Trunk trunk{nullptr};
+  CoreRun core;
   if (s.contains("decode")) return bench_decode(s);
   if (s.contains("stack")) {  // a whole trunk: tokens -> embeddings -> blocks -> final norm
     Json mj = {{"d_model", H * D}, {"n_heads", H}, {"n_layers", s["stack"]["layers"]}, {"mixer", s["mixer"]},
@@ -199,12 +192,15 @@ std::string bench_one(const Json& s) {
     trunk = Trunk(ModelConfig::from_json(mj));
     inputs.push_back(torch::randint(0, 256, {B, T}));
     run = [&](const torch::Tensor& tokens) { return trunk->forward(tokens, causal, {}); };
-  } else if (s["core"].get<bool>()) {  // the attention core alone: q, k, v -> o
-    const std::string kernel = s["kernel"];
-    for (int i = 0; i < 3; ++i) inputs.push_back(torch::randn({B, H, T, D}).requires_grad_(backward));
-    run = [&, kernel](const torch::Tensor&) {
-      return exact_attention(inputs[0], inputs[1], inputs[2], AttentionMask{causal, {}}, kernel);
-    };
+  } else if (s["core"].get<bool>()) {  // the mechanism's attention core alone, on inputs it draws
+    const auto& info = find_mixer(s["mixer"]);
+    if (!info.core) throw Error("bench: mixer " + info.name + " has no attention core apart from the mixer");
+    Json spec = s.value("options", Json::object());
+    spec["name"] = s["mixer"];
+    core = info.core(CoreQuery{B, H, T, D, causal, parse_mixer_spec(spec, "bench").options, s["kernel"]});
+    for (auto& x : core.inputs) x.requires_grad_(backward);
+    inputs = core.inputs;
+    run = [&](const torch::Tensor&) { return core.run(); };
   } else {
     Json spec = s["options"];
     spec["name"] = s["mixer"];
@@ -238,8 +234,9 @@ std::string bench_one(const Json& s) {
     times.push_back(once());
     roofs.push_back(local_roof());
   }
-  return Json{{"ok", true},       {"times", times}, {"median_s", median(times)},     {"warmup_s", warm},
-              {"roofs", roofs},   {"roof_gflops", median(roofs)}, {"peak_mib", peak_memory_mib()}}
+  return Json{{"ok", true},          {"times", times},          {"median_s", median(times)},
+              {"warmup_s", warm},    {"roofs", roofs},          {"roof_gflops", median(roofs)},
+              {"peak_mib", peak_memory_mib()}, {"core_flops", core.flops}}
       .dump();
 }
 
@@ -450,6 +447,52 @@ void check_bench_options(const BenchOptions& o) {
   }
 }
 
+// The row of `series` at the same mode, pass and length as `r` (and allocation policy, unless given), or null.
+const Row* same_config(const std::vector<Row>& rows, const Row& r, const std::string& series,
+                       const std::string* policy = nullptr) {
+  for (const auto& x : rows)
+    if (x.series == series && x.mode == r.mode && x.pass == r.pass && x.T == r.T && x.status == "ok" &&
+        x.policy == (policy ? *policy : r.policy))
+      return &x;
+  return nullptr;
+}
+
+std::string ratio(const Row* num, const Row& den) { return num ? fmt(num->median_s / den.median_s, 2) : "-"; }
+
+bool ends_with(const std::string& s, const std::string& tail) {
+  return s.size() >= tail.size() && s.compare(s.size() - tail.size(), tail.size(), tail) == 0;
+}
+
+// Ratios between series of this run: each fused core against its reference path and against exact
+// attention's fused core, and each whole mixer against the whole `full` mixer.
+void print_ratio_tables(const std::vector<Row>& rows, const std::string& policy) {
+  const std::string stock_policy = "glibc default";
+  std::printf("\n| core | mode | pass | T | reference / fused time | exact fused core / this core time | "
+              "peak / exact fused core's | stock (glibc default) reference / fused time |\n"
+              "|---|---|---|---|---|---|---|---|\n");
+  for (const auto& f : rows) {
+    if (!ends_with(f.series, " core (fused)") || f.status != "ok" || f.policy != policy) continue;
+    const std::string mech = f.series.substr(0, f.series.size() - std::string(" core (fused)").size());
+    const Row* ref = same_config(rows, f, mech + " core (reference)");
+    const Row* stock = policy == stock_policy ? nullptr : same_config(rows, f, mech + " core (reference)", &stock_policy);
+    const Row* exact = same_config(rows, f, "full core (fused)");
+    std::printf("| %s | %s | %s | %lld | %s | %s | %s | %s |\n", mech.c_str(), f.mode.c_str(), f.pass.c_str(),
+                static_cast<long long>(f.T), ratio(ref, f).c_str(), ratio(exact, f).c_str(),
+                exact && exact->peak_mib > 0 ? fmt(f.peak_mib / exact->peak_mib, 2).c_str() : "-",
+                ratio(stock, f).c_str());
+  }
+  std::printf("\n| mixer | mode | pass | T | full mixer / this mixer time | peak / full mixer's |\n"
+              "|---|---|---|---|---|---|\n");
+  for (const auto& m : rows) {
+    if (!ends_with(m.series, " mixer") || m.series == "full mixer" || m.status != "ok") continue;
+    const Row* full = same_config(rows, m, "full mixer");
+    if (!full) continue;
+    std::printf("| %s | %s | %s | %lld | %s | %s |\n", m.series.c_str(), m.mode.c_str(), m.pass.c_str(),
+                static_cast<long long>(m.T), ratio(full, m).c_str(),
+                full->peak_mib > 0 ? fmt(m.peak_mib / full->peak_mib, 2).c_str() : "-");
+  }
+}
+
 }  // namespace
 
 void run_bench(const BenchOptions& o) {
@@ -473,7 +516,7 @@ void run_bench(const BenchOptions& o) {
               "libraries included, reset as it starts its configuration; for a child stopped by a cap, the highest "
               "resident set sampled every 20 ms\n");
 
-  // The series: whole mixers, and for exact attention its cores (fused and reference).
+  // The series: each mechanism's attention core per kernel it offers, and the whole mixers.
   struct Series {
     std::string name, mixer, kernel;
     bool core;
@@ -483,10 +526,9 @@ void run_bench(const BenchOptions& o) {
   };
   std::vector<Series> all;
   for (const auto& m : mixers) {
-    if (m == "full") {
-      all.push_back({"full core (fused)", "full", "fused", true, false});
-      all.push_back({"full core (reference)", "full", "reference", true, false});
-      if (o.stock) all.push_back({"full core (reference)", "full", "reference", true, true});
+    for (const auto& k : find_mixer(m).core_kernels) {
+      all.push_back({m + " core (" + k + ")", m, k, true, false});
+      if (o.stock && k == "reference") all.push_back({m + " core (" + k + ")", m, k, true, true});
     }
     if (!o.kernels_only) all.push_back({m + " mixer", m, "", false, false});
   }
@@ -554,7 +596,8 @@ void run_bench(const BenchOptions& o) {
             r.peak_mib = res.value("peak_mib", r.peak_mib);
             r.median_s = res["median_s"];
             r.tokens_per_s = o.batch * T / r.median_s;
-            const double flops = s.stack_layers > 0 ? 0.0 : s.core ? attention_flops(spec) : mixer_flops(spec);
+            const double core_flops = res.value("core_flops", 0.0) * (pass == "fwd" ? 1.0 : 3.0);
+            const double flops = s.stack_layers > 0 ? 0.0 : s.core ? core_flops : mixer_flops(spec);
             r.gflops = flops / r.median_s / 1e9;
             r.roof_gflops = res.value("roof_gflops", 0.0);
             if (r.roof_gflops > 0) r.roof_fraction = r.gflops / r.roof_gflops;
@@ -616,17 +659,7 @@ void run_bench(const BenchOptions& o) {
   std::printf("row's roof: SGEMM 1024^3 on all threads, measured in the row's own process before the warm-up and "
               "after each timed repeat (median); \"of roof\" divides by it. GFLOP/s counts each mixer's useful FLOPs "
               "as its registry entry states them (x3 for fwd+bwd).\n");
-  // Ratios of the same configuration across series: fused vs reference, and vs glibc's default allocator.
-  std::printf("\n| mode | pass | T | reference / fused time | stock (glibc default) reference / fused time |\n|---|---|---|---|---|\n");
-  for (const auto& f : rows) {
-    if (f.series != "full core (fused)" || f.status != "ok") continue;
-    double ref = 0, stock = 0;
-    for (const auto& r : rows)
-      if (r.mode == f.mode && r.pass == f.pass && r.T == f.T && r.status == "ok" && r.series == "full core (reference)")
-        (r.policy == "glibc default" && policy != "glibc default" ? stock : ref) = r.median_s;
-    std::printf("| %s | %s | %lld | %s | %s |\n", f.mode.c_str(), f.pass.c_str(), static_cast<long long>(f.T),
-                ref > 0 ? fmt(ref / f.median_s, 2).c_str() : "-", stock > 0 ? fmt(stock / f.median_s, 2).c_str() : "-");
-  }
+  print_ratio_tables(rows, policy);
   write_file_atomic(o.csv, csv.str());
   write_svg(o.svg, rows);
   std::printf("\nwrote %s and %s\n", o.csv.c_str(), o.svg.c_str());

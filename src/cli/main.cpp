@@ -208,7 +208,7 @@ int main(int argc, char** argv) {
   bench->add_option("--budget", bopts.budget, "seconds for the whole run; later configurations are skipped (0 = none)")
       ->check(number_in(0, 1e9));
   bench->add_flag("--stock", bopts.stock, "also run the reference attention core under glibc's default allocator");
-  bench->add_flag("--kernels-only", bopts.kernels_only, "only the attention cores, not whole mixers");
+  bench->add_flag("--kernels-only", bopts.kernels_only, "only each mechanism's attention core, one series per kernel it offers (fused, reference), not whole mixers");
   bench->add_option("--stack-layers", bopts.stack_layers,
                     "also time whole stacks of the first mixer with this many blocks, standard and reversible "
                     "(activation memory versus depth)")

@@ -39,6 +39,17 @@ struct SpmApi {
   int (*train)(const char*, char*, size_t);
 };
 
+// The module binds to its own protobuf (sentencepiece_shim.cpp): RTLD_DEEPBIND, or under
+// AddressSanitizer, which refuses RTLD_DEEPBIND, a link namespace of its own (the module is
+// built uninstrumented for that, CMakeLists.txt).
+void* open_spm_module(const std::string& path) {
+#ifdef __SANITIZE_ADDRESS__
+  return dlmopen(LM_ID_NEWLM, path.c_str(), RTLD_NOW | RTLD_LOCAL);
+#else
+  return dlopen(path.c_str(), RTLD_NOW | RTLD_LOCAL | RTLD_DEEPBIND);
+#endif
+}
+
 // Loads liblongseq_spm.so from the directory of liblongseq.so (build tree or
 // install prefix), falling back to the loader's search path.
 const SpmApi& spm_api() {
@@ -51,7 +62,7 @@ const SpmApi& spm_api() {
     }
     void* lib = nullptr;
     for (const std::string& path : {dir + "liblongseq_spm.so", std::string("liblongseq_spm.so")}) {
-      lib = dlopen(path.c_str(), RTLD_NOW | RTLD_LOCAL | RTLD_DEEPBIND);
+      lib = open_spm_module(path);
       if (lib) break;
     }
     if (!lib) throw Error(std::string("cannot load the SentencePiece module liblongseq_spm.so: ") + dlerror());

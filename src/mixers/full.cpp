@@ -95,6 +95,17 @@ MixerInfo full_mixer_info() {
     const double attn = 4.0 * f.B * f.T * f.T * f.C;
     return 8.0 * f.B * f.T * f.C * f.C + (f.causal ? attn / 2 : attn);
   };
+  info.core_kernels = {"fused", "reference"};
+  info.core = [](const CoreQuery& c) {  // softmax(QK^T / sqrt(D)) V on drawn q, k, v
+    CoreRun r;
+    for (int i = 0; i < 3; ++i) r.inputs.push_back(torch::randn({c.B, c.H, c.T, c.D}));
+    const auto in = r.inputs;
+    const AttentionMask mask{c.causal, {}};
+    r.run = [in, mask, kernel = c.kernel] { return exact_attention(in[0], in[1], in[2], mask, kernel); };
+    const double f = 4.0 * c.B * c.H * c.T * c.T * c.D;  // QK^T and PV, half of them when causal
+    r.flops = c.causal ? f / 2 : f;
+    return r;
+  };
   return info;
 }
 

@@ -89,6 +89,19 @@ class ToeplitzFeatureProducts : public torch::autograd::Function<ToeplitzFeature
   }
 };
 
+// Causal streaming (the FFT needs the whole sequence; with offsets clipped at R = max_distance it
+// does not): a key more than R positions back carries the constant weight e^{b_{-R}}, so it enters
+// a sum; the last R positions stay as features and values, weighted exactly per offset.
+struct KernelRpeState : MixerState {
+  torch::Tensor far;      // [B, H, M, D + 1]: sum of phi(k_j) [v_j, 1]^T over the keys older than the window
+  torch::Tensor win_k;    // [B, H, W, M]: features of the last W <= R positions
+  torch::Tensor win_v;    // [B, H, W, D + 1]
+  torch::Tensor key_max;  // [B, H]: the key stabilizer all three are scaled by (-inf: no real key yet)
+};
+
+// Queries per streamed piece: bounds the [piece, R + piece] weight matrix of a long prefill.
+constexpr int64_t kStreamPiece = 256;
+
 int64_t fft_length(int64_t T) {  // a power of two >= 2T - 1: a linear, not circular, convolution
   int64_t L = 1;
   while (L < 2 * T - 1) L <<= 1;
@@ -116,16 +129,10 @@ class KernelRpeImpl : public MixerImpl {
 
   torch::Tensor forward(const torch::Tensor& x, MixContext& ctx) override {
     TORCH_CHECK(x.dim() == 3, "kernel_rpe: x must be [B, T, C], got ", x.sizes());
-    TORCH_CHECK(!ctx.state, "kernel_rpe: cannot stream (its exact state is the whole history)");
     const int64_t B = x.size(0), T = x.size(1), H = heads_, D = head_dim_;
+    if (ctx.state) return stream(x, ctx);
     if (T == 0) return out_(x);  // nothing to convolve
-    auto qkv = qkv_(x).chunk(3, -1);
-    auto q = split_heads(qkv[0], H), k = split_heads(qkv[1], H), v = split_heads(qkv[2], H);
-    if (normalize_) {
-      auto unit = torch::nn::functional::NormalizeFuncOptions().dim(-1);
-      q = torch::nn::functional::normalize(q, unit);
-      k = torch::nn::functional::normalize(k, unit);
-    }
+    auto [q, k, v] = heads_of(x);
     auto f = favor_features(q, k, projection_, ctx.padding_mask);
     auto v1 = torch::cat({v, torch::ones({B, H, T, 1}, v.options())}, -1);  // the ones column gives the denominator
     const int64_t Lf = fft_length(T);
@@ -143,11 +150,87 @@ class KernelRpeImpl : public MixerImpl {
     auto bound = torch::matmul(f.q, f.k.sum(2).unsqueeze(-1)).detach();  // [B, H, T, 1]
     auto floor = bound * (unit * std::sqrt(double(Lf)));
     auto den = torch::maximum(nd.narrow(-1, D, 1) + eps_, floor);
-    auto y = nd.narrow(-1, 0, D) / torch::where(den > 0, den, torch::ones_like(den)) * (den > 0).to(den.dtype());
-    return out_(merge_heads(y));
+    return out_(merge_heads(ratio(nd.narrow(-1, 0, D), den)));
   }
 
+  std::unique_ptr<MixerState> initial_state(int64_t) const override { return std::make_unique<KernelRpeState>(); }
+
  private:
+  // q, k (l2-normalized when configured), v: [B, H, T, D].
+  std::tuple<torch::Tensor, torch::Tensor, torch::Tensor> heads_of(const torch::Tensor& x) {
+    auto qkv = qkv_(x).chunk(3, -1);
+    auto q = split_heads(qkv[0], heads_), k = split_heads(qkv[1], heads_), v = split_heads(qkv[2], heads_);
+    if (normalize_) {
+      auto unit = torch::nn::functional::NormalizeFuncOptions().dim(-1);
+      q = torch::nn::functional::normalize(q, unit);
+      k = torch::nn::functional::normalize(k, unit);
+    }
+    return {q, k, v};
+  }
+
+  // num / den where den > 0, else 0 (no key visible).
+  static torch::Tensor ratio(const torch::Tensor& num, const torch::Tensor& den) {
+    return num / torch::where(den > 0, den, torch::ones_like(den)) * (den > 0).to(den.dtype());
+  }
+
+  // The next piece of a causal stream: window and far sums instead of the FFT (same function, no round-off floor).
+  torch::Tensor stream(const torch::Tensor& x, MixContext& ctx) {
+    auto* st = dynamic_cast<KernelRpeState*>(ctx.state);
+    TORCH_CHECK(st, "kernel_rpe: the state passed was not made by this mixer");
+    TORCH_CHECK(ctx.causal, "kernel_rpe: streams only causally (a bidirectional query sees later tokens)");
+    const int64_t T = x.size(1);
+    if (T > kStreamPiece) {
+      std::vector<torch::Tensor> parts;
+      for (int64_t t0 = 0; t0 < T; t0 += kStreamPiece) {
+        MixContext piece = ctx;
+        const int64_t n = std::min(kStreamPiece, T - t0);
+        piece.offset = ctx.offset + t0;
+        if (ctx.padding_mask.defined()) piece.padding_mask = ctx.padding_mask.narrow(1, t0, n);
+        parts.push_back(stream(x.narrow(1, t0, n), piece));
+      }
+      return torch::cat(parts, 1);
+    }
+    const int64_t B = x.size(0), H = heads_, D = head_dim_, R = max_distance_;
+    auto [q, k, v] = heads_of(x);
+    const auto& pad = ctx.padding_mask;
+    auto ek = favor_exponents(k, projection_);
+    auto c = favor_key_max(ek, pad);
+    const int64_t M = ek.size(-1);
+    if (!st->key_max.defined()) {
+      st->key_max = c;
+      st->far = torch::zeros({B, H, M, D + 1}, x.options());
+      st->win_k = torch::zeros({B, H, 0, M}, x.options());
+      st->win_v = torch::zeros({B, H, 0, D + 1}, x.options());
+    } else {  // the stabilizer grows to this piece's keys: rescale what was summed under the old one
+      auto grown = torch::maximum(st->key_max, c);
+      auto f = torch::where(grown == st->key_max, torch::ones_like(grown), torch::exp(st->key_max - grown));
+      f = f.view({B, H, 1, 1});
+      st->far = st->far * f, st->win_k = st->win_k * f, st->key_max = grown;
+    }
+    auto fk = zero_padded(favor_key_features(ek, st->key_max.masked_fill(torch::isinf(st->key_max), 0.0)), pad);
+    auto fq = favor_query_features(favor_exponents(q, projection_));
+    auto keys = torch::cat({st->win_k, fk}, 2);                                            // [B, H, W + T, M]
+    auto vals = torch::cat({st->win_v, torch::cat({v, torch::ones({B, H, T, 1}, v.options())}, -1)}, 2);
+    const int64_t W = st->win_k.size(2), L = W + T;
+    // Query t sits W + t rows into `keys`: it sees rows e <= W + t with weight e^{b_{-min(W + t - e, R)}}.
+    auto lopts = torch::TensorOptions().dtype(torch::kLong).device(x.device());
+    auto back = torch::arange(T, lopts).unsqueeze(1) + W - torch::arange(L, lopts).unsqueeze(0);  // [T, L]
+    auto b = rpe_ - std::get<0>(rpe_.detach().max(-1, true));                                    // as the FFT path
+    auto eb = torch::exp(b.to(x.scalar_type()));                                                 // [H, 2R + 1]
+    auto weight = eb.index_select(1, (R - back.clamp(0, R)).flatten()).view({H, T, L}) *
+                  (back >= 0).to(x.scalar_type());
+    auto nd = torch::matmul(torch::matmul(fq, keys.transpose(-1, -2)) * weight, vals) +
+              eb.select(1, 0).view({1, H, 1, 1}) * torch::matmul(fq, st->far);  // e^{b_{-R}} on the far sum
+    // Keep the last R positions; the ones leaving the window join the far sum.
+    const int64_t keep = std::min(R, L), leave = L - keep;
+    if (leave > 0)
+      st->far = st->far + torch::matmul(keys.narrow(2, 0, leave).transpose(-1, -2), vals.narrow(2, 0, leave));
+    st->win_k = keys.narrow(2, leave, keep);
+    st->win_v = vals.narrow(2, leave, keep);
+    auto den = nd.narrow(-1, D, 1) + eps_;
+    return out_(merge_heads(ratio(nd.narrow(-1, 0, D), den)));
+  }
+
   // First column of the circulant embedding of C_ij = e^{b_{j-i}} (sec. 3.2): c[i] = e^{b_{-i}} for
   // i < T, c[Lf - r] = e^{b_r} for 0 < r < T (0 when causal), zeros between. b minus its max (cancels).
   torch::Tensor circulant_column(int64_t T, int64_t Lf, bool causal) const {
@@ -197,6 +280,8 @@ MixerInfo kernel_rpe_mixer_info() {
   };
   info.make = [](const MixerArgs& a) -> Mixer { return std::make_shared<KernelRpeImpl>(a); };
   info.sparse_options = {{"features", 4}, {"max_distance", 3}};  // M < D features; offsets clipped inside T
+  // Causal streaming keeps the last max_distance positions and one far sum: O(R M D) per token.
+  info.streams = true;
   info.flops = [](const FlopQuery& f) {  // projections; features; per column one forward and one inverse real FFT
     const double M = f.options["features"].get<double>(), D = double(f.C) / f.H;
     const double Lf = double(fft_length(f.T)), cols = f.B * f.H * M * (D + 1);

@@ -131,6 +131,8 @@ void bucket_outer_apply(const torch::Tensor& a, const torch::Tensor& c, const to
 
 torch::Tensor bucket_outer_apply(const torch::Tensor& a, const torch::Tensor& c, const torch::Tensor& codes_in,
                                  const torch::Tensor& w, const torch::Tensor& codes_out, int64_t nb, double scale) {
+  if (!w.device().is_cpu())  // the bucket tables read raw host memory: a round trip, right on any device
+    return bucket_outer_apply(a.cpu(), c.cpu(), codes_in.cpu(), w.cpu(), codes_out.cpu(), nb, scale).to(w.device());
   auto ci = codes_in.contiguous(), co = codes_out.contiguous();
   if (w.scalar_type() == torch::kDouble) {
     auto out = torch::zeros_like(w);
