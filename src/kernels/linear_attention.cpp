@@ -2,6 +2,9 @@
 // of Katharopoulos et al. 2020 (eq. 8-12), vectorized over chunks.
 #include "longseq/kernels/linear_attention.h"
 
+#include "longseq/common.h"
+#include "longseq/kernels/causal_linear_attention.h"
+
 namespace longseq {
 
 namespace {
@@ -22,8 +25,8 @@ torch::Tensor linear_attention(const torch::Tensor& fq, const torch::Tensor& fk,
   return guarded_ratio(torch::matmul(fq, S), torch::matmul(fq, z.unsqueeze(-1)), eps);
 }
 
-torch::Tensor causal_prefix_products(const torch::Tensor& a, const torch::Tensor& b, const torch::Tensor& v,
-                                     int64_t chunk, torch::Tensor* state) {
+torch::Tensor causal_prefix_products_reference(const torch::Tensor& a, const torch::Tensor& b, const torch::Tensor& v,
+                                               int64_t chunk, torch::Tensor* state) {
   TORCH_CHECK(a.dim() == 4 && b.sizes() == a.sizes() && v.dim() == 4 && v.size(2) == a.size(2),
               "causal_prefix_products: a, b [B, H, T, M] and v [B, H, T, E] expected, got ", a.sizes(), ", ",
               b.sizes(), ", ", v.sizes());
@@ -51,21 +54,55 @@ torch::Tensor causal_prefix_products(const torch::Tensor& a, const torch::Tensor
   return pad ? y.narrow(2, 0, T) : y;
 }
 
-torch::Tensor causal_linear_attention(const torch::Tensor& fq, const torch::Tensor& fk, const torch::Tensor& v,
-                                      int64_t chunk, double eps, LinearAttentionState* state) {
+torch::Tensor causal_linear_attention_reference(const torch::Tensor& fq, const torch::Tensor& fk,
+                                                const torch::Tensor& v, int64_t chunk, double eps,
+                                                LinearAttentionState* state) {
   const int64_t D = v.size(3);
   auto ones = torch::ones({v.size(0), v.size(1), v.size(2), 1}, v.options());
   torch::Tensor sums;  // [S | z]: the denominator is the prefix product of a ones column
   if (state && state->S.defined()) sums = torch::cat({state->S, state->z.unsqueeze(-1)}, -1);
-  auto nd = causal_prefix_products(fq, fk, torch::cat({v, ones}, -1), chunk, state ? &sums : nullptr);
+  auto nd = causal_prefix_products_reference(fq, fk, torch::cat({v, ones}, -1), chunk, state ? &sums : nullptr);
   if (state) state->S = sums.narrow(-1, 0, D), state->z = sums.select(-1, D);
   return guarded_ratio(nd.narrow(-1, 0, D), nd.narrow(-1, D, 1), eps);
 }
 
+namespace {
+
+// True when the fused kernel takes the call; throws when `kernel` demands it and it cannot.
+bool use_fused(const std::string& kernel, const std::vector<std::string>& why) {
+  TORCH_CHECK(kernel == "auto" || kernel == "reference" || kernel == "fused",
+              "causal linear attention: kernel must be auto, reference or fused, got \"", kernel, "\"");
+  if (kernel == "reference") return false;
+  if (kernel == "fused" && !why.empty())
+    throw Error("kernel \"fused\" cannot take this input: " + join(why, "; "));
+  return why.empty();
+}
+
+}  // namespace
+
+torch::Tensor causal_prefix_products(const torch::Tensor& a, const torch::Tensor& b, const torch::Tensor& v,
+                                     int64_t chunk, torch::Tensor* state, const std::string& kernel) {
+  LinearAttentionState s;
+  if (state) s.S = *state;
+  if (kernel != "reference" &&
+      use_fused(kernel, causal_linear_attention_unsupported_reasons(a, b, v, state ? &s : nullptr)))
+    return causal_prefix_products_fused(a, b, v, chunk, state);
+  return causal_prefix_products_reference(a, b, v, chunk, state);
+}
+
+torch::Tensor causal_linear_attention(const torch::Tensor& fq, const torch::Tensor& fk, const torch::Tensor& v,
+                                      int64_t chunk, double eps, LinearAttentionState* state,
+                                      const std::string& kernel) {
+  if (kernel != "reference" && use_fused(kernel, causal_linear_attention_unsupported_reasons(fq, fk, v, state)))
+    return causal_linear_attention_fused(fq, fk, v, chunk, eps, state);
+  return causal_linear_attention_reference(fq, fk, v, chunk, eps, state);
+}
+
 torch::Tensor kernelized_attention(const torch::Tensor& fq, const torch::Tensor& fk, const torch::Tensor& v,
-                                   bool causal, int64_t chunk, double eps, LinearAttentionState* state) {
+                                   bool causal, int64_t chunk, double eps, LinearAttentionState* state,
+                                   const std::string& kernel) {
   TORCH_CHECK(!state || causal, "kernelized attention: streaming needs causal mode");
-  if (causal) return causal_linear_attention(fq, fk, v, chunk, eps, state);
+  if (causal) return causal_linear_attention(fq, fk, v, chunk, eps, state, kernel);
   return linear_attention(fq, fk, v, eps);
 }
 

@@ -2,8 +2,9 @@
 // "Transformers are RNNs", sec. 3.2 (eq. 5-7: phi(x) = elu(x) + 1, no 1/sqrt(D)),
 // sec. 3.3 (causal prefix sums, eq. 8-12) and sec. 3.4 (the RNN form).
 // Bidirectional in O(T D^2); causal chunk by chunk: masked products inside a
-// chunk plus the running state (S, z) of the chunks before it, so memory is
-// O(T D + (T / chunk) D^2), never O(T D^2). The state carries across forward
+// chunk plus the running state (S, z) of the chunks before it: the fused CPU
+// kernel (kernels/cpu/causal_linear_attention) keeps memory O(T D + D^2), the
+// reference O(T D + (T / chunk) D^2), never O(T D^2). The state carries across forward
 // calls when streaming: O(D^2) time and memory per generated token.
 #include "longseq/common.h"
 #include "longseq/kernels/linear_attention.h"

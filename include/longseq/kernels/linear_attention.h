@@ -7,6 +7,8 @@
 #pragma once
 #include <torch/torch.h>
 
+#include <string>
+
 namespace longseq {
 
 // Running sums of a causal stream: S [B, H, M, D], z [B, H, M]; undefined = empty.
@@ -21,20 +23,31 @@ torch::Tensor linear_attention(const torch::Tensor& fq, const torch::Tensor& fk,
 // v [B, H, T, E] -> [B, H, T, E]. With `state` ([B, H, M, E] sum of b_j v_j^T,
 // undefined = zero) starts from it and leaves the sum after the last position
 // in it (detached). Chunk by chunk without a loop over chunks (see below).
+// kernel = "auto" (the fused CPU kernel of causal_linear_attention.h when it supports the input),
+// "reference", or "fused" (an Error listing the reasons when it does not).
 torch::Tensor causal_prefix_products(const torch::Tensor& a, const torch::Tensor& b, const torch::Tensor& v,
-                                     int64_t chunk, torch::Tensor* state = nullptr);
+                                     int64_t chunk, torch::Tensor* state = nullptr, const std::string& kernel = "auto");
+torch::Tensor causal_prefix_products_reference(const torch::Tensor& a, const torch::Tensor& b, const torch::Tensor& v,
+                                               int64_t chunk, torch::Tensor* state = nullptr);
 
-// Causal form, chunk by chunk but without a loop over chunks: masked products
-// inside each chunk of `chunk` positions, and the sums of earlier chunks by
+// Causal form. The reference goes chunk by chunk but without a loop over chunks: masked
+// products inside each chunk of `chunk` positions, and the sums of earlier chunks by
 // one exclusive cumulative sum over per-chunk states ([B, H, T/chunk, M, D]),
 // so a handful of large ops cover any T and memory stays O(T (chunk + M D / chunk)).
+// The fused kernel keeps one running state instead (O(T (M + D) + M D)).
 // With `state`, starts from it and leaves the sums after the last position in it (detached).
+// kernel: as for causal_prefix_products.
 torch::Tensor causal_linear_attention(const torch::Tensor& fq, const torch::Tensor& fk, const torch::Tensor& v,
-                                      int64_t chunk, double eps, LinearAttentionState* state = nullptr);
+                                      int64_t chunk, double eps, LinearAttentionState* state = nullptr,
+                                      const std::string& kernel = "auto");
+torch::Tensor causal_linear_attention_reference(const torch::Tensor& fq, const torch::Tensor& fk,
+                                                const torch::Tensor& v, int64_t chunk, double eps,
+                                                LinearAttentionState* state = nullptr);
 
 // The form a mixer's call needs: streaming (state given, causal), causal, or bidirectional.
 torch::Tensor kernelized_attention(const torch::Tensor& fq, const torch::Tensor& fk, const torch::Tensor& v,
-                                   bool causal, int64_t chunk, double eps, LinearAttentionState* state);
+                                   bool causal, int64_t chunk, double eps, LinearAttentionState* state,
+                                   const std::string& kernel = "auto");
 
 // Multiplies features [B, H, T, M] by 0 at padded positions (a padded key adds nothing to any sum);
 // key_padding [B, T] (true = padding) or undefined.
