@@ -18,7 +18,7 @@
 using namespace longseq;
 using namespace longseq_test;
 
-namespace {
+namespace causal_linear_attention_test {
 
 // max |a - b| / max |b|: the error measure of kCausalLinearAttentionTolerance.
 double rel_err(const torch::Tensor& a, const torch::Tensor& b) {

@@ -7,15 +7,24 @@
 // every batch item, step and call. With padding, each sequence's real tokens
 // are packed to the front and attend at their own length, so the blocks, the
 // last global block and the random table do not depend on the batch's padding.
+// Float32 CPU inputs run on the fused block-sparse kernel (one CSR row per
+// query block, global rows included; kernels/cpu/block_sparse_attention.cpp);
+// others on the gathered reference below. Cost O(T * (5 + r) * b * C).
+// Causal streaming: the causal pattern of block j depends on j alone (never on
+// T), so decoding keeps the keys and values of the real tokens and each new
+// token attends to its own block's pattern: O((3 + r) * b * C) per token.
 #include "longseq/mixers/bigbird.h"
 
 #include <algorithm>
+#include <cmath>
 #include <cstdio>
 #include <map>
 
 #include "longseq/common.h"
+#include "longseq/kernels/block_sparse_attention.h"
 #include "longseq/kernels/flash_attention.h"
 #include "longseq/kernels/gathered_attention.h"
+#include "longseq/kernels/growing_cache.h"
 #include "longseq/mixers/heads.h"
 #include "longseq/registry.h"
 
@@ -49,6 +58,16 @@ uint64_t row_key(uint64_t seed, int64_t h, int64_t j) {
 
 }  // namespace
 
+std::vector<int64_t> bigbird_causal_row(int64_t j, int64_t r, uint64_t seed, int64_t h) {
+  std::vector<int64_t> fixed, pool;
+  for (int64_t c : {int64_t{0}, j - 1, j})
+    if (c >= 0 && std::find(fixed.begin(), fixed.end(), c) == fixed.end()) fixed.push_back(c);
+  for (int64_t c = 1; c <= j - 2; ++c) pool.push_back(c);
+  auto rnd = pool.empty() ? std::vector<int64_t>{} : draw(pool, r, row_key(seed, h, j));
+  fixed.insert(fixed.end(), rnd.begin(), rnd.end());
+  return fixed;
+}
+
 BigBirdPattern bigbird_pattern(int64_t T, int64_t block, int64_t r, uint64_t seed, int64_t heads, bool causal) {
   BigBirdPattern p;
   const int64_t nb = (T + block - 1) / block;
@@ -58,12 +77,12 @@ BigBirdPattern bigbird_pattern(int64_t T, int64_t block, int64_t r, uint64_t see
   p.rows.assign(heads, std::vector<std::vector<int64_t>>(nb));
   for (int64_t h = 0; h < heads; ++h)
     for (int64_t j = 0; j < nb; ++j) {
-      std::vector<int64_t> fixed, pool;
       if (causal) {
-        for (int64_t c : {int64_t{0}, j - 1, j})
-          if (c >= 0 && std::find(fixed.begin(), fixed.end(), c) == fixed.end()) fixed.push_back(c);
-        for (int64_t c = 1; c <= j - 2; ++c) pool.push_back(c);
-      } else if (j == 0 || j == nb - 1) {
+        p.rows[h][j] = bigbird_causal_row(j, r, seed, h);
+        continue;
+      }
+      std::vector<int64_t> fixed, pool;
+      if (j == 0 || j == nb - 1) {
         for (int64_t c = 0; c < nb; ++c) fixed.push_back(c);  // global rows: everything
       } else {
         for (int64_t c : {int64_t{0}, j - 1, j, j + 1, nb - 1})
@@ -80,13 +99,20 @@ BigBirdPattern bigbird_pattern(int64_t T, int64_t block, int64_t r, uint64_t see
 
 namespace {
 
+// Decoding state: per batch row, the keys and values of its real tokens so far.
+struct BigBirdCache : MixerState {
+  std::vector<GrowingCache> k, v;  // [1, H, n_b, D] per row b
+  std::vector<int64_t> length;     // n_b: real tokens of row b so far
+};
+
 class BigBirdImpl : public MixerImpl {
  public:
   explicit BigBirdImpl(const MixerArgs& a)
       : heads_(a.n_heads),
         block_(a.options["block"]),
         random_(a.options["random_blocks"]),
-        seed_(a.options["seed"].get<int64_t>() + a.layer_index) {
+        seed_(a.options["seed"].get<int64_t>() + a.layer_index),
+        kernel_(a.options["kernel"]) {
     const bool bias = a.options["bias"].get<bool>();
     qkv_ = register_module("qkv", torch::nn::Linear(torch::nn::LinearOptions(a.d_model, 3 * a.d_model).bias(bias)));
     out_ = register_module("out", torch::nn::Linear(torch::nn::LinearOptions(a.d_model, a.d_model).bias(bias)));
@@ -94,11 +120,11 @@ class BigBirdImpl : public MixerImpl {
 
   torch::Tensor forward(const torch::Tensor& x, MixContext& ctx) override {
     TORCH_CHECK(x.dim() == 3, "bigbird: x must be [B, T, C], got ", x.sizes());
-    TORCH_CHECK(!ctx.state, "bigbird: does not stream (decode by recomputing the sequence)");
     auto qkv = qkv_(x).chunk(3, -1);
     auto q = split_heads(qkv[0], heads_), k = split_heads(qkv[1], heads_), v = split_heads(qkv[2], heads_);
     const int64_t B = x.size(0), T = x.size(1);
     auto pad = ctx.padding_mask.defined() ? ctx.padding_mask.to(x.device(), torch::kBool) : torch::Tensor();
+    if (ctx.state) return out_(merge_heads(stream(q, k, v, pad, ctx)));
     if (!pad.defined() || !pad.any().item<bool>()) return out_(merge_heads(attend(q, k, v, ctx.causal)));
     // Each sequence's real tokens are moved to the front and attend at their own length L, so its blocks start at
     // its first token and its last global block is its own last block, however much padding the batch carries.
@@ -120,6 +146,12 @@ class BigBirdImpl : public MixerImpl {
     return out_(merge_heads(torch::zeros_like(out).scatter(2, idx, out)));
   }
 
+  std::unique_ptr<MixerState> initial_state(int64_t batch) const override {
+    auto s = std::make_unique<BigBirdCache>();
+    s->k.resize(batch), s->v.resize(batch), s->length.assign(batch, 0);
+    return s;
+  }
+
  private:
   // q, k, v: [B, H, T, D], no padding -> [B, H, T, D]
   torch::Tensor attend(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v, bool causal) {
@@ -133,17 +165,80 @@ class BigBirdImpl : public MixerImpl {
                      static_cast<long long>(random_));
         warned_ = true;
       }
-      return exact_attention(q, k, v, AttentionMask{causal, {}});
+      return exact_attention(q, k, v, AttentionMask{causal, {}}, kernel_ == "reference" ? "reference" : "auto");
     }
+    if (use_fused(q, k, v, p.layout))
+      return block_sparse_attention(q, k, v, p.layout, BlockSparseMask{causal, {}, {}, 0.0},
+                                    1.0 / std::sqrt(static_cast<double>(q.size(3))), "fused")
+          .out;
     return causal ? causal_blocks(q, k, v, p) : itc_blocks(q, k, v, p);
   }
 
-  const BigBirdPattern& pattern(int64_t T, bool causal) {
+  // The fused kernel unless the option or the input rules it out ("fused": an error naming why).
+  bool use_fused(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
+                 const BlockSparseLayout& layout) const {
+    if (kernel_ == "reference") return false;
+    auto why = block_sparse_attention_unsupported_reasons(q, k, v, layout, {});
+    if (kernel_ == "fused" && !why.empty())
+      throw Error("bigbird: kernel \"fused\" cannot take this input: " + join(why, "; "));
+    return why.empty();
+  }
+
+  // Decoding: x continues each row's real tokens; new token i of row b sits at compacted position n_b + i and
+  // attends to the causal pattern row of its block over the cached keys. Padded positions output zeros.
+  // q, k, v: [B, H, T, D]; pad [B, T] or undefined -> [B, H, T, D]
+  torch::Tensor stream(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
+                       const torch::Tensor& pad, const MixContext& ctx) {
+    auto* cache = dynamic_cast<BigBirdCache*>(ctx.state);
+    TORCH_CHECK(cache, "bigbird: the state passed was not made by this mixer");
+    TORCH_CHECK(ctx.causal, "bigbird: streaming needs causal mode");
+    const int64_t B = q.size(0), T = q.size(2), D = q.size(3);
+    TORCH_CHECK(static_cast<int64_t>(cache->length.size()) == B, "bigbird: the state holds ", cache->length.size(),
+                " rows, the input ", B);
+    auto out = torch::zeros_like(q);
+    auto real = pad.defined() ? (~pad).to(torch::kCPU) : torch::ones({B, T}, torch::kBool);
+    for (int64_t b = 0; b < B; ++b) {
+      auto idx = real[b].nonzero().squeeze(1).to(q.device());  // the chunk's real tokens of row b
+      const int64_t n = idx.numel();
+      if (n == 0) continue;
+      auto pick = [&](const torch::Tensor& t) { return t.narrow(0, b, 1).index_select(2, idx); };
+      auto qb = pick(q);
+      auto keys = cache->k[b].append(pick(k)), values = cache->v[b].append(pick(v));
+      const int64_t first = cache->length[b];
+      cache->length[b] += n;
+      std::vector<torch::Tensor> parts;
+      for (int64_t p0 = first; p0 < first + n;) {  // the new queries of one pattern block at a time
+        const int64_t j = p0 / block_, p1 = std::min(first + n, (j + 1) * block_);
+        std::vector<std::vector<std::vector<int64_t>>> heads(heads_);  // [H][one query block][key blocks]
+        for (int64_t h = 0; h < heads_; ++h) heads[h] = {bigbird_causal_row(j, random_, static_cast<uint64_t>(seed_), h)};
+        auto layout = block_sparse_layout(p1 - p0, block_, {heads});
+        BlockSparseMask mask{true, torch::arange(p0, p1, torch::kLong).view({1, 1, p1 - p0}).to(q.device()), {}, 0.0};
+        const std::string kernel = kernel_ == "auto" || kernel_ == "fused" ? "auto" : "reference";
+        parts.push_back(block_sparse_attention(qb.narrow(2, p0 - first, p1 - p0), keys, values, layout, mask,
+                                               1.0 / std::sqrt(static_cast<double>(D)), kernel)
+                            .out);
+        p0 = p1;
+      }
+      out = out.index_copy(0, torch::tensor({b}, torch::kLong).to(q.device()),
+                           torch::zeros({1, heads_, T, D}, q.options()).index_copy(2, idx, torch::cat(parts, 2)));
+    }
+    return out;
+  }
+
+  // The pattern of a length, with its CSR layout for the kernel: [1, H, nb + 1] offsets.
+  struct Pattern : BigBirdPattern {
+    BlockSparseLayout layout;
+  };
+
+  const Pattern& pattern(int64_t T, bool causal) {
     auto key = std::make_pair(T, causal);
     auto it = patterns_.find(key);
     if (it != patterns_.end()) return it->second;
     if (patterns_.size() >= 64) patterns_.clear();  // lengths of a padded batch; bounded
-    return patterns_[key] = bigbird_pattern(T, block_, random_, static_cast<uint64_t>(seed_), heads_, causal);
+    Pattern p;
+    static_cast<BigBirdPattern&>(p) = bigbird_pattern(T, block_, random_, static_cast<uint64_t>(seed_), heads_, causal);
+    if (!p.exact) p.layout = block_sparse_layout(block_, block_, {p.rows});
+    return patterns_[key] = p;
   }
 
   // Rows [j0, j0 + N) of the pattern as token slots [1, H, N, m] (-1 = empty).
@@ -177,8 +272,9 @@ class BigBirdImpl : public MixerImpl {
                            const BigBirdPattern& p) const {
     const int64_t B = q.size(0), T = q.size(2), D = q.size(3), nb = p.blocks, last0 = (nb - 1) * block_;
     AttentionMask all{false, {}};
-    auto first = exact_attention(q.narrow(2, 0, block_), k, v, all);
-    auto last = exact_attention(q.narrow(2, last0, T - last0), k, v, all);
+    const std::string kernel = kernel_ == "reference" ? "reference" : "auto";
+    auto first = exact_attention(q.narrow(2, 0, block_), k, v, all, kernel);
+    auto last = exact_attention(q.narrow(2, last0, T - last0), k, v, all, kernel);
     auto mid = gathered_attention(blocked_queries(q, nb).narrow(2, 1, nb - 2), k, v,
                                   KeySlots{slots(p, 1, nb - 2, T, q.device()), {}}, {})
                    .out.reshape({B, heads_, (nb - 2) * block_, D});
@@ -197,8 +293,9 @@ class BigBirdImpl : public MixerImpl {
   }
 
   int64_t heads_, block_, random_, seed_;
+  std::string kernel_;
   bool warned_ = false;
-  std::map<std::pair<int64_t, bool>, BigBirdPattern> patterns_;  // by (length, causal)
+  std::map<std::pair<int64_t, bool>, Pattern> patterns_;  // by (length, causal)
   torch::nn::Linear qkv_{nullptr}, out_{nullptr};
 };
 
@@ -215,8 +312,14 @@ MixerInfo bigbird_mixer_info() {
       {"seed", OptionType::Int, 0, "seed of the random table; layer l uses seed + l (the official code: layer index)",
        0, 1e15},
       {"bias", OptionType::Bool, true, "bias terms in the projections"},
+      {"kernel", OptionType::String, "auto",
+       "attention core: auto (the fused block-sparse CPU kernel when it supports the input, else the gathered "
+       "reference), reference, or fused (error when unsupported); LONGSEQ_ATTENTION=reference forces reference",
+       -1e300, 1e300, {"auto", "reference", "fused"}},
   };
   info.make = [](const MixerArgs& a) -> Mixer { return std::make_shared<BigBirdImpl>(a); };
+  // Causal decoding keeps the real tokens' keys and values; the causal pattern of block j depends on j alone.
+  info.streams = true;
   info.sparse_options = {{"block", 2}, {"random_blocks", 1}};  // sparse from T = 11 (6 blocks; causal: 9)
   info.flops = [](const FlopQuery& f) {
     const double b = f.options["block"].get<double>(), r = f.options["random_blocks"].get<double>();

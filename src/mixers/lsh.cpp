@@ -12,10 +12,17 @@
 // automatic bucket count and the circular look-back follow each sequence's
 // real length, so padding changes no real output. Not strictly causal when
 // m < T: later tokens move chunk boundaries (a property of the method).
+// Float32 CPU inputs run on the fused block-sparse kernel: queries, keys and
+// values are sorted once by gather (O(R T D)), chunk c of the sorted order
+// attends to key blocks {prev(c), c} with the self penalty inside the kernel,
+// which returns each round's log-sum-exp; others on the gathered reference.
 #include <algorithm>
 #include <cmath>
+#include <tuple>
+#include <utility>
 
 #include "longseq/common.h"
+#include "longseq/kernels/block_sparse_attention.h"
 #include "longseq/kernels/gathered_attention.h"
 #include "longseq/mixers/heads.h"
 #include "longseq/mixers/lsh.h"
@@ -50,7 +57,8 @@ class LshImpl : public MixerImpl {
         rounds_(a.options["n_hashes"]),
         chunk_(a.options["chunk_length"]),
         buckets_(a.options["n_buckets"]),
-        rehash_(a.options["rehash"]) {
+        rehash_(a.options["rehash"]),
+        kernel_(a.options["kernel"]) {
     const bool bias = a.options["bias"].get<bool>();
     qv_ = register_module("qv", torch::nn::Linear(torch::nn::LinearOptions(a.d_model, 2 * a.d_model).bias(bias)));
     out_ = register_module("out", torch::nn::Linear(torch::nn::LinearOptions(a.d_model, a.d_model).bias(bias)));
@@ -129,15 +137,66 @@ class LshImpl : public MixerImpl {
     auto order = std::get<1>(key.sort(-1));              // sorted item -> (round * Tp + position)
     auto spos = order.remainder(Tp);                     // [B, H, R*Tp] original positions in sorted order
     const int64_t N = R * Tp / m;
-    auto qs = (q * std::sqrt(static_cast<double>(D)))    // undo the primitive's 1/sqrt(D)
-                  .gather(2, spos.unsqueeze(-1).expand({B, heads_, R * Tp, D}))
-                  .view({B, heads_, N, m, D});
-    auto cpos = spos.view({B, heads_, N, m});
     // Each chunk also sees the previous one; a round's first chunk sees the previous round's last chunk holding
     // real tokens (circularly, as the official code does).
     auto c = torch::arange(N, lopts).view({1, N});
     auto wrap = (c.div(Nr, "floor") + R - 1).remainder(R) * Nr + row_chunks.view({B, 1}) - 1;
     auto prev = torch::where(c.remainder(Nr) == 0, wrap, (c - 1).expand({B, N}));  // [B, N]
+    // o: [B, H, R*Tp, D] and lse_r: [B, H, R*Tp], both in sorted order.
+    torch::Tensor o_sorted, lse_r;
+    if (use_fused(q, prev, m)) {
+      std::tie(o_sorted, lse_r) = fused_rounds(q, k, v, spos, prev, pad, causal, m);
+    } else {
+      std::tie(o_sorted, lse_r) = gathered_rounds(q, k, v, spos, prev, pad, causal, m);
+    }
+    // Unsort and combine rounds: o = sum_r softmax_r(lse_r) o_r (eq. 14).
+    auto inv = torch::empty_like(order).scatter_(2, order, torch::arange(R * Tp, lopts).view({1, 1, -1}).expand_as(order));
+    auto o = o_sorted.gather(2, inv.unsqueeze(-1).expand({B, heads_, R * Tp, D}));
+    auto lse = lse_r.gather(2, inv).view({B, heads_, R, Tp}).transpose(2, 3);
+    auto w = masked_softmax(lse.masked_fill(torch::isinf(lse), 0), torch::isfinite(lse)).transpose(2, 3);  // over R
+    return (o.view({B, heads_, R, Tp, D}) * w.unsqueeze(-1)).sum(2).narrow(2, 0, T);
+  }
+
+  bool use_fused(const torch::Tensor& q, const torch::Tensor& prev, int64_t m) const {
+    if (kernel_ == "reference") return false;
+    BlockSparseLayout probe{m, m, {}, {}};
+    auto why = block_sparse_attention_unsupported_reasons(q, q, q, probe, {});
+    if (!prev.device().is_cpu()) why.push_back("the chunk table is not on the CPU");
+    if (kernel_ == "fused" && !why.empty())
+      throw Error("lsh: kernel \"fused\" cannot take this input: " + join(why, "; "));
+    return why.empty();
+  }
+
+  // The kernel over the sorted items: chunk c (block of m rows) sees key blocks {prev[b, c], c}; keys are the
+  // sorted unit keys, masks by original position (padding: -1), the self penalty 1e5 inside the softmax.
+  // q, k, v: [B, H, Tp, D]; spos [B, H, R*Tp]; prev [B, N]; pad [B, Tp] -> (o [B, H, R*Tp, D], lse [B, H, R*Tp])
+  std::pair<torch::Tensor, torch::Tensor> fused_rounds(const torch::Tensor& q, const torch::Tensor& k,
+                                                       const torch::Tensor& v, const torch::Tensor& spos,
+                                                       const torch::Tensor& prev, const torch::Tensor& pad,
+                                                       bool causal, int64_t m) const {
+    const int64_t B = q.size(0), D = q.size(3), RT = spos.size(2), N = prev.size(1);
+    auto idx = spos.unsqueeze(-1).expand({B, heads_, RT, D});
+    auto qs = q.gather(2, idx), ks = k.gather(2, idx), vs = v.gather(2, idx);
+    auto kpos = torch::where(pad.unsqueeze(1).expand({B, heads_, pad.size(1)}).gather(2, spos),
+                             torch::full_like(spos, -1), spos);
+    auto own = torch::arange(N, prev.options()).view({1, N}).expand({B, N});
+    BlockSparseLayout layout{m, m, (torch::arange(N + 1, prev.options()) * 2).view({1, 1, N + 1}).expand({B, 1, N + 1}).contiguous(),
+                             torch::stack({prev, own}, -1).view({B, 1, 2 * N})};
+    auto r = block_sparse_attention(qs, ks, vs, layout, BlockSparseMask{causal, spos, kpos, kSelfPenalty}, 1.0, "fused");
+    return {r.out, r.lse};
+  }
+
+  // The gathered reference: the sorted items of each chunk over 2m key slots (the previous chunk's and their own).
+  // Arguments and results as fused_rounds.
+  std::pair<torch::Tensor, torch::Tensor> gathered_rounds(const torch::Tensor& q, const torch::Tensor& k,
+                                                          const torch::Tensor& v, const torch::Tensor& spos,
+                                                          const torch::Tensor& prev, const torch::Tensor& pad,
+                                                          bool causal, int64_t m) const {
+    const int64_t B = q.size(0), D = q.size(3), N = prev.size(1), Tp = pad.size(1);
+    auto qs = (q * std::sqrt(static_cast<double>(D)))  // undo the primitive's 1/sqrt(D)
+                  .gather(2, spos.unsqueeze(-1).expand({B, heads_, N * m, D}))
+                  .view({B, heads_, N, m, D});
+    auto cpos = spos.view({B, heads_, N, m});
     auto kpos = torch::cat({cpos.gather(2, prev.view({B, 1, N, 1}).expand({B, heads_, N, m})), cpos}, -1);  // [B, H, N, 2m]
     auto qp = cpos.unsqueeze(-1), kp = kpos.unsqueeze(-2);  // [B, H, N, m, 1], [B, H, N, 1, 2m]
     auto ok = causal ? (kp <= qp) : torch::ones_like(kp, torch::kBool).expand({B, heads_, N, m, 2 * m});
@@ -149,17 +208,14 @@ class LshImpl : public MixerImpl {
     auto r = gathered_attention(qs, k, v, KeySlots{kpos, allowed}, {}, nullptr, /*want_lse=*/true);
     // The self logit carries the penalty 1e5 (App. A): beside other keys its weight exp(-1e5) is 0; alone it gives
     // v_i, and the round's log-sum-exp drops by 1e5, so that round gets no weight in eq. 14 when another sees more.
-    auto lse_r = r.lse - 1e5 * (self.any(-1) & ~sees_others.squeeze(-1)).to(r.lse.scalar_type());
-    // Unsort and combine rounds: o = sum_r softmax_r(lse_r) o_r (eq. 14).
-    auto inv = torch::empty_like(order).scatter_(2, order, torch::arange(R * Tp, lopts).view({1, 1, -1}).expand_as(order));
-    auto o = r.out.view({B, heads_, R * Tp, D}).gather(2, inv.unsqueeze(-1).expand({B, heads_, R * Tp, D}));
-    auto lse = lse_r.view({B, heads_, R * Tp}).gather(2, inv).view({B, heads_, R, Tp}).transpose(2, 3);
-    auto w = masked_softmax(lse.masked_fill(torch::isinf(lse), 0), torch::isfinite(lse)).transpose(2, 3);  // over R
-    return (o.view({B, heads_, R, Tp, D}) * w.unsqueeze(-1)).sum(2).narrow(2, 0, T);
+    auto lse_r = r.lse - kSelfPenalty * (self.any(-1) & ~sees_others.squeeze(-1)).to(r.lse.scalar_type());
+    return {r.out.view({B, heads_, N * m, D}), lse_r.view({B, heads_, N * m})};
   }
 
+  static constexpr double kSelfPenalty = 1e5;  // App. A: finite, below the causal mask
   int64_t heads_, head_dim_, rounds_, chunk_, buckets_;
   bool rehash_;
+  std::string kernel_;
   uint64_t seed_;
   torch::Tensor forwards_;  // training forwards that drew rotations (a buffer: a resumed run continues them)
   torch::nn::Linear qv_{nullptr}, out_{nullptr};
@@ -184,6 +240,10 @@ MixerInfo lsh_mixer_info() {
                                          "rotations fixed by seed and bucket count"},
       {"seed", OptionType::Int, 0, "seed of the rotations; layer l uses seed + l", 0, 1e15},
       {"bias", OptionType::Bool, true, "bias terms in the projections"},
+      {"kernel", OptionType::String, "auto",
+       "attention core: auto (the fused block-sparse CPU kernel when it supports the input, else the gathered "
+       "reference), reference, or fused (error when unsupported); LONGSEQ_ATTENTION=reference forces reference",
+       -1e300, 1e300, {"auto", "reference", "fused"}},
   };
   info.make = [](const MixerArgs& a) -> Mixer { return std::make_shared<LshImpl>(a); };
   info.sparse_options = {{"chunk_length", 4}, {"n_hashes", 2}};  // several chunks and 2T/4 buckets

@@ -17,11 +17,19 @@
 // Padding counts nowhere: each row's real tokens are moved to the front
 // first, so cluster sizes and block boundaries follow the real tokens only.
 // Not strictly causal with k > 1: a later token can push an earlier one out.
+// Float32 CPU inputs run the routing heads on the fused block-sparse kernel:
+// each cluster's members are gathered once (O(k w D)) and cluster c attends to
+// key block c only (a block-diagonal layout), masked by original position;
+// others on the gathered reference. The local heads stay on the gathered path.
+// No streaming: with balanced clusters a later token can change which cluster
+// an earlier token sits in (top-w over the whole sequence), and in training the
+// centroids move with every batch, so earlier outputs are not fixed.
 #include <algorithm>
 #include <cmath>
 #include <limits>
 
 #include "longseq/common.h"
+#include "longseq/kernels/block_sparse_attention.h"
 #include "longseq/kernels/gathered_attention.h"
 #include "longseq/mixers/heads.h"
 #include "longseq/recompute.h"
@@ -57,7 +65,8 @@ class RoutingImpl : public MixerImpl {
         centroids_(centroid_count(a.options)),
         local_block_(a.options["local_window"]),
         shared_qk_(a.options["shared_qk"]),
-        decay_(a.options["decay"]) {
+        decay_(a.options["decay"]),
+        kernel_(a.options["kernel"]) {
     const bool bias = a.options["bias"].get<bool>();
     // [q (all heads) | k (the heads that use keys: local ones, and routing ones without shared QK) | v (all heads)]
     key_heads_ = shared_qk_ ? heads_ - routing_heads_ : heads_;
@@ -151,11 +160,9 @@ class RoutingImpl : public MixerImpl {
         if (k.defined()) update_means(kn.detach(), k_aff.masked_fill(~real_cluster.unsqueeze(-1), lowest), pad, K);
       }
     }
-    // Logits qn_a . kn_b (no 1/sqrt(D): LN sets the temperature); the primitive divides by sqrt(D).
-    auto qg = (qn * std::sqrt(static_cast<double>(D)))
-                  .gather(2, q_idx.clamp_min(0).view({B, H, K * W, 1}).expand({B, H, K * W, D}));
-    KeySlots slots{k_idx, causal ? (k_idx.unsqueeze(-2) <= q_idx.unsqueeze(-1)) : torch::Tensor()};
-    auto o = gathered_attention(qg.view({B, H, K, W, D}), kn, v, slots, pad).out;  // [B, H, K, W, D]
+    // Logits qn_a . kn_b (no 1/sqrt(D): LN sets the temperature).
+    auto o = use_fused(qn) ? fused_clusters(qn, kn, v, q_idx, k_idx, pad, causal)
+                           : gathered_clusters(qn, kn, v, q_idx, k_idx, pad, causal);  // [B, H, K, W, D]
     // Scatter back; empty slots go to a spare row T that is dropped.
     auto flat = torch::where(q_idx >= 0, q_idx, torch::full_like(q_idx, T)).view({B, H, K * W});
     auto sum = torch::zeros({B, H, T + 1, D}, o.options())
@@ -163,6 +170,49 @@ class RoutingImpl : public MixerImpl {
     auto count = torch::zeros({B, H, T + 1}, o.options()).scatter_add(2, flat, torch::ones({B, H, K * W}, o.options()));
     // Mean over the clusters that took the token; 0 if none.
     return (sum / count.clamp_min(1).unsqueeze(-1)).narrow(2, 0, T);
+  }
+
+  bool use_fused(const torch::Tensor& q) const {
+    if (kernel_ == "reference") return false;
+    BlockSparseLayout probe{1, 1, {}, {}};
+    auto why = block_sparse_attention_unsupported_reasons(q, q, q, probe, {});
+    if (kernel_ == "fused" && !why.empty())
+      throw Error("routing: kernel \"fused\" cannot take this input: " + join(why, "; "));
+    return why.empty();
+  }
+
+  // Members gathered in cluster order, then cluster c (block c of W rows) attends to key block c only; masks by
+  // original position: empty slots and padding -1, causal k <= q.
+  // qn, kn, v [B, H, T, D]; q_idx, k_idx [B, H, K, W] (-1 = empty) -> [B, H, K, W, D]
+  torch::Tensor fused_clusters(const torch::Tensor& qn, const torch::Tensor& kn, const torch::Tensor& v,
+                               const torch::Tensor& q_idx, const torch::Tensor& k_idx, const torch::Tensor& pad,
+                               bool causal) const {
+    const int64_t B = qn.size(0), H = qn.size(1), D = qn.size(3), K = q_idx.size(2), W = q_idx.size(3);
+    auto rows = [&](const torch::Tensor& t, const torch::Tensor& idx) {
+      return t.gather(2, idx.clamp_min(0).view({B, H, K * W, 1}).expand({B, H, K * W, D}));
+    };
+    auto kpos = k_idx.view({B, H, K * W});
+    if (pad.defined()) {
+      auto padded = pad.view({B, 1, -1}).expand({B, H, pad.size(1)}).gather(2, kpos.clamp_min(0));
+      kpos = torch::where(padded, torch::full_like(kpos, -1), kpos);
+    }
+    auto diag = torch::arange(K, torch::kLong);
+    BlockSparseLayout layout{W, W, torch::arange(K + 1, torch::kLong).view({1, 1, K + 1}), diag.view({1, 1, K})};
+    auto r = block_sparse_attention(rows(qn, q_idx), rows(kn, k_idx), rows(v, k_idx), layout,
+                                    BlockSparseMask{causal, q_idx.reshape({B, H, K * W}), kpos, 0.0}, 1.0, "fused");
+    return r.out.view({B, H, K, W, D});
+  }
+
+  // The gathered reference: each cluster's queries over its key slots. Arguments as fused_clusters.
+  torch::Tensor gathered_clusters(const torch::Tensor& qn, const torch::Tensor& kn, const torch::Tensor& v,
+                                  const torch::Tensor& q_idx, const torch::Tensor& k_idx, const torch::Tensor& pad,
+                                  bool causal) const {
+    const int64_t B = qn.size(0), H = qn.size(1), D = qn.size(3), K = q_idx.size(2), W = q_idx.size(3);
+    // The primitive divides by sqrt(D); the routing logits have no such scale.
+    auto qg = (qn * std::sqrt(static_cast<double>(D)))
+                  .gather(2, q_idx.clamp_min(0).view({B, H, K * W, 1}).expand({B, H, K * W, D}));
+    KeySlots slots{k_idx, causal ? (k_idx.unsqueeze(-2) <= q_idx.unsqueeze(-1)) : torch::Tensor()};
+    return gathered_attention(qg.view({B, H, K, W, D}), kn, v, slots, pad).out;
   }
 
   // Online k-means (sec. 4; the code's EMA form): nearest-centroid assignment among the K clusters in use,
@@ -203,6 +253,7 @@ class RoutingImpl : public MixerImpl {
   int64_t key_heads_ = 0;
   bool shared_qk_;
   double decay_;
+  std::string kernel_;
   torch::Tensor means_, ema_sums_, ema_counts_;
   torch::nn::Linear qkv_{nullptr}, out_{nullptr};
 };
@@ -233,8 +284,15 @@ MixerInfo routing_mixer_info() {
                                              "block (and the next when bidirectional); the paper: 256", 1, 1e9},
       {"decay", OptionType::Float, 0.999, "EMA decay lambda of the centroid update (the paper: 0.999)", 0.0, 1.0},
       {"bias", OptionType::Bool, true, "bias terms in the projections"},
+      {"kernel", OptionType::String, "auto",
+       "attention core of the routing heads: auto (the fused block-sparse CPU kernel when it supports the input, "
+       "else the gathered reference), reference, or fused (error when unsupported); LONGSEQ_ATTENTION=reference "
+       "forces reference",
+       -1e300, 1e300, {"auto", "reference", "fused"}},
   };
   info.make = [](const MixerArgs& a) -> Mixer { return std::make_shared<RoutingImpl>(a); };
+  // streams = false: balanced clusters are chosen over the whole sequence (top-w per centroid), so a later token
+  // can move an earlier one between clusters or out of all of them; a prefix's outputs are not final.
   info.strictly_causal = false;
   info.strictly_causal_options = {{"clusters", 1}};
   info.sparse_options = {{"cluster_size", 4}, {"local_window", 4}};  // several clusters of 4, blocks of 4

@@ -20,6 +20,10 @@ struct BigBirdPattern {
 // {0, j-1, j} and min(r, j-2) random blocks from [1, j-2], keyed on
 // (seed, head, j) only, so a prefix keeps its pattern; exact when nb <= r + 3
 // (the pattern then covers every past block).
+// Row j of the causal pattern for head h: {0, j-1, j} and min(r, j-2) random
+// blocks of [1, j-2]; a function of (j, r, seed, h) only, so decoding reuses it.
+std::vector<int64_t> bigbird_causal_row(int64_t j, int64_t random_blocks, uint64_t seed, int64_t h);
+
 BigBirdPattern bigbird_pattern(int64_t T, int64_t block, int64_t random_blocks, uint64_t seed, int64_t heads,
                                bool causal);
 

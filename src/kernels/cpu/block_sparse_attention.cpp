@@ -1,0 +1,613 @@
+// Block-sparse attention on the CPU: FlashAttention-2 (Dao 2023, Algorithm 1
+// forward, Algorithm 2 backward) restricted to the key blocks a CSR layout
+// lists per query block. Per (batch, head, query block) the listed key blocks
+// are packed into tiles of up to kTileK rows (a copy of O(keys * D), 1/(2 b)
+// of the tile's product) so that each tile is one SGEMM, and the tiles stream
+// through an online softmax. Masks come from the rows' original positions
+// (causal, padding = -1, Reformer's self rule). The backward recomputes
+// P = exp(S - lse) tile by tile; it runs per (batch, head), whose dq, dk, dv
+// rows are its own, so no two threads write the same row.
+// Memory: O(Nq + Nk) * D per head plus per-thread tiles; no [slots x keys] tensor.
+#include <immintrin.h>
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+
+#include "longseq/common.h"
+#include "longseq/kernels/block_sparse_attention.h"
+#include "longseq/kernels/flash_attention.h"
+
+extern "C" void cblas_sgemm(int order, int trans_a, int trans_b, int m, int n, int k, float alpha, const float* a,
+                            int lda, const float* b, int ldb, float beta, float* c, int ldc);
+
+namespace longseq {
+
+namespace {
+
+constexpr int kRowMajor = 101, kNoTrans = 111, kTrans = 112;
+constexpr int64_t kTileQ = 128, kTileK = 512;
+constexpr float kNegInf = -std::numeric_limits<float>::infinity();
+constexpr float kPosInf = std::numeric_limits<float>::infinity();
+
+// C[m, n] = alpha * op(A) op(B) + beta * C, row-major.
+void gemm(bool ta, bool tb, int64_t m, int64_t n, int64_t k, float alpha, const float* a, int64_t lda, const float* b,
+          int64_t ldb, float beta, float* c, int64_t ldc) {
+  cblas_sgemm(kRowMajor, ta ? kTrans : kNoTrans, tb ? kTrans : kNoTrans, static_cast<int>(m), static_cast<int>(n),
+              static_cast<int>(k), alpha, a, static_cast<int>(lda), b, static_cast<int>(ldb), beta, c,
+              static_cast<int>(ldc));
+}
+
+// exp(x - shift) in place, returning the sum; anything below -87 after the
+// shift (masked: -inf; shift +inf: an empty row) becomes exactly 0. Range
+// reduction by ln 2 in two parts and a degree-6 polynomial (Cephes), ~1e-7.
+__attribute__((target("avx2,fma"))) float exp_sum_avx2(float* x, int64_t n, float shift) {
+  const __m256 sh = _mm256_set1_ps(shift), lo = _mm256_set1_ps(-87.0f), hi = _mm256_set1_ps(88.3f);
+  const __m256 log2e = _mm256_set1_ps(1.44269504088896341f), ln2_hi = _mm256_set1_ps(0.693359375f),
+               ln2_lo = _mm256_set1_ps(-2.12194440e-4f), half = _mm256_set1_ps(0.5f), one = _mm256_set1_ps(1.0f);
+  const float coef[6] = {1.9875691500e-4f, 1.3981999507e-3f, 8.3334519073e-3f,
+                         4.1665795894e-2f, 1.6666665459e-1f, 5.0000001201e-1f};
+  __m256 total = _mm256_setzero_ps();
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    __m256 z = _mm256_sub_ps(_mm256_loadu_ps(x + i), sh);
+    const __m256 dead = _mm256_cmp_ps(z, lo, _CMP_LT_OQ);  // also NaN-free for -inf - (+inf)
+    z = _mm256_min_ps(_mm256_max_ps(z, lo), hi);
+    const __m256 n2 = _mm256_floor_ps(_mm256_fmadd_ps(z, log2e, half));
+    z = _mm256_fnmadd_ps(n2, ln2_hi, z);
+    z = _mm256_fnmadd_ps(n2, ln2_lo, z);
+    __m256 y = _mm256_set1_ps(coef[0]);
+    for (int c = 1; c < 6; ++c) y = _mm256_fmadd_ps(y, z, _mm256_set1_ps(coef[c]));
+    y = _mm256_fmadd_ps(y, _mm256_mul_ps(z, z), _mm256_add_ps(z, one));
+    const __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n2), _mm256_set1_epi32(127)), 23);
+    y = _mm256_andnot_ps(dead, _mm256_mul_ps(y, _mm256_castsi256_ps(e)));
+    total = _mm256_add_ps(total, y);
+    _mm256_storeu_ps(x + i, y);
+  }
+  alignas(32) float lanes[8];
+  _mm256_store_ps(lanes, total);
+  float sum = 0;
+  for (float lane : lanes) sum += lane;
+  for (; i < n; ++i) sum += x[i] = !(x[i] - shift >= -87.0f) ? 0.0f : std::exp(x[i] - shift);
+  return sum;
+}
+
+float exp_sum_scalar(float* x, int64_t n, float shift) {
+  float sum = 0;
+  for (int64_t i = 0; i < n; ++i) sum += x[i] = !(x[i] - shift >= -87.0f) ? 0.0f : std::exp(x[i] - shift);
+  return sum;
+}
+
+bool has_avx2_fma() {
+  static const bool ok = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  return ok;
+}
+
+float exp_sum(float* x, int64_t n, float shift) {
+  return has_avx2_fma() ? exp_sum_avx2(x, n, shift) : exp_sum_scalar(x, n, shift);
+}
+
+float max_of(const float* x, int64_t n, float init) {
+  float mx = init;
+  for (int64_t i = 0; i < n; ++i) mx = std::max(mx, x[i]);
+  return mx;
+}
+
+// Row positions of one (b, h): explicit, or identity when `pos` is null.
+struct Positions {
+  const int64_t* pos = nullptr;
+  int64_t at(int64_t i) const { return pos ? pos[i] : i; }
+};
+
+struct Problem {
+  int64_t B, H, Nq, Nk, D, bq, bk, NQ;
+  int64_t gb, gh, nnz;            // layout groups and entries per group
+  const int64_t *offsets, *blocks;
+  const int64_t *q_pos, *k_pos;   // null = identity
+  int64_t qp_b, qp_h, kp_b, kp_h;  // strides of the position tensors (0 where broadcast)
+  bool causal;
+  float scale, penalty;
+  bool self_rule;  // penalty != 0: a row's own key only when nothing else is allowed
+
+  int64_t group(int64_t b, int64_t h) const { return (gb == 1 ? 0 : b) * gh + (gh == 1 ? 0 : h); }
+  const int64_t* row_offsets(int64_t b, int64_t h) const { return offsets + group(b, h) * (NQ + 1); }
+  const int64_t* row_blocks(int64_t b, int64_t h) const { return blocks + group(b, h) * nnz; }
+  Positions qpos(int64_t b, int64_t h) const { return {q_pos ? q_pos + b * qp_b + h * qp_h : nullptr}; }
+  Positions kpos(int64_t b, int64_t h) const { return {k_pos ? k_pos + b * kp_b + h * kp_h : nullptr}; }
+};
+
+// A run of consecutive key rows [start, start + count).
+struct Segment {
+  int64_t start, count;
+};
+
+// The key rows query block j sees, cut into tiles of at most kTileK rows.
+// Consecutive listed blocks (BigBird's window) merge into one segment.
+std::vector<std::vector<Segment>> key_tiles(const Problem& p, const int64_t* offs, const int64_t* blks, int64_t j) {
+  std::vector<Segment> segs;
+  for (int64_t e = offs[j]; e < offs[j + 1]; ++e) {
+    const int64_t s0 = blks[e] * p.bk, n = std::min(p.bk, p.Nk - s0);
+    if (n <= 0) continue;
+    if (!segs.empty() && segs.back().start + segs.back().count == s0) segs.back().count += n;
+    else segs.push_back({s0, n});
+  }
+  std::vector<std::vector<Segment>> tiles;
+  int64_t used = kTileK;
+  for (auto s : segs)
+    while (s.count > 0) {
+      if (used == kTileK) tiles.emplace_back(), used = 0;
+      const int64_t take = std::min(s.count, kTileK - used);
+      tiles.back().push_back({s.start, take});
+      used += take, s.start += take, s.count -= take;
+    }
+  return tiles;
+}
+
+int64_t tile_cols(const std::vector<Segment>& tile) {
+  int64_t n = 0;
+  for (const auto& s : tile) n += s.count;
+  return n;
+}
+
+// Per-thread scratch of one tile.
+struct Scratch {
+  std::vector<float> s, dp, k, v, dk, dv, m, l, self_acc, self_s, self_n;
+  std::vector<int64_t> kp;
+  std::vector<std::pair<int64_t, int64_t>> self_hits;  // (row, col) of own keys in the current tile
+  explicit Scratch(int64_t D)
+      : s(kTileQ * kTileK), dp(kTileQ * kTileK), k(kTileK * D), v(kTileK * D), dk(kTileK * D), dv(kTileK * D),
+        m(kTileQ), l(kTileQ), self_acc(kTileQ * D), self_s(kTileQ), self_n(kTileQ), kp(kTileK) {}
+};
+
+// Rows of `src` ([rows, D] contiguous) listed by the tile, packed into `dst`; returns
+// src itself when the tile is one segment (no copy).
+const float* pack(const float* src, const std::vector<Segment>& tile, int64_t D, float* dst) {
+  if (tile.size() == 1) return src + tile[0].start * D;
+  float* at = dst;
+  for (const auto& s : tile) at = std::copy(src + s.start * D, src + (s.start + s.count) * D, at);
+  return dst;
+}
+
+// dst rows listed by the tile += packed rows (the inverse of pack; a no-op when nothing was packed).
+void unpack_add(const float* packed, const std::vector<Segment>& tile, int64_t D, float* dst) {
+  for (const auto& s : tile) {
+    float* row = dst + s.start * D;
+    for (int64_t i = 0; i < s.count * D; ++i) row[i] += packed[i];
+    packed += s.count * D;
+  }
+}
+
+// Masks a (rows x cols) score tile: -inf where not allowed. Under the self rule a row's own key is
+// recorded in `hits` by the forward (alone = null; its raw score stays in s for the caller to take),
+// and the backward keeps it alone in the rows that saw only themselves (alone[r] != 0), else -inf.
+void mask_tile(float* s, int64_t rows, int64_t cols, const int64_t* qp, const int64_t* kp, const Problem& p,
+               const uint8_t* alone, std::vector<std::pair<int64_t, int64_t>>* hits) {
+  int64_t kmin = kp[0], kmax = kp[0], qmin = qp[0], qmax = qp[0];
+  for (int64_t c = 1; c < cols; ++c) kmin = std::min(kmin, kp[c]), kmax = std::max(kmax, kp[c]);
+  for (int64_t r = 1; r < rows; ++r) qmin = std::min(qmin, qp[r]), qmax = std::max(qmax, qp[r]);
+  const bool overlap = kmin <= qmax && qmin <= kmax;
+  const bool needed = kmin < 0 || qmin < 0 || (p.causal && kmax > qmin) || (p.self_rule && overlap);
+  if (!needed) return;
+  for (int64_t r = 0; r < rows; ++r) {
+    float* row = s + r * cols;
+    const int64_t q = qp[r];
+    if (q < 0) {
+      std::fill(row, row + cols, kNegInf);
+      continue;
+    }
+    const bool only_self = alone && alone[r];
+    for (int64_t c = 0; c < cols; ++c) {
+      const int64_t k = kp[c];
+      const bool self = p.self_rule && k == q;
+      if (k < 0 || (p.causal && k > q) || (only_self && !self)) {
+        row[c] = kNegInf;
+      } else if (self && !only_self) {
+        if (hits) hits->push_back({r, c});
+        else row[c] = kNegInf;
+      }
+    }
+  }
+}
+
+void tile_positions(const std::vector<Segment>& tile, Positions kpos, int64_t* out) {
+  for (const auto& s : tile)
+    for (int64_t i = 0; i < s.count; ++i) *out++ = kpos.at(s.start + i);
+}
+
+// Query rows [t0, t0 + rows) of one (b, h), all in query block j: o rows, lse and (self rule) alone.
+void forward_rows(const float* q, const float* k, const float* v, float* o, float* lse, uint8_t* alone, int64_t t0,
+                  int64_t rows,
+                  const std::vector<std::vector<Segment>>& tiles, Positions qpos, Positions kpos, const Problem& p,
+                  Scratch& w) {
+  const int64_t D = p.D;
+  float* acc = o + t0 * D;
+  std::fill(acc, acc + rows * D, 0.0f);
+  std::fill(w.m.begin(), w.m.begin() + rows, kNegInf);
+  std::fill(w.l.begin(), w.l.begin() + rows, 0.0f);
+  std::fill(w.self_n.begin(), w.self_n.begin() + rows, 0.0f);
+  std::fill(w.self_acc.begin(), w.self_acc.begin() + rows * D, 0.0f);
+  std::vector<int64_t> qp(rows);
+  for (int64_t r = 0; r < rows; ++r) qp[r] = qpos.at(t0 + r);
+  for (const auto& tile : tiles) {
+    const int64_t cols = tile_cols(tile);
+    const float* kt = pack(k, tile, D, w.k.data());
+    const float* vt = pack(v, tile, D, w.v.data());
+    tile_positions(tile, kpos, w.kp.data());
+    float* s = w.s.data();
+    gemm(false, true, rows, cols, D, p.scale, q + t0 * D, D, kt, D, 0.0f, s, cols);
+    w.self_hits.clear();
+    mask_tile(s, rows, cols, qp.data(), w.kp.data(), p, nullptr, &w.self_hits);
+    for (const auto& hit : w.self_hits) {  // own keys: kept aside, used only if the row sees nothing else
+      const int64_t r = hit.first, c = hit.second;
+      w.self_s[r] = s[r * cols + c];
+      w.self_n[r] += 1.0f;
+      for (int64_t d = 0; d < D; ++d) w.self_acc[r * D + d] += vt[c * D + d];
+      s[r * cols + c] = kNegInf;
+    }
+    for (int64_t r = 0; r < rows; ++r) {
+      float* row = s + r * cols;
+      const float mx = max_of(row, cols, w.m[r]);
+      if (mx == kNegInf) {  // nothing allowed yet in this row
+        std::fill(row, row + cols, 0.0f);
+        continue;
+      }
+      const float alpha = std::exp(w.m[r] - mx);  // 0 when m = -inf
+      w.l[r] = w.l[r] * alpha + exp_sum(row, cols, mx);
+      w.m[r] = mx;
+      if (alpha != 1.0f)
+        for (int64_t d = 0; d < D; ++d) acc[r * D + d] *= alpha;
+    }
+    gemm(false, false, rows, D, cols, 1.0f, s, cols, vt, D, 1.0f, acc, D);
+  }
+  for (int64_t r = 0; r < rows; ++r) {
+    alone[t0 + r] = 0;
+    if (w.l[r] == 0.0f && w.self_n[r] > 0) {  // only its own key: its value, lse over the copies of it
+      alone[t0 + r] = 1;
+      for (int64_t d = 0; d < D; ++d) acc[r * D + d] = w.self_acc[r * D + d] / w.self_n[r];
+      lse[t0 + r] = w.self_s[r] + std::log(w.self_n[r]);
+      continue;
+    }
+    if (w.l[r] == 0.0f) {  // nothing allowed: zeros, and lse = +inf so the backward sees P = 0
+      std::fill(acc + r * D, acc + (r + 1) * D, 0.0f);
+      lse[t0 + r] = kPosInf;
+      continue;
+    }
+    const float inv = 1.0f / w.l[r];
+    for (int64_t d = 0; d < D; ++d) acc[r * D + d] *= inv;
+    lse[t0 + r] = w.m[r] + std::log(w.l[r]);
+  }
+}
+
+// Gradients of one (b, h). delta holds rowsum(dO * O) - dlse (FA2 Algorithm 2, line 4, plus the lse output's gradient).
+void backward_head(const float* q, const float* k, const float* v, const float* dout, const float* lse,
+                   const uint8_t* alone, const float* delta, float* dq, float* dk, float* dv, int64_t b, int64_t h, const Problem& p,
+                   Scratch& w) {
+  const int64_t D = p.D;
+  std::fill(dq, dq + p.Nq * D, 0.0f);
+  std::fill(dk, dk + p.Nk * D, 0.0f);
+  std::fill(dv, dv + p.Nk * D, 0.0f);
+  const int64_t *offs = p.row_offsets(b, h), *blks = p.row_blocks(b, h);
+  const Positions qpos = p.qpos(b, h), kpos = p.kpos(b, h);
+  std::vector<int64_t> qp(kTileQ);
+  for (int64_t j = 0; j < p.NQ; ++j) {
+    const auto tiles = key_tiles(p, offs, blks, j);
+    const int64_t j1 = std::min(p.Nq, (j + 1) * p.bq);
+    for (int64_t t0 = j * p.bq; t0 < j1; t0 += kTileQ) {
+      const int64_t rows = std::min(kTileQ, j1 - t0);
+      for (int64_t r = 0; r < rows; ++r) qp[r] = qpos.at(t0 + r);
+      for (const auto& tile : tiles) {
+        const int64_t cols = tile_cols(tile);
+        const bool packed = tile.size() > 1;
+        const float* kt = pack(k, tile, D, w.k.data());
+        const float* vt = pack(v, tile, D, w.v.data());
+        tile_positions(tile, kpos, w.kp.data());
+        float *s = w.s.data(), *ds = w.dp.data();
+        gemm(false, true, rows, cols, D, p.scale, q + t0 * D, D, kt, D, 0.0f, s, cols);
+        mask_tile(s, rows, cols, qp.data(), w.kp.data(), p, alone + t0, nullptr);
+        for (int64_t r = 0; r < rows; ++r) exp_sum(s + r * cols, cols, lse[t0 + r]);  // P = exp(S - lse)
+        float* dvt = packed ? w.dv.data() : dv + tile[0].start * D;
+        float* dkt = packed ? w.dk.data() : dk + tile[0].start * D;
+        const float beta = packed ? 0.0f : 1.0f;
+        gemm(true, false, cols, D, rows, 1.0f, s, cols, dout + t0 * D, D, beta, dvt, D);  // dV += P^T dO
+        gemm(false, true, rows, cols, D, 1.0f, dout + t0 * D, D, vt, D, 0.0f, ds, cols);  // dP = dO V^T
+        for (int64_t r = 0; r < rows; ++r) {                                              // dS = P (dP - delta)
+          float* dsr = ds + r * cols;
+          const float* pr = s + r * cols;
+          const float dl = delta[t0 + r];
+          for (int64_t c = 0; c < cols; ++c) dsr[c] = pr[c] * (dsr[c] - dl);
+        }
+        gemm(true, false, cols, D, rows, p.scale, ds, cols, q + t0 * D, D, beta, dkt, D);  // dK += s dS^T Q
+        gemm(false, false, rows, D, cols, p.scale, ds, cols, kt, D, 1.0f, dq + t0 * D, D);  // dQ += s dS K
+        if (packed) {
+          unpack_add(w.dv.data(), tile, D, dv);
+          unpack_add(w.dk.data(), tile, D, dk);
+        }
+      }
+    }
+  }
+}
+
+// An empty tensor stands for "identity positions": autograd functions take no undefined tensors.
+const int64_t* positions_ptr(const torch::Tensor& pos) { return pos.numel() > 0 ? pos.data_ptr<int64_t>() : nullptr; }
+
+Problem make_problem(const torch::Tensor& q, const torch::Tensor& k, int64_t bq, int64_t bk,
+                     const torch::Tensor& offsets, const torch::Tensor& blocks, const torch::Tensor& q_pos,
+                     const torch::Tensor& k_pos, bool causal, double scale, double penalty) {
+  Problem p{};
+  p.B = q.size(0), p.H = q.size(1), p.Nq = q.size(2), p.Nk = k.size(2), p.D = q.size(3);
+  p.bq = bq, p.bk = bk, p.NQ = offsets.size(2) - 1;
+  p.gb = offsets.size(0), p.gh = offsets.size(1), p.nnz = blocks.size(2);
+  p.offsets = offsets.data_ptr<int64_t>(), p.blocks = blocks.data_ptr<int64_t>();
+  p.q_pos = positions_ptr(q_pos), p.k_pos = positions_ptr(k_pos);
+  if (p.q_pos) p.qp_b = q_pos.size(0) == 1 ? 0 : q_pos.stride(0), p.qp_h = q_pos.size(1) == 1 ? 0 : q_pos.stride(1);
+  if (p.k_pos) p.kp_b = k_pos.size(0) == 1 ? 0 : k_pos.stride(0), p.kp_h = k_pos.size(1) == 1 ? 0 : k_pos.stride(1);
+  p.causal = causal, p.scale = static_cast<float>(scale), p.penalty = static_cast<float>(penalty);
+  p.self_rule = penalty != 0.0;
+  return p;
+}
+
+class BlockSparseFunction : public torch::autograd::Function<BlockSparseFunction> {
+ public:
+  // q [B, H, Nq, D], k, v [B, H, Nk, D] contiguous float32 -> (out [B, H, Nq, D], lse [B, H, Nq])
+  static torch::autograd::variable_list forward(torch::autograd::AutogradContext* ctx, const torch::Tensor& q,
+                                                const torch::Tensor& k, const torch::Tensor& v,
+                                                const torch::Tensor& offsets, const torch::Tensor& blocks,
+                                                const torch::Tensor& q_pos, const torch::Tensor& k_pos, int64_t bq,
+                                                int64_t bk, bool causal, double scale, double penalty) {
+    const Problem p = make_problem(q, k, bq, bk, offsets, blocks, q_pos, k_pos, causal, scale, penalty);
+    auto o = torch::empty_like(q);
+    auto lse = torch::empty({p.B, p.H, p.Nq}, q.options());
+    auto alone = torch::empty({p.B, p.H, p.Nq}, q.options().dtype(torch::kByte));
+    uint8_t* ap = alone.data_ptr<uint8_t>();
+    const float *qp = q.data_ptr<float>(), *kp = k.data_ptr<float>(), *vp = v.data_ptr<float>();
+    float *op = o.data_ptr<float>(), *lp = lse.data_ptr<float>();
+    at::parallel_for(0, p.B * p.H * p.NQ, 1, [&](int64_t begin, int64_t end) {
+      Scratch w(p.D);
+      for (int64_t task = begin; task < end; ++task) {
+        const int64_t bh = task / p.NQ, j = task % p.NQ, b = bh / p.H, h = bh % p.H;
+        const auto tiles = key_tiles(p, p.row_offsets(b, h), p.row_blocks(b, h), j);
+        const int64_t j1 = std::min(p.Nq, (j + 1) * p.bq);
+        for (int64_t t0 = j * p.bq; t0 < j1; t0 += kTileQ)
+          forward_rows(qp + bh * p.Nq * p.D, kp + b * k.stride(0) + h * k.stride(1), vp + b * v.stride(0) + h * v.stride(1),
+                     op + bh * p.Nq * p.D, lp + bh * p.Nq, ap + bh * p.Nq, t0, std::min(kTileQ, j1 - t0), tiles, p.qpos(b, h), p.kpos(b, h), p, w);
+      }
+    });
+    ctx->save_for_backward({q, k, v, o, lse, offsets, blocks, q_pos, k_pos, alone});
+    ctx->saved_data["bq"] = bq, ctx->saved_data["bk"] = bk, ctx->saved_data["causal"] = causal;
+    ctx->saved_data["scale"] = scale, ctx->saved_data["penalty"] = penalty;
+    // The caller's convention: -inf = nothing allowed; a row alone with itself carries the penalty (App. A).
+    auto lse_out = lse.masked_fill(lse == kPosInf, kNegInf) - alone.to(lse.dtype()) * static_cast<float>(penalty);
+    return {o, lse_out};
+  }
+
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
+                                                 torch::autograd::variable_list grads) {
+    auto s = ctx->get_saved_variables();
+    const auto &q = s[0], &o = s[3], &lse = s[4];
+    const auto k = s[1].contiguous(), v = s[2].contiguous();  // the forward may have read a cache's strided heads
+    const Problem p = make_problem(q, k, ctx->saved_data["bq"].toInt(), ctx->saved_data["bk"].toInt(), s[5], s[6],
+                                   s[7], s[8], ctx->saved_data["causal"].toBool(),
+                                   ctx->saved_data["scale"].toDouble(), ctx->saved_data["penalty"].toDouble());
+    auto dout = grads[0].defined() ? grads[0].contiguous() : torch::zeros_like(o);
+    auto delta = (dout * o).sum(-1);  // [B, H, Nq]
+    if (grads[1].defined()) delta = delta - grads[1].masked_fill(lse == kPosInf, 0.0f);
+    delta = delta.contiguous();
+    auto dq = torch::empty_like(q), dk = torch::empty_like(k), dv = torch::empty_like(v);
+    at::parallel_for(0, p.B * p.H, 1, [&](int64_t begin, int64_t end) {
+      Scratch w(p.D);
+      for (int64_t bh = begin; bh < end; ++bh) {
+        const int64_t tq = bh * p.Nq * p.D, tk = bh * p.Nk * p.D;
+        backward_head(q.data_ptr<float>() + tq, k.data_ptr<float>() + tk, v.data_ptr<float>() + tk,
+                      dout.data_ptr<float>() + tq, lse.data_ptr<float>() + bh * p.Nq, s[9].data_ptr<uint8_t>() + bh * p.Nq,
+                      delta.data_ptr<float>() + bh * p.Nq, dq.data_ptr<float>() + tq, dk.data_ptr<float>() + tk,
+                      dv.data_ptr<float>() + tk, bh / p.H, bh % p.H, p, w);
+      }
+    });
+    torch::Tensor none;
+    return {dq, dk, dv, none, none, none, none, none, none, none, none, none};
+  }
+};
+
+void check_inputs(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
+                  const BlockSparseLayout& layout, const BlockSparseMask& mask) {
+  TORCH_CHECK(q.dim() == 4 && k.dim() == 4 && k.sizes() == v.sizes() && q.size(0) == k.size(0) &&
+                  q.size(1) == k.size(1) && q.size(3) == k.size(3),
+              "block_sparse_attention: q must be [B, H, Nq, D] and k, v [B, H, Nk, D] alike; got ", q.sizes(), ", ",
+              k.sizes(), ", ", v.sizes());
+  TORCH_CHECK(layout.block_q > 0 && layout.block_k > 0, "block_sparse_attention: block sizes must be positive, got ",
+              layout.block_q, " and ", layout.block_k);
+  const int64_t B = q.size(0), H = q.size(1), NQ = (q.size(2) + layout.block_q - 1) / layout.block_q;
+  TORCH_CHECK(layout.offsets.defined() && layout.offsets.dim() == 3 && layout.offsets.size(2) == NQ + 1 &&
+                  (layout.offsets.size(0) == 1 || layout.offsets.size(0) == B) &&
+                  (layout.offsets.size(1) == 1 || layout.offsets.size(1) == H),
+              "block_sparse_attention: layout.offsets must be [1|B, 1|H, NQ + 1] with B = ", B, ", H = ", H,
+              ", NQ = ", NQ, "; got ", layout.offsets.defined() ? layout.offsets.sizes() : torch::IntArrayRef{});
+  TORCH_CHECK(layout.blocks.defined() && layout.blocks.dim() == 3 &&
+                  layout.blocks.size(0) == layout.offsets.size(0) && layout.blocks.size(1) == layout.offsets.size(1),
+              "block_sparse_attention: layout.blocks must be [G_B, G_H, nnz] like offsets");
+  auto check_pos = [&](const torch::Tensor& pos, int64_t n, const char* what) {
+    if (!pos.defined()) return;
+    TORCH_CHECK(pos.dim() == 3 && (pos.size(0) == 1 || pos.size(0) == B) && (pos.size(1) == 1 || pos.size(1) == H) &&
+                    pos.size(2) == n && pos.scalar_type() == torch::kLong,
+                "block_sparse_attention: ", what, " must be int64 [1|B, 1|H, ", n, "], got ", pos.sizes(), " ",
+                pos.scalar_type());
+  };
+  check_pos(mask.q_pos, q.size(2), "mask.q_pos");
+  check_pos(mask.k_pos, k.size(2), "mask.k_pos");
+  auto offs = layout.offsets.to(torch::kLong);
+  auto blks = layout.blocks.to(torch::kLong);
+  const int64_t NK = (k.size(2) + layout.block_k - 1) / layout.block_k;
+  TORCH_CHECK(offs.select(2, 0).eq(0).all().item<bool>() && (offs.diff(1, 2) >= 0).all().item<bool>() &&
+                  (offs.select(2, NQ) <= blks.size(2)).all().item<bool>(),
+              "block_sparse_attention: layout.offsets must start at 0, not decrease, and end within blocks");
+  TORCH_CHECK(blks.numel() == 0 || (blks.min().item<int64_t>() >= 0 && blks.max().item<int64_t>() < NK),
+              "block_sparse_attention: layout.blocks must lie in [0, ", NK, ") (key blocks of ", layout.block_k,
+              " rows over Nk = ", k.size(2), ")");
+}
+
+}  // namespace
+
+BlockSparseLayout block_sparse_layout(int64_t block_q, int64_t block_k,
+                                      const std::vector<std::vector<std::vector<std::vector<int64_t>>>>& rows) {
+  TORCH_CHECK(!rows.empty() && !rows[0].empty(), "block_sparse_layout: rows must be [G_B][G_H][NQ][...]");
+  const int64_t gb = static_cast<int64_t>(rows.size()), gh = static_cast<int64_t>(rows[0].size());
+  const int64_t NQ = static_cast<int64_t>(rows[0][0].size());
+  int64_t nnz = 0;
+  for (const auto& bb : rows) {
+    TORCH_CHECK(static_cast<int64_t>(bb.size()) == gh, "block_sparse_layout: ragged head groups");
+    for (const auto& hh : bb) {
+      TORCH_CHECK(static_cast<int64_t>(hh.size()) == NQ, "block_sparse_layout: ragged query blocks");
+      int64_t n = 0;
+      for (const auto& r : hh) n += static_cast<int64_t>(r.size());
+      nnz = std::max(nnz, n);
+    }
+  }
+  BlockSparseLayout out{block_q, block_k, torch::zeros({gb, gh, NQ + 1}, torch::kLong),
+                        torch::zeros({gb, gh, nnz}, torch::kLong)};
+  auto o = out.offsets.accessor<int64_t, 3>();
+  auto bl = out.blocks.accessor<int64_t, 3>();
+  for (int64_t g = 0; g < gb; ++g)
+    for (int64_t h = 0; h < gh; ++h) {
+      int64_t at = 0;
+      for (int64_t j = 0; j < NQ; ++j) {
+        for (int64_t c : rows[g][h][j]) bl[g][h][at++] = c;
+        o[g][h][j + 1] = at;
+      }
+    }
+  return out;
+}
+
+double block_sparse_flops(const BlockSparseLayout& layout, int64_t B, int64_t H, int64_t Nq, int64_t Nk, int64_t D,
+                          bool causal_diagonal_half) {
+  auto offs = layout.offsets.contiguous();
+  auto blks = layout.blocks.contiguous();
+  const int64_t gb = offs.size(0), gh = offs.size(1), NQ = offs.size(2) - 1, nnz = blks.size(2);
+  const int64_t* o = offs.data_ptr<int64_t>();
+  const int64_t* bl = blks.data_ptr<int64_t>();
+  double pairs = 0;
+  for (int64_t g = 0; g < gb * gh; ++g)
+    for (int64_t j = 0; j < NQ; ++j) {
+      const double rows = static_cast<double>(std::min(layout.block_q, Nq - j * layout.block_q));
+      for (int64_t e = o[g * (NQ + 1) + j]; e < o[g * (NQ + 1) + j + 1]; ++e) {
+        const int64_t c = bl[g * nnz + e];
+        const double cols = static_cast<double>(std::max<int64_t>(0, std::min(layout.block_k, Nk - c * layout.block_k)));
+        pairs += causal_diagonal_half && c * layout.block_k == j * layout.block_q ? rows * (cols + 1) / 2 : rows * cols;
+      }
+    }
+  return 4.0 * static_cast<double>(D) * pairs * static_cast<double>(B / gb) * static_cast<double>(H / gh);
+}
+
+std::vector<std::string> block_sparse_attention_unsupported_reasons(const torch::Tensor& q, const torch::Tensor& k,
+                                                                    const torch::Tensor& v,
+                                                                    const BlockSparseLayout& layout,
+                                                                    const BlockSparseMask& mask) {
+  std::vector<std::string> why;
+  if (attention_reference_forced()) why.push_back("LONGSEQ_ATTENTION=reference forces the reference path");
+  for (const auto* t : {&q, &k, &v})
+    if (!t->device().is_cpu()) {
+      why.push_back("inputs are not on the CPU");
+      break;
+    }
+  for (const auto* t : {&q, &k, &v})
+    if (t->scalar_type() != torch::kFloat) {
+      why.push_back("dtype is not float32");
+      break;
+    }
+  for (const auto* t : {&mask.q_pos, &mask.k_pos})
+    if (t->defined() && !t->device().is_cpu()) {
+      why.push_back("positions are not on the CPU");
+      break;
+    }
+  if (std::max(layout.block_k, kTileK) * (q.dim() == 4 ? q.size(3) : 0) > std::numeric_limits<int>::max() / 4)
+    why.push_back("rows too wide for the BLAS's 32-bit sizes");
+  return why;
+}
+
+BlockSparseResult block_sparse_attention_reference(const torch::Tensor& q, const torch::Tensor& k,
+                                                   const torch::Tensor& v, const BlockSparseLayout& layout,
+                                                   const BlockSparseMask& mask, double scale) {
+  check_inputs(q, k, v, layout, mask);
+  const int64_t B = q.size(0), H = q.size(1), Nq = q.size(2), Nk = k.size(2), D = q.size(3);
+  const int64_t bq = layout.block_q, bk = layout.block_k, NQ = (Nq + bq - 1) / bq;
+  auto offs = layout.offsets.to(torch::kCPU, torch::kLong).contiguous();
+  auto blks = layout.blocks.to(torch::kCPU, torch::kLong).contiguous();
+  const int64_t gb = offs.size(0), gh = offs.size(1);
+  // Key rows of each query block's slots: [G_B, G_H, NQ, m], -1 = empty.
+  int64_t most = 1;
+  auto oa = offs.accessor<int64_t, 3>();
+  for (int64_t g = 0; g < gb; ++g)
+    for (int64_t h = 0; h < gh; ++h)
+      for (int64_t j = 0; j < NQ; ++j) most = std::max(most, oa[g][h][j + 1] - oa[g][h][j]);
+  const int64_t m = most * bk;
+  auto slots = torch::full({gb, gh, NQ, m}, -1, torch::kLong);
+  auto sa = slots.accessor<int64_t, 4>();
+  auto ba = blks.accessor<int64_t, 3>();
+  for (int64_t g = 0; g < gb; ++g)
+    for (int64_t h = 0; h < gh; ++h)
+      for (int64_t j = 0; j < NQ; ++j)
+        for (int64_t e = oa[g][h][j]; e < oa[g][h][j + 1]; ++e)
+          for (int64_t i = 0; i < bk; ++i) {
+            const int64_t row = ba[g][h][e] * bk + i;
+            if (row < Nk) sa[g][h][j][(e - oa[g][h][j]) * bk + i] = row;
+          }
+  auto lopts = q.options().dtype(torch::kLong);
+  slots = slots.to(q.device()).expand({B, H, NQ, m});
+  auto idx = slots.clamp_min(0).reshape({B, H, NQ * m, 1});
+  auto kg = k.gather(2, idx.expand({B, H, NQ * m, D})).view({B, H, NQ, m, D});
+  auto vg = v.gather(2, idx.expand({B, H, NQ * m, D})).view({B, H, NQ, m, D});
+  auto qb = NQ * bq > Nq ? torch::cat({q, torch::zeros({B, H, NQ * bq - Nq, D}, q.options())}, 2) : q;
+  auto scores = torch::matmul(qb.view({B, H, NQ, bq, D}), kg.transpose(-1, -2)) * scale;  // [B, H, NQ, bq, m]
+  auto kpos = mask.k_pos.defined() ? mask.k_pos.to(q.device()).expand({B, H, Nk}) : torch::arange(Nk, lopts).expand({B, H, Nk});
+  auto ks = kpos.gather(2, idx.view({B, H, NQ * m})).view({B, H, NQ, 1, m});
+  ks = torch::where(slots.unsqueeze(-2) >= 0, ks, torch::full_like(ks, -1));
+  auto qpos = mask.q_pos.defined() ? mask.q_pos.to(q.device()).expand({B, H, Nq}) : torch::arange(Nq, lopts).expand({B, H, Nq});
+  if (NQ * bq > Nq) qpos = torch::cat({qpos, torch::full({B, H, NQ * bq - Nq}, -1, lopts)}, 2);
+  auto qs = qpos.reshape({B, H, NQ, bq, 1});
+  auto allowed = (ks >= 0) & (qs >= 0);
+  if (mask.causal) allowed = allowed & (ks <= qs);
+  torch::Tensor alone;  // [B, H, NQ, bq, 1]: rows whose only allowed key is their own (self rule)
+  if (mask.self_penalty != 0.0) {
+    auto self = (ks == qs) & allowed;
+    auto others = allowed & ~self;
+    alone = self.any(-1, true) & ~others.any(-1, true);
+    allowed = others | (self & alone);
+  }
+  const double lowest = std::numeric_limits<double>::lowest();
+  auto sm = scores.masked_fill(~allowed, std::max(lowest, static_cast<double>(std::numeric_limits<float>::lowest())));
+  auto mx = std::get<0>(sm.detach().max(-1, true));
+  auto e = torch::exp(sm - mx) * allowed.to(scores.dtype());
+  auto l = e.sum(-1, true);
+  const double tiny = std::numeric_limits<float>::min();
+  auto probs = e / l.clamp_min(tiny);
+  auto lse = torch::where(l > 0, mx + torch::log(l.clamp_min(tiny)),
+                          torch::full_like(l, -std::numeric_limits<double>::infinity()));
+  if (alone.defined()) lse = lse - mask.self_penalty * alone.to(lse.dtype());
+  auto out = torch::matmul(probs, vg).reshape({B, H, NQ * bq, D}).narrow(2, 0, Nq);
+  return {out, lse.reshape({B, H, NQ * bq}).narrow(2, 0, Nq)};
+}
+
+BlockSparseResult block_sparse_attention(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
+                                         const BlockSparseLayout& layout, const BlockSparseMask& mask, double scale,
+                                         const std::string& kernel) {
+  if (kernel != "auto" && kernel != "fused" && kernel != "reference")
+    throw Error("block_sparse_attention: kernel must be auto, fused or reference, got \"" + kernel + "\"");
+  if (kernel == "reference") return block_sparse_attention_reference(q, k, v, layout, mask, scale);
+  auto why = block_sparse_attention_unsupported_reasons(q, k, v, layout, mask);
+  if (!why.empty()) {
+    if (kernel == "fused") throw Error("block-sparse kernel \"fused\" cannot take this input: " + join(why, "; "));
+    return block_sparse_attention_reference(q, k, v, layout, mask, scale);
+  }
+  check_inputs(q, k, v, layout, mask);
+  auto pos = [](const torch::Tensor& p) {
+    return p.defined() ? p.to(torch::kLong).contiguous() : torch::zeros({0}, torch::kLong).view({0, 0, 0});
+  };
+  // Keys and values need contiguous rows only (a decoding cache's view is read in place).
+  auto rows = [](const torch::Tensor& t) { return t.stride(3) == 1 && t.stride(2) == t.size(3) ? t : t.contiguous(); };
+  auto r = BlockSparseFunction::apply(q.contiguous(), rows(k), rows(v),
+                                      layout.offsets.to(torch::kLong).contiguous(),
+                                      layout.blocks.to(torch::kLong).contiguous(), pos(mask.q_pos), pos(mask.k_pos),
+                                      layout.block_q, layout.block_k, mask.causal, scale, mask.self_penalty);
+  return {r[0], r[1]};
+}
+
+}  // namespace longseq
