@@ -8,8 +8,6 @@
 // P = exp(S - lse) tile by tile; it runs per (batch, head), whose dq, dk, dv
 // rows are its own, so no two threads write the same row.
 // Memory: O(Nq + Nk) * D per head plus per-thread tiles; no [slots x keys] tensor.
-#include <immintrin.h>
-
 #include <algorithm>
 #include <cmath>
 #include <limits>
@@ -17,81 +15,19 @@
 #include "longseq/common.h"
 #include "longseq/kernels/block_sparse_attention.h"
 #include "longseq/kernels/flash_attention.h"
-
-extern "C" void cblas_sgemm(int order, int trans_a, int trans_b, int m, int n, int k, float alpha, const float* a,
-                            int lda, const float* b, int ldb, float beta, float* c, int ldc);
+#include "softmax_blocks.h"
 
 namespace longseq {
 
 namespace {
 
-constexpr int kRowMajor = 101, kNoTrans = 111, kTrans = 112;
 constexpr int64_t kTileQ = 128, kTileK = 512;
 constexpr float kNegInf = -std::numeric_limits<float>::infinity();
 constexpr float kPosInf = std::numeric_limits<float>::infinity();
 
-// C[m, n] = alpha * op(A) op(B) + beta * C, row-major.
-void gemm(bool ta, bool tb, int64_t m, int64_t n, int64_t k, float alpha, const float* a, int64_t lda, const float* b,
-          int64_t ldb, float beta, float* c, int64_t ldc) {
-  cblas_sgemm(kRowMajor, ta ? kTrans : kNoTrans, tb ? kTrans : kNoTrans, static_cast<int>(m), static_cast<int>(n),
-              static_cast<int>(k), alpha, a, static_cast<int>(lda), b, static_cast<int>(ldb), beta, c,
-              static_cast<int>(ldc));
-}
-
-// exp(x - shift) in place, returning the sum; anything below -87 after the
-// shift (masked: -inf; shift +inf: an empty row) becomes exactly 0. Range
-// reduction by ln 2 in two parts and a degree-6 polynomial (Cephes), ~1e-7.
-__attribute__((target("avx2,fma"))) float exp_sum_avx2(float* x, int64_t n, float shift) {
-  const __m256 sh = _mm256_set1_ps(shift), lo = _mm256_set1_ps(-87.0f), hi = _mm256_set1_ps(88.3f);
-  const __m256 log2e = _mm256_set1_ps(1.44269504088896341f), ln2_hi = _mm256_set1_ps(0.693359375f),
-               ln2_lo = _mm256_set1_ps(-2.12194440e-4f), half = _mm256_set1_ps(0.5f), one = _mm256_set1_ps(1.0f);
-  const float coef[6] = {1.9875691500e-4f, 1.3981999507e-3f, 8.3334519073e-3f,
-                         4.1665795894e-2f, 1.6666665459e-1f, 5.0000001201e-1f};
-  __m256 total = _mm256_setzero_ps();
-  int64_t i = 0;
-  for (; i + 8 <= n; i += 8) {
-    __m256 z = _mm256_sub_ps(_mm256_loadu_ps(x + i), sh);
-    const __m256 dead = _mm256_cmp_ps(z, lo, _CMP_LT_OQ);  // also NaN-free for -inf - (+inf)
-    z = _mm256_min_ps(_mm256_max_ps(z, lo), hi);
-    const __m256 n2 = _mm256_floor_ps(_mm256_fmadd_ps(z, log2e, half));
-    z = _mm256_fnmadd_ps(n2, ln2_hi, z);
-    z = _mm256_fnmadd_ps(n2, ln2_lo, z);
-    __m256 y = _mm256_set1_ps(coef[0]);
-    for (int c = 1; c < 6; ++c) y = _mm256_fmadd_ps(y, z, _mm256_set1_ps(coef[c]));
-    y = _mm256_fmadd_ps(y, _mm256_mul_ps(z, z), _mm256_add_ps(z, one));
-    const __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n2), _mm256_set1_epi32(127)), 23);
-    y = _mm256_andnot_ps(dead, _mm256_mul_ps(y, _mm256_castsi256_ps(e)));
-    total = _mm256_add_ps(total, y);
-    _mm256_storeu_ps(x + i, y);
-  }
-  alignas(32) float lanes[8];
-  _mm256_store_ps(lanes, total);
-  float sum = 0;
-  for (float lane : lanes) sum += lane;
-  for (; i < n; ++i) sum += x[i] = !(x[i] - shift >= -87.0f) ? 0.0f : std::exp(x[i] - shift);
-  return sum;
-}
-
-float exp_sum_scalar(float* x, int64_t n, float shift) {
-  float sum = 0;
-  for (int64_t i = 0; i < n; ++i) sum += x[i] = !(x[i] - shift >= -87.0f) ? 0.0f : std::exp(x[i] - shift);
-  return sum;
-}
-
-bool has_avx2_fma() {
-  static const bool ok = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-  return ok;
-}
-
-float exp_sum(float* x, int64_t n, float shift) {
-  return has_avx2_fma() ? exp_sum_avx2(x, n, shift) : exp_sum_scalar(x, n, shift);
-}
-
-float max_of(const float* x, int64_t n, float init) {
-  float mx = init;
-  for (int64_t i = 0; i < n; ++i) mx = std::max(mx, x[i]);
-  return mx;
-}
+using cpu_softmax::gemm;
+using cpu_softmax::exp_shifted;
+using cpu_softmax::row_max;
 
 // Row positions of one (b, h): explicit, or identity when `pos` is null.
 struct Positions {
@@ -246,13 +182,13 @@ void forward_rows(const float* q, const float* k, const float* v, float* o, floa
     }
     for (int64_t r = 0; r < rows; ++r) {
       float* row = s + r * cols;
-      const float mx = max_of(row, cols, w.m[r]);
+      const float mx = row_max(row, cols, w.m[r]);
       if (mx == kNegInf) {  // nothing allowed yet in this row
         std::fill(row, row + cols, 0.0f);
         continue;
       }
       const float alpha = std::exp(w.m[r] - mx);  // 0 when m = -inf
-      w.l[r] = w.l[r] * alpha + exp_sum(row, cols, mx);
+      w.l[r] = w.l[r] * alpha + exp_shifted(row, cols, mx);
       w.m[r] = mx;
       if (alpha != 1.0f)
         for (int64_t d = 0; d < D; ++d) acc[r * D + d] *= alpha;
@@ -304,7 +240,7 @@ void backward_head(const float* q, const float* k, const float* v, const float* 
         float *s = w.s.data(), *ds = w.dp.data();
         gemm(false, true, rows, cols, D, p.scale, q + t0 * D, D, kt, D, 0.0f, s, cols);
         mask_tile(s, rows, cols, qp.data(), w.kp.data(), p, alone + t0, nullptr);
-        for (int64_t r = 0; r < rows; ++r) exp_sum(s + r * cols, cols, lse[t0 + r]);  // P = exp(S - lse)
+        for (int64_t r = 0; r < rows; ++r) exp_shifted(s + r * cols, cols, lse[t0 + r]);  // P = exp(S - lse)
         float* dvt = packed ? w.dv.data() : dv + tile[0].start * D;
         float* dkt = packed ? w.dk.data() : dk + tile[0].start * D;
         const float beta = packed ? 0.0f : 1.0f;

@@ -6,109 +6,24 @@
 // the process's BLAS (OpenBLAS, single-threaded inside our parallel region);
 // the exponentials use an AVX2/FMA polynomial when the CPU has it.
 // Parallel over (B, H, query blocks) forward and over (B, H) backward.
-#include <immintrin.h>
-
 #include <cmath>
 #include <cstdlib>
 #include <limits>
 
 #include "longseq/common.h"
 #include "longseq/kernels/flash_attention.h"
-
-extern "C" void cblas_sgemm(int order, int trans_a, int trans_b, int m, int n, int k, float alpha, const float* a,
-                            int lda, const float* b, int ldb, float beta, float* c, int ldc);
+#include "softmax_blocks.h"
 
 namespace longseq {
 
 namespace {
 
-constexpr int kRowMajor = 101, kNoTrans = 111, kTrans = 112;
 constexpr int64_t kBlockQ = 128, kBlockK = 512;
 constexpr float kNegInf = -std::numeric_limits<float>::infinity();
 
-// C[m, n] = alpha * op(A) op(B) + beta * C, row-major.
-void gemm(bool ta, bool tb, int64_t m, int64_t n, int64_t k, float alpha, const float* a, int64_t lda, const float* b,
-          int64_t ldb, float beta, float* c, int64_t ldc) {
-  cblas_sgemm(kRowMajor, ta ? kTrans : kNoTrans, tb ? kTrans : kNoTrans, static_cast<int>(m), static_cast<int>(n),
-              static_cast<int>(k), alpha, a, static_cast<int>(lda), b, static_cast<int>(ldb), beta, c,
-              static_cast<int>(ldc));
-}
-
-// exp(x - shift) in place, returning the sum; entries below -87 after the shift
-// (masked: -inf) become exactly 0. Cephes-style range reduction and degree-6
-// polynomial, relative error ~1e-7.
-__attribute__((target("avx2,fma"))) float exp_shifted_avx2(float* x, int64_t n, float shift) {
-  const __m256 vshift = _mm256_set1_ps(shift), lo = _mm256_set1_ps(-87.0f), hi = _mm256_set1_ps(88.3f);
-  const __m256 log2e = _mm256_set1_ps(1.44269504088896341f), c1 = _mm256_set1_ps(0.693359375f),
-               c2 = _mm256_set1_ps(-2.12194440e-4f), half = _mm256_set1_ps(0.5f), one = _mm256_set1_ps(1.0f);
-  const __m256 p0 = _mm256_set1_ps(1.9875691500e-4f), p1 = _mm256_set1_ps(1.3981999507e-3f),
-               p2 = _mm256_set1_ps(8.3334519073e-3f), p3 = _mm256_set1_ps(4.1665795894e-2f),
-               p4 = _mm256_set1_ps(1.6666665459e-1f), p5 = _mm256_set1_ps(5.0000001201e-1f);
-  __m256 total = _mm256_setzero_ps();
-  int64_t i = 0;
-  for (; i + 8 <= n; i += 8) {
-    __m256 v = _mm256_sub_ps(_mm256_loadu_ps(x + i), vshift);
-    __m256 dead = _mm256_cmp_ps(v, lo, _CMP_LT_OQ);
-    v = _mm256_min_ps(_mm256_max_ps(v, lo), hi);
-    __m256 fx = _mm256_floor_ps(_mm256_fmadd_ps(v, log2e, half));
-    v = _mm256_fnmadd_ps(fx, c1, v);
-    v = _mm256_fnmadd_ps(fx, c2, v);
-    __m256 y = _mm256_fmadd_ps(p0, v, p1);
-    y = _mm256_fmadd_ps(y, v, p2);
-    y = _mm256_fmadd_ps(y, v, p3);
-    y = _mm256_fmadd_ps(y, v, p4);
-    y = _mm256_fmadd_ps(y, v, p5);
-    y = _mm256_fmadd_ps(y, _mm256_mul_ps(v, v), _mm256_add_ps(v, one));
-    __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(fx), _mm256_set1_epi32(127)), 23);
-    y = _mm256_mul_ps(y, _mm256_castsi256_ps(e));
-    y = _mm256_andnot_ps(dead, y);
-    total = _mm256_add_ps(total, y);
-    _mm256_storeu_ps(x + i, y);
-  }
-  alignas(32) float lanes[8];
-  _mm256_store_ps(lanes, total);
-  float sum = 0;
-  for (float lane : lanes) sum += lane;
-  for (; i < n; ++i) sum += x[i] = x[i] - shift < -87.0f ? 0.0f : std::exp(x[i] - shift);
-  return sum;
-}
-
-__attribute__((target("avx2,fma"))) float row_max_avx2(const float* x, int64_t n, float init) {
-  __m256 m = _mm256_set1_ps(init);
-  int64_t i = 0;
-  for (; i + 8 <= n; i += 8) m = _mm256_max_ps(m, _mm256_loadu_ps(x + i));
-  alignas(32) float lanes[8];
-  _mm256_store_ps(lanes, m);
-  float mx = init;
-  for (float lane : lanes) mx = std::max(mx, lane);
-  for (; i < n; ++i) mx = std::max(mx, x[i]);
-  return mx;
-}
-
-float exp_shifted_scalar(float* x, int64_t n, float shift) {
-  float sum = 0;
-  for (int64_t i = 0; i < n; ++i) sum += x[i] = x[i] - shift < -87.0f ? 0.0f : std::exp(x[i] - shift);
-  return sum;
-}
-
-float row_max_scalar(const float* x, int64_t n, float init) {
-  float mx = init;
-  for (int64_t i = 0; i < n; ++i) mx = std::max(mx, x[i]);
-  return mx;
-}
-
-bool cpu_has_avx2_fma() {
-  static const bool ok = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-  return ok;
-}
-
-float exp_shifted(float* x, int64_t n, float shift) {
-  return cpu_has_avx2_fma() ? exp_shifted_avx2(x, n, shift) : exp_shifted_scalar(x, n, shift);
-}
-
-float row_max(const float* x, int64_t n, float init) {
-  return cpu_has_avx2_fma() ? row_max_avx2(x, n, init) : row_max_scalar(x, n, init);
-}
+using cpu_softmax::gemm;
+using cpu_softmax::exp_shifted;
+using cpu_softmax::row_max;
 
 struct Problem {
   int64_t B, H, T, S, D;

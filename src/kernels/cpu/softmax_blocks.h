@@ -1,0 +1,23 @@
+// Pieces of the blocked online softmax shared by the fused CPU attention kernels
+// (FlashAttention-2, Dao 2023, Algorithm 1): row-major BLAS products, the row
+// maximum and exp(x - shift) with an AVX2/FMA polynomial chosen at run time.
+// Internal to src/kernels/cpu.
+#pragma once
+#include <cstdint>
+
+namespace longseq {
+namespace cpu_softmax {
+
+// C[m, n] = alpha * op(A) op(B) + beta * C, row-major, through the process's BLAS.
+void gemm(bool ta, bool tb, int64_t m, int64_t n, int64_t k, float alpha, const float* a, int64_t lda, const float* b,
+          int64_t ldb, float beta, float* c, int64_t ldc);
+
+// exp(x - shift) in place, returning the sum; entries below -87 after the shift (masked: -inf; an
+// empty row's shift +inf) become exactly 0.
+float exp_shifted(float* x, int64_t n, float shift);
+
+// max(init, x[0..n)).
+float row_max(const float* x, int64_t n, float init);
+
+}  // namespace cpu_softmax
+}  // namespace longseq
