@@ -7,10 +7,18 @@
 // does); a global row sees every key through Q_g, K_g, V_g (sec. 3.1).
 // Memory O(T * w): a dilated head is a plain window over each residue class
 // mod d, so the rows are permuted into d contiguous subsequences and the
-// window runs over them block by block (kernels/gathered_attention).
+// window runs over them block by block. Float32 CPU inputs run on the fused
+// block-sparse kernel with a band mask (kernels/cpu/block_sparse_attention:
+// online softmax, no gathered copies, O(T) memory); the global keys join by
+// log-sum-exp. The gathered path (kernels/gathered_attention) is the reference.
 #include <algorithm>
 
+#include <cmath>
+#include <limits>
+
 #include "longseq/common.h"
+#include "longseq/kernels/banded_attention.h"
+#include "longseq/kernels/block_sparse_attention.h"
 #include "longseq/kernels/gathered_attention.h"
 #include "longseq/mixers/heads.h"
 #include "longseq/mixers/per_layer.h"
@@ -37,7 +45,8 @@ class LongformerImpl : public MixerImpl {
         dilation_(per_layer_value(a.options, "dilation", a.layer_index, "longformer")),
         dilated_heads_(std::min<int64_t>(a.options["dilated_heads"].get<int64_t>(), a.n_heads)),
         global_first_(a.options["global_first"]),
-        global_positions_(a.options["global_positions"].get<std::vector<int64_t>>()) {
+        global_positions_(a.options["global_positions"].get<std::vector<int64_t>>()),
+        kernel_(a.options["kernel"]) {
     const bool bias = a.options["bias"].get<bool>();
     auto lin = [&](int64_t out) { return torch::nn::Linear(torch::nn::LinearOptions(a.d_model, out).bias(bias)); };
     qkv_ = register_module("qkv", lin(3 * a.d_model));
@@ -129,8 +138,36 @@ class LongformerImpl : public MixerImpl {
     return widened.scatter(2, sidx, rows).narrow(2, 0, T);
   }
 
+  // The fused kernel unless the option or the input rules it out ("fused": an error naming why).
+  bool use_fused(const torch::Tensor& q) const {
+    if (kernel_ == "reference") return false;
+    auto why = block_sparse_attention_unsupported_reasons(q, q, q, BlockSparseLayout{}, {});
+    if (kernel_ == "fused" && !why.empty())
+      throw Error("longformer: kernel \"fused\" cannot take this input: " + join(why, "; "));
+    return why.empty();
+  }
+
   // Heads [h0, h0 + nh) with dilation d: a window of w over each residue class mod d.
   torch::Tensor window_heads(const torch::Tensor& q_all, const torch::Tensor& k_all, const torch::Tensor& v_all,
+                             int64_t h0, int64_t nh, int64_t d, bool causal, const torch::Tensor& pad,
+                             const ExtraKeys* extra) const {
+    if (!use_fused(q_all)) return window_heads_gathered(q_all, k_all, v_all, h0, nh, d, causal, pad, extra);
+    auto q = q_all.narrow(1, h0, nh);
+    auto band = banded_attention(q, k_all.narrow(1, h0, nh), v_all.narrow(1, h0, nh), BandSpec{window_, d, causal}, pad, "fused");
+    if (!extra) return band.out;
+    // The global keys join the window's softmax through its log-sum-exp (no [T x T] tensor).
+    auto s_g = torch::matmul(q, extra->k.narrow(1, h0, nh).transpose(-1, -2)) / std::sqrt(double(q.size(3)));
+    s_g = s_g.masked_fill(~extra->allowed.squeeze(2), -std::numeric_limits<float>::infinity());  // [B, nh, T, G]
+    auto m = torch::maximum(band.lse, std::get<0>(s_g.max(-1))).detach();
+    m = torch::where(torch::isfinite(m), m, torch::zeros_like(m));
+    auto e_band = torch::exp(band.lse - m).unsqueeze(-1), e_g = torch::exp(s_g - m.unsqueeze(-1));
+    auto denom = e_band + e_g.sum(-1, true);
+    denom = torch::where(denom > 0, denom, torch::ones_like(denom));
+    return (band.out * e_band + torch::matmul(e_g, extra->v.narrow(1, h0, nh))) / denom;
+  }
+
+  // The reference: heads [h0, h0 + nh) over gathered key slots.
+  torch::Tensor window_heads_gathered(const torch::Tensor& q_all, const torch::Tensor& k_all, const torch::Tensor& v_all,
                              int64_t h0, int64_t nh, int64_t d, bool causal, const torch::Tensor& pad,
                              const ExtraKeys* extra) const {
     const int64_t B = q_all.size(0), T = q_all.size(2), D = q_all.size(3);
@@ -233,6 +270,7 @@ class LongformerImpl : public MixerImpl {
   int64_t heads_, window_, dilation_, dilated_heads_;
   bool global_first_;
   std::vector<int64_t> global_positions_;
+  std::string kernel_;
   torch::nn::Linear qkv_{nullptr}, out_{nullptr}, qkv_global_{nullptr};
 };
 
@@ -259,11 +297,25 @@ MixerInfo longformer_mixer_info() {
       {"global_projections", OptionType::Bool, true,
        "separate Q_g, K_g, V_g for the global rows, initialized as copies of the local ones (sec. 3.1)"},
       {"bias", OptionType::Bool, true, "bias terms in the projections"},
+      {"kernel", OptionType::String, "auto",
+       "attention core: auto (the fused block-sparse CPU kernel with a band mask when it supports the input, else "
+       "the gathered reference), reference, or fused (error when unsupported); LONGSEQ_ATTENTION=reference forces "
+       "reference", -1e300, 1e300, {"auto", "reference", "fused"}},
   };
   info.make = [](const MixerArgs& a) -> Mixer { return std::make_shared<LongformerImpl>(a); };
   // Windows of 5 (dilated: 2 heads of 4 see every other key) and a global first token.
   info.sparse_options = {{"window", Json::array({2})}, {"dilation", Json::array({2})}, {"global_first", true}};
   info.streams = true;
+  info.core_kernels = {"fused", "reference"};
+  info.core = [](const CoreQuery& c) {  // the layer's first band (no dilation, no globals) on drawn q, k, v
+    CoreRun r;
+    for (int i = 0; i < 3; ++i) r.inputs.push_back(torch::randn({c.B, c.H, c.T, c.D}));
+    const auto in = r.inputs;
+    const BandSpec band{per_layer_value(c.options, "window", 0, "longformer"), 1, c.causal};
+    r.run = [in, band, kernel = c.kernel] { return banded_attention(in[0], in[1], in[2], band, {}, kernel).out; };
+    r.flops = banded_attention_flops(c.B, c.H, c.T, c.D, band);
+    return r;
+  };
   info.flops = [](const FlopQuery& f) {
     const int64_t w = per_layer_value(f.options, "window", 0, "longformer");
     const double keys = std::min<double>(f.T, f.causal ? w + 1 : 2 * w + 1);

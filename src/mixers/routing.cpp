@@ -20,7 +20,8 @@
 // Float32 CPU inputs run the routing heads on the fused block-sparse kernel:
 // each cluster's members are gathered once (O(k w D)) and cluster c attends to
 // key block c only (a block-diagonal layout), masked by original position;
-// others on the gathered reference. The local heads stay on the gathered path.
+// others on the gathered reference. The local heads run on the same kernel:
+// query block j lists key blocks j - 1, j (and j + 1 when bidirectional).
 // No streaming: with balanced clusters a later token can change which cluster
 // an earlier token sits in (top-w over the whole sequence), and in training the
 // centroids move with every batch, so earlier outputs are not fixed.
@@ -237,6 +238,20 @@ class RoutingImpl : public MixerImpl {
                       bool causal) const {
     const int64_t B = q.size(0), H = q.size(1), T = q.size(2), D = q.size(3);
     const int64_t b = std::min(local_block_, T), N = (T + b - 1) / b, span = causal ? 2 : 3;
+    if (use_fused(q)) {
+      std::vector<std::vector<int64_t>> rows(N);
+      for (int64_t j = 0; j < N; ++j)
+        for (int64_t c = std::max<int64_t>(0, j - 1); c <= std::min(N - 1, causal ? j : j + 1); ++c) rows[j].push_back(c);
+      BlockSparseMask mask{causal, {}, {}, 0.0};
+      if (pad.defined()) {
+        auto kp = pad.to(torch::kCPU, torch::kBool);
+        mask.k_pos = torch::where(kp, torch::full(kp.sizes(), -1, torch::kLong), torch::arange(T, torch::kLong).expand_as(kp))
+                         .view({B, 1, T});
+      }
+      return block_sparse_attention(q, k, v, block_sparse_layout(b, b, {{rows}}), mask,
+                                    1.0 / std::sqrt(static_cast<double>(D)), "fused")
+          .out;
+    }
     auto lopts = q.options().dtype(torch::kLong);
     auto kpos = (torch::arange(N, lopts) * b - b).view({N, 1}) + torch::arange(span * b, lopts).view({1, span * b});
     auto qpos = (torch::arange(N, lopts) * b).view({N, 1, 1}) + torch::arange(b, lopts).view({1, b, 1});

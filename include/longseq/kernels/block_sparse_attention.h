@@ -31,7 +31,7 @@ struct BlockSparseLayout {
 
 // Masks inside a (query block, key block) pair, from the rows' original
 // positions. Key s is allowed for query t when k_pos[s] >= 0, q_pos[t] >= 0
-// and, if causal, k_pos[s] <= q_pos[t].
+// and, if causal, k_pos[s] <= q_pos[t] (and, with a band, within it).
 struct BlockSparseMask {
   bool causal = false;
   torch::Tensor q_pos;  // [B|1, H|1, Nq] int64, -1 = empty row (output 0); undefined = 0 .. Nq-1
@@ -42,6 +42,9 @@ struct BlockSparseMask {
   // its own value, its lse the own logit minus the penalty) rather than rounding logits of size 1e5
   // in float32.
   double self_penalty = 0.0;
+  // A band (Longformer's sliding window, sec. 3.1): >= 0 also requires q_pos - k_pos <= window_left and
+  // k_pos - q_pos <= window_right; -1 = no bound on that side.
+  int64_t window_left = -1, window_right = -1;
 };
 
 struct BlockSparseResult {

@@ -7,6 +7,7 @@
 // (causal, padding = -1, Reformer's self rule). The backward recomputes
 // P = exp(S - lse) tile by tile; it runs per (batch, head), whose dq, dk, dv
 // rows are its own, so no two threads write the same row.
+// A band mask (|q_pos - k_pos| bounds) makes it Longformer's window (kernels/banded_attention.h).
 // Memory: O(Nq + Nk) * D per head plus per-thread tiles; no [slots x keys] tensor.
 #include <algorithm>
 #include <cmath>
@@ -44,6 +45,7 @@ struct Problem {
   bool causal;
   float scale, penalty;
   bool self_rule;  // penalty != 0: a row's own key only when nothing else is allowed
+  int64_t wl, wr;  // band: q - k <= wl, k - q <= wr (-1 = unbounded)
 
   int64_t group(int64_t b, int64_t h) const { return (gb == 1 ? 0 : b) * gh + (gh == 1 ? 0 : h); }
   const int64_t* row_offsets(int64_t b, int64_t h) const { return offsets + group(b, h) * (NQ + 1); }
@@ -122,8 +124,34 @@ void mask_tile(float* s, int64_t rows, int64_t cols, const int64_t* qp, const in
   for (int64_t c = 1; c < cols; ++c) kmin = std::min(kmin, kp[c]), kmax = std::max(kmax, kp[c]);
   for (int64_t r = 1; r < rows; ++r) qmin = std::min(qmin, qp[r]), qmax = std::max(qmax, qp[r]);
   const bool overlap = kmin <= qmax && qmin <= kmax;
-  const bool needed = kmin < 0 || qmin < 0 || (p.causal && kmax > qmin) || (p.self_rule && overlap);
+  const bool band = (p.wl >= 0 && qmax - kmin > p.wl) || (p.wr >= 0 && kmax - qmin > p.wr);
+  const bool needed = kmin < 0 || qmin < 0 || (p.causal && kmax > qmin) || (p.self_rule && overlap) || band;
   if (!needed) return;
+  if (!p.self_rule && kmin >= 0 && kmax - kmin == cols - 1) {  // keys are one run kp[0] + c (a band, a diagonal):
+    bool run = true;                                          // each row keeps one column range, filled around
+    for (int64_t c = 1; c < cols && run; ++c) run = kp[c] == kp[0] + c;
+    if (run) {
+      for (int64_t r = 0; r < rows; ++r) {
+        float* row = s + r * cols;
+        const int64_t q = qp[r];
+        int64_t lo = 0, hi = cols;  // allowed: [lo, hi)
+        if (q >= 0) {
+          int64_t last = std::numeric_limits<int64_t>::max();
+          if (p.causal) last = q;
+          if (p.wr >= 0) last = std::min(last, q + p.wr);
+          if (p.wl >= 0) lo = std::max<int64_t>(0, q - p.wl - kp[0]);
+          hi = std::min<int64_t>(cols, last == std::numeric_limits<int64_t>::max() ? cols : last - kp[0] + 1);
+        }
+        if (q < 0 || hi <= lo) {
+          std::fill(row, row + cols, kNegInf);
+          continue;
+        }
+        std::fill(row, row + lo, kNegInf);
+        std::fill(row + hi, row + cols, kNegInf);
+      }
+      return;
+    }
+  }
   for (int64_t r = 0; r < rows; ++r) {
     float* row = s + r * cols;
     const int64_t q = qp[r];
@@ -135,7 +163,8 @@ void mask_tile(float* s, int64_t rows, int64_t cols, const int64_t* qp, const in
     for (int64_t c = 0; c < cols; ++c) {
       const int64_t k = kp[c];
       const bool self = p.self_rule && k == q;
-      if (k < 0 || (p.causal && k > q) || (only_self && !self)) {
+      const bool outside = band && ((p.wl >= 0 && q - k > p.wl) || (p.wr >= 0 && k - q > p.wr));
+      if (k < 0 || (p.causal && k > q) || outside || (only_self && !self)) {
         row[c] = kNegInf;
       } else if (self && !only_self) {
         if (hits) hits->push_back({r, c});
@@ -268,7 +297,7 @@ const int64_t* positions_ptr(const torch::Tensor& pos) { return pos.numel() > 0 
 
 Problem make_problem(const torch::Tensor& q, const torch::Tensor& k, int64_t bq, int64_t bk,
                      const torch::Tensor& offsets, const torch::Tensor& blocks, const torch::Tensor& q_pos,
-                     const torch::Tensor& k_pos, bool causal, double scale, double penalty) {
+                     const torch::Tensor& k_pos, bool causal, double scale, double penalty, int64_t wl, int64_t wr) {
   Problem p{};
   p.B = q.size(0), p.H = q.size(1), p.Nq = q.size(2), p.Nk = k.size(2), p.D = q.size(3);
   p.bq = bq, p.bk = bk, p.NQ = offsets.size(2) - 1;
@@ -279,6 +308,7 @@ Problem make_problem(const torch::Tensor& q, const torch::Tensor& k, int64_t bq,
   if (p.k_pos) p.kp_b = k_pos.size(0) == 1 ? 0 : k_pos.stride(0), p.kp_h = k_pos.size(1) == 1 ? 0 : k_pos.stride(1);
   p.causal = causal, p.scale = static_cast<float>(scale), p.penalty = static_cast<float>(penalty);
   p.self_rule = penalty != 0.0;
+  p.wl = wl, p.wr = wr;
   return p;
 }
 
@@ -289,8 +319,9 @@ class BlockSparseFunction : public torch::autograd::Function<BlockSparseFunction
                                                 const torch::Tensor& k, const torch::Tensor& v,
                                                 const torch::Tensor& offsets, const torch::Tensor& blocks,
                                                 const torch::Tensor& q_pos, const torch::Tensor& k_pos, int64_t bq,
-                                                int64_t bk, bool causal, double scale, double penalty) {
-    const Problem p = make_problem(q, k, bq, bk, offsets, blocks, q_pos, k_pos, causal, scale, penalty);
+                                                int64_t bk, bool causal, double scale, double penalty,
+                                                int64_t wl, int64_t wr) {
+    const Problem p = make_problem(q, k, bq, bk, offsets, blocks, q_pos, k_pos, causal, scale, penalty, wl, wr);
     auto o = torch::empty_like(q);
     auto lse = torch::empty({p.B, p.H, p.Nq}, q.options());
     auto alone = torch::empty({p.B, p.H, p.Nq}, q.options().dtype(torch::kByte));
@@ -311,6 +342,7 @@ class BlockSparseFunction : public torch::autograd::Function<BlockSparseFunction
     ctx->save_for_backward({q, k, v, o, lse, offsets, blocks, q_pos, k_pos, alone});
     ctx->saved_data["bq"] = bq, ctx->saved_data["bk"] = bk, ctx->saved_data["causal"] = causal;
     ctx->saved_data["scale"] = scale, ctx->saved_data["penalty"] = penalty;
+    ctx->saved_data["wl"] = wl, ctx->saved_data["wr"] = wr;
     // The caller's convention: -inf = nothing allowed; a row alone with itself carries the penalty (App. A).
     auto lse_out = lse.masked_fill(lse == kPosInf, kNegInf) - alone.to(lse.dtype()) * static_cast<float>(penalty);
     return {o, lse_out};
@@ -323,7 +355,8 @@ class BlockSparseFunction : public torch::autograd::Function<BlockSparseFunction
     const auto k = s[1].contiguous(), v = s[2].contiguous();  // the forward may have read a cache's strided heads
     const Problem p = make_problem(q, k, ctx->saved_data["bq"].toInt(), ctx->saved_data["bk"].toInt(), s[5], s[6],
                                    s[7], s[8], ctx->saved_data["causal"].toBool(),
-                                   ctx->saved_data["scale"].toDouble(), ctx->saved_data["penalty"].toDouble());
+                                   ctx->saved_data["scale"].toDouble(), ctx->saved_data["penalty"].toDouble(),
+                                   ctx->saved_data["wl"].toInt(), ctx->saved_data["wr"].toInt());
     auto dout = grads[0].defined() ? grads[0].contiguous() : torch::zeros_like(o);
     auto delta = (dout * o).sum(-1);  // [B, H, Nq]
     if (grads[1].defined()) delta = delta - grads[1].masked_fill(lse == kPosInf, 0.0f);
@@ -340,7 +373,7 @@ class BlockSparseFunction : public torch::autograd::Function<BlockSparseFunction
       }
     });
     torch::Tensor none;
-    return {dq, dk, dv, none, none, none, none, none, none, none, none, none};
+    return {dq, dk, dv, none, none, none, none, none, none, none, none, none, none, none};
   }
 };
 
@@ -501,6 +534,8 @@ BlockSparseResult block_sparse_attention_reference(const torch::Tensor& q, const
   auto qs = qpos.reshape({B, H, NQ, bq, 1});
   auto allowed = (ks >= 0) & (qs >= 0);
   if (mask.causal) allowed = allowed & (ks <= qs);
+  if (mask.window_left >= 0) allowed = allowed & (qs - ks <= mask.window_left);
+  if (mask.window_right >= 0) allowed = allowed & (ks - qs <= mask.window_right);
   torch::Tensor alone;  // [B, H, NQ, bq, 1]: rows whose only allowed key is their own (self rule)
   if (mask.self_penalty != 0.0) {
     auto self = (ks == qs) & allowed;
@@ -542,7 +577,8 @@ BlockSparseResult block_sparse_attention(const torch::Tensor& q, const torch::Te
   auto r = BlockSparseFunction::apply(q.contiguous(), rows(k), rows(v),
                                       layout.offsets.to(torch::kLong).contiguous(),
                                       layout.blocks.to(torch::kLong).contiguous(), pos(mask.q_pos), pos(mask.k_pos),
-                                      layout.block_q, layout.block_k, mask.causal, scale, mask.self_penalty);
+                                      layout.block_q, layout.block_k, mask.causal, scale, mask.self_penalty,
+                                      mask.window_left, mask.window_right);
   return {r[0], r[1]};
 }
 
