@@ -27,6 +27,7 @@
 #include "longseq/kernels/growing_cache.h"
 #include "longseq/mixers/heads.h"
 #include "longseq/registry.h"
+#include "longseq/mixers/cores.h"
 
 namespace longseq {
 
@@ -321,6 +322,19 @@ MixerInfo bigbird_mixer_info() {
   // Causal decoding keeps the real tokens' keys and values; the causal pattern of block j depends on j alone.
   info.streams = true;
   info.sparse_options = {{"block", 2}, {"random_blocks", 1}};  // sparse from T = 11 (6 blocks; causal: 9)
+  info.core_kernels = {"fused", "reference"};
+  info.core = [](const CoreQuery& c) {  // the pattern's blocks on drawn q, k, v (every block where it is exact)
+    const int64_t b = c.options["block"].get<int64_t>();
+    auto p = bigbird_pattern(c.T, b, c.options["random_blocks"].get<int64_t>(),
+                             static_cast<uint64_t>(c.options["seed"].get<int64_t>()), c.H, c.causal);
+    if (p.exact) {
+      p.rows.assign(c.H, std::vector<std::vector<int64_t>>(p.blocks));
+      for (auto& head : p.rows)
+        for (int64_t j = 0; j < p.blocks; ++j)
+          for (int64_t i = 0; i <= (c.causal ? j : p.blocks - 1); ++i) head[j].push_back(i);
+    }
+    return block_sparse_core(c, c.T, c.T, block_sparse_layout(b, b, {p.rows}), BlockSparseMask{c.causal, {}, {}, 0.0}, 1.0);
+  };
   info.flops = [](const FlopQuery& f) {
     const double b = f.options["block"].get<double>(), r = f.options["random_blocks"].get<double>();
     const double nb = std::ceil(f.T / b);

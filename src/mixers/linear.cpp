@@ -10,6 +10,7 @@
 #include "longseq/kernels/linear_attention.h"
 #include "longseq/mixers/heads.h"
 #include "longseq/registry.h"
+#include "longseq/mixers/cores.h"
 
 namespace longseq {
 
@@ -65,6 +66,10 @@ MixerInfo linear_mixer_info() {
   info.make = [](const MixerArgs& a) -> Mixer { return std::make_shared<LinearImpl>(a); };
   info.sparse_options = {{"chunk", 3}};  // exact at every T; this puts several chunks of the causal prefix sums in T
   info.streams = true;
+  info.core_kernels = {"fused", "reference"};
+  info.core = [](const CoreQuery& c) {  // the kernelized product on drawn positive features (the feature map apart)
+    return kernelized_core(c, c.D, c.options["chunk"].get<int64_t>(), c.options["eps"].get<double>());
+  };
   info.flops = [](const FlopQuery& f) {  // projections; phi(K)^T V and phi(Q) S (+ the masked chunk products)
     const double D = double(f.C) / f.H, c = f.causal ? std::min<double>(f.options["chunk"].get<double>(), f.T) : 0;
     return 8.0 * f.B * f.T * f.C * f.C + 4.0 * f.B * f.T * f.C * D + 4.0 * f.B * f.T * c * f.C;

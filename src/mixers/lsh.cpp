@@ -250,6 +250,31 @@ MixerInfo lsh_mixer_info() {
   info.strictly_causal = false;
   info.strictly_causal_options = {{"chunk_length", 1000000000}};
   info.streams = true;  // exactly the whole-sequence rows under the strict options; per step O(R T m D)
+  info.core_kernels = {"fused", "reference"};
+  info.core = [](const CoreQuery& c) {  // R rounds of sorted chunks on drawn rows: each round a shuffle of the
+    const int64_t m = std::min<int64_t>(c.options["chunk_length"].get<int64_t>(), c.T);  // positions (hashing apart)
+    const int64_t R = c.options["n_hashes"].get<int64_t>(), Tp = (c.T + m - 1) / m * m, Nr = Tp / m, N = R * Nr;
+    std::vector<torch::Tensor> rounds;
+    for (int64_t r = 0; r < R; ++r) rounds.push_back(torch::randperm(Tp, torch::kLong));
+    auto spos = torch::cat(rounds).view({1, 1, R * Tp});
+    auto kpos = torch::where(spos < c.T, spos, torch::full_like(spos, -1));
+    std::vector<std::vector<int64_t>> rows(N);
+    for (int64_t j = 0; j < N; ++j) rows[j] = {j % Nr == 0 ? (j / Nr + R - 1) % R * Nr + Nr - 1 : j - 1, j};
+    auto layout = block_sparse_layout(m, m, {{rows}});
+    const BlockSparseMask mask{c.causal, spos, kpos, 1e5};
+    CoreRun run;  // q, v per position; the sorted rows are gathered from them (a position's copies agree)
+    run.inputs = {torch::randn({c.B, c.H, Tp, c.D}), torch::randn({c.B, c.H, Tp, c.D})};
+    const auto in = run.inputs;
+    run.run = [in, layout, mask, spos, kernel = c.kernel] {
+      auto idx = spos.view({1, 1, -1, 1}).expand({in[0].size(0), in[0].size(1), spos.size(2), in[0].size(3)});
+      auto k = in[0] / in[0].norm(2, -1, true).clamp_min(1e-6);
+      return block_sparse_attention(in[0].gather(2, idx), k.gather(2, idx), in[1].gather(2, idx), layout, mask, 1.0,
+                                    kernel)
+          .out;
+    };
+    run.flops = (c.causal ? 0.5 : 1.0) * block_sparse_flops(layout, c.B, c.H, R * Tp, R * Tp, c.D, false);
+    return run;
+  };
   info.flops = [](const FlopQuery& f) {  // projections (qk, v, out) + per round: 2m keys per query, hashing
     const double m = std::min<double>(f.options["chunk_length"].get<double>(), f.T), R = f.options["n_hashes"];
     const double nb = f.options["n_buckets"].get<double>() > 0 ? f.options["n_buckets"].get<double>() : 2 * f.T / m;

@@ -19,6 +19,7 @@
 #include "longseq/mixers/heads.h"
 #include "longseq/recompute.h"
 #include "longseq/registry.h"
+#include "longseq/mixers/cores.h"
 
 namespace longseq {
 
@@ -128,6 +129,10 @@ MixerInfo performer_mixer_info() {
   info.make = [](const MixerArgs& a) -> Mixer { return std::make_shared<PerformerImpl>(a); };
   info.streams = true;
   info.sparse_options = {{"features", 8}, {"chunk", 3}};  // M < D: a coarse estimate; several chunks of prefix sums
+  info.core_kernels = {"fused", "reference"};
+  info.core = [](const CoreQuery& c) {  // the kernelized product on drawn positive features (the feature map apart)
+    return kernelized_core(c, c.options["features"].get<int64_t>(), c.options["chunk"].get<int64_t>(), c.options["eps"].get<double>());
+  };
   info.flops = [](const FlopQuery& f) {  // projections; features of Q and K; phi(K)^T V and phi(Q) S (+ chunk products)
     const double M = f.options["features"].get<double>();
     const double c = f.causal ? std::min<double>(f.options["chunk"].get<double>(), f.T) : 0;

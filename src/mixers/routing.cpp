@@ -35,6 +35,7 @@
 #include "longseq/mixers/heads.h"
 #include "longseq/recompute.h"
 #include "longseq/registry.h"
+#include "longseq/mixers/cores.h"
 
 namespace longseq {
 
@@ -311,6 +312,19 @@ MixerInfo routing_mixer_info() {
   info.strictly_causal = false;
   info.strictly_causal_options = {{"clusters", 1}};
   info.sparse_options = {{"cluster_size", 4}, {"local_window", 4}};  // several clusters of 4, blocks of 4
+  info.core_kernels = {"fused", "reference"};
+  info.core = [](const CoreQuery& c) {  // every head routed: k clusters of w drawn members (a balanced shuffle),
+    const int64_t fixed = c.options["clusters"].get<int64_t>();          // cluster c attending to itself
+    const int64_t w = fixed > 0 ? ceil_div(c.T, fixed) : std::min<int64_t>(c.options["cluster_size"].get<int64_t>(), c.T);
+    const int64_t K = ceil_div(c.T, w);
+    auto members = torch::randperm(K * w, torch::kLong).view({K, w});
+    members = std::get<0>(members.sort(-1)).view({1, 1, K * w});  // in position order inside a cluster
+    auto pos = torch::where(members < c.T, members, torch::full_like(members, -1));
+    std::vector<std::vector<int64_t>> rows(K);
+    for (int64_t j = 0; j < K; ++j) rows[j] = {j};
+    return block_sparse_core(c, K * w, K * w, block_sparse_layout(w, w, {{rows}}),
+                             BlockSparseMask{c.causal, pos, pos, 0.0}, c.causal ? 0.5 : 1.0);
+  };
   info.flops = [](const FlopQuery& f) {
     const double hr = routing_head_count(f.options, f.H), hl = f.H - hr, D = double(f.C) / f.H;
     const int64_t fixed = f.options["clusters"].get<int64_t>(), w0 = f.options["cluster_size"].get<int64_t>();
