@@ -127,20 +127,19 @@ void mask_tile(float* s, int64_t rows, int64_t cols, const int64_t* qp, const in
   const bool band = (p.wl >= 0 && qmax - kmin > p.wl) || (p.wr >= 0 && kmax - qmin > p.wr);
   const bool needed = kmin < 0 || qmin < 0 || (p.causal && kmax > qmin) || (p.self_rule && overlap) || band;
   if (!needed) return;
-  if (!p.self_rule && kmin >= 0 && kmax - kmin == cols - 1) {  // keys are one run kp[0] + c (a band, a diagonal):
-    bool run = true;                                          // each row keeps one column range, filled around
-    for (int64_t c = 1; c < cols && run; ++c) run = kp[c] == kp[0] + c;
-    if (run) {
+  if (!p.self_rule && kmin >= 0) {  // keys in position order (a band, a diagonal, a sorted cluster): each row keeps
+    bool sorted = true;            // one column range, found by binary search, and the rest is filled around it
+    for (int64_t c = 1; c < cols && sorted; ++c) sorted = kp[c] >= kp[c - 1];
+    if (sorted) {
       for (int64_t r = 0; r < rows; ++r) {
         float* row = s + r * cols;
         const int64_t q = qp[r];
         int64_t lo = 0, hi = cols;  // allowed: [lo, hi)
         if (q >= 0) {
-          int64_t last = std::numeric_limits<int64_t>::max();
-          if (p.causal) last = q;
-          if (p.wr >= 0) last = std::min(last, q + p.wr);
-          if (p.wl >= 0) lo = std::max<int64_t>(0, q - p.wl - kp[0]);
-          hi = std::min<int64_t>(cols, last == std::numeric_limits<int64_t>::max() ? cols : last - kp[0] + 1);
+          if (p.wl >= 0) lo = std::lower_bound(kp, kp + cols, q - p.wl) - kp;
+          const bool capped = p.causal || p.wr >= 0;
+          const int64_t last = p.causal ? (p.wr >= 0 ? std::min(q, q + p.wr) : q) : q + p.wr;
+          if (capped) hi = std::upper_bound(kp, kp + cols, last) - kp;
         }
         if (q < 0 || hi <= lo) {
           std::fill(row, row + cols, kNegInf);
