@@ -158,18 +158,23 @@ void mask_tile(float* s, int64_t rows, int64_t cols, const int64_t* qp, const in
       std::fill(row, row + cols, kNegInf);
       continue;
     }
-    const bool only_self = alone && alone[r];
-    for (int64_t c = 0; c < cols; ++c) {
-      const int64_t k = kp[c];
-      const bool self = p.self_rule && k == q;
-      const bool outside = band && ((p.wl >= 0 && q - k > p.wl) || (p.wr >= 0 && k - q > p.wr));
-      if (k < 0 || (p.causal && k > q) || outside || (only_self && !self)) {
-        row[c] = kNegInf;
-      } else if (self && !only_self) {
-        if (hits) hits->push_back({r, c});
-        else row[c] = kNegInf;
-      }
+    if (alone && alone[r]) {  // a row that saw only itself: its own key alone
+      for (int64_t c = 0; c < cols; ++c)
+        if (kp[c] != q) row[c] = kNegInf;
+      continue;
     }
+    // Allowed keys lie in [lo, hi] (padding = -1 falls below): one select per column, no branch.
+    int64_t lo = 0, hi = std::numeric_limits<int64_t>::max();
+    if (p.causal) hi = q;
+    if (p.wr >= 0) hi = std::min(hi, q + p.wr);
+    if (p.wl >= 0) lo = std::max<int64_t>(0, q - p.wl);
+    for (int64_t c = 0; c < cols; ++c) row[c] = kp[c] < lo || kp[c] > hi ? kNegInf : row[c];
+    if (p.self_rule)  // own keys: the forward records them (the caller takes the raw score), the backward drops them
+      for (int64_t c = 0; c < cols; ++c)
+        if (kp[c] == q) {
+          if (hits) hits->push_back({r, c});
+          else row[c] = kNegInf;
+        }
   }
 }
 
