@@ -3,7 +3,10 @@
 #include <torch/torch.h>
 
 #include <functional>
+#include <map>
 #include <string>
+
+#include "longseq/train.h"
 
 namespace longseq_test {
 
@@ -30,5 +33,11 @@ torch::Tensor param(const torch::nn::Module& m, const std::string& name);
 // of sum(out * w) with respect to each of `wrt` (a fixed random w).
 double max_output_and_grad_diff(const std::function<torch::Tensor()>& a, const std::function<torch::Tensor()>& b,
                                 const std::vector<torch::Tensor>& wrt);
+
+// The training losses a run logged in its metrics.jsonl, by step.
+std::map<int64_t, double> logged_losses(const std::string& run);
+
+// Options of a quiet training call into `dir` (resume: continue the run there).
+longseq::TrainOptions quiet(const std::string& dir, bool resume = false);
 
 }  // namespace longseq_test

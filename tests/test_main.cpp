@@ -5,8 +5,11 @@
 #include <filesystem>
 #include <fstream>
 #include <limits>
+#include <sstream>
 
 #include "helpers.h"
+#include "longseq/common.h"
+#include "longseq/runtime.h"
 
 namespace longseq_test {
 
@@ -87,6 +90,25 @@ double max_output_and_grad_diff(const std::function<torch::Tensor()>& a, const s
     worst = std::max(worst, (x - y).abs().max().item<double>());
   }
   return worst;
+}
+
+std::map<int64_t, double> logged_losses(const std::string& run) {
+  std::map<int64_t, double> out;
+  std::istringstream in(longseq::read_file(run + "/metrics.jsonl"));
+  std::string line;
+  while (std::getline(in, line)) {
+    auto j = longseq::Json::parse(line);
+    if (j.contains("loss")) out[j["step"]] = j["loss"];
+  }
+  return out;
+}
+
+longseq::TrainOptions quiet(const std::string& dir, bool resume) {
+  longseq::TrainOptions o;
+  o.out_dir = dir;
+  o.resume = resume;
+  o.quiet = true;
+  return o;
 }
 
 }  // namespace longseq_test

@@ -32,24 +32,8 @@ std::string corpus(const std::string& dir) {
   return dir + "/corpus.txt";
 }
 
-std::map<int64_t, double> logged_losses(const std::string& run) {
-  std::map<int64_t, double> out;
-  std::istringstream in(read_file(run + "/metrics.jsonl"));
-  std::string line;
-  while (std::getline(in, line)) {
-    auto j = Json::parse(line);
-    if (j.contains("loss")) out[j["step"]] = j["loss"];
-  }
-  return out;
-}
-
-TrainOptions quiet(const std::string& dir, bool resume = false) {
-  TrainOptions o;
-  o.out_dir = dir;
-  o.resume = resume;
-  o.quiet = true;
-  return o;
-}
+using longseq_test::logged_losses;
+using longseq_test::quiet;
 
 // Every metrics line, parsed.
 std::vector<Json> metrics_lines(const std::string& run) {

@@ -77,6 +77,15 @@ struct Batch {
 // B contiguous segments of T + 1 tokens at random offsets drawn from `rng`.
 Batch sample_batch(const torch::Tensor& tokens, int64_t B, int64_t T, std::mt19937_64& rng);
 
+// Training over a stream (Dai et al. 2019's batching): the split is cut into
+// `rows` contiguous slices of N / rows tokens; segment s of a row is its tokens
+// [s T, s T + T] (inputs and shifted targets), so segment s + 1 continues
+// segment s. stream_segments: how many whole segments a slice holds (an Error
+// when not one). stream_batch: rows [first_row, first_row + B), segment s.
+int64_t stream_segments(int64_t N, int64_t rows, int64_t T);
+Batch stream_batch(const torch::Tensor& tokens, int64_t rows, int64_t first_row, int64_t B, int64_t T,
+                   int64_t segment);
+
 // One evaluation window: inputs tokens[start, start + T), targets shifted by
 // one; only the targets at window positions >= first_scored count.
 struct EvalWindow {

@@ -45,6 +45,26 @@ Batch sample_batch(const torch::Tensor& tokens, int64_t B, int64_t T, std::mt199
   return {seg.narrow(1, 0, T), seg.narrow(1, 1, T)};
 }
 
+int64_t stream_segments(int64_t N, int64_t rows, int64_t T) {
+  const int64_t per_row = N / rows;  // each row's own contiguous slice of the split
+  if (per_row < T + 1)
+    throw Error("stream batching: " + std::to_string(N) + " tokens make " + std::to_string(rows) + " slices of " +
+                std::to_string(per_row) + ", shorter than seq_len + 1 = " + std::to_string(T + 1) +
+                "; use fewer rows (batch_size x accum) or a shorter seq_len");
+  return (per_row - 1) / T;
+}
+
+Batch stream_batch(const torch::Tensor& tokens, int64_t rows, int64_t first_row, int64_t B, int64_t T,
+                   int64_t segment) {
+  const int64_t per_row = tokens.size(0) / rows, S = stream_segments(tokens.size(0), rows, T);
+  TORCH_CHECK(first_row >= 0 && first_row + B <= rows && segment >= 0 && segment < S,
+              "stream_batch: rows [", first_row, ", ", first_row + B, ") of ", rows, ", segment ", segment, " of ", S);
+  std::vector<torch::Tensor> out;
+  for (int64_t b = first_row; b < first_row + B; ++b) out.push_back(tokens.narrow(0, b * per_row + segment * T, T + 1));
+  auto seg = torch::stack(out).to(torch::kLong);  // [B, T + 1]
+  return {seg.narrow(1, 0, T), seg.narrow(1, 1, T)};
+}
+
 std::vector<EvalWindow> eval_windows(int64_t N, int64_t T, int64_t stride) {
   check_split_length(N, T);
   if (stride <= 0 || stride > T)

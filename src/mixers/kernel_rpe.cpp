@@ -197,7 +197,7 @@ class KernelRpeImpl : public MixerImpl {
     auto c = favor_key_max(ek, pad);
     const int64_t M = ek.size(-1);
     if (!st->key_max.defined()) {
-      st->key_max = c;
+      st->key_max = c.detach();
       st->far = torch::zeros({B, H, M, D + 1}, x.options());
       st->win_k = torch::zeros({B, H, 0, M}, x.options());
       st->win_v = torch::zeros({B, H, 0, D + 1}, x.options());
@@ -205,7 +205,7 @@ class KernelRpeImpl : public MixerImpl {
       auto grown = torch::maximum(st->key_max, c);
       auto f = torch::where(grown == st->key_max, torch::ones_like(grown), torch::exp(st->key_max - grown));
       f = f.view({B, H, 1, 1});
-      st->far = st->far * f, st->win_k = st->win_k * f, st->key_max = grown;
+      st->far = (st->far * f).detach(), st->win_k = (st->win_k * f).detach(), st->key_max = grown.detach();
     }
     auto fk = zero_padded(favor_key_features(ek, st->key_max.masked_fill(torch::isinf(st->key_max), 0.0)), pad);
     auto fq = favor_query_features(favor_exponents(q, projection_));
@@ -223,10 +223,11 @@ class KernelRpeImpl : public MixerImpl {
               eb.select(1, 0).view({1, H, 1, 1}) * torch::matmul(fq, st->far);  // e^{b_{-R}} on the far sum
     // Keep the last R positions; the ones leaving the window join the far sum.
     const int64_t keep = std::min(R, L), leave = L - keep;
+    // Detached: the state carries values, not the graph (a stream's next segment must not backpropagate into this one).
     if (leave > 0)
-      st->far = st->far + torch::matmul(keys.narrow(2, 0, leave).transpose(-1, -2), vals.narrow(2, 0, leave));
-    st->win_k = keys.narrow(2, leave, keep);
-    st->win_v = vals.narrow(2, leave, keep);
+      st->far = (st->far + torch::matmul(keys.narrow(2, 0, leave).transpose(-1, -2), vals.narrow(2, 0, leave))).detach();
+    st->win_k = keys.narrow(2, leave, keep).detach();
+    st->win_v = vals.narrow(2, leave, keep).detach();
     auto den = nd.narrow(-1, D, 1) + eps_;
     return out_(merge_heads(ratio(nd.narrow(-1, 0, D), den)));
   }

@@ -81,6 +81,16 @@ const Schema& train_schema() {
        "0 = seq_len, non-overlapping windows", 0, 1 << 30},
       {"log_every", OptionType::Int, 10, "write a metrics line every N steps", 1, 1e9},
       {"checkpoint_every", OptionType::Int, 100, "checkpoint every N steps (and at the end)", 1, 1e9},
+      {"stream", OptionType::Bool, false,
+       "train over a stream: each batch row reads its own contiguous slice of the corpus, segment after segment, "
+       "and the model's streaming state (every layer's cache or running sums) carries from one step to the next, "
+       "gradients stopped at each segment boundary (truncated backprop over one segment; Dai et al. 2019). Needs "
+       "every layer to stream"},
+      {"stream_reset", OptionType::Int, 16,
+       "with stream: the state starts afresh every this many segments (the context a row can reach back: "
+       "stream_reset x seq_len tokens; it also bounds full attention's growing KV cache). Checkpoints fall on "
+       "these boundaries, so a resumed run restarts from a fresh state exactly as the original did",
+       1, 1e9},
       {"time_limit", OptionType::Float, 0.0,
        "stop (with a checkpoint) after this many seconds of training; 0 = no limit", 0.0, 1e9},
   };
@@ -163,6 +173,18 @@ RunConfig RunConfig::from_json(const Json& j) {
                 " exceeds train.seq_len = " + std::to_string(c.train["seq_len"].get<int64_t>()));
   if (c.model["positions"] == "learned" && c.train["seq_len"].get<int64_t>() > c.model["max_len"].get<int64_t>())
     throw Error("train.seq_len exceeds model.max_len with learned positions");
+  if (c.train["stream"].get<bool>()) {
+    const int64_t reset = c.train["stream_reset"], T = c.train["seq_len"];
+    if (c.train["checkpoint_every"].get<int64_t>() % reset != 0)
+      throw Error("train.checkpoint_every = " + std::to_string(c.train["checkpoint_every"].get<int64_t>()) +
+                  " must be a multiple of train.stream_reset = " + std::to_string(reset) +
+                  " with train.stream: checkpoints fall where the carried state starts afresh, so a resumed run is "
+                  "exact");
+    if (c.model["positions"] == "learned" && reset * T > c.model["max_len"].get<int64_t>())
+      throw Error("train.stream_reset x train.seq_len = " + std::to_string(reset * T) +
+                  " positions exceed model.max_len = " + std::to_string(c.model["max_len"].get<int64_t>()) +
+                  " of the learned positions");
+  }
   return c;
 }
 

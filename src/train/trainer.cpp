@@ -182,6 +182,18 @@ TrainResult train_run(const RunConfig* given, const TrainOptions& opts) {
 
   torch::manual_seed(seed);
   DecoderLM model(mc);
+  // Training over a stream: B * accum rows, each its own slice; micro-batch m carries rows [m B, (m + 1) B).
+  const bool stream = t["stream"];
+  const int64_t stream_reset = t["stream_reset"];
+  const int64_t stream_S = stream ? stream_segments(corpus.train.tokens.size(0), B * accum, T) : 0;
+  std::vector<ModelState> states(stream ? accum : 0);
+  if (stream) {
+    try {
+      model->initial_state(B);
+    } catch (const Error& e) {
+      throw Error(std::string("train.stream needs every layer to stream: ") + e.what());
+    }
+  }
   AdamW opt(named_params(*model), t["beta1"], t["beta2"], t["eps"], t["weight_decay"], decayed_parameters(*model));
   Carried carried;
   if (has_checkpoint) {
@@ -195,6 +207,10 @@ TrainResult train_run(const RunConfig* given, const TrainOptions& opts) {
     opt.load_state(state, "adamw.", carried.adamw_steps, state_path);
   }
   const int64_t start = carried.step;
+  if (stream && start % stream_reset != 0 && start < steps)
+    throw Error("train.stream: the checkpoint in " + dir + " is at step " + std::to_string(start) +
+                ", not a multiple of train.stream_reset = " + std::to_string(stream_reset) +
+                ", where the carried state starts afresh; it cannot be resumed exactly");
   if (opts.resume) {
     remove_stale_temporaries(dir);
     truncate_metrics(metrics_path, start);
@@ -235,8 +251,17 @@ TrainResult train_run(const RunConfig* given, const TrainOptions& opts) {
     double loss_sum = 0;
     for (int64_t micro = 0; micro < accum; ++micro) {
       std::mt19937_64 rng(mix(seed, static_cast<uint64_t>(step), static_cast<uint64_t>(micro) + 1));
-      Batch batch = sample_batch(corpus.train.tokens, B, T, rng);
-      auto logits = model->forward(batch.input);
+      Batch batch;
+      ModelState* state = nullptr;
+      if (stream) {  // segment (step - 1) mod S of each row; a fresh state every stream_reset segments and at a wrap
+        const int64_t segment = (step - 1) % stream_S;
+        if ((step - 1) % stream_reset == 0 || segment == 0) states[micro] = model->initial_state(B);
+        batch = stream_batch(corpus.train.tokens, B * accum, micro * B, B, T, segment);
+        state = &states[micro];
+      } else {
+        batch = sample_batch(corpus.train.tokens, B, T, rng);
+      }
+      auto logits = model->forward(batch.input, state);
       auto loss = torch::nn::functional::cross_entropy(logits.reshape({-1, logits.size(-1)}), batch.target.reshape({-1}));
       if (opts.loss_hook) loss = opts.loss_hook(step, loss);
       (loss / static_cast<double>(accum)).backward();
@@ -289,7 +314,8 @@ TrainResult train_run(const RunConfig* given, const TrainOptions& opts) {
       std::snprintf(fields, sizeof fields, "loss %.4f | bpb %.3f | %.0f tok/s", loss_sum, bpb, tps);
       progress.update(step, fields);
     }
-    const bool time_up = time_limit > 0 && elapsed >= time_limit;
+    // A stream run stops for time only where its state starts afresh, so the checkpoint resumes exactly.
+    const bool time_up = time_limit > 0 && elapsed >= time_limit && (!stream || step % stream_reset == 0);
     if (eval_every > 0 && step % eval_every == 0 && step != steps && !time_up) {
       auto v = evaluate_lm(*model, corpus.valid, B, T, eval_n, t["eval_stride"]);
       append_line(metrics_path,

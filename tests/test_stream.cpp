@@ -1,0 +1,135 @@
+// Training over a stream (Dai et al. 2019's batching): each row reads its own
+// contiguous slice, segment after segment; the model's streaming state carries
+// between steps with gradients stopped at the boundary; every mixer that
+// streams trains this way, and a killed stream run resumes bit for bit.
+#include <gtest/gtest.h>
+
+#include <filesystem>
+#include <sstream>
+
+#include "helpers.h"
+#include "longseq/common.h"
+#include "longseq/data.h"
+#include "longseq/models.h"
+#include "longseq/registry.h"
+#include "longseq/train.h"
+
+using namespace longseq;
+
+namespace stream_test {
+
+TEST(StreamBatch, RowsAreContiguousSlicesAndSegmentsContinue) {
+  auto tokens = torch::arange(1000, torch::kInt);  // token i is i: positions can be read off the batch
+  const int64_t rows = 3, T = 16, per_row = 1000 / rows;
+  const int64_t S = stream_segments(1000, rows, T);
+  EXPECT_EQ(S, (per_row - 1) / T);
+  for (int64_t s = 0; s < S; ++s) {
+    auto b = stream_batch(tokens, rows, 1, 2, T, s);  // rows 1 and 2
+    ASSERT_EQ(b.input.sizes(), (std::vector<int64_t>{2, T}));
+    for (int64_t r = 0; r < 2; ++r) {
+      EXPECT_EQ(b.input[r][0].item<int64_t>(), (r + 1) * per_row + s * T);
+      EXPECT_TRUE(torch::equal(b.target[r].narrow(0, 0, T - 1), b.input[r].narrow(0, 1, T - 1)));
+      if (s + 1 < S) {  // the next segment starts where this one's targets end
+        auto next = stream_batch(tokens, rows, 1, 2, T, s + 1);
+        EXPECT_EQ(next.input[r][0].item<int64_t>(), b.target[r][T - 1].item<int64_t>());
+      }
+    }
+  }
+  // The last target of a row's last segment stays inside its slice.
+  auto last = stream_batch(tokens, rows, rows - 1, 1, T, S - 1);
+  EXPECT_LT(last.target[0][T - 1].item<int64_t>(), rows * per_row);
+  EXPECT_THROW(stream_segments(40, 3, 16), Error);  // slices of 13 tokens hold no segment of 17
+  EXPECT_THROW(stream_batch(tokens, rows, 2, 2, T, 0), std::exception);  // rows 2..3 of 3
+}
+
+// The carried state makes segment s + 1 see segment s: with an exact streaming mixer, the logits of two
+// segments in a row through one state equal one causal pass over both.
+TEST(StreamState, TwoSegmentsThroughTheStateEqualOnePassAndDifferFromStateless) {
+  Json mj = {{"vocab_size", 256}, {"d_model", 16}, {"n_heads", 2}, {"n_layers", 2}, {"d_ff", 32},
+             {"mixer", {{"name", "linear"}}}};
+  torch::manual_seed(5);
+  DecoderLM model(ModelConfig::from_json(mj));
+  model->eval();
+  torch::NoGradGuard ng;
+  auto tokens = torch::randint(0, 256, {2, 48}, torch::kLong);
+  auto whole = model->forward(tokens);
+  auto state = model->initial_state(2);
+  auto a = model->forward(tokens.narrow(1, 0, 24), &state), b = model->forward(tokens.narrow(1, 24, 24), &state);
+  EXPECT_TRUE(torch::allclose(torch::cat({a, b}, 1), whole, 1e-4, 1e-5));
+  auto alone = model->forward(tokens.narrow(1, 24, 24));
+  EXPECT_GT((alone - b).abs().max().item<double>(), 1e-3);  // the state carried something
+}
+
+std::string corpus(const std::string& dir) {
+  longseq_test::write_text(dir + "/corpus.txt", longseq_test::sample_text(40000));
+  return dir + "/corpus.txt";
+}
+
+Json stream_run(const std::string& file, const Json& mixer, int64_t steps) {
+  return {{"model", {{"d_model", 16}, {"n_heads", 2}, {"n_layers", 2}, {"d_ff", 32}, {"dropout", 0.1},
+                     {"mixer", mixer}}},
+          {"data", {{"corpus", "text"}, {"path", file}}},
+          {"train", {{"steps", steps}, {"batch_size", 2}, {"seq_len", 16}, {"accum", 2}, {"warmup", 2},
+                     {"eval_every", 0}, {"eval_batches", 1}, {"log_every", 1}, {"checkpoint_every", 4},
+                     {"stream", true}, {"stream_reset", 2}}}};
+}
+
+using longseq_test::logged_losses;
+using longseq_test::quiet;
+
+// Every streaming mixer trains statefully (a carried cache that kept its graph would fail the second
+// backward), and a killed run resumes from its boundary checkpoint bit for bit.
+TEST(StreamTrain, EveryStreamingMixerTrainsStatefullyAndResumesBitForBit) {
+  auto dir = longseq_test::scratch_dir("stream_train");
+  auto file = corpus(dir);
+  int trained = 0;
+  for (const auto& info : mixer_registry()) {
+    if (!info.streams || !info.supports_causal) continue;
+    SCOPED_TRACE(info.name);
+    Json mixer = {{"name", info.name}};
+    if (info.name == "longformer") mixer["window"] = Json::array({4});
+    auto cfg = RunConfig::from_json(stream_run(file, mixer, 6));
+    const std::string whole = dir + "/" + info.name + "_whole", killed = dir + "/" + info.name + "_killed";
+    TrainResult r;
+    try {
+      r = train_run(&cfg, quiet(whole));
+    } catch (const std::exception& e) {
+      ADD_FAILURE() << info.name << " cannot be trained over a stream: " << std::string(e.what()).substr(0, 200);
+      continue;
+    }
+    ASSERT_EQ(r.losses.size(), 6u) << info.name;
+    for (double l : r.losses) EXPECT_TRUE(std::isfinite(l)) << info.name;
+    auto opts = quiet(killed);
+    opts.stop_after = 5;  // killed after step 5; its last checkpoint is step 4, a state boundary
+    train_run(&cfg, opts);
+    train_run(nullptr, quiet(killed, true));
+    auto a = logged_losses(whole), b = logged_losses(killed);
+    ASSERT_EQ(b.size(), 6u) << info.name;
+    for (const auto& kv : a) EXPECT_EQ(kv.second, b.at(kv.first)) << info.name << " step " << kv.first;
+    ++trained;
+  }
+  EXPECT_GE(trained, 5);
+}
+
+TEST(StreamTrain, BadStreamConfigsAreRefusedBeforeAnythingIsWritten) {
+  auto dir = longseq_test::scratch_dir("stream_bad");
+  auto file = corpus(dir);
+  Json j = stream_run(file, {{"name", "full"}}, 6);
+  j["train"]["checkpoint_every"] = 3;  // not a multiple of stream_reset = 2
+  try {
+    RunConfig::from_json(j);
+    FAIL() << "checkpoint_every off the state boundaries accepted";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("stream_reset"), std::string::npos) << e.what();
+  }
+  auto cfg = RunConfig::from_json(stream_run(file, {{"name", "routing"}}, 6));  // routing does not stream
+  try {
+    train_run(&cfg, quiet(dir + "/routing"));
+    FAIL() << "a mixer that cannot stream was trained over a stream";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("train.stream"), std::string::npos) << e.what();
+  }
+  EXPECT_FALSE(std::filesystem::exists(dir + "/routing"));
+}
+
+}  // namespace stream_test
