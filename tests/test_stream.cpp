@@ -60,6 +60,30 @@ TEST(StreamState, TwoSegmentsThroughTheStateEqualOnePassAndDifferFromStateless) 
   EXPECT_GT((alone - b).abs().max().item<double>(), 1e-3);  // the state carried something
 }
 
+// Stream evaluation with an exact streaming mixer and no reset scores a slice as one causal pass over it;
+// its stateless side scores the same segments as non-overlapping windows.
+TEST(StreamEval, StatefulEqualsOneLongWindowAndStatelessEqualsWindows) {
+  Json mj = {{"vocab_size", 256}, {"d_model", 16}, {"n_heads", 2}, {"n_layers", 2}, {"d_ff", 32},
+             {"mixer", {{"name", "linear"}}}};
+  torch::manual_seed(6);
+  DecoderLM model(ModelConfig::from_json(mj));
+  const int64_t T = 16, S = 5;
+  TokenSplit split;
+  split.tokens = torch::randint(0, 256, {S * T + 1}, torch::kInt);
+  split.bytes = split.text_bytes = S * T + 1;
+  auto r = evaluate_lm_stream(*model, split, 1, T, 0, 0);
+  auto one_pass = evaluate_lm(*model, split, 1, S * T, 0);
+  auto windows = evaluate_lm(*model, split, 1, T, 0);
+  EXPECT_EQ(r.stateful.tokens, S * T);
+  EXPECT_NEAR(r.stateful.loss, one_pass.loss, 1e-5);
+  EXPECT_NEAR(r.stateless.loss, windows.loss, 1e-5);
+  EXPECT_GT(std::abs(r.stateful.loss - r.stateless.loss), 1e-4);  // the state changed the scores
+  // A reset every segment is the stateless evaluation.
+  auto fresh = evaluate_lm_stream(*model, split, 1, T, 0, 1);
+  EXPECT_NEAR(fresh.stateful.loss, fresh.stateless.loss, 1e-6);
+  EXPECT_NE(r.stateful.method().find("never reset"), std::string::npos) << r.stateful.method();
+}
+
 std::string corpus(const std::string& dir) {
   longseq_test::write_text(dir + "/corpus.txt", longseq_test::sample_text(40000));
   return dir + "/corpus.txt";

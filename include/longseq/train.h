@@ -64,6 +64,7 @@ struct EvalResult {
   int64_t tokens = 0;         // targets scored
   int64_t split_targets = 0;  // targets in the split (its tokens - 1)
   int64_t windows = 0, seq_len = 0, stride = 0;
+  std::string description;    // set by the stream evaluation: says what it scored (method() returns it)
   bool whole() const { return tokens == split_targets; }
   // Which evaluation this was, for the output: coverage, window and stride.
   std::string method() const;
@@ -73,6 +74,18 @@ struct EvalResult {
 // (a prefix of the split), 0 covers the whole split.
 EvalResult evaluate_lm(DecoderLMImpl& model, const TokenSplit& split, int64_t batch, int64_t seq_len,
                        int64_t max_batches, int64_t stride = 0);
+
+// Evaluation over a stream (Dai et al. 2019, sec. 3.2): the split is cut into
+// `batch` contiguous slices (stream_batch) and each is scored segment after
+// segment with the model's state carried, starting afresh every `reset`
+// segments (0 = never: the memory spans the whole slice, longer than any
+// training reset). The same segments are also scored without state, so the
+// two results cover exactly the same targets. max_segments > 0 stops early.
+struct StreamEvalResult {
+  EvalResult stateful, stateless;
+};
+StreamEvalResult evaluate_lm_stream(DecoderLMImpl& model, const TokenSplit& split, int64_t batch, int64_t seq_len,
+                                    int64_t max_segments, int64_t reset);
 
 struct TrainOptions {
   std::string out_dir;

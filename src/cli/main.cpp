@@ -165,6 +165,16 @@ int main(int argc, char** argv) {
                    "non-overlapping windows (default: the run's train.eval_stride)")
       ->check(number_in(1, 1 << 30));
   eval->add_flag("--json", as_json, "print one JSON object");
+  bool eval_stream = false;
+  int64_t eval_reset = -1;
+  eval->add_flag("--stream", eval_stream,
+                 "also evaluate over a stream: --batch-size contiguous slices scored segment after segment with the "
+                 "model's state carried (every layer must stream), beside the same segments without state; "
+                 "--max-batches counts segments");
+  eval->add_option("--stream-reset", eval_reset,
+                   "with --stream: start the state afresh every this many segments; 0 = never (a memory longer than "
+                   "in training); default: the run's train.stream_reset")
+      ->check(number_in(0, 1e9));
 
   auto* gen = app.add_subcommand("generate", "generate text from a run");
   std::string prompt;
@@ -313,6 +323,28 @@ int main(int argc, char** argv) {
         throw Error(corpus_source(run.config.data) + ": the " + split + " split holds " + std::to_string(have) +
                     " tokens, fewer than seq_len + 1 = " + std::to_string(T + 1));
       const int64_t S = eval_stride > 0 ? eval_stride : std::min(T, run.config.train.value("eval_stride", int64_t{0}));
+      if (eval_stream) {
+        const int64_t reset = eval_reset >= 0 ? eval_reset : run.config.train.value("stream_reset", int64_t{16});
+        try {
+          run.model->initial_state(B);
+        } catch (const Error& e) {
+          throw Error(std::string("eval --stream needs every layer to stream: ") + e.what());
+        }
+        auto r = evaluate_lm_stream(*run.model, data, B, T, eval_max, reset);
+        if (as_json) {
+          auto one = [](const EvalResult& e) {
+            return Json{{"loss", e.loss}, {"bpb", e.bpb}, {"ppl", e.ppl}, {"tokens", e.tokens}, {"eval", e.method()}};
+          };
+          std::printf("%s\n", Json{{"split", split}, {"stateful", one(r.stateful)}, {"stateless", one(r.stateless)}}
+                                  .dump()
+                                  .c_str());
+        } else {
+          for (const auto* e : {&r.stateful, &r.stateless})
+            std::printf("%s: loss %.4f nats/token, %.4f bits per byte, perplexity %.3f (%lld tokens): %s\n",
+                        split.c_str(), e->loss, e->bpb, e->ppl, static_cast<long long>(e->tokens), e->method().c_str());
+        }
+        return 0;
+      }
       auto r = evaluate_lm(*run.model, data, B, T, eval_max, S);
       if (as_json) {
         std::printf("%s\n", Json{{"split", split}, {"loss", r.loss}, {"bpb", r.bpb}, {"ppl", r.ppl},

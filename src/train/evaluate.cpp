@@ -1,10 +1,13 @@
 #include <cmath>
 
+#include "longseq/data.h"
+#include "longseq/models.h"
 #include "longseq/train.h"
 
 namespace longseq {
 
 std::string EvalResult::method() const {
+  if (!description.empty()) return description;
   std::string s = whole() ? "whole split (" + std::to_string(split_targets) + " targets)"
                           : "prefix of the split: " + std::to_string(tokens) + " of " + std::to_string(split_targets) +
                                 " targets";
@@ -50,6 +53,51 @@ EvalResult evaluate_lm(DecoderLMImpl& model, const TokenSplit& split, int64_t ba
   r.bpb = r.loss * tokens_per_byte / std::log(2.0);
   r.ppl = std::exp(r.loss);
   return r;
+}
+
+StreamEvalResult evaluate_lm_stream(DecoderLMImpl& model, const TokenSplit& split, int64_t batch, int64_t seq_len,
+                                    int64_t max_segments, int64_t reset) {
+  torch::NoGradGuard no_grad;
+  const bool was_training = model.is_training();
+  model.eval();
+  const int64_t N = split.tokens.size(0), T = seq_len;
+  int64_t S = stream_segments(N, batch, T);
+  if (max_segments > 0) S = std::min(S, max_segments);
+  ModelState state;
+  double nats[2] = {0, 0};
+  for (int64_t s = 0; s < S; ++s) {
+    if (s == 0 || (reset > 0 && s % reset == 0)) state = model.initial_state(batch);
+    Batch bt = stream_batch(split.tokens, batch, 0, batch, T, s);
+    for (int with_state = 0; with_state < 2; ++with_state) {
+      auto logits = model.forward(bt.input, with_state ? &state : nullptr);
+      nats[with_state] += torch::nn::functional::cross_entropy(
+                              logits.reshape({-1, logits.size(-1)}), bt.target.reshape({-1}),
+                              torch::nn::functional::CrossEntropyFuncOptions().reduction(torch::kSum))
+                              .item<double>();
+    }
+  }
+  model.train(was_training);
+  const double tokens_per_byte = static_cast<double>(N) / static_cast<double>(std::max<int64_t>(split.bytes, 1));
+  const int64_t scored = batch * S * T;
+  const std::string span = batch == 1 ? "one slice" : std::to_string(batch) + " contiguous slices";
+  auto result = [&](double total, const std::string& how) {
+    EvalResult r;
+    r.tokens = scored;
+    r.split_targets = N - 1;
+    r.windows = batch * S;
+    r.seq_len = r.stride = T;
+    r.loss = total / static_cast<double>(std::max<int64_t>(scored, 1));
+    r.bpb = r.loss * tokens_per_byte / std::log(2.0);
+    r.ppl = std::exp(r.loss);
+    r.description = how;
+    return r;
+  };
+  const std::string segs = span + " x " + std::to_string(S) + " segments of " + std::to_string(T) + " tokens (" +
+                           std::to_string(scored) + " of " + std::to_string(N - 1) + " targets)";
+  const std::string memory = reset > 0 ? "state reset every " + std::to_string(reset) + " segments (context up to " +
+                                             std::to_string(reset * T) + " tokens)"
+                                       : "state never reset (context: the whole slice so far)";
+  return {result(nats[1], "stream: " + segs + ", " + memory), result(nats[0], "the same segments without state")};
 }
 
 }  // namespace longseq
