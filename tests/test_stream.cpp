@@ -9,6 +9,7 @@
 
 #include "helpers.h"
 #include "longseq/common.h"
+#include "longseq/config.h"
 #include "longseq/data.h"
 #include "longseq/models.h"
 #include "longseq/registry.h"
@@ -146,6 +147,12 @@ TEST(StreamTrain, BadStreamConfigsAreRefusedBeforeAnythingIsWritten) {
   } catch (const Error& e) {
     EXPECT_NE(std::string(e.what()).find("stream_reset"), std::string::npos) << e.what();
   }
+  // The defaults go together: stream_reset divides the schema's and the embedded config's checkpoint_every.
+  Json d = parse_json_text(default_config_text(), "default");
+  d["train"]["stream"] = true;
+  EXPECT_NO_THROW(RunConfig::from_json(d));
+  Json plain = {{"model", Json::object()}, {"data", {{"corpus", "text"}, {"path", file}}}, {"train", {{"stream", true}}}};
+  EXPECT_NO_THROW(RunConfig::from_json(plain));
   auto cfg = RunConfig::from_json(stream_run(file, {{"name", "routing"}}, 6));  // routing does not stream
   try {
     train_run(&cfg, quiet(dir + "/routing"));

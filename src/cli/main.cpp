@@ -324,7 +324,7 @@ int main(int argc, char** argv) {
                     " tokens, fewer than seq_len + 1 = " + std::to_string(T + 1));
       const int64_t S = eval_stride > 0 ? eval_stride : std::min(T, run.config.train.value("eval_stride", int64_t{0}));
       if (eval_stream) {
-        const int64_t reset = eval_reset >= 0 ? eval_reset : run.config.train.value("stream_reset", int64_t{16});
+        const int64_t reset = eval_reset >= 0 ? eval_reset : run.config.train.value("stream_reset", int64_t{20});
         try {
           run.model->initial_state(B);
         } catch (const Error& e) {

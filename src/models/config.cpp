@@ -86,7 +86,7 @@ const Schema& train_schema() {
        "and the model's streaming state (every layer's cache or running sums) carries from one step to the next, "
        "gradients stopped at each segment boundary (truncated backprop over one segment; Dai et al. 2019). Needs "
        "every layer to stream"},
-      {"stream_reset", OptionType::Int, 16,
+      {"stream_reset", OptionType::Int, 20,
        "with stream: the state starts afresh every this many segments (the context a row can reach back: "
        "stream_reset x seq_len tokens; it also bounds full attention's growing KV cache). Checkpoints fall on "
        "these boundaries, so a resumed run restarts from a fresh state exactly as the original did",
