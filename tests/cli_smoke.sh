@@ -100,6 +100,9 @@ for args in "--lengths 0" "--lengths -5" "--lengths 64,0" "--batch 0" "--repeats
   # shellcheck disable=SC2086
   bad "${args%% *}" "$L" bench --mixers full --lengths 64 $args --csv "$dir/z.csv" --svg "$dir/z.svg"
 done
+# Without --csv/--svg the bench writes no file (the tables go to stdout).
+ok env -C "$dir" "$L" bench --mixers full --lengths 64 --heads 2 --head-dim 16 --repeats 1 --passes fwd
+[ -e "$dir/bench.csv" ] || [ -e "$dir/bench.svg" ] && { echo "bench wrote files it was not asked for"; fail=1; }
 bad "no such directory" "$L" bench --mixers full --lengths 64 --csv "$dir/nodir/z.csv" --svg "$dir/z.svg"
 [ -e "$dir/z.csv" ] || [ -e "$dir/z.svg" ] && { echo "a refused bench wrote its output"; fail=1; }
 cmp -s "$dir/run/model.safetensors" "$dir/model.bak" || { echo "a refused command changed the run"; fail=1; }

@@ -20,7 +20,7 @@ struct BenchOptions {
   double budget = 0;            // seconds for the whole run; 0 = none
   bool stock = false;           // add full/reference under glibc's default allocator
   bool kernels_only = false;    // only the attention cores, not whole mixers
-  std::string csv = "bench.csv", svg = "bench.svg";
+  std::string csv, svg;  // output files; empty = not written (the tables go to stdout either way)
   std::vector<int64_t> stack_layers;  // also whole stacks of the first mixer at these depths, standard and reversible
   std::vector<int64_t> decode_contexts;  // also token-by-token decoding after a prefix of these lengths (streaming mixers)
   int64_t decode_tokens = 32;            // timed single-token steps per decoding row

@@ -439,10 +439,11 @@ void check_bench_options(const BenchOptions& o) {
   for (const auto& p : o.passes)
     if (p != "fwd" && p != "fwdbwd") throw Error("bench: --passes takes fwd, fwdbwd; got " + p);
   for (const auto& m : o.mixers) find_mixer(m);  // unknown names fail listing the registered ones
-  for (const std::string* out : {&o.csv, &o.svg}) {  // the results must have somewhere to go
+  for (const std::string* out : {&o.csv, &o.svg}) {  // files asked for must have somewhere to go
+    if (out->empty()) continue;
     const auto dir = std::filesystem::path(*out).parent_path();
     std::error_code ec;
-    if (out->empty() || (!dir.empty() && !std::filesystem::is_directory(dir, ec)))
+    if (!dir.empty() && !std::filesystem::is_directory(dir, ec))
       throw Error("bench: cannot write " + *out + ": no such directory");
   }
 }
@@ -660,9 +661,8 @@ void run_bench(const BenchOptions& o) {
               "after each timed repeat (median); \"of roof\" divides by it. GFLOP/s counts each mixer's useful FLOPs "
               "as its registry entry states them (x3 for fwd+bwd).\n");
   print_ratio_tables(rows, policy);
-  write_file_atomic(o.csv, csv.str());
-  write_svg(o.svg, rows);
-  std::printf("\nwrote %s and %s\n", o.csv.c_str(), o.svg.c_str());
+  if (!o.csv.empty()) write_file_atomic(o.csv, csv.str()), std::printf("\nwrote %s\n", o.csv.c_str());
+  if (!o.svg.empty()) write_svg(o.svg, rows), std::printf("wrote %s\n", o.svg.c_str());
 
   if (o.quality_steps > 0) {
     std::printf("\n## Quality: %d training steps each on the embedded corpus (default config otherwise)\n\n", o.quality_steps);

@@ -224,8 +224,8 @@ int main(int argc, char** argv) {
                     "(activation memory versus depth)")
       ->delimiter(',')
       ->check(number_in(1, 1024));
-  bench->add_option("--csv", bopts.csv, "CSV output file");
-  bench->add_option("--svg", bopts.svg, "plot output file (SVG)");
+  bench->add_option("--csv", bopts.csv, "CSV output file (default: none; the tables go to stdout)");
+  bench->add_option("--svg", bopts.svg, "plot output file, SVG (default: none)");
   bench->add_option("--decode-contexts", bopts.decode_contexts,
                     "also time token-by-token decoding through each streaming mixer's state after a prefix of these "
                     "lengths (tokens/s)")
