@@ -31,6 +31,8 @@ ok "$L" config;          grep -q '"model"' "$dir/out" || { echo "config prints n
 ok "$L" --threads 1 train --out "$dir/run" "${common[@]}" --quiet --sample 20
 grep -q "bits per byte" "$dir/out" || { echo "train prints no bpb"; fail=1; }
 ok "$L" eval "$dir/run" --split valid --json; grep -q '"bpb"' "$dir/out" || { echo "eval prints no bpb"; fail=1; }
+ok "$L" eval "$dir/run" --split valid --stream --json
+grep -q '"stateful"' "$dir/out" && grep -q '"stateless"' "$dir/out" || { echo "eval --stream prints no pair"; fail=1; }
 ok "$L" generate "$dir/run" --prompt "line 1" --max-new 10 --temperature 0
 ok "$L" generate "$dir/run" --prompt "line 1" --max-new 10 --top-k 5 --top-p 0.9 --seed 3
 ok "$L" train --out "$dir/run" --resume --quiet --sample 0
@@ -90,6 +92,8 @@ for y in y1 y2 y3 y4 y5 y6 y7; do [ -e "$dir/$y" ] && { echo "a refused train cr
 bad "--batch-size" "$L" eval "$dir/run" --batch-size -1
 bad "--seq-len" "$L" eval "$dir/run" --seq-len -5
 bad "--max-batches" "$L" eval "$dir/run" --max-batches -3
+bad "excludes" "$L" eval "$dir/run" --stream --stride 4
+bad "requires --stream" "$L" eval "$dir/run" --stream-reset 3
 bad "$dir/corpus.txt" "$L" eval "$dir/run" --seq-len 100000
 bad "--temperature.*finite" "$L" generate "$dir/run" --prompt a --temperature nan
 bad "--top-p.*finite" "$L" generate "$dir/run" --prompt a --top-p nan

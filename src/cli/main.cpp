@@ -159,7 +159,7 @@ int main(int argc, char** argv) {
   eval->add_option("--seq-len", eval_len, "tokens per sequence (default: the run's)")->check(number_in(1, 1 << 30));
   eval->add_option("--max-batches", eval_max, "at most this many batches (default or 0: the whole split)")
       ->check(number_in(0, 1e9));
-  eval->add_option("--stride", eval_stride,
+  auto* stride_opt = eval->add_option("--stride", eval_stride,
                    "sliding-window evaluation: windows start this many tokens apart and score only the targets the "
                    "previous one did not, so each target sees at least seq-len - stride + 1 tokens; seq-len = "
                    "non-overlapping windows (default: the run's train.eval_stride)")
@@ -167,14 +167,16 @@ int main(int argc, char** argv) {
   eval->add_flag("--json", as_json, "print one JSON object");
   bool eval_stream = false;
   int64_t eval_reset = -1;
-  eval->add_flag("--stream", eval_stream,
-                 "also evaluate over a stream: --batch-size contiguous slices scored segment after segment with the "
+  auto* stream_opt = eval->add_flag("--stream", eval_stream,
+                 "evaluate over a stream: --batch-size contiguous slices scored segment after segment with the "
                  "model's state carried (every layer must stream), beside the same segments without state; "
-                 "--max-batches counts segments");
+                 "--max-batches counts segments")
+      ->excludes(stride_opt);
   eval->add_option("--stream-reset", eval_reset,
                    "with --stream: start the state afresh every this many segments; 0 = never (a memory longer than "
                    "in training); default: the run's train.stream_reset")
-      ->check(number_in(0, 1e9));
+      ->check(number_in(0, 1e9))
+      ->needs(stream_opt);
 
   auto* gen = app.add_subcommand("generate", "generate text from a run");
   std::string prompt;
@@ -325,11 +327,6 @@ int main(int argc, char** argv) {
       const int64_t S = eval_stride > 0 ? eval_stride : std::min(T, run.config.train.value("eval_stride", int64_t{0}));
       if (eval_stream) {
         const int64_t reset = eval_reset >= 0 ? eval_reset : run.config.train.value("stream_reset", int64_t{20});
-        try {
-          run.model->initial_state(B);
-        } catch (const Error& e) {
-          throw Error(std::string("eval --stream needs every layer to stream: ") + e.what());
-        }
         auto r = evaluate_lm_stream(*run.model, data, B, T, eval_max, reset);
         if (as_json) {
           auto one = [](const EvalResult& e) {

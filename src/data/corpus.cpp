@@ -50,7 +50,7 @@ int64_t stream_segments(int64_t N, int64_t rows, int64_t T) {
   if (per_row < T + 1)
     throw Error("stream batching: " + std::to_string(N) + " tokens make " + std::to_string(rows) + " slices of " +
                 std::to_string(per_row) + ", shorter than seq_len + 1 = " + std::to_string(T + 1) +
-                "; use fewer rows (batch_size x accum) or a shorter seq_len");
+                "; use fewer rows (training: batch_size x accum; eval: --batch-size) or a shorter seq_len");
   return (per_row - 1) / T;
 }
 

@@ -1,5 +1,6 @@
 #include <cmath>
 
+#include "longseq/common.h"
 #include "longseq/data.h"
 #include "longseq/models.h"
 #include "longseq/train.h"
@@ -64,9 +65,14 @@ StreamEvalResult evaluate_lm_stream(DecoderLMImpl& model, const TokenSplit& spli
   int64_t S = stream_segments(N, batch, T);
   if (max_segments > 0) S = std::min(S, max_segments);
   ModelState state;
+  try {
+    state = model.initial_state(batch);
+  } catch (const Error& e) {
+    throw Error(std::string("evaluation over a stream needs every layer to stream: ") + e.what());
+  }
   double nats[2] = {0, 0};
   for (int64_t s = 0; s < S; ++s) {
-    if (s == 0 || (reset > 0 && s % reset == 0)) state = model.initial_state(batch);
+    if (s > 0 && reset > 0 && s % reset == 0) state = model.initial_state(batch);
     Batch bt = stream_batch(split.tokens, batch, 0, batch, T, s);
     for (int with_state = 0; with_state < 2; ++with_state) {
       auto logits = model.forward(bt.input, with_state ? &state : nullptr);
