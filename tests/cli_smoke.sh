@@ -44,6 +44,30 @@ cmp -s "$dir/out" "$dir/gen_cached" || { echo "performer: cached and recomputed 
 bad "has no causal form" "$L" train --out "$dir/x6" "${common[@]}" --set model.mixer=yoso --quiet
 [ -e "$dir/x6" ] && { echo "a refused config left a run directory"; fail=1; }
 
+# Transformer-XL over a stream on the generated memory task: eval with a longer memory than in training, and
+# generation through the memory equals recomputation.
+xl=(--set data.corpus=recall --set data.path= --set data.recall_bytes=20000 --set data.recall_gap=60
+    --set model.d_model=32 --set model.n_layers=1 --set model.d_ff=64 --set model.positions=none
+    --set 'model.mixer={"name": "xl", "mem_len": 32}' --set train.steps=4 --set train.seq_len=32
+    --set train.batch_size=2 --set train.eval_batches=1 --set train.checkpoint_every=2 --set train.warmup=1
+    --set train.stream=true --set train.stream_reset=2)
+ok "$L" train --out "$dir/xlrun" "${xl[@]}" --quiet --sample 0
+ok "$L" eval "$dir/xlrun" --split valid --stream --mixer-option mem_len=96 --json
+grep -q '"recall_loss"' "$dir/out" || { echo "eval --stream on the recall corpus prints no recall loss"; fail=1; }
+ok "$L" generate "$dir/xlrun" --prompt "#abcd=1234;" --max-new 8 --temperature 0 --mixer-option mem_len=64
+cp "$dir/out" "$dir/xl_cached"
+ok "$L" generate "$dir/xlrun" --prompt "#abcd=1234;" --max-new 8 --temperature 0 --mixer-option mem_len=64 --no-cache
+cmp -s "$dir/out" "$dir/xl_cached" || { echo "xl: generation through the memory and recomputation differ"; fail=1; }
+bad "no layer's mixer has the option \"window\"" "$L" eval "$dir/xlrun" --mixer-option window=4
+bad "mem_len" "$L" eval "$dir/xlrun" --mixer-option mem_len=-2
+bad "key=value" "$L" eval "$dir/xlrun" --mixer-option mem_len
+ok "$L" bench --mixers xl --lengths 64 --heads 2 --head-dim 16 --repeats 1 --passes fwd --option xl.mem_len=128 \
+   --decode-contexts 32,64 --decode-tokens 4 --csv "$dir/xl.csv"
+grep -q 'options of xl: {"mem_len":128}' "$dir/out" || { echo "bench does not say the options it measured"; fail=1; }
+grep -q "xl decode,causal,decode,64,.*,\"ok\"," "$dir/xl.csv" || { echo "bench CSV lacks xl's decode row"; fail=1; }
+bad "bench: --option xl" "$L" bench --mixers xl --lengths 64 --option xl.mem_len=-1
+bad "mixer.key=value" "$L" bench --mixers xl --lengths 64 --option mem_len=4
+
 # A subword run: train a SentencePiece model, train on it, generate through it.
 ok "$L" tokenizer --input "$dir/corpus.txt" --out "$dir/sp" --vocab 300
 ok "$L" train --out "$dir/sprun" "${common[@]}" --set data.tokenizer=sentencepiece --set data.spm_model="$dir/sp.model" \

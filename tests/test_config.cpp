@@ -185,4 +185,24 @@ TEST(Config, PerLayerListMustFitTheLayers) {
   EXPECT_NE(error_of([&] { RunConfig::from_json(j); }).find("model.layers[1].window"), std::string::npos);
 }
 
+// Test-time mixer options (Transformer-XL's longer memory): set where the mixer has the option, validated by its
+// schema, and an option no layer has is named with the layers' mixers.
+TEST(Config, MixerOverridesReachTheLayersThatHaveTheOption) {
+  Json model = {{"d_model", 16}, {"n_heads", 2}, {"layers", Json::array({{{"name", "xl"}, {"mem_len", 8}}, "full"})}};
+  auto cfg = ModelConfig::from_json(model);
+  override_mixer_options(cfg, {{"mem_len", 64}, {"same_length", true}}, "--mixer-option");
+  EXPECT_EQ(cfg.layers[0].options["mem_len"].get<int64_t>(), 64);
+  EXPECT_TRUE(cfg.layers[0].options["same_length"].get<bool>());
+  EXPECT_FALSE(cfg.layers[1].options.contains("mem_len"));
+  auto e = error_of([&] { override_mixer_options(cfg, {{"window", 4}}, "--mixer-option"); });
+  EXPECT_NE(e.find("window"), std::string::npos) << e;
+  EXPECT_NE(e.find("xl, full"), std::string::npos) << e;
+  EXPECT_THROW(override_mixer_options(cfg, {{"mem_len", -3}}, "--mixer-option"), Error);
+  EXPECT_EQ(cfg.layers[0].options["mem_len"].get<int64_t>(), 64) << "a refused override changes nothing";
+  EXPECT_EQ(parse_option_assignment("mem_len=3800", "--mixer-option"), (Json{{"mem_len", 3800}}));
+  EXPECT_EQ(parse_option_assignment("kernel=fused", "--mixer-option"), (Json{{"kernel", "fused"}}));
+  EXPECT_THROW(parse_option_assignment("mem_len", "--mixer-option"), Error);
+  EXPECT_THROW(parse_option_assignment("=4", "--mixer-option"), Error);
+}
+
 }  // namespace config_test

@@ -85,6 +85,76 @@ TEST(StreamEval, StatefulEqualsOneLongWindowAndStatelessEqualsWindows) {
   EXPECT_NE(r.stateful.method().find("never reset"), std::string::npos) << r.stateful.method();
 }
 
+// The part reported apart is aligned with the targets: with the part = the targets whose token is even, the
+// stateless part loss equals the cross-entropy of those targets summed here segment by segment.
+TEST(StreamEval, ThePartReportedApartIsTheMaskedTargets) {
+  Json mj = {{"vocab_size", 256}, {"d_model", 16}, {"n_heads", 2}, {"n_layers", 1}, {"d_ff", 32},
+             {"mixer", {{"name", "linear"}}}};
+  torch::manual_seed(8);
+  DecoderLM model(ModelConfig::from_json(mj));
+  model->eval();
+  const int64_t T = 8, S = 4, B = 2;
+  TokenSplit split;
+  split.tokens = torch::randint(0, 256, {B * (S * T + 1) + 3}, torch::kInt);
+  split.bytes = split.text_bytes = split.tokens.size(0);
+  auto part = split.tokens.remainder(2) == 0;
+  auto r = evaluate_lm_stream(*model, split, B, T, 0, 0, part);
+  torch::NoGradGuard ng;
+  double nats = 0;
+  int64_t n = 0;
+  for (int64_t s = 0; s < stream_segments(split.tokens.size(0), B, T); ++s) {
+    auto bt = stream_batch(split.tokens, B, 0, B, T, s);
+    auto logits = model->forward(bt.input);
+    for (int64_t b = 0; b < B; ++b)
+      for (int64_t t = 0; t < T; ++t) {
+        const int64_t y = bt.target[b][t].item<int64_t>();
+        if (y % 2 != 0) continue;
+        nats -= torch::log_softmax(logits[b][t], -1)[y].item<double>(), ++n;
+      }
+  }
+  ASSERT_GT(n, 0);
+  EXPECT_EQ(r.stateless.part_tokens, n);
+  EXPECT_NEAR(r.stateless.part_loss, nats / n, 1e-5);
+  EXPECT_THROW(evaluate_lm_stream(*model, split, B, T, 0, 0, part.narrow(0, 0, 5)), Error);
+}
+
+// The memory task: deterministic, every question's value is the value its fact stated about `gap` bytes
+// earlier, and recall_positions marks exactly those four digits after each question.
+TEST(RecallCorpus, QuestionsRepeatTheirFactAGapLaterAndOnlyTheirValuesAreMarked) {
+  const int64_t gap = 300;
+  const std::string text = recall_text(20000, gap, 4);
+  EXPECT_EQ(text, recall_text(20000, gap, 4));
+  EXPECT_NE(text, recall_text(20000, gap, 5));
+  auto tokens = torch::from_blob(const_cast<char*>(text.data()), {static_cast<int64_t>(text.size())}, torch::kChar)
+                    .to(torch::kInt).bitwise_and(255);
+  auto mask = recall_positions(tokens);
+  int64_t questions = 0;
+  for (size_t q = text.find('?'); q != std::string::npos; q = text.find('?', q + 1)) {
+    ++questions;
+    const std::string key = text.substr(q + 1, 4), value = text.substr(q + 6, 4);
+    const size_t fact = text.rfind("#" + key + "=", q);
+    ASSERT_NE(fact, std::string::npos);
+    EXPECT_EQ(text.substr(fact + 6, 4), value);
+    EXPECT_GE(static_cast<int64_t>(q - fact), gap);
+    EXPECT_LT(static_cast<int64_t>(q - fact), gap + gap / 8 + 32);
+    for (size_t o = 6; o < 10; ++o) EXPECT_TRUE(mask[q + o].item<bool>());
+  }
+  EXPECT_GT(questions, 40);
+  EXPECT_EQ(mask.sum().item<int64_t>(), 4 * questions) << "only the values after questions are marked";
+  // As a corpus: a 90/5/5 split of independent draws, and it must be read byte by byte.
+  Json cfg = {{"data", {{"corpus", "recall"}, {"recall_bytes", 20000}, {"recall_gap", gap}}}};
+  auto rc = RunConfig::from_json(cfg);
+  auto splits = read_corpus(rc.data);
+  EXPECT_GE(splits.train.size(), 18000u);
+  EXPECT_GE(splits.valid.size(), 1000u);
+  EXPECT_NE(splits.valid.substr(0, 50), splits.test.substr(0, 50));
+  cfg["data"]["tokenizer"] = "sentencepiece";
+  cfg["data"]["spm_model"] = "x.model";
+  EXPECT_THROW(RunConfig::from_json(cfg), Error);
+  Json with_path = {{"data", {{"corpus", "recall"}, {"path", "somewhere"}}}};
+  EXPECT_THROW(RunConfig::from_json(with_path), Error);
+}
+
 std::string corpus(const std::string& dir) {
   longseq_test::write_text(dir + "/corpus.txt", longseq_test::sample_text(40000));
   return dir + "/corpus.txt";

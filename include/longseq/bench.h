@@ -10,6 +10,7 @@ namespace longseq {
 
 struct BenchOptions {
   std::vector<std::string> mixers;   // empty = every registered mixer
+  Json mixer_options = Json::object();  // {mixer: {option: value}}: non-default options of the mixers measured
   std::vector<int64_t> lengths;      // empty = 1K..64K doubling
   int64_t batch = 1, heads = 8, head_dim = 64;
   std::vector<std::string> modes = {"causal", "bidirectional"};

@@ -34,6 +34,14 @@ struct ModelConfig {
   static ModelConfig from_json(const Json& j);  // j: the "model" section
 };
 
+// Sets each option of `overrides` ({"mem_len": 3800, ...}) on every layer whose mixer has it, validated by the
+// mixer's schema (Transformer-XL's longer memory at test time). An option no layer's mixer has is an Error.
+void override_mixer_options(ModelConfig& cfg, const Json& overrides, const std::string& where);
+
+// "key=value" -> {"key": value}; the value is read as JSON (numbers, true/false) or else taken as a string.
+// Errors name `where` (the command-line option) and prefix + key.
+Json parse_option_assignment(const std::string& text, const std::string& where, const std::string& prefix = "");
+
 struct RunConfig {
   Json model, data, train;  // each validated, defaults filled
   Json to_json() const;

@@ -48,6 +48,12 @@ TextSplits read_pg19(const std::string& dir);
 // The embedded default corpus: Python's documentation sources (Debian's python3.11-doc).
 std::string default_pydoc_path();
 TextSplits read_pydoc(const std::string& dir);
+// The memory task (data.corpus recall): episodes "#kkkk=dddd;" <filler of about `gap` bytes> "?kkkk=dddd;\n",
+// random lowercase keys and digit values, filler of lowercase words with none of "#?=;". The value after the
+// question can only be predicted from the fact `gap` bytes back. Deterministic in `seed`.
+std::string recall_text(int64_t bytes, int64_t gap, uint64_t seed);
+// The recalled targets of byte tokens [N]: true at the four digits that follow a "?kkkk=" question.
+torch::Tensor recall_positions(const torch::Tensor& tokens);
 // Dispatches on data.corpus.
 TextSplits read_corpus(const Json& data_cfg);
 // "corpus text at PATH": where data.corpus reads from, for messages.

@@ -65,6 +65,8 @@ struct EvalResult {
   int64_t split_targets = 0;  // targets in the split (its tokens - 1)
   int64_t windows = 0, seq_len = 0, stride = 0;
   std::string description;    // set by the stream evaluation: says what it scored (method() returns it)
+  int64_t part_tokens = 0;    // targets of the part reported apart (the recall task's values); 0 = none
+  double part_loss = 0;       // nats per target of that part
   bool whole() const { return tokens == split_targets; }
   // Which evaluation this was, for the output: coverage, window and stride.
   std::string method() const;
@@ -84,8 +86,10 @@ EvalResult evaluate_lm(DecoderLMImpl& model, const TokenSplit& split, int64_t ba
 struct StreamEvalResult {
   EvalResult stateful, stateless;
 };
+// `part` [N] bool (optional): targets whose loss is also reported apart (EvalResult::part_loss), e.g.
+// recall_positions() of the memory task.
 StreamEvalResult evaluate_lm_stream(DecoderLMImpl& model, const TokenSplit& split, int64_t batch, int64_t seq_len,
-                                    int64_t max_segments, int64_t reset);
+                                    int64_t max_segments, int64_t reset, const torch::Tensor& part = {});
 
 struct TrainOptions {
   std::string out_dir;
@@ -116,6 +120,7 @@ struct LoadedRun {
   std::unique_ptr<Tokenizer> tokenizer;
   DecoderLM model{nullptr};
 };
-LoadedRun load_run(const std::string& dir);
+// mixer_overrides: options set on every layer whose mixer has them (override_mixer_options), for this load only.
+LoadedRun load_run(const std::string& dir, const Json& mixer_overrides = Json::object());
 
 }  // namespace longseq

@@ -439,6 +439,11 @@ void check_bench_options(const BenchOptions& o) {
   for (const auto& p : o.passes)
     if (p != "fwd" && p != "fwdbwd") throw Error("bench: --passes takes fwd, fwdbwd; got " + p);
   for (const auto& m : o.mixers) find_mixer(m);  // unknown names fail listing the registered ones
+  for (const auto& kv : o.mixer_options.items()) {  // each mixer's options pass its schema
+    Json spec = kv.value();
+    spec["name"] = kv.key();
+    parse_mixer_spec(spec, "bench: --option " + kv.key());
+  }
   for (const std::string* out : {&o.csv, &o.svg}) {  // files asked for must have somewhere to go
     if (out->empty()) continue;
     const auto dir = std::filesystem::path(*out).parent_path();
@@ -511,6 +516,8 @@ void run_bench(const BenchOptions& o) {
   auto roof = measure_roof();
   std::printf("# longseq bench\n\nthreads: %d; allocation policy: %s (every row, unless it says otherwise)\n",
               torch::get_num_threads(), policy.c_str());
+  for (const auto& kv : o.mixer_options.items())
+    std::printf("options of %s: %s (its defaults otherwise)\n", kv.key().c_str(), kv.value().dump().c_str());
   std::printf("SGEMM roof: %.1f GFLOP/s (2048^3, all threads); block products 128x512x64 via torch::mm: %.1f GFLOP/s (one per thread)\n",
               roof.square_gflops, roof.block_gflops);
   std::printf("peak memory: the peak resident set (VmHWM) of a fresh child process per configuration, program and "
@@ -577,7 +584,7 @@ void run_bench(const BenchOptions& o) {
           }
           Json spec = {{"B", o.batch}, {"H", o.heads}, {"D", o.head_dim}, {"T", T}, {"causal", mode == "causal"},
                        {"pass", pass}, {"repeats", o.repeats}, {"core", s.core}, {"kernel", s.kernel},
-                       {"mixer", s.mixer}, {"options", Json::object()}};
+                       {"mixer", s.mixer}, {"options", o.mixer_options.value(s.mixer, Json::object())}};
           if (s.stack_layers > 0) spec["stack"] = {{"layers", s.stack_layers}, {"reversible", s.reversible}};
           const std::string label = s.name + " " + mode + " " + pass + " T=" + std::to_string(T);
           auto c = run_child(o.self, spec, s.system_malloc, o.time_cap, o.memory_cap_gib, [&](double secs) {
@@ -614,7 +621,8 @@ void run_bench(const BenchOptions& o) {
       r.series = m + " decode", r.mode = "causal", r.pass = "decode", r.T = context, r.policy = policy;
       Json spec = {{"B", o.batch}, {"H", o.heads}, {"D", o.head_dim}, {"T", context}, {"causal", true},
                    {"pass", "decode"}, {"repeats", 1}, {"core", false}, {"kernel", ""}, {"mixer", m},
-                   {"options", Json::object()}, {"decode", {{"context", context}, {"tokens", o.decode_tokens}}}};
+                   {"options", o.mixer_options.value(m, Json::object())},
+                   {"decode", {{"context", context}, {"tokens", o.decode_tokens}}}};
       const std::string label = m + " decode after " + std::to_string(context);
       auto c = run_child(o.self, spec, false, o.time_cap, o.memory_cap_gib,
                          [&](double secs) { progress.update(static_cast<int64_t>(done), label + " (" + format_duration(secs) + ")"); });
@@ -674,7 +682,9 @@ void run_bench(const BenchOptions& o) {
         continue;
       }
       Json raw = parse_json_text(default_config_text(), "default config");
-      raw["model"]["mixer"] = m;
+      Json mixer = o.mixer_options.value(m, Json::object());
+      mixer["name"] = m;
+      raw["model"]["mixer"] = mixer;
       raw["train"]["steps"] = o.quality_steps;
       // The warm-up must end before the last step (the config's rule): short runs warm up for a tenth.
       if (raw["train"].value("warmup", int64_t{0}) >= o.quality_steps) raw["train"]["warmup"] = o.quality_steps / 10;

@@ -24,23 +24,23 @@ namespace {
 // --set section.key=value: value is JSON when it parses as JSON, else a string.
 Json apply_overrides(Json cfg, const std::vector<std::string>& sets) {
   for (const auto& s : sets) {
-    auto eq = s.find('=');
-    auto dot = s.find('.');
+    const auto eq = s.find('='), dot = s.find('.');
     if (eq == std::string::npos || dot == std::string::npos || dot > eq)
       throw Error("--set takes section.key=value (e.g. train.steps=100), got \"" + s + "\"");
-    const std::string section = s.substr(0, dot), key = s.substr(dot + 1, eq - dot - 1), text = s.substr(eq + 1);
+    const std::string section = s.substr(0, dot);
     if (section != "model" && section != "data" && section != "train")
       throw Error("--set " + s + ": unknown section " + section + "; valid sections: model, data, train");
-    // Text that is JSON is parsed with bounded nesting (a deep value would overflow the stack when copied).
-    Json value = Json::accept(text) ? parse_json(text, "--set " + section + "." + key) : Json(text);
-    try {
-      (void)value.dump();
-    } catch (const Json::type_error&) {
-      throw Error("--set " + section + "." + key + ": the value is not valid UTF-8");
-    }
-    cfg[section][key] = value;
+    const Json one = parse_option_assignment(s.substr(dot + 1), "--set", section + ".");
+    cfg[section].update(one);
   }
   return cfg;
+}
+
+// --mixer-option key=value (repeatable) -> {"key": value, ...}.
+Json mixer_overrides(const std::vector<std::string>& sets) {
+  Json out = Json::object();
+  for (const auto& s : sets) out.update(parse_option_assignment(s, "--mixer-option"));
+  return out;
 }
 
 void print_info(bool markdown) {
@@ -177,6 +177,11 @@ int main(int argc, char** argv) {
                    "in training); default: the run's train.stream_reset")
       ->check(number_in(0, 1e9))
       ->needs(stream_opt);
+  std::vector<std::string> mixer_sets;
+  const char* mixer_set_help =
+      "KEY=VALUE: set a mixer option on every layer whose mixer has it, for this command only (repeatable), e.g. "
+      "mem_len=3800 for Transformer-XL's longer memory at test time; options that change the weights fail to load";
+  eval->add_option("--mixer-option", mixer_sets, mixer_set_help);
 
   auto* gen = app.add_subcommand("generate", "generate text from a run");
   std::string prompt;
@@ -191,6 +196,7 @@ int main(int argc, char** argv) {
   gen->add_option("--top-p", sopts.top_p, "keep the smallest set with this mass (1 = off)")->check(number_in(0, 1));
   gen->add_option("--seed", sopts.seed, "sampling seed");
   gen->add_flag("--no-cache", no_cache, "recompute the whole sequence each step instead of using the state");
+  gen->add_option("--mixer-option", mixer_sets, mixer_set_help);
 
   auto* tok = app.add_subcommand("tokenizer", "train a SentencePiece model");
   std::string tok_input, tok_out, tok_type = "unigram";
@@ -203,6 +209,10 @@ int main(int argc, char** argv) {
   auto* bench = app.add_subcommand("bench", "measure time, memory and quality of mixers versus length");
   BenchOptions bopts;
   bench->add_option("--mixers", bopts.mixers, "mixers to measure (default: all registered)")->delimiter(',');
+  std::vector<std::string> bench_sets;
+  bench->add_option("--option", bench_sets,
+                    "MIXER.KEY=VALUE: a non-default option of one mixer for every row of it (repeatable), e.g. "
+                    "xl.mem_len=16384");
   bench->add_option("--lengths", bopts.lengths, "sequence lengths (default: 1024,2048,...,65536)")
       ->delimiter(',')
       ->check(number_in(1, 1 << 30));
@@ -269,6 +279,13 @@ int main(int argc, char** argv) {
       char path[4096];
       ssize_t n = ::readlink("/proc/self/exe", path, sizeof path - 1);
       if (n > 0) bopts.self = std::string(path, static_cast<size_t>(n));
+      for (const auto& set : bench_sets) {
+        const auto dot = set.find('.'), eq = set.find('=');
+        if (dot == std::string::npos || eq == std::string::npos || dot > eq || dot == 0)
+          throw Error("--option takes mixer.key=value (e.g. xl.mem_len=16384), got \"" + set + "\"");
+        const std::string mixer = set.substr(0, dot);
+        bopts.mixer_options[mixer].update(parse_option_assignment(set.substr(dot + 1), "--option", mixer + "."));
+      }
       run_bench(bopts);
     } else if (*info) {
       print_info(markdown);
@@ -311,7 +328,7 @@ int main(int argc, char** argv) {
         std::printf("sample:\n%s%s\n", p.c_str(), run.tokenizer->decode(ids).c_str());
       }
     } else if (*eval) {
-      auto run = load_run(run_dir);
+      auto run = load_run(run_dir, mixer_overrides(mixer_sets));
       auto text = read_corpus(run.config.data);
       auto corpus = tokenize_corpus(text, *run.tokenizer);
       const int64_t B = eval_batch > 0 ? eval_batch : run.config.train["batch_size"].get<int64_t>();
@@ -327,18 +344,26 @@ int main(int argc, char** argv) {
       const int64_t S = eval_stride > 0 ? eval_stride : std::min(T, run.config.train.value("eval_stride", int64_t{0}));
       if (eval_stream) {
         const int64_t reset = eval_reset >= 0 ? eval_reset : run.config.train.value("stream_reset", int64_t{20});
-        auto r = evaluate_lm_stream(*run.model, data, B, T, eval_max, reset);
+        const bool recall = run.config.data["corpus"] == "recall";  // the memory task: its values apart
+        auto r = evaluate_lm_stream(*run.model, data, B, T, eval_max, reset,
+                                    recall ? recall_positions(data.tokens) : torch::Tensor());
         if (as_json) {
-          auto one = [](const EvalResult& e) {
-            return Json{{"loss", e.loss}, {"bpb", e.bpb}, {"ppl", e.ppl}, {"tokens", e.tokens}, {"eval", e.method()}};
+          auto one = [&](const EvalResult& e) {
+            Json j{{"loss", e.loss}, {"bpb", e.bpb}, {"ppl", e.ppl}, {"tokens", e.tokens}, {"eval", e.method()}};
+            if (recall) j["recall_loss"] = e.part_loss, j["recall_tokens"] = e.part_tokens;
+            return j;
           };
           std::printf("%s\n", Json{{"split", split}, {"stateful", one(r.stateful)}, {"stateless", one(r.stateless)}}
                                   .dump()
                                   .c_str());
         } else {
-          for (const auto* e : {&r.stateful, &r.stateless})
+          for (const auto* e : {&r.stateful, &r.stateless}) {
             std::printf("%s: loss %.4f nats/token, %.4f bits per byte, perplexity %.3f (%lld tokens): %s\n",
                         split.c_str(), e->loss, e->bpb, e->ppl, static_cast<long long>(e->tokens), e->method().c_str());
+            if (recall)
+              std::printf("  recalled values: loss %.4f nats/byte over %lld bytes (chance: ln 10 = 2.3026)\n",
+                          e->part_loss, static_cast<long long>(e->part_tokens));
+          }
         }
         return 0;
       }
@@ -360,7 +385,7 @@ int main(int argc, char** argv) {
                       static_cast<long long>(data.bytes));
       }
     } else if (*gen) {
-      auto run = load_run(run_dir);
+      auto run = load_run(run_dir, mixer_overrides(mixer_sets));
       sopts.use_cache = !no_cache;
       for (const auto& layer : run.model_config.layers)
         if (sopts.use_cache && !find_mixer(layer.name).streams) {

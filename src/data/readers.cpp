@@ -1,5 +1,6 @@
 #include <algorithm>
 #include <filesystem>
+#include <random>
 
 #include "longseq/common.h"
 #include "longseq/data.h"
@@ -94,12 +95,56 @@ TextSplits read_pydoc(const std::string& dir) {
 
 std::string corpus_source(const Json& cfg) {
   const std::string corpus = cfg.at("corpus"), path = cfg.at("path");
+  if (corpus == "recall")
+    return "corpus recall (generated: " + std::to_string(cfg.at("recall_bytes").get<int64_t>()) + " bytes, gap " +
+           std::to_string(cfg.at("recall_gap").get<int64_t>()) + ")";
   return "corpus " + corpus + " at " + (path.empty() && corpus == "pydoc" ? default_pydoc_path() : path);
+}
+
+std::string recall_text(int64_t bytes, int64_t gap, uint64_t seed) {
+  std::mt19937_64 rng(seed);
+  auto pick = [&](int64_t n) { return static_cast<int64_t>(rng() % static_cast<uint64_t>(n)); };
+  static const char* const kWords[] = {"the", "a", "of", "and", "to", "in", "is", "it", "that", "was", "for", "on",
+                                       "with", "as", "by", "at", "from", "this", "be", "or", "an", "are", "not", "but"};
+  std::string out;
+  out.reserve(static_cast<size_t>(bytes) + static_cast<size_t>(gap) + 64);
+  while (static_cast<int64_t>(out.size()) < bytes) {
+    std::string fact(4, 'a'), value(4, '0');
+    for (auto& c : fact) c = static_cast<char>('a' + pick(26));
+    for (auto& c : value) c = static_cast<char>('0' + pick(10));
+    out += "#" + fact + "=" + value + ";";
+    const int64_t filler = gap + pick(std::max<int64_t>(1, gap / 8));  // jitter: no fixed period to count
+    for (int64_t n = 0; n < filler;) {
+      const std::string w = std::string(kWords[pick(24)]) + " ";
+      out += w;
+      n += static_cast<int64_t>(w.size());
+    }
+    out += "?" + fact + "=" + value + ";\n";
+  }
+  return out;
+}
+
+torch::Tensor recall_positions(const torch::Tensor& tokens) {
+  auto t = tokens.to(torch::kLong).contiguous();
+  const int64_t N = t.size(0);
+  const int64_t* p = t.data_ptr<int64_t>();
+  auto mask = torch::zeros({N}, torch::kBool);
+  bool* m = mask.data_ptr<bool>();
+  for (int64_t q = 0; q + 9 < N; ++q)
+    if (p[q] == '?' && p[q + 5] == '=')
+      for (int64_t o = 6; o < 10; ++o) m[q + o] = p[q + o] >= '0' && p[q + o] <= '9';
+  return mask;
 }
 
 TextSplits read_corpus(const Json& cfg) {
   const std::string corpus = cfg.at("corpus");
   const std::string path = cfg.at("path");
+  if (corpus == "recall") {  // three independent draws, 90/5/5 of the bytes
+    const int64_t bytes = cfg.at("recall_bytes"), gap = cfg.at("recall_gap");
+    const uint64_t seed = cfg.at("recall_seed");
+    return {recall_text(bytes * 9 / 10, gap, seed * 3 + 1), recall_text(bytes / 20, gap, seed * 3 + 2),
+            recall_text(bytes / 20, gap, seed * 3 + 3)};
+  }
   if (corpus == "pydoc") return read_pydoc(path.empty() ? default_pydoc_path() : path);
   if (path.empty()) throw Error("data.path must name the " + corpus + " corpus");
   if (corpus == "text") return split_by_fraction(read_text_path(path), 0.05, 0.05);

@@ -18,6 +18,7 @@ MixerInfo luna_mixer_info();
 MixerInfo mgk_mixer_info();
 MixerInfo kernel_rpe_mixer_info();
 MixerInfo learned_kernel_mixer_info();
+MixerInfo xl_mixer_info();
 
 const std::vector<MixerInfo>& mixer_registry() {
   static const std::vector<MixerInfo> registry = {
@@ -33,6 +34,7 @@ const std::vector<MixerInfo>& mixer_registry() {
       mgk_mixer_info(),
       kernel_rpe_mixer_info(),
       learned_kernel_mixer_info(),
+      xl_mixer_info(),
   };
   return registry;
 }

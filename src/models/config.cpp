@@ -1,9 +1,11 @@
 #include "longseq/config.h"
 
+#include <algorithm>
 #include <fstream>
 #include <sstream>
 
 #include "longseq/common.h"
+#include "longseq/registry.h"
 
 namespace longseq {
 
@@ -41,12 +43,16 @@ const Schema& model_schema() {
 const Schema& data_schema() {
   static const Schema s = {
       {"corpus", OptionType::String, "pydoc", "which reader loads the text", -1e300, 1e300,
-       {"pydoc", "text", "enwik8", "text8", "wikitext103", "pg19"}},
+       {"pydoc", "text", "enwik8", "text8", "wikitext103", "pg19", "recall"}},
       {"path", OptionType::String, "",
        "file or directory of the corpus; empty = the default (pydoc: Debian's python3.11-doc sources)"},
       {"tokenizer", OptionType::String, "byte", "byte (256 symbols) or a SentencePiece model",
        -1e300, 1e300, {"byte", "sentencepiece"}},
       {"spm_model", OptionType::String, "", "SentencePiece .model file (tokenizer = sentencepiece)"},
+      {"recall_gap", OptionType::Int, 1000,
+       "corpus recall: bytes of filler between a fact and the question that needs it", 1, 1e8},
+      {"recall_bytes", OptionType::Int, 2000000, "corpus recall: bytes of generated text (90/5/5 split)", 1000, 1e10},
+      {"recall_seed", OptionType::Int, 1, "corpus recall: seed of the generator", 0, 1e18},
   };
   return s;
 }
@@ -157,6 +163,10 @@ RunConfig RunConfig::from_json(const Json& j) {
   ModelConfig::from_json(c.model);  // checks mixers and cross-key rules
   c.data = validate_options(j.value("data", Json::object()), data_schema(), "data");
   c.train = validate_options(j.value("train", Json::object()), train_schema(), "train");
+  if (c.data["corpus"] == "recall" && c.data["tokenizer"] != "byte")
+    throw Error("data.corpus recall is scored byte by byte: it needs data.tokenizer byte");
+  if (c.data["corpus"] == "recall" && !c.data["path"].get<std::string>().empty())
+    throw Error("data.path is not read by data.corpus recall (the program generates it); leave it empty");
   if (c.data["tokenizer"] == "sentencepiece" && c.data["spm_model"].get<std::string>().empty())
     throw Error("data.spm_model must name a SentencePiece .model file when data.tokenizer is sentencepiece");
   if (c.data["tokenizer"] == "byte" && c.model["vocab_size"].get<int64_t>() != 256)
@@ -213,6 +223,43 @@ const char* default_config_text() {
             "eval_every": 120, "eval_batches": 8, "log_every": 5, "checkpoint_every": 60,
             "time_limit": 360}
 })";
+}
+
+void override_mixer_options(ModelConfig& cfg, const Json& overrides, const std::string& where) {
+  if (!overrides.is_object()) throw Error(where + ": mixer options must be an object, got " + json_excerpt(overrides));
+  ModelConfig out = cfg;  // changed as a whole or not at all
+  for (const auto& kv : overrides.items()) {
+    bool used = false;
+    std::vector<std::string> mixers;
+    for (auto& layer : out.layers) {
+      const auto& info = find_mixer(layer.name);
+      mixers.push_back(layer.name);
+      const bool has = std::any_of(info.schema.begin(), info.schema.end(),
+                                   [&](const OptionSpec& o) { return o.name == kv.key(); });
+      if (!has) continue;
+      Json options = layer.options;
+      options[kv.key()] = kv.value();
+      layer.options = validate_options(options, info.schema, where + " (mixer " + layer.name + ")");
+      used = true;
+    }
+    if (!used) throw Error(where + ": no layer's mixer has the option \"" + kv.key() + "\" (the layers' mixers: " +
+                           join(mixers) + ")");
+  }
+  cfg = out;
+}
+
+Json parse_option_assignment(const std::string& text, const std::string& where, const std::string& prefix) {
+  const auto eq = text.find('=');
+  if (eq == std::string::npos || eq == 0) throw Error(where + " takes key=value, got \"" + prefix + text + "\"");
+  const std::string key = text.substr(0, eq), value = text.substr(eq + 1);
+  // Text that is JSON is parsed with bounded nesting (a deep value would overflow the stack when copied).
+  Json parsed = Json::accept(value) ? parse_json(value, where + " " + prefix + key) : Json(value);
+  try {
+    (void)parsed.dump();
+  } catch (const Json::type_error&) {
+    throw Error(where + " " + prefix + key + ": the value is not valid UTF-8");
+  }
+  return Json{{key, parsed}};
 }
 
 }  // namespace longseq

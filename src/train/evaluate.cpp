@@ -57,7 +57,7 @@ EvalResult evaluate_lm(DecoderLMImpl& model, const TokenSplit& split, int64_t ba
 }
 
 StreamEvalResult evaluate_lm_stream(DecoderLMImpl& model, const TokenSplit& split, int64_t batch, int64_t seq_len,
-                                    int64_t max_segments, int64_t reset) {
+                                    int64_t max_segments, int64_t reset, const torch::Tensor& part) {
   torch::NoGradGuard no_grad;
   const bool was_training = model.is_training();
   model.eval();
@@ -70,16 +70,25 @@ StreamEvalResult evaluate_lm_stream(DecoderLMImpl& model, const TokenSplit& spli
   } catch (const Error& e) {
     throw Error(std::string("evaluation over a stream needs every layer to stream: ") + e.what());
   }
-  double nats[2] = {0, 0};
+  if (part.defined() && (part.dim() != 1 || part.size(0) != N))
+    throw Error("evaluate_lm_stream: the part mask must be [" + std::to_string(N) + "] like the split's tokens");
+  const torch::Tensor part_ids = part.defined() ? part.to(torch::kInt) : torch::Tensor();
+  double nats[2] = {0, 0}, part_nats[2] = {0, 0};
+  int64_t part_n = 0;
   for (int64_t s = 0; s < S; ++s) {
     if (s > 0 && reset > 0 && s % reset == 0) state = model.initial_state(batch);
     Batch bt = stream_batch(split.tokens, batch, 0, batch, T, s);
+    // The mask read through the same slicing gives, per target, whether it belongs to the part.
+    const torch::Tensor in_part =
+        part.defined() ? stream_batch(part_ids, batch, 0, batch, T, s).target.reshape({-1}).to(torch::kBool) : torch::Tensor();
+    if (in_part.defined()) part_n += in_part.sum().item<int64_t>();
     for (int with_state = 0; with_state < 2; ++with_state) {
       auto logits = model.forward(bt.input, with_state ? &state : nullptr);
-      nats[with_state] += torch::nn::functional::cross_entropy(
-                              logits.reshape({-1, logits.size(-1)}), bt.target.reshape({-1}),
-                              torch::nn::functional::CrossEntropyFuncOptions().reduction(torch::kSum))
-                              .item<double>();
+      auto ce = torch::nn::functional::cross_entropy(
+          logits.reshape({-1, logits.size(-1)}), bt.target.reshape({-1}),
+          torch::nn::functional::CrossEntropyFuncOptions().reduction(torch::kNone));
+      nats[with_state] += ce.sum().item<double>();
+      if (in_part.defined()) part_nats[with_state] += ce.masked_select(in_part).sum().item<double>();
     }
   }
   model.train(was_training);
@@ -103,7 +112,13 @@ StreamEvalResult evaluate_lm_stream(DecoderLMImpl& model, const TokenSplit& spli
   const std::string memory = reset > 0 ? "state reset every " + std::to_string(reset) + " segments (context up to " +
                                              std::to_string(reset * T) + " tokens)"
                                        : "state never reset (context: the whole slice so far)";
-  return {result(nats[1], "stream: " + segs + ", " + memory), result(nats[0], "the same segments without state")};
+  StreamEvalResult out{result(nats[1], "stream: " + segs + ", " + memory),
+                       result(nats[0], "the same segments without state")};
+  for (auto [r, n] : {std::pair<EvalResult*, double>{&out.stateful, part_nats[1]}, {&out.stateless, part_nats[0]}}) {
+    r->part_tokens = part_n;
+    r->part_loss = part_n > 0 ? n / static_cast<double>(part_n) : 0.0;
+  }
+  return out;
 }
 
 }  // namespace longseq

@@ -28,7 +28,7 @@ constexpr float kPosInf = std::numeric_limits<float>::infinity();
 
 using cpu_softmax::gemm;
 using cpu_softmax::exp_shifted;
-using cpu_softmax::row_max;
+using cpu_softmax::online_softmax_step;
 
 // Row positions of one (b, h): explicit, or identity when `pos` is null.
 struct Positions {
@@ -213,19 +213,7 @@ void forward_rows(const float* q, const float* k, const float* v, float* o, floa
       for (int64_t d = 0; d < D; ++d) w.self_acc[r * D + d] += vt[c * D + d];
       s[r * cols + c] = kNegInf;
     }
-    for (int64_t r = 0; r < rows; ++r) {
-      float* row = s + r * cols;
-      const float mx = row_max(row, cols, w.m[r]);
-      if (mx == kNegInf) {  // nothing allowed yet in this row
-        std::fill(row, row + cols, 0.0f);
-        continue;
-      }
-      const float alpha = std::exp(w.m[r] - mx);  // 0 when m = -inf
-      w.l[r] = w.l[r] * alpha + exp_shifted(row, cols, mx);
-      w.m[r] = mx;
-      if (alpha != 1.0f)
-        for (int64_t d = 0; d < D; ++d) acc[r * D + d] *= alpha;
-    }
+    online_softmax_step(s, rows, cols, w.m.data(), w.l.data(), acc, D);
     gemm(false, false, rows, D, cols, 1.0f, s, cols, vt, D, 1.0f, acc, D);
   }
   for (int64_t r = 0; r < rows; ++r) {

@@ -23,7 +23,7 @@ constexpr float kNegInf = -std::numeric_limits<float>::infinity();
 
 using cpu_softmax::gemm;
 using cpu_softmax::exp_shifted;
-using cpu_softmax::row_max;
+using cpu_softmax::online_softmax_step;
 
 struct Problem {
   int64_t B, H, T, S, D;
@@ -60,19 +60,7 @@ void forward_rows(const float* q, const float* k, const float* v, float* o, floa
     const int64_t cols = std::min(kBlockK, s_end - s0);
     gemm(false, true, rows, cols, D, p.scale, q + t0 * D, D, k + s0 * D, D, 0.0f, sbuf, cols);
     mask_block(sbuf, t0, rows, s0, cols, p, pad);
-    for (int64_t r = 0; r < rows; ++r) {
-      float* row = sbuf + r * cols;
-      const float mx = row_max(row, cols, m[r]);
-      if (mx == kNegInf) {  // nothing visible yet in this row
-        std::fill(row, row + cols, 0.0f);
-        continue;
-      }
-      const float alpha = std::exp(m[r] - mx);  // 0 when m[r] = -inf
-      l[r] = l[r] * alpha + exp_shifted(row, cols, mx);
-      m[r] = mx;
-      if (alpha != 1.0f)
-        for (int64_t d = 0; d < D; ++d) acc[r * D + d] *= alpha;
-    }
+    online_softmax_step(sbuf, rows, cols, m, l, acc, D);
     gemm(false, false, rows, D, cols, 1.0f, sbuf, cols, v + s0 * D, D, 1.0f, acc, D);
   }
   for (int64_t r = 0; r < rows; ++r) {

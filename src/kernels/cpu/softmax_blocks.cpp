@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <limits>
 
 extern "C" void cblas_sgemm(int order, int trans_a, int trans_b, int m, int n, int k, float alpha, const float* a,
                             int lda, const float* b, int ldb, float beta, float* c, int ldc);
@@ -91,6 +92,22 @@ float row_max(const float* x, int64_t n, float init) {
   float mx = init;
   for (int64_t i = 0; i < n; ++i) mx = std::max(mx, x[i]);
   return mx;
+}
+
+void online_softmax_step(float* s, int64_t rows, int64_t cols, float* m, float* l, float* acc, int64_t D) {
+  for (int64_t r = 0; r < rows; ++r) {
+    float* row = s + r * cols;
+    const float mx = row_max(row, cols, m[r]);
+    if (mx == -std::numeric_limits<float>::infinity()) {  // nothing visible yet in this row
+      std::fill(row, row + cols, 0.0f);
+      continue;
+    }
+    const float alpha = std::exp(m[r] - mx);  // 0 when m = -inf
+    l[r] = l[r] * alpha + exp_shifted(row, cols, mx);
+    m[r] = mx;
+    if (alpha != 1.0f)
+      for (int64_t d = 0; d < D; ++d) acc[r * D + d] *= alpha;
+  }
 }
 
 }  // namespace cpu_softmax

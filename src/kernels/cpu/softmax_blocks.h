@@ -19,5 +19,10 @@ float exp_shifted(float* x, int64_t n, float shift);
 // max(init, x[0..n)).
 float row_max(const float* x, int64_t n, float init);
 
+// One step of the online softmax (FA2 Algorithm 1, lines 8-10) over a (rows x cols) score tile s: each row's
+// running max m and sum l take the tile in, its accumulator row acc[r, 0..D) is rescaled, and s becomes
+// exp(s - m) (zeros in a row that has seen nothing yet), ready for acc += s V.
+void online_softmax_step(float* s, int64_t rows, int64_t cols, float* m, float* l, float* acc, int64_t D);
+
 }  // namespace cpu_softmax
 }  // namespace longseq
