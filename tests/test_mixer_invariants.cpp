@@ -151,6 +151,7 @@ TEST_P(MixerInvariants, PaddingAmountDoesNotChangeRealTokens) {
     enum Side { kRight, kLeft, kMixed };
     for (int64_t T : {13, 16, 23})
       for (Side side : {kRight, kLeft, kMixed}) {
+        if (side != kRight && !info().left_padding_changes.empty()) continue;  // declared: right padding only
         const int64_t B = static_cast<int64_t>(lengths.size());
         auto x = torch::randn({B, T, kC}, torch::kDouble) * 5;  // padding: large garbage
         auto pad = torch::ones({B, T}, torch::kBool);

@@ -50,10 +50,12 @@ std::vector<Json> metrics_lines(const std::string& run) {
 Json small_regime(const MixerInfo& info) {
   static const Json wanted = {{"redraw", 2},      {"chunk_length", 4}, {"block", 4},        {"random_blocks", 1},
                               {"window", {4}},    {"clusters", 4},     {"local_window", 4}, {"features", 8},
-                              {"length", 3},      {"chunk", 8},        {"hashes", 4},       {"hash_bits", 4}};
+                              {"length", 3},      {"chunk", 8},        {"hashes", 4},       {"hash_bits", 4},
+                              {"states", 3},      {"segment", 8},      {"basis", 8},        {"samples", 4}};
   Json spec = {{"name", info.name}};
   for (const auto& opt : info.schema)
-    if (wanted.contains(opt.name)) spec[opt.name] = wanted[opt.name];
+    if (wanted.contains(opt.name))  // a list where the mixer takes one value per layer, else the value
+      spec[opt.name] = opt.type == OptionType::Int && wanted[opt.name].is_array() ? wanted[opt.name][0] : wanted[opt.name];
   return spec;
 }
 

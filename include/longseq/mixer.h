@@ -14,6 +14,8 @@ namespace longseq {
 // A mixer downcasts the state it created in initial_state().
 struct MixerState {
   virtual ~MixerState() = default;
+  // What the state holds, by name (for tests and inspection); empty when the mixer names nothing.
+  virtual std::map<std::string, torch::Tensor> tensors() const { return {}; }
 };
 
 struct MixContext {

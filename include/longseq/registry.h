@@ -62,6 +62,9 @@ struct MixerInfo {
   // already approximate at every T); empty when sparse_options is declared.
   std::string no_sparse_regime;
   bool streams = false;  // initial_state() returns a state and chunked == whole
+  // Why left padding changes the real tokens' outputs (computation tied to absolute positions, such as blocks
+  // counted from position 0); empty = it does not, and the invariant tests pad on both sides.
+  std::string left_padding_changes;
   // False when the backward is the paper's surrogate rather than the derivative
   // of the forward (YOSO's sampled hash tables): finite differences do not apply.
   bool exact_gradients = true;

@@ -51,6 +51,7 @@ void print_info(bool markdown) {
                 m.supports_causal ? "yes" : "no", m.supports_bidirectional ? "yes" : "no",
                 m.strictly_causal ? "yes" : ("no (strict limit: " + m.strictly_causal_options.dump() + ")").c_str(),
                 m.streams ? "yes" : "no");
+    if (!m.left_padding_changes.empty()) std::printf("left padding changes outputs: %s\n\n", m.left_padding_changes.c_str());
     std::printf("%s\n", schema_markdown(m.schema).c_str());
   }
   if (markdown) {

@@ -11,6 +11,27 @@
 
 namespace longseq {
 
+torch::Tensor distance_sinusoid(int64_t n, int64_t C, int64_t clamp, const torch::TensorOptions& opts) {
+  auto p = torch::arange(n, opts);
+  if (clamp >= 0) p = p.clamp_max(static_cast<double>(clamp));
+  auto freq = torch::exp(torch::arange(C / 2, opts) * (-2.0 * std::log(10000.0) / static_cast<double>(C)));
+  auto angle = p.unsqueeze(1) * freq.unsqueeze(0);
+  return torch::cat({torch::sin(angle), torch::cos(angle)}, 1);
+}
+
+torch::Tensor RelativePositionTable::get(torch::nn::Linear& proj, int64_t n, const torch::Tensor& like) {
+  const bool cacheable = !torch::GradMode::is_enabled();
+  const int64_t version = static_cast<int64_t>(proj->weight._version());
+  if (cacheable && cache_.defined() && cache_.size(1) >= n && version_ == version &&
+      cache_.scalar_type() == like.scalar_type() && cache_.device() == like.device())
+    return cache_;
+  const int64_t had = cache_.defined() ? cache_.size(1) : 0;
+  const int64_t rows = !cacheable ? n : n <= had ? had : std::max<int64_t>(n, 2 * had);
+  auto r = proj(distance_sinusoid(rows, C_, clamp_, like.options())).view({rows, H_, C_ / H_}).transpose(0, 1).contiguous();
+  if (cacheable) cache_ = r, version_ = version;
+  return r;
+}
+
 torch::Tensor rel_shift(const torch::Tensor& x) {
   TORCH_CHECK(x.dim() >= 2, "rel_shift: x must be [..., T, K], got ", x.sizes());
   const int64_t T = x.size(-2), K = x.size(-1);

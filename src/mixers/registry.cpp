@@ -19,6 +19,8 @@ MixerInfo mgk_mixer_info();
 MixerInfo kernel_rpe_mixer_info();
 MixerInfo learned_kernel_mixer_info();
 MixerInfo xl_mixer_info();
+MixerInfo block_recurrent_mixer_info();
+MixerInfo infinity_former_mixer_info();
 
 const std::vector<MixerInfo>& mixer_registry() {
   static const std::vector<MixerInfo> registry = {
@@ -35,6 +37,8 @@ const std::vector<MixerInfo>& mixer_registry() {
       kernel_rpe_mixer_info(),
       learned_kernel_mixer_info(),
       xl_mixer_info(),
+      block_recurrent_mixer_info(),
+      infinity_former_mixer_info(),
   };
   return registry;
 }

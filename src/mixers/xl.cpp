@@ -34,15 +34,6 @@ struct XlMemory : MixerState {
   int64_t length = 0;       // rows in mem
 };
 
-// R of the distances 0 .. n - 1, clamped at clamp (-1 = none): [n, C], R_p = [sin(p w), cos(p w)], w_k = 10000^(-2k/C).
-torch::Tensor distance_sinusoid(int64_t n, int64_t C, int64_t clamp, const torch::TensorOptions& opts) {
-  auto p = torch::arange(n, opts);
-  if (clamp >= 0) p = p.clamp_max(static_cast<double>(clamp));
-  auto freq = torch::exp(torch::arange(C / 2, opts) * (-2.0 * std::log(10000.0) / static_cast<double>(C)));
-  auto angle = p.unsqueeze(1) * freq.unsqueeze(0);
-  return torch::cat({torch::sin(angle), torch::cos(angle)}, 1);
-}
-
 class XlAttentionImpl : public MixerImpl {
  public:
   explicit XlAttentionImpl(const MixerArgs& a)
@@ -53,7 +44,8 @@ class XlAttentionImpl : public MixerImpl {
         clamp_len_(a.options["clamp_len"]),
         same_length_(a.options["same_length"]),
         dropout_(a.options["dropout"]),
-        kernel_(a.options["kernel"]) {
+        kernel_(a.options["kernel"]),
+        table_(C_, H_, clamp_len_) {
     if (C_ % 2 != 0) throw Error("mixer xl: d_model must be even (sin and cos halves), got " + std::to_string(C_));
     if (same_length_ && mem_len_ < 1) throw Error("mixer xl: same_length needs mem_len >= 1");
     auto lin = [&](const char* name, int64_t out) {
@@ -106,21 +98,7 @@ class XlAttentionImpl : public MixerImpl {
   std::unique_ptr<MixerState> initial_state(int64_t) const override { return std::make_unique<XlMemory>(); }
 
  private:
-  // r = W_R R for the distances 0 .. n - 1: [H, n, D]. Kept across no-grad calls while W_R is unchanged.
-  torch::Tensor positions(int64_t n, const torch::Tensor& like) {
-    const bool cacheable = !torch::GradMode::is_enabled();
-    const int64_t version = static_cast<int64_t>(r_->weight._version());
-    if (cacheable && r_cache_.defined() && r_cache_.size(1) >= n && r_version_ == version &&
-        r_cache_.scalar_type() == like.scalar_type() && r_cache_.device() == like.device())
-      return r_cache_;
-    // Grow by doubling only when longer distances are asked for (decoding adds one per token).
-    const int64_t had = r_cache_.defined() ? r_cache_.size(1) : 0;
-    const int64_t rows = !cacheable ? n : n <= had ? had : std::max<int64_t>(n, 2 * had);
-    auto R = distance_sinusoid(rows, C_, clamp_len_, like.options());
-    auto r = r_(R).view({rows, H_, D_}).transpose(0, 1).contiguous();
-    if (cacheable) r_cache_ = r, r_version_ = version;
-    return r;
-  }
+  torch::Tensor positions(int64_t n, const torch::Tensor& like) { return table_.get(r_, n, like); }
 
   // The memory of the next segment: the last mem_len rows of (memory, input), gradient stopped (sec. 3.2).
   void remember(XlMemory& st, const torch::Tensor& h, const torch::Tensor& k, const torch::Tensor& v,
@@ -143,8 +121,7 @@ class XlAttentionImpl : public MixerImpl {
   std::string kernel_;
   torch::nn::Linear q_{nullptr}, kv_{nullptr}, r_{nullptr}, out_{nullptr};
   torch::Tensor u_, v_;
-  torch::Tensor r_cache_;
-  int64_t r_version_ = -1;
+  RelativePositionTable table_;
 };
 
 }  // namespace

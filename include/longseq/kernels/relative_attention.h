@@ -52,6 +52,24 @@ torch::Tensor relative_attention(const torch::Tensor& qu, const torch::Tensor& q
                                  const torch::Tensor& v, const torch::Tensor& r, const RelativeMask& mask,
                                  const std::string& kernel = "auto", double dropout = 0.0, bool training = false);
 
+// Transformer-XL's sinusoid of the distances 0 .. n - 1, clamped at clamp (-1 = none): [n, C],
+// R_p = [sin(p w), cos(p w)] with w_k = 10000^(-2k/C) (sec. 3.3; sin and cos halves concatenated). C even.
+torch::Tensor distance_sinusoid(int64_t n, int64_t C, int64_t clamp, const torch::TensorOptions& opts);
+
+// r = W_R R for the distances 0 .. n - 1 as [H, n, D], through `proj` ([C] -> [H * D]). Under no-grad the table
+// is kept and reused while proj's weight is unchanged, growing by doubling when longer distances are asked for
+// (decoding asks for one more each token).
+class RelativePositionTable {
+ public:
+  RelativePositionTable(int64_t C, int64_t H, int64_t clamp) : C_(C), H_(H), clamp_(clamp) {}
+  torch::Tensor get(torch::nn::Linear& proj, int64_t n, const torch::Tensor& like);
+
+ private:
+  int64_t C_, H_, clamp_;
+  torch::Tensor cache_;
+  int64_t version_ = -1;
+};
+
 // Useful FLOPs of one forward: the content and position products and P V over the visible pairs.
 double relative_attention_flops(int64_t B, int64_t H, int64_t T, int64_t K, int64_t D, int64_t max_distance);
 
