@@ -7,6 +7,7 @@
 
 #include "longseq/common.h"
 #include "longseq/kernels/flash_attention.h"
+#include "longseq/kernels/growing_cache.h"
 #include "longseq/registry.h"
 
 using namespace longseq;
@@ -112,6 +113,27 @@ TEST(FlashAttention, FullMixerFusedStreamsAndMatchesReferenceKernel) {
     at += len;
   }
   EXPECT_TRUE(torch::allclose(torch::cat(parts, 1), whole, 1e-4, 1e-5));
+}
+
+// A sliding cache holds exactly the newest rows after appends, drops and the moves a full buffer forces.
+TEST(GrowingCache, SlidingKeepsTheNewestRowsInOrder) {
+  torch::NoGradGuard ng;
+  auto rows = torch::arange(0, 2 * 3 * 500 * 4, torch::kFloat).view({2, 3, 500, 4});
+  GrowingCache cache;
+  int64_t seen = 0;
+  for (int64_t n : {5, 1, 1, 30, 1, 70, 1, 1, 200, 1, 1, 180}) {
+    auto view = cache.append(rows.narrow(2, seen, n));
+    seen += n;
+    ASSERT_TRUE(torch::equal(view, rows.narrow(2, 0, seen).narrow(2, seen - cache.length(), cache.length())));
+    cache.keep_last(40);
+    const int64_t kept = std::min<int64_t>(40, seen);
+    ASSERT_EQ(cache.length(), kept);
+    ASSERT_TRUE(torch::equal(cache.view(), rows.narrow(2, seen - kept, kept)));
+    EXPECT_EQ(cache.view().stride(2), 4);  // rows stay contiguous for the kernels
+  }
+  cache.clear();
+  EXPECT_EQ(cache.length(), 0);
+  EXPECT_FALSE(cache.view().defined());
 }
 
 }  // namespace flash_attention_test

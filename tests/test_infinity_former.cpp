@@ -239,16 +239,17 @@ TEST(InfinityFormer, EarlyTokensReachLateOnesOnlyThroughTheFixedSizeMemoryWithGr
   EXPECT_TRUE(param(*m, "mask.weight").grad().defined()) << "the mask trains through the current refit";
 }
 
-// Streaming: segments and token-by-token decoding of a decoder equal one causal pass (float32, fused kernel).
+// Streaming: segments and token-by-token decoding of a decoder equal one causal pass (float32, fused kernel)
+// computed with gradients on, where no keys or values are kept between pieces.
 TEST(InfinityFormerModel, SegmentsAndTokenByTokenDecodingEqualOnePass) {
   Json cfg = {{"vocab_size", 64}, {"d_model", 16}, {"n_heads", 2}, {"n_layers", 2}, {"d_ff", 32}, {"positions", "none"},
               {"mixer", {{"name", "infinity_former"}, {"segment", 5}, {"basis", 8}, {"samples", 6}}}};
   torch::manual_seed(2);
   DecoderLM model(ModelConfig::from_json(cfg));
   model->eval();
-  torch::NoGradGuard ng;
   auto tokens = torch::randint(0, 64, {2, 27}, torch::kLong);
-  auto whole = model->forward(tokens);
+  auto whole = model->forward(tokens).detach();  // with gradients on: nothing kept, the reference recomputes all
+  torch::NoGradGuard ng;  // the cached keys and values of the memory and of the long-term signal in use
   auto st = model->initial_state(2);
   std::vector<torch::Tensor> parts;
   for (auto [at, n] : std::vector<std::pair<int64_t, int64_t>>{{0, 7}, {7, 12}, {19, 8}})

@@ -67,6 +67,7 @@ struct EvalResult {
   std::string description;    // set by the stream evaluation: says what it scored (method() returns it)
   int64_t part_tokens = 0;    // targets of the part reported apart (the recall task's values); 0 = none
   double part_loss = 0;       // nats per target of that part
+  double seconds = 0;         // wall time of the model's forward passes and their scoring
   bool whole() const { return tokens == split_targets; }
   // Which evaluation this was, for the output: coverage, window and stride.
   std::string method() const;
@@ -74,8 +75,10 @@ struct EvalResult {
 // Scores the split through eval_windows (stride 0 = seq_len: non-overlapping),
 // in batches of `batch` windows; `max_batches` > 0 stops after that many
 // (a prefix of the split), 0 covers the whole split.
+// `part` ([N] bool like the split's tokens, optional): targets whose loss is
+// also reported apart (part_loss, part_tokens), as the recall task's values.
 EvalResult evaluate_lm(DecoderLMImpl& model, const TokenSplit& split, int64_t batch, int64_t seq_len,
-                       int64_t max_batches, int64_t stride = 0);
+                       int64_t max_batches, int64_t stride = 0, const torch::Tensor& part = {});
 
 // Evaluation over a stream (Dai et al. 2019, sec. 3.2): the split is cut into
 // `batch` contiguous slices (stream_batch) and each is scored segment after

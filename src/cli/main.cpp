@@ -116,6 +116,9 @@ void choose_allocation_policy(char** argv) {
 }
 
 // Generation stops where learned positions end; say so rather than print less silently.
+// Scored targets per second of the evaluation's forward passes.
+double tokens_per_s(const EvalResult& e) { return e.seconds > 0 ? static_cast<double>(e.tokens) / e.seconds : 0.0; }
+
 void note_position_limit(const LoadedRun& run, size_t got, int64_t asked) {
   if (static_cast<int64_t>(got) < asked)
     std::fprintf(stderr, "note: generation stopped after %zu of %lld tokens: the learned positions end at model.max_len = %lld\n",
@@ -343,14 +346,15 @@ int main(int argc, char** argv) {
         throw Error(corpus_source(run.config.data) + ": the " + split + " split holds " + std::to_string(have) +
                     " tokens, fewer than seq_len + 1 = " + std::to_string(T + 1));
       const int64_t S = eval_stride > 0 ? eval_stride : std::min(T, run.config.train.value("eval_stride", int64_t{0}));
+      const bool recall = run.config.data["corpus"] == "recall";  // the memory task: its values apart
+      const torch::Tensor recalled = recall ? recall_positions(data.tokens) : torch::Tensor();
       if (eval_stream) {
         const int64_t reset = eval_reset >= 0 ? eval_reset : run.config.train.value("stream_reset", int64_t{20});
-        const bool recall = run.config.data["corpus"] == "recall";  // the memory task: its values apart
-        auto r = evaluate_lm_stream(*run.model, data, B, T, eval_max, reset,
-                                    recall ? recall_positions(data.tokens) : torch::Tensor());
+        auto r = evaluate_lm_stream(*run.model, data, B, T, eval_max, reset, recalled);
         if (as_json) {
           auto one = [&](const EvalResult& e) {
-            Json j{{"loss", e.loss}, {"bpb", e.bpb}, {"ppl", e.ppl}, {"tokens", e.tokens}, {"eval", e.method()}};
+            Json j{{"loss", e.loss}, {"bpb", e.bpb}, {"ppl", e.ppl}, {"tokens", e.tokens}, {"eval", e.method()},
+                   {"seconds", e.seconds}, {"tokens_per_s", tokens_per_s(e)}};
             if (recall) j["recall_loss"] = e.part_loss, j["recall_tokens"] = e.part_tokens;
             return j;
           };
@@ -359,8 +363,10 @@ int main(int argc, char** argv) {
                                   .c_str());
         } else {
           for (const auto* e : {&r.stateful, &r.stateless}) {
-            std::printf("%s: loss %.4f nats/token, %.4f bits per byte, perplexity %.3f (%lld tokens): %s\n",
-                        split.c_str(), e->loss, e->bpb, e->ppl, static_cast<long long>(e->tokens), e->method().c_str());
+            std::printf("%s: loss %.4f nats/token, %.4f bits per byte, perplexity %.3f (%lld tokens, %.2f s, %.0f "
+                        "tokens/s): %s\n",
+                        split.c_str(), e->loss, e->bpb, e->ppl, static_cast<long long>(e->tokens), e->seconds,
+                        tokens_per_s(*e), e->method().c_str());
             if (recall)
               std::printf("  recalled values: loss %.4f nats/byte over %lld bytes (chance: ln 10 = 2.3026)\n",
                           e->part_loss, static_cast<long long>(e->part_tokens));
@@ -368,17 +374,22 @@ int main(int argc, char** argv) {
         }
         return 0;
       }
-      auto r = evaluate_lm(*run.model, data, B, T, eval_max, S);
+      auto r = evaluate_lm(*run.model, data, B, T, eval_max, S, recalled);
       if (as_json) {
-        std::printf("%s\n", Json{{"split", split}, {"loss", r.loss}, {"bpb", r.bpb}, {"ppl", r.ppl},
-                                 {"tokens", r.tokens}, {"split_targets", r.split_targets}, {"whole_split", r.whole()},
-                                 {"seq_len", r.seq_len}, {"stride", r.stride}, {"windows", r.windows},
-                                 {"bytes", data.bytes}, {"text_bytes", data.text_bytes}, {"eval", r.method()}}
-                                .dump()
-                                .c_str());
+        Json j{{"split", split}, {"loss", r.loss}, {"bpb", r.bpb}, {"ppl", r.ppl},
+               {"tokens", r.tokens}, {"split_targets", r.split_targets}, {"whole_split", r.whole()},
+               {"seq_len", r.seq_len}, {"stride", r.stride}, {"windows", r.windows},
+               {"bytes", data.bytes}, {"text_bytes", data.text_bytes}, {"eval", r.method()},
+               {"seconds", r.seconds}, {"tokens_per_s", tokens_per_s(r)}};
+        if (recall) j["recall_loss"] = r.part_loss, j["recall_tokens"] = r.part_tokens;
+        std::printf("%s\n", j.dump().c_str());
       } else {
-        std::printf("%s: loss %.4f nats/token, %.4f bits per byte, perplexity %.3f (%lld tokens)\n%s\n", split.c_str(),
-                    r.loss, r.bpb, r.ppl, static_cast<long long>(r.tokens), r.method().c_str());
+        std::printf("%s: loss %.4f nats/token, %.4f bits per byte, perplexity %.3f (%lld tokens, %.2f s, %.0f tokens/s)\n%s\n",
+                    split.c_str(), r.loss, r.bpb, r.ppl, static_cast<long long>(r.tokens), r.seconds, tokens_per_s(r),
+                    r.method().c_str());
+        if (recall)
+          std::printf("  recalled values: loss %.4f nats/byte over %lld bytes (chance: ln 10 = 2.3026)\n", r.part_loss,
+                      static_cast<long long>(r.part_tokens));
         if (!data.lossless())
           std::printf("note: the tokenizer is lossy: its tokens decode to %lld of the text's %lld bytes; bits per "
                       "byte count the %lld\n",

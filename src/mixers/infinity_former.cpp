@@ -37,6 +37,8 @@ struct InfinityMemory : MixerState {
   int64_t kv_version = -1;
   torch::Tensor coeff;   // [B, N, C]: the long-term signal's coefficients; undefined = empty
   torch::Tensor mass;    // [B, bins]: where this segment's densities put their mass (sticky memories)
+  torch::Tensor ltm_k, ltm_v, ltm_of;  // [B, H, N, D] of the coefficients ltm_of, kept under no-grad
+  int64_t ltm_version = -1;
   int64_t first = 0, pos = 0;
   std::map<std::string, torch::Tensor> tensors() const override { return {{"mem", mem}, {"coeff", coeff}}; }
 };
@@ -144,8 +146,16 @@ class InfinityFormerImpl : public MixerImpl {
 
   // Z_LTM for queries q [B, H, T, D] (sec. 3.1): densities from the scores, closed-form expectation, V^T r, W_O.
   torch::Tensor long_term(InfinityMemory& st, const torch::Tensor& coeff, const torch::Tensor& q) {
-    auto kv = ltm_kv_(coeff).chunk(2, -1);
-    auto K = split_heads(kv[0], H_), V = split_heads(kv[1], H_);  // [B, H, N, D]
+    torch::Tensor K, V;  // [B, H, N, D]
+    const int64_t version = static_cast<int64_t>(ltm_kv_->weight._version());
+    if (!torch::GradMode::is_enabled() && st.ltm_of.defined() && st.ltm_of.data_ptr() == coeff.data_ptr() &&
+        st.ltm_of.sizes() == coeff.sizes() && st.ltm_version == version) {
+      K = st.ltm_k, V = st.ltm_v;  // decoding: the signal changes once a segment, not every token
+    } else {
+      auto kv = ltm_kv_(coeff).chunk(2, -1);
+      K = split_heads(kv[0], H_), V = split_heads(kv[1], H_);
+      if (!torch::GradMode::is_enabled()) st.ltm_k = K, st.ltm_v = V, st.ltm_of = coeff, st.ltm_version = version;
+    }
     auto s = torch::matmul(q, K.transpose(-1, -2)) / std::sqrt(static_cast<double>(D_));  // [B, H, T, N]
     auto mu = torch::sigmoid(torch::matmul(s, w_mu_.to(s.dtype())));
     auto var = torch::softplus(torch::matmul(s, w_sigma_.to(s.dtype()))).clamp_min(1e-6);
@@ -246,12 +256,17 @@ MixerInfo infinity_former_mixer_info() {
   info.sparse_options = {{"segment", 3}, {"basis", 6}, {"samples", 4}};  // long-term memory active from T = 7
   info.streams = true;
   info.left_padding_changes = "segments fall at absolute positions 0, L, 2L, ...: leading padding moves them";
-  info.flops = [](const FlopQuery& f) {
+  info.flops = [](const FlopQuery& f) {  // segment by segment: the long-term memory starts at the third
     const int64_t L = f.options["segment"], N = f.options["basis"], M = f.options["samples"], C = f.C;
-    const double BT = static_cast<double>(f.B * f.T), segs = static_cast<double>(f.T / L);
-    const double stm = 8.0 * BT * C * C + 2.0 * 2 * L * C * C + 4.0 * BT * 1.5 * L * C;  // projections, R, 1.5 L keys
-    const double ltm = 2.0 * BT * C * C + 4.0 * BT * N * C + f.B * segs * (4.0 * N * C * C + 2.0 * (M + L) * N * C);
-    return stm + ltm;
+    double total = 8.0 * f.B * f.T * C * C;  // q, k, v, out projections
+    for (int64_t s = 0; s * L < f.T; ++s) {
+      const double n = static_cast<double>(std::min(L, f.T - s * L)), mem = s > 0 ? static_cast<double>(L) : 0.0;
+      total += 2.0 * (mem + n) * C * C;                        // W_R on the segment's distances
+      total += 4.0 * f.B * (mem * n + n * (n + 1) / 2) * C;    // the relative core, causal
+      if (s >= 2)  // the read (q projection, basis expectations, B^T products) and the segment's refit
+        total += f.B * (n * (2.0 * C * C + 4.0 * N * C) + 4.0 * N * C * C + 2.0 * (M + L) * N * C);
+    }
+    return total;
   };
   return info;
 }

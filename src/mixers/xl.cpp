@@ -17,6 +17,7 @@
 #include <cmath>
 
 #include "longseq/common.h"
+#include "longseq/kernels/growing_cache.h"
 #include "longseq/kernels/relative_attention.h"
 #include "longseq/mixers/heads.h"
 #include "longseq/registry.h"
@@ -26,12 +27,19 @@ namespace longseq {
 namespace {
 
 // What a layer carries from one segment to the next.
+// The memory slides in growing caches: a decoding step copies its own row, not the M rows before it.
 struct XlMemory : MixerState {
-  torch::Tensor mem;       // [B, M, C]: the last inputs, gradient stopped
-  torch::Tensor pad;       // [B, M] bool, or undefined (no padding so far)
-  torch::Tensor k, v;      // [B, H, M, D] of mem, when computed under no-grad
-  int64_t kv_version = -1;  // the projection's version counter they were computed with
+  GrowingCache mem;         // [B, 1, M, C]: the last inputs, gradient stopped
+  torch::Tensor pad;        // [B, M] bool, or undefined (no padding so far)
+  GrowingCache k, v;        // [B, H, M, D] of mem, when computed under no-grad
+  int64_t kv_version = -1;  // the projection's version counter k and v were computed with (-1: none)
   int64_t length = 0;       // rows in mem
+
+  torch::Tensor memory() const { return length > 0 ? mem.view().squeeze(1) : torch::Tensor(); }
+  std::map<std::string, torch::Tensor> tensors() const override {
+    if (length == 0) return {};
+    return {{"mem", memory()}};
+  }
 };
 
 class XlAttentionImpl : public MixerImpl {
@@ -67,19 +75,21 @@ class XlAttentionImpl : public MixerImpl {
     if (ctx.state) {
       st = dynamic_cast<XlMemory*>(ctx.state);
       TORCH_CHECK(st, "xl: the state passed was not made by this mixer");
-      TORCH_CHECK(st->length == 0 || st->mem.size(0) == B, "xl: the state holds ", st->mem.size(0),
+      TORCH_CHECK(st->length == 0 || st->memory().size(0) == B, "xl: the state holds ", st->memory().size(0),
                   " sequences, the input ", B);
     }
     const int64_t M = st ? st->length : 0, K = M + T;
     auto q = split_heads(q_(x), H_);
-    const bool reuse = st && M > 0 && !torch::GradMode::is_enabled() && st->k.defined() &&
-                       st->kv_version == static_cast<int64_t>(kv_->weight._version());
-    torch::Tensor k, v, h = M > 0 ? torch::cat({st->mem.to(x.dtype()), x}, 1) : x;
+    const bool reuse = st && M > 0 && !torch::GradMode::is_enabled() && st->kv_version >= 0 &&
+                       st->k.length() == M && st->kv_version == static_cast<int64_t>(kv_->weight._version()) &&
+                       st->memory().scalar_type() == x.scalar_type();
+    torch::Tensor k, v, h;
     if (reuse) {  // the memory's keys and values are those of the previous call: project only the new rows
       auto kv = kv_(x).chunk(2, -1);
-      k = torch::cat({st->k, split_heads(kv[0], H_)}, 2);
-      v = torch::cat({st->v, split_heads(kv[1], H_)}, 2);
+      k = st->k.append(split_heads(kv[0], H_));
+      v = st->v.append(split_heads(kv[1], H_));
     } else {
+      h = M > 0 ? torch::cat({st->memory().to(x.dtype()), x}, 1) : x;
       auto kv = kv_(h).chunk(2, -1);
       k = split_heads(kv[0], H_), v = split_heads(kv[1], H_);
     }
@@ -89,9 +99,9 @@ class XlAttentionImpl : public MixerImpl {
     if (st) mask.key_padding = append_padding(st->pad, M, ctx.padding_mask, B, T);
     else if (ctx.padding_mask.defined()) mask.key_padding = ctx.padding_mask.to(torch::kBool);
     if (mask.key_padding.defined()) mask.key_padding = mask.key_padding.to(x.device());
-    auto y = relative_attention(q + u_.view({1, H_, 1, D_}), q + v_.view({1, H_, 1, D_}), k.contiguous(),
-                                v.contiguous(), positions(K, x), mask, kernel_, dropout_, is_training());
-    if (st) remember(*st, h, k, v, mask.key_padding);
+    auto y = relative_attention(q + u_.view({1, H_, 1, D_}), q + v_.view({1, H_, 1, D_}), k, v, positions(K, x),
+                                mask, kernel_, dropout_, is_training());
+    if (st) remember(*st, x, h, k, v, mask.key_padding, reuse);
     return out_(merge_heads(y));
   }
 
@@ -101,17 +111,30 @@ class XlAttentionImpl : public MixerImpl {
   torch::Tensor positions(int64_t n, const torch::Tensor& like) { return table_.get(r_, n, like); }
 
   // The memory of the next segment: the last mem_len rows of (memory, input), gradient stopped (sec. 3.2).
-  void remember(XlMemory& st, const torch::Tensor& h, const torch::Tensor& k, const torch::Tensor& v,
-                const torch::Tensor& pad) const {
-    const int64_t K = h.size(1), keep = std::min<int64_t>(mem_len_, K), from = K - keep;
-    st.mem = h.narrow(1, from, keep).detach();
+  // With reuse, k and v are already in the caches (appended by forward); otherwise h = (memory, input).
+  void remember(XlMemory& st, const torch::Tensor& x, const torch::Tensor& h, const torch::Tensor& k,
+                const torch::Tensor& v, const torch::Tensor& pad, bool reuse) const {
+    const bool graph = torch::GradMode::is_enabled() && k.requires_grad();
+    torch::NoGradGuard ng;
+    const int64_t K = st.length + x.size(1), keep = std::min<int64_t>(mem_len_, K), from = K - keep;
     st.pad = pad.defined() ? pad.narrow(1, from, keep) : torch::Tensor();
     st.length = keep;
-    if (!torch::GradMode::is_enabled()) {
-      st.k = k.narrow(2, from, keep).detach(), st.v = v.narrow(2, from, keep).detach();
+    if (reuse) {
+      st.mem.append(x.unsqueeze(1));
+    } else {
+      st.mem.clear();
+      if (keep > 0) st.mem.append(h.narrow(1, from, keep).unsqueeze(1));
+    }
+    st.mem.keep_last(keep);
+    if (reuse) {
+      st.k.keep_last(keep), st.v.keep_last(keep);
+    } else if (!graph) {
+      st.k.clear(), st.v.clear();
+      if (keep > 0) st.k.append(k.narrow(2, from, keep)), st.v.append(v.narrow(2, from, keep));
       st.kv_version = static_cast<int64_t>(kv_->weight._version());
     } else {
-      st.k = st.v = torch::Tensor();
+      st.k.clear(), st.v.clear();
+      st.kv_version = -1;
     }
   }
 

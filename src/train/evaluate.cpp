@@ -1,3 +1,4 @@
+#include <chrono>
 #include <cmath>
 
 #include "longseq/common.h"
@@ -19,19 +20,23 @@ std::string EvalResult::method() const {
 }
 
 EvalResult evaluate_lm(DecoderLMImpl& model, const TokenSplit& split, int64_t batch, int64_t seq_len,
-                       int64_t max_batches, int64_t stride) {
+                       int64_t max_batches, int64_t stride, const torch::Tensor& part) {
   torch::NoGradGuard no_grad;
   const bool was_training = model.is_training();
   model.eval();
   const int64_t N = split.tokens.size(0), T = seq_len, s = stride > 0 ? stride : seq_len;
+  if (part.defined() && (part.dim() != 1 || part.size(0) != N))
+    throw Error("evaluate_lm: the part mask must be [" + std::to_string(N) + "] like the split's tokens");
+  const torch::Tensor part_ids = part.defined() ? part.to(torch::kInt) : torch::Tensor();
   const auto windows = eval_windows(N, T, s);
-  double nats = 0;
-  int64_t tokens = 0, used = 0;
+  double nats = 0, seconds = 0, part_nats = 0;
+  int64_t tokens = 0, used = 0, part_n = 0;
   // Batches are built as they are scored: a sliding-window pass over a long split holds T / s copies of it.
   for (size_t first = 0, b = 0; first < windows.size(); first += static_cast<size_t>(batch), ++b) {
     if (max_batches > 0 && static_cast<int64_t>(b) >= max_batches) break;
     const size_t count = std::min(windows.size() - first, static_cast<size_t>(batch));
     Batch bt = eval_batch(split.tokens, windows, first, count, T);
+    const auto t0 = std::chrono::steady_clock::now();
     auto logits = model.forward(bt.input);
     auto loss = torch::nn::functional::cross_entropy(
         logits.reshape({-1, logits.size(-1)}), bt.target.reshape({-1}),
@@ -39,6 +44,12 @@ EvalResult evaluate_lm(DecoderLMImpl& model, const TokenSplit& split, int64_t ba
     auto keep = bt.scored.reshape({-1}).to(loss.device());
     nats += loss.masked_select(keep).sum().item<double>();
     tokens += keep.sum().item<int64_t>();
+    if (part.defined()) {  // the mask read through the same windows: scored targets that belong to the part
+      auto in_part = eval_batch(part_ids, windows, first, count, T).target.reshape({-1}).to(torch::kBool) & keep;
+      part_nats += loss.masked_select(in_part).sum().item<double>();
+      part_n += in_part.sum().item<int64_t>();
+    }
+    seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     used += static_cast<int64_t>(count);
   }
   model.train(was_training);
@@ -48,6 +59,9 @@ EvalResult evaluate_lm(DecoderLMImpl& model, const TokenSplit& split, int64_t ba
   r.windows = used;
   r.seq_len = T;
   r.stride = s;
+  r.seconds = seconds;
+  r.part_tokens = part_n;
+  r.part_loss = part_n > 0 ? part_nats / static_cast<double>(part_n) : 0.0;
   r.loss = nats / static_cast<double>(std::max<int64_t>(tokens, 1));
   // Bits per byte: the split's tokens per decoded byte converts nats/token to bits/byte.
   const double tokens_per_byte = static_cast<double>(N) / static_cast<double>(std::max<int64_t>(split.bytes, 1));
@@ -73,7 +87,7 @@ StreamEvalResult evaluate_lm_stream(DecoderLMImpl& model, const TokenSplit& spli
   if (part.defined() && (part.dim() != 1 || part.size(0) != N))
     throw Error("evaluate_lm_stream: the part mask must be [" + std::to_string(N) + "] like the split's tokens");
   const torch::Tensor part_ids = part.defined() ? part.to(torch::kInt) : torch::Tensor();
-  double nats[2] = {0, 0}, part_nats[2] = {0, 0};
+  double nats[2] = {0, 0}, part_nats[2] = {0, 0}, seconds[2] = {0, 0};
   int64_t part_n = 0;
   for (int64_t s = 0; s < S; ++s) {
     if (s > 0 && reset > 0 && s % reset == 0) state = model.initial_state(batch);
@@ -83,12 +97,14 @@ StreamEvalResult evaluate_lm_stream(DecoderLMImpl& model, const TokenSplit& spli
         part.defined() ? stream_batch(part_ids, batch, 0, batch, T, s).target.reshape({-1}).to(torch::kBool) : torch::Tensor();
     if (in_part.defined()) part_n += in_part.sum().item<int64_t>();
     for (int with_state = 0; with_state < 2; ++with_state) {
+      const auto t0 = std::chrono::steady_clock::now();
       auto logits = model.forward(bt.input, with_state ? &state : nullptr);
       auto ce = torch::nn::functional::cross_entropy(
           logits.reshape({-1, logits.size(-1)}), bt.target.reshape({-1}),
           torch::nn::functional::CrossEntropyFuncOptions().reduction(torch::kNone));
       nats[with_state] += ce.sum().item<double>();
       if (in_part.defined()) part_nats[with_state] += ce.masked_select(in_part).sum().item<double>();
+      seconds[with_state] += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     }
   }
   model.train(was_training);
@@ -114,6 +130,7 @@ StreamEvalResult evaluate_lm_stream(DecoderLMImpl& model, const TokenSplit& spli
                                        : "state never reset (context: the whole slice so far)";
   StreamEvalResult out{result(nats[1], "stream: " + segs + ", " + memory),
                        result(nats[0], "the same segments without state")};
+  out.stateful.seconds = seconds[1], out.stateless.seconds = seconds[0];
   for (auto [r, n] : {std::pair<EvalResult*, double>{&out.stateful, part_nats[1]}, {&out.stateless, part_nats[0]}}) {
     r->part_tokens = part_n;
     r->part_loss = part_n > 0 ? n / static_cast<double>(part_n) : 0.0;

@@ -182,7 +182,8 @@ Problem make_problem(const torch::Tensor& qu, const torch::Tensor& k, const torc
 
 class RelativeAttentionFunction : public torch::autograd::Function<RelativeAttentionFunction> {
  public:
-  // qu, qv [B, H, T, D], k, v [B, H, K, D], rel [H, R, D], all contiguous float32 -> o [B, H, T, D]
+  // qu, qv [B, H, T, D] and rel [H, R, D] contiguous, k, v [B, H, K, D] with contiguous rows (heads and
+  // batches at any stride, as a decoding cache's view), float32 -> o [B, H, T, D]
   static torch::Tensor forward(torch::autograd::AutogradContext* ctx, const torch::Tensor& qu, const torch::Tensor& qv,
                                const torch::Tensor& k, const torch::Tensor& v, const torch::Tensor& rel,
                                int64_t maxd) {
@@ -198,7 +199,9 @@ class RelativeAttentionFunction : public torch::autograd::Function<RelativeAtten
       for (int64_t task = begin; task < end; ++task) {
         const int64_t bh = task / q_blocks, blk = task % q_blocks, h = bh % p.H;
         const int64_t t0 = blk * kBlockQ, t1 = std::min(p.T, t0 + kBlockQ);
-        forward_rows(qup + bh * p.T * p.D, qvp + bh * p.T * p.D, kp + bh * p.K * p.D, vp + bh * p.K * p.D,
+        const int64_t b = bh / p.H;
+        forward_rows(qup + bh * p.T * p.D, qvp + bh * p.T * p.D, kp + b * k.stride(0) + h * k.stride(1),
+                     vp + b * v.stride(0) + h * v.stride(1),
                      rp + h * p.R * p.D, op + bh * p.T * p.D, lp + bh * p.T, t0, t1, p, w);
       }
     });
@@ -210,7 +213,8 @@ class RelativeAttentionFunction : public torch::autograd::Function<RelativeAtten
   static torch::autograd::tensor_list backward(torch::autograd::AutogradContext* ctx,
                                                torch::autograd::tensor_list grads) {
     auto sv = ctx->get_saved_variables();
-    const auto &qu = sv[0], &qv = sv[1], &k = sv[2], &v = sv[3], &rel = sv[4], &o = sv[5], &lse = sv[6];
+    const auto &qu = sv[0], &qv = sv[1], &rel = sv[4], &o = sv[5], &lse = sv[6];
+    const auto k = sv[2].contiguous(), v = sv[3].contiguous();  // the forward may have read strided views
     const Problem p = make_problem(qu, k, rel, ctx->saved_data["maxd"].toInt());
     auto dout = grads[0].defined() ? grads[0].contiguous() : torch::zeros_like(o);
     auto dqu = torch::empty_like(qu), dqv = torch::empty_like(qv), dk = torch::empty_like(k),
@@ -260,8 +264,11 @@ torch::Tensor relative_attention_fused(const torch::Tensor& qu, const torch::Ten
   auto why = relative_attention_unsupported_reasons(qu, qv, k, v, r, mask);
   if (!why.empty()) throw Error("relative attention kernel \"fused\" cannot take this input: " + join(why, "; "));
   check_relative_attention_inputs(qu, qv, k, v, r, mask);
-  return RelativeAttentionFunction::apply(qu.contiguous(), qv.contiguous(), k.contiguous(), v.contiguous(),
-                                          r.contiguous(), mask.max_distance);
+  auto rows = [](const torch::Tensor& t) {  // keys and values need contiguous rows only
+    return t.stride(3) == 1 && t.stride(2) == t.size(3) ? t : t.contiguous();
+  };
+  return RelativeAttentionFunction::apply(qu.contiguous(), qv.contiguous(), rows(k), rows(v), r.contiguous(),
+                                          mask.max_distance);
 }
 
 }  // namespace longseq
