@@ -116,6 +116,23 @@ TEST(StreamEval, ThePartReportedApartIsTheMaskedTargets) {
   EXPECT_EQ(r.stateless.part_tokens, n);
   EXPECT_NEAR(r.stateless.part_loss, nats / n, 1e-5);
   EXPECT_THROW(evaluate_lm_stream(*model, split, B, T, 0, 0, part.narrow(0, 0, 5)), Error);
+
+  // The window evaluation with a stride scores each target once, from the window that first scores it: its part
+  // loss is the cross-entropy of the part's targets under those windows, summed here from the definition.
+  const int64_t W = 12, stride = 5, N = split.tokens.size(0);
+  auto w = evaluate_lm(*model, split, 3, W, 0, stride, part);
+  double wnats = 0;
+  int64_t wn = 0;
+  for (int64_t target = 1; target < N; ++target) {  // target j is predicted from the window [start, start + W)
+    const int64_t start = target <= W ? 0 : std::min(((target - W) + stride - 1) / stride * stride, N - 1 - W);
+    if (split.tokens[target].item<int64_t>() % 2 != 0) continue;
+    auto logits = model->forward(split.tokens.narrow(0, start, W).to(torch::kLong).unsqueeze(0));
+    wnats -= torch::log_softmax(logits[0][target - 1 - start], -1)[split.tokens[target].item<int64_t>()].item<double>();
+    ++wn;
+  }
+  EXPECT_EQ(w.part_tokens, wn);
+  EXPECT_NEAR(w.part_loss, wnats / wn, 1e-5);
+  EXPECT_THROW(evaluate_lm(*model, split, 3, W, 0, stride, part.narrow(0, 0, 5)), Error);
 }
 
 // The memory task: deterministic, every question's value is the value its fact stated about `gap` bytes

@@ -115,10 +115,10 @@ void choose_allocation_policy(char** argv) {
   ::execv("/proc/self/exe", argv);  // returns only on failure: then run as we are
 }
 
-// Generation stops where learned positions end; say so rather than print less silently.
 // Scored targets per second of the evaluation's forward passes.
 double tokens_per_s(const EvalResult& e) { return e.seconds > 0 ? static_cast<double>(e.tokens) / e.seconds : 0.0; }
 
+// Generation stops where learned positions end; say so rather than print less silently.
 void note_position_limit(const LoadedRun& run, size_t got, int64_t asked) {
   if (static_cast<int64_t>(got) < asked)
     std::fprintf(stderr, "note: generation stopped after %zu of %lld tokens: the learned positions end at model.max_len = %lld\n",

@@ -19,15 +19,25 @@ std::string EvalResult::method() const {
          std::to_string(seq_len - stride + 1) + " tokens (or all before it)";
 }
 
+namespace {
+
+// The part mask [N] as ints (stream_batch and eval_batch slice it like the tokens), or undefined.
+torch::Tensor part_ids_of(const torch::Tensor& part, int64_t N, const char* who) {
+  if (!part.defined()) return {};
+  if (part.dim() != 1 || part.size(0) != N)
+    throw Error(std::string(who) + ": the part mask must be [" + std::to_string(N) + "] like the split's tokens");
+  return part.to(torch::kInt);
+}
+
+}  // namespace
+
 EvalResult evaluate_lm(DecoderLMImpl& model, const TokenSplit& split, int64_t batch, int64_t seq_len,
                        int64_t max_batches, int64_t stride, const torch::Tensor& part) {
   torch::NoGradGuard no_grad;
   const bool was_training = model.is_training();
   model.eval();
   const int64_t N = split.tokens.size(0), T = seq_len, s = stride > 0 ? stride : seq_len;
-  if (part.defined() && (part.dim() != 1 || part.size(0) != N))
-    throw Error("evaluate_lm: the part mask must be [" + std::to_string(N) + "] like the split's tokens");
-  const torch::Tensor part_ids = part.defined() ? part.to(torch::kInt) : torch::Tensor();
+  const torch::Tensor part_ids = part_ids_of(part, N, "evaluate_lm");
   const auto windows = eval_windows(N, T, s);
   double nats = 0, seconds = 0, part_nats = 0;
   int64_t tokens = 0, used = 0, part_n = 0;
@@ -84,9 +94,7 @@ StreamEvalResult evaluate_lm_stream(DecoderLMImpl& model, const TokenSplit& spli
   } catch (const Error& e) {
     throw Error(std::string("evaluation over a stream needs every layer to stream: ") + e.what());
   }
-  if (part.defined() && (part.dim() != 1 || part.size(0) != N))
-    throw Error("evaluate_lm_stream: the part mask must be [" + std::to_string(N) + "] like the split's tokens");
-  const torch::Tensor part_ids = part.defined() ? part.to(torch::kInt) : torch::Tensor();
+  const torch::Tensor part_ids = part_ids_of(part, N, "evaluate_lm_stream");
   double nats[2] = {0, 0}, part_nats[2] = {0, 0}, seconds[2] = {0, 0};
   int64_t part_n = 0;
   for (int64_t s = 0; s < S; ++s) {

@@ -213,11 +213,8 @@ torch::Tensor flash_attention(const torch::Tensor& q, const torch::Tensor& k, co
                 mask.key_padding.sizes());
     pad = mask.key_padding.to(torch::kBool).contiguous();
   }
-  // Keys and values need contiguous rows only (a decoding cache's view is read in place).
-  auto rows = [](const torch::Tensor& t) {
-    return t.stride(3) == 1 && t.stride(2) == t.size(3) ? t : t.contiguous();
-  };
-  return FlashAttentionFunction::apply(q.contiguous(), rows(k), rows(v), mask.causal, pad);
+  return FlashAttentionFunction::apply(q.contiguous(), cpu_softmax::contiguous_rows(k),
+                                       cpu_softmax::contiguous_rows(v), mask.causal, pad);
 }
 
 torch::Tensor exact_attention(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,

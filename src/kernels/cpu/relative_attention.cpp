@@ -264,11 +264,8 @@ torch::Tensor relative_attention_fused(const torch::Tensor& qu, const torch::Ten
   auto why = relative_attention_unsupported_reasons(qu, qv, k, v, r, mask);
   if (!why.empty()) throw Error("relative attention kernel \"fused\" cannot take this input: " + join(why, "; "));
   check_relative_attention_inputs(qu, qv, k, v, r, mask);
-  auto rows = [](const torch::Tensor& t) {  // keys and values need contiguous rows only
-    return t.stride(3) == 1 && t.stride(2) == t.size(3) ? t : t.contiguous();
-  };
-  return RelativeAttentionFunction::apply(qu.contiguous(), qv.contiguous(), rows(k), rows(v), r.contiguous(),
-                                          mask.max_distance);
+  return RelativeAttentionFunction::apply(qu.contiguous(), qv.contiguous(), cpu_softmax::contiguous_rows(k),
+                                          cpu_softmax::contiguous_rows(v), r.contiguous(), mask.max_distance);
 }
 
 }  // namespace longseq

@@ -3,6 +3,8 @@
 // maximum and exp(x - shift) with an AVX2/FMA polynomial chosen at run time.
 // Internal to src/kernels/cpu.
 #pragma once
+#include <torch/torch.h>
+
 #include <cstdint>
 
 namespace longseq {
@@ -23,6 +25,12 @@ float row_max(const float* x, int64_t n, float init);
 // running max m and sum l take the tile in, its accumulator row acc[r, 0..D) is rescaled, and s becomes
 // exp(s - m) (zeros in a row that has seen nothing yet), ready for acc += s V.
 void online_softmax_step(float* s, int64_t rows, int64_t cols, float* m, float* l, float* acc, int64_t D);
+
+// t [B, H, S, E] itself when each row is contiguous (heads and batches at any stride, as a decoding cache's
+// view, which the kernels read in place), else a contiguous copy.
+inline torch::Tensor contiguous_rows(const torch::Tensor& t) {
+  return t.stride(3) == 1 && t.stride(2) == t.size(3) ? t : t.contiguous();
+}
 
 }  // namespace cpu_softmax
 }  // namespace longseq
