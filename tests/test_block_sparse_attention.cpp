@@ -120,6 +120,10 @@ const std::vector<KernelCase>& kernel_cases() {
       {"permuted, self penalty, bidirectional", 2, 2, 33, 33, 8, 4, 4, false, true, false, false, 1e5, 0},
       {"wide blocks: tiles of 128 rows and 512 keys", 1, 2, 700, 1300, 64, 300, 600, false, false, false, true, 0, 0.05},
       {"wide blocks, causal, permuted", 1, 2, 400, 400, 32, 150, 130, true, true, false, false, 0, 0},
+      // Key blocks on 16-row boundaries with D a multiple of 16: the panel products (AVX2), a partial last panel.
+      {"panels: blocks of 16, D = 64, causal, holes", 2, 2, 100, 90, 64, 16, 16, true, false, false, true, 0, 0.1},
+      {"panels: blocks of 32, permuted, self penalty", 1, 2, 96, 96, 16, 32, 32, true, true, false, false, 1e5, 0.1},
+      {"panels: blocks of 48 x 32, bidirectional, D = 32", 2, 1, 150, 130, 32, 48, 32, false, false, true, false, 0, 0},
   };
   return cases;
 }

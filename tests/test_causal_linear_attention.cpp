@@ -144,6 +144,7 @@ TEST(CausalLinearAttention, FusedMatchesReferenceForwardAndGradients) {
       {1, 2, 70, 20, 8, 64, Features::Favor, false, false, 1e-6},
       {2, 2, 257, 64, 64, 64, Features::Elu, true, false, 1e-6},
       {2, 2, 45, 12, 10, 7, Features::Signed, true, false, 0.0},
+      {2, 2, 100, 48, 32, 22, Features::Favor, true, true, 1e-6},  // micro-kernel widths, chunks of no multiple of 6
   };
   for (const auto& c : cases) check_ratio_case(c);
 }

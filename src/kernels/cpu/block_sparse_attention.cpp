@@ -8,14 +8,20 @@
 // P = exp(S - lse) tile by tile; it runs per (batch, head), whose dq, dk, dv
 // rows are its own, so no two threads write the same row.
 // A band mask (|q_pos - k_pos| bounds) makes it Longformer's window (kernels/banded_attention.h).
+// With AVX2 and D a multiple of 16, tiles whose segments start on 16-row boundaries skip the packing: the keys
+// (forward) and values (backward) are laid out once per head as transposed panels (panel_gemm.h), and every
+// other product reads its rows in place.
 // Memory: O(Nq + Nk) * D per head plus per-thread tiles; no [slots x keys] tensor.
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <limits>
+#include <string>
 
 #include "longseq/common.h"
 #include "longseq/kernels/block_sparse_attention.h"
 #include "longseq/kernels/flash_attention.h"
+#include "panel_gemm.h"
 #include "softmax_blocks.h"
 
 namespace longseq {
@@ -46,6 +52,7 @@ struct Problem {
   float scale, penalty;
   bool self_rule;  // penalty != 0: a row's own key only when nothing else is allowed
   int64_t wl, wr;  // band: q - k <= wl, k - q <= wr (-1 = unbounded)
+  bool panels;     // the panel products may run (AVX2, D a multiple of 16)
 
   int64_t group(int64_t b, int64_t h) const { return (gb == 1 ? 0 : b) * gh + (gh == 1 ? 0 : h); }
   const int64_t* row_offsets(int64_t b, int64_t h) const { return offsets + group(b, h) * (NQ + 1); }
@@ -87,9 +94,83 @@ int64_t tile_cols(const std::vector<Segment>& tile) {
   return n;
 }
 
+// The last key position any of the query rows may see (causal and right band bounds; max when unbounded,
+// lowest when every row is padding).
+int64_t rows_limit(const int64_t* qp, int64_t rows, const Problem& p) {
+  if (!p.causal && p.wr < 0) return std::numeric_limits<int64_t>::max();
+  int64_t limit = std::numeric_limits<int64_t>::lowest();
+  for (int64_t r = 0; r < rows; ++r)
+    if (qp[r] >= 0) limit = std::max(limit, p.causal ? (p.wr >= 0 ? std::min(qp[r], qp[r] + p.wr) : qp[r]) : qp[r] + p.wr);
+  return limit;
+}
+
+// Columns [0, n) of a tile hold every key the rows may see: the keys past the limit (or padding) at its end are
+// dropped, so a causal tile in position order (a sorted cluster) computes only up to its last query.
+int64_t visible_cols(const int64_t* kp, int64_t cols, int64_t limit) {
+  while (cols > 0 && (kp[cols - 1] < 0 || kp[cols - 1] > limit)) --cols;
+  return cols;
+}
+
+// The tile's first n columns.
+std::vector<Segment> first_cols(const std::vector<Segment>& tile, int64_t n) {
+  std::vector<Segment> out;
+  for (const auto& g : tile) {
+    if (n <= 0) break;
+    out.push_back({g.start, std::min(g.count, n)});
+    n -= g.count;
+  }
+  return out;
+}
+
+// Whether a tile can take the panel products: every segment starts on a panel boundary.
+bool on_panels(const std::vector<Segment>& tile) {
+  for (const auto& s : tile)
+    if (s.start % cpu_gemm::kPanel != 0) return false;
+  return true;
+}
+
+// The row of `base` ([rows, D]) that column c of the tile holds.
+const float* tile_row(const float* base, const std::vector<Segment>& tile, int64_t c, int64_t D) {
+  for (const auto& s : tile) {
+    if (c < s.count) return base + (s.start + c) * D;
+    c -= s.count;
+  }
+  return nullptr;
+}
+
+// C[rows, cols] = alpha * A X^T for the tile's rows of X, from X's panels (on_panels(tile)).
+void tile_scores(int64_t rows, const std::vector<Segment>& tile, int64_t D, float alpha, const float* a,
+                 const float* panels, float* c, int64_t cols) {
+  int64_t at = 0;
+  for (const auto& s : tile) {
+    cpu_gemm::gemm_panels(rows, s.count, D, alpha, a, D, panels + s.start * D, 0.0f, c + at, cols);
+    at += s.count;
+  }
+}
+
+// C[rows, D] += alpha * S X for S [rows, cols] and the tile's rows of X, read in place.
+void tile_times_rows(int64_t rows, const std::vector<Segment>& tile, int64_t D, float alpha, const float* s,
+                     int64_t cols, const float* x, float* c) {
+  int64_t at = 0;
+  for (const auto& g : tile) {
+    cpu_gemm::gemm_strided(rows, D, g.count, alpha, s + at, cols, 1, x + g.start * D, D, 1.0f, c, D);
+    at += g.count;
+  }
+}
+
+// The tile's rows of C [*, D] += alpha * S^T Y for S [rows, cols] and Y [rows, D], written in place.
+void tile_transposed_times(int64_t rows, const std::vector<Segment>& tile, int64_t D, float alpha, const float* s,
+                           int64_t cols, const float* y, float* c) {
+  int64_t at = 0;
+  for (const auto& g : tile) {
+    cpu_gemm::gemm_strided(g.count, D, rows, alpha, s + at, 1, cols, y, D, 1.0f, c + g.start * D, D);
+    at += g.count;
+  }
+}
+
 // Per-thread scratch of one tile.
 struct Scratch {
-  std::vector<float> s, dp, k, v, dk, dv, m, l, self_acc, self_s, self_n;
+  std::vector<float> s, dp, k, v, dk, dv, m, l, self_acc, self_s, self_n, kpan, vpan;
   std::vector<int64_t> kp;
   std::vector<std::pair<int64_t, int64_t>> self_hits;  // (row, col) of own keys in the current tile
   explicit Scratch(int64_t D)
@@ -184,8 +265,9 @@ void tile_positions(const std::vector<Segment>& tile, Positions kpos, int64_t* o
 }
 
 // Query rows [t0, t0 + rows) of one (b, h), all in query block j: o rows, lse and (self rule) alone.
-void forward_rows(const float* q, const float* k, const float* v, float* o, float* lse, uint8_t* alone, int64_t t0,
-                  int64_t rows,
+// kpan: the head's key panels (null = pack every tile for the BLAS).
+void forward_rows(const float* q, const float* k, const float* v, const float* kpan, float* o, float* lse,
+                  uint8_t* alone, int64_t t0, int64_t rows,
                   const std::vector<std::vector<Segment>>& tiles, Positions qpos, Positions kpos, const Problem& p,
                   Scratch& w) {
   const int64_t D = p.D;
@@ -197,24 +279,30 @@ void forward_rows(const float* q, const float* k, const float* v, float* o, floa
   std::fill(w.self_acc.begin(), w.self_acc.begin() + rows * D, 0.0f);
   std::vector<int64_t> qp(rows);
   for (int64_t r = 0; r < rows; ++r) qp[r] = qpos.at(t0 + r);
-  for (const auto& tile : tiles) {
-    const int64_t cols = tile_cols(tile);
-    const float* kt = pack(k, tile, D, w.k.data());
-    const float* vt = pack(v, tile, D, w.v.data());
-    tile_positions(tile, kpos, w.kp.data());
+  const int64_t limit = rows_limit(qp.data(), rows, p);
+  for (const auto& whole : tiles) {
+    tile_positions(whole, kpos, w.kp.data());
+    const int64_t cols = visible_cols(w.kp.data(), tile_cols(whole), limit);
+    if (cols == 0) continue;
+    const auto tile = first_cols(whole, cols);
+    const bool fast = kpan && on_panels(tile);
+    const float* vt = fast ? nullptr : pack(v, tile, D, w.v.data());
     float* s = w.s.data();
-    gemm(false, true, rows, cols, D, p.scale, q + t0 * D, D, kt, D, 0.0f, s, cols);
+    if (fast) tile_scores(rows, tile, D, p.scale, q + t0 * D, kpan, s, cols);
+    else gemm(false, true, rows, cols, D, p.scale, q + t0 * D, D, pack(k, tile, D, w.k.data()), D, 0.0f, s, cols);
     w.self_hits.clear();
     mask_tile(s, rows, cols, qp.data(), w.kp.data(), p, nullptr, &w.self_hits);
     for (const auto& hit : w.self_hits) {  // own keys: kept aside, used only if the row sees nothing else
       const int64_t r = hit.first, c = hit.second;
       w.self_s[r] = s[r * cols + c];
       w.self_n[r] += 1.0f;
-      for (int64_t d = 0; d < D; ++d) w.self_acc[r * D + d] += vt[c * D + d];
+      const float* vrow = fast ? tile_row(v, tile, c, D) : vt + c * D;
+      for (int64_t d = 0; d < D; ++d) w.self_acc[r * D + d] += vrow[d];
       s[r * cols + c] = kNegInf;
     }
     online_softmax_step(s, rows, cols, w.m.data(), w.l.data(), acc, D);
-    gemm(false, false, rows, D, cols, 1.0f, s, cols, vt, D, 1.0f, acc, D);
+    if (fast) tile_times_rows(rows, tile, D, 1.0f, s, cols, v, acc);
+    else gemm(false, false, rows, D, cols, 1.0f, s, cols, vt, D, 1.0f, acc, D);
   }
   for (int64_t r = 0; r < rows; ++r) {
     alone[t0 + r] = 0;
@@ -235,6 +323,16 @@ void forward_rows(const float* q, const float* k, const float* v, float* o, floa
   }
 }
 
+// dS = P (dP - delta) in place of dP (FA2 Algorithm 2, line 14).
+void scores_gradient(const float* pm, float* ds, int64_t rows, int64_t cols, const float* delta) {
+  for (int64_t r = 0; r < rows; ++r) {
+    float* dsr = ds + r * cols;
+    const float* pr = pm + r * cols;
+    const float dl = delta[r];
+    for (int64_t c = 0; c < cols; ++c) dsr[c] = pr[c] * (dsr[c] - dl);
+  }
+}
+
 // Gradients of one (b, h). delta holds rowsum(dO * O) - dlse (FA2 Algorithm 2, line 4, plus the lse output's gradient).
 void backward_head(const float* q, const float* k, const float* v, const float* dout, const float* lse,
                    const uint8_t* alone, const float* delta, float* dq, float* dk, float* dv, int64_t b, int64_t h, const Problem& p,
@@ -246,19 +344,40 @@ void backward_head(const float* q, const float* k, const float* v, const float* 
   const int64_t *offs = p.row_offsets(b, h), *blks = p.row_blocks(b, h);
   const Positions qpos = p.qpos(b, h), kpos = p.kpos(b, h);
   std::vector<int64_t> qp(kTileQ);
+  const bool panels = p.panels;
+  if (panels) {  // this head's keys and values as panels, for S = Q K^T and dP = dO V^T
+    w.kpan.resize(cpu_gemm::panel_floats(p.Nk, D)), w.vpan.resize(w.kpan.size());
+    cpu_gemm::pack_panels(k, p.Nk, D, D, w.kpan.data());
+    cpu_gemm::pack_panels(v, p.Nk, D, D, w.vpan.data());
+  }
   for (int64_t j = 0; j < p.NQ; ++j) {
     const auto tiles = key_tiles(p, offs, blks, j);
     const int64_t j1 = std::min(p.Nq, (j + 1) * p.bq);
     for (int64_t t0 = j * p.bq; t0 < j1; t0 += kTileQ) {
       const int64_t rows = std::min(kTileQ, j1 - t0);
       for (int64_t r = 0; r < rows; ++r) qp[r] = qpos.at(t0 + r);
-      for (const auto& tile : tiles) {
-        const int64_t cols = tile_cols(tile);
+      const int64_t limit = rows_limit(qp.data(), rows, p);
+      for (const auto& whole : tiles) {  // the forward's tiles, cut alike
+        tile_positions(whole, kpos, w.kp.data());
+        const int64_t cols = visible_cols(w.kp.data(), tile_cols(whole), limit);
+        if (cols == 0) continue;
+        const auto tile = first_cols(whole, cols);
+        float *s = w.s.data(), *ds = w.dp.data();
+        const float* go = dout + t0 * D;
+        if (panels && on_panels(tile)) {  // the same products on the panels and the rows in place
+          tile_scores(rows, tile, D, p.scale, q + t0 * D, w.kpan.data(), s, cols);
+          mask_tile(s, rows, cols, qp.data(), w.kp.data(), p, alone + t0, nullptr);
+          for (int64_t r = 0; r < rows; ++r) exp_shifted(s + r * cols, cols, lse[t0 + r]);
+          tile_transposed_times(rows, tile, D, 1.0f, s, cols, go, dv);
+          tile_scores(rows, tile, D, 1.0f, go, w.vpan.data(), ds, cols);
+          scores_gradient(s, ds, rows, cols, delta + t0);
+          tile_transposed_times(rows, tile, D, p.scale, ds, cols, q + t0 * D, dk);
+          tile_times_rows(rows, tile, D, p.scale, ds, cols, k, dq + t0 * D);
+          continue;
+        }
         const bool packed = tile.size() > 1;
         const float* kt = pack(k, tile, D, w.k.data());
         const float* vt = pack(v, tile, D, w.v.data());
-        tile_positions(tile, kpos, w.kp.data());
-        float *s = w.s.data(), *ds = w.dp.data();
         gemm(false, true, rows, cols, D, p.scale, q + t0 * D, D, kt, D, 0.0f, s, cols);
         mask_tile(s, rows, cols, qp.data(), w.kp.data(), p, alone + t0, nullptr);
         for (int64_t r = 0; r < rows; ++r) exp_shifted(s + r * cols, cols, lse[t0 + r]);  // P = exp(S - lse)
@@ -267,12 +386,7 @@ void backward_head(const float* q, const float* k, const float* v, const float* 
         const float beta = packed ? 0.0f : 1.0f;
         gemm(true, false, cols, D, rows, 1.0f, s, cols, dout + t0 * D, D, beta, dvt, D);  // dV += P^T dO
         gemm(false, true, rows, cols, D, 1.0f, dout + t0 * D, D, vt, D, 0.0f, ds, cols);  // dP = dO V^T
-        for (int64_t r = 0; r < rows; ++r) {                                              // dS = P (dP - delta)
-          float* dsr = ds + r * cols;
-          const float* pr = s + r * cols;
-          const float dl = delta[t0 + r];
-          for (int64_t c = 0; c < cols; ++c) dsr[c] = pr[c] * (dsr[c] - dl);
-        }
+        scores_gradient(s, ds, rows, cols, delta + t0);
         gemm(true, false, cols, D, rows, p.scale, ds, cols, q + t0 * D, D, beta, dkt, D);  // dK += s dS^T Q
         gemm(false, false, rows, D, cols, p.scale, ds, cols, kt, D, 1.0f, dq + t0 * D, D);  // dQ += s dS K
         if (packed) {
@@ -282,6 +396,15 @@ void backward_head(const float* q, const float* k, const float* v, const float* 
       }
     }
   }
+}
+
+// LONGSEQ_PANELS=0 keeps every tile on the BLAS path (to compare the two in one build).
+bool panels_disabled() {
+  static const bool off = [] {
+    const char* e = std::getenv("LONGSEQ_PANELS");
+    return e && std::string(e) == "0";
+  }();
+  return off;
 }
 
 // An empty tensor stands for "identity positions": autograd functions take no undefined tensors.
@@ -301,6 +424,7 @@ Problem make_problem(const torch::Tensor& q, const torch::Tensor& k, int64_t bq,
   p.causal = causal, p.scale = static_cast<float>(scale), p.penalty = static_cast<float>(penalty);
   p.self_rule = penalty != 0.0;
   p.wl = wl, p.wr = wr;
+  p.panels = cpu_gemm::available() && p.D % cpu_gemm::kPanel == 0 && !panels_disabled();
   return p;
 }
 
@@ -320,6 +444,14 @@ class BlockSparseFunction : public torch::autograd::Function<BlockSparseFunction
     uint8_t* ap = alone.data_ptr<uint8_t>();
     const float *qp = q.data_ptr<float>(), *kp = k.data_ptr<float>(), *vp = v.data_ptr<float>();
     float *op = o.data_ptr<float>(), *lp = lse.data_ptr<float>();
+    const int64_t per_head = cpu_gemm::panel_floats(p.Nk, p.D);
+    std::vector<float> kpan(p.panels ? p.B * p.H * per_head : 0);  // every head's keys as panels, read by all tasks
+    if (p.panels)
+      at::parallel_for(0, p.B * p.H, 1, [&](int64_t begin, int64_t end) {
+        for (int64_t bh = begin; bh < end; ++bh)
+          cpu_gemm::pack_panels(kp + (bh / p.H) * k.stride(0) + (bh % p.H) * k.stride(1), p.Nk, p.D, p.D,
+                                kpan.data() + bh * per_head);
+      });
     at::parallel_for(0, p.B * p.H * p.NQ, 1, [&](int64_t begin, int64_t end) {
       Scratch w(p.D);
       for (int64_t task = begin; task < end; ++task) {
@@ -328,7 +460,7 @@ class BlockSparseFunction : public torch::autograd::Function<BlockSparseFunction
         const int64_t j1 = std::min(p.Nq, (j + 1) * p.bq);
         for (int64_t t0 = j * p.bq; t0 < j1; t0 += kTileQ)
           forward_rows(qp + bh * p.Nq * p.D, kp + b * k.stride(0) + h * k.stride(1), vp + b * v.stride(0) + h * v.stride(1),
-                     op + bh * p.Nq * p.D, lp + bh * p.Nq, ap + bh * p.Nq, t0, std::min(kTileQ, j1 - t0), tiles, p.qpos(b, h), p.kpos(b, h), p, w);
+                     p.panels ? kpan.data() + bh * per_head : nullptr, op + bh * p.Nq * p.D, lp + bh * p.Nq, ap + bh * p.Nq, t0, std::min(kTileQ, j1 - t0), tiles, p.qpos(b, h), p.kpos(b, h), p, w);
       }
     });
     ctx->save_for_backward({q, k, v, o, lse, offsets, blocks, q_pos, k_pos, alone});

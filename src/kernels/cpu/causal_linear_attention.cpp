@@ -8,30 +8,20 @@
 // The denominator a_t . z_t rides along as an implicit column of ones in v,
 // handled by row sums and rank-1 updates rather than by copying v. Block
 // products go to the process's BLAS (single-threaded inside our parallel
-// region, as in flash_attention.cpp); parallel over (B, H).
+// region, as in flash_attention.cpp) or to the micro-kernels of panel_gemm.h; parallel over (B, H).
 #include "longseq/kernels/causal_linear_attention.h"
 
 #include <algorithm>
 
 #include "longseq/common.h"
 #include "longseq/kernels/flash_attention.h"
-
-extern "C" void cblas_sgemm(int order, int trans_a, int trans_b, int m, int n, int k, float alpha, const float* a,
-                            int lda, const float* b, int ldb, float beta, float* c, int ldc);
+#include "panel_gemm.h"
 
 namespace longseq {
 
 namespace {
 
-constexpr int kRowMajor = 101, kNoTrans = 111, kTrans = 112;
-
-// C[m, n] = alpha * op(A) op(B) + beta * C, row-major.
-void gemm(bool ta, bool tb, int64_t m, int64_t n, int64_t k, float alpha, const float* a, int64_t lda, const float* b,
-          int64_t ldb, float beta, float* c, int64_t ldc) {
-  cblas_sgemm(kRowMajor, ta ? kTrans : kNoTrans, tb ? kTrans : kNoTrans, static_cast<int>(m), static_cast<int>(n),
-              static_cast<int>(k), alpha, a, static_cast<int>(lda), b, static_cast<int>(ldb), beta, c,
-              static_cast<int>(ldc));
-}
+using cpu_gemm::gemm;  // the 64 x 64 block products on the micro-kernels (the BLAS packs both operands per call)
 
 // What every sweep needs to know: sizes, chunk, and whether the output is the ratio (with its denominator).
 struct Problem {

@@ -1,0 +1,152 @@
+// The micro-kernels of panel_gemm.h.
+#include "panel_gemm.h"
+
+#include <immintrin.h>
+
+#include <algorithm>
+#include <cstring>
+#include <vector>
+
+#include "softmax_blocks.h"
+
+namespace longseq {
+namespace cpu_gemm {
+
+namespace {
+
+#define LONGSEQ_AVX2 __attribute__((target("avx2,fma")))
+
+// Stores one row of the 16-column block: alpha * (r0, r1) + beta * C, only the first `cols` columns.
+#define LONGSEQ_PUT_ROW(i, r0, r1)                                                                       \
+  do {                                                                                                   \
+    float* ci = c + (i) * ldc;                                                                           \
+    __m256 x0 = _mm256_mul_ps(al, r0), x1 = _mm256_mul_ps(al, r1);                                       \
+    if (cols == kPanel) {                                                                                \
+      if (beta != 0.0f)                                                                                  \
+        x0 = _mm256_fmadd_ps(be, _mm256_loadu_ps(ci), x0), x1 = _mm256_fmadd_ps(be, _mm256_loadu_ps(ci + 8), x1); \
+      _mm256_storeu_ps(ci, x0), _mm256_storeu_ps(ci + 8, x1);                                            \
+    } else {                                                                                             \
+      alignas(32) float t[kPanel];                                                                       \
+      _mm256_store_ps(t, x0), _mm256_store_ps(t + 8, x1);                                                \
+      for (int64_t j = 0; j < cols; ++j) ci[j] = beta != 0.0f ? t[j] + beta * ci[j] : t[j];             \
+    }                                                                                                    \
+  } while (0)
+
+// C[MR rows, cols <= 16] = alpha * sum_k A(i, k) B(k, 0..16) + beta * C. Named accumulators, not an array:
+// GCC 12 spills an array of __m256 to the stack on every step.
+template <int MR>
+LONGSEQ_AVX2 void block(int64_t K, const float* a, int64_t ai, int64_t ak, const float* b, int64_t ldb, float alpha,
+                        float beta, float* c, int64_t ldc, int64_t cols) {
+  __m256 c00 = _mm256_setzero_ps(), c01 = c00, c10 = c00, c11 = c00, c20 = c00, c21 = c00;
+  __m256 c30 = c00, c31 = c00, c40 = c00, c41 = c00, c50 = c00, c51 = c00;
+  const float *a0 = a, *a1 = a + ai, *a2 = a + 2 * ai, *a3 = a + 3 * ai, *a4 = a + 4 * ai, *a5 = a + 5 * ai;
+  for (int64_t k = 0; k < K; ++k, b += ldb) {
+    const __m256 b0 = _mm256_loadu_ps(b), b1 = _mm256_loadu_ps(b + 8);
+    const int64_t o = k * ak;
+    __m256 x = _mm256_broadcast_ss(a0 + o);
+    c00 = _mm256_fmadd_ps(x, b0, c00), c01 = _mm256_fmadd_ps(x, b1, c01);
+    if (MR > 1) x = _mm256_broadcast_ss(a1 + o), c10 = _mm256_fmadd_ps(x, b0, c10), c11 = _mm256_fmadd_ps(x, b1, c11);
+    if (MR > 2) x = _mm256_broadcast_ss(a2 + o), c20 = _mm256_fmadd_ps(x, b0, c20), c21 = _mm256_fmadd_ps(x, b1, c21);
+    if (MR > 3) x = _mm256_broadcast_ss(a3 + o), c30 = _mm256_fmadd_ps(x, b0, c30), c31 = _mm256_fmadd_ps(x, b1, c31);
+    if (MR > 4) x = _mm256_broadcast_ss(a4 + o), c40 = _mm256_fmadd_ps(x, b0, c40), c41 = _mm256_fmadd_ps(x, b1, c41);
+    if (MR > 5) x = _mm256_broadcast_ss(a5 + o), c50 = _mm256_fmadd_ps(x, b0, c50), c51 = _mm256_fmadd_ps(x, b1, c51);
+  }
+  const __m256 al = _mm256_set1_ps(alpha), be = _mm256_set1_ps(beta);
+  LONGSEQ_PUT_ROW(0, c00, c01);
+  if (MR > 1) LONGSEQ_PUT_ROW(1, c10, c11);
+  if (MR > 2) LONGSEQ_PUT_ROW(2, c20, c21);
+  if (MR > 3) LONGSEQ_PUT_ROW(3, c30, c31);
+  if (MR > 4) LONGSEQ_PUT_ROW(4, c40, c41);
+  if (MR > 5) LONGSEQ_PUT_ROW(5, c50, c51);
+}
+
+void rest(int64_t m, int64_t K, const float* a, int64_t ai, int64_t ak, const float* b, int64_t ldb, float alpha,
+          float beta, float* c, int64_t ldc, int64_t cols);
+
+// All m rows of one 16-column strip: blocks of 6 rows; a remainder of 1-3 rows shares the last 6 as two blocks of
+// 3-5 (a block of 1 or 2 rows loads as much B as it multiplies).
+void strip(int64_t m, int64_t K, const float* a, int64_t ai, int64_t ak, const float* b, int64_t ldb, float alpha,
+           float beta, float* c, int64_t ldc, int64_t cols) {
+  int64_t i = 0;
+  const int64_t full = m % 6 != 0 && m % 6 < 4 && m > 6 ? m / 6 - 1 : m / 6;
+  for (; i < full * 6; i += 6) block<6>(K, a + i * ai, ai, ak, b, ldb, alpha, beta, c + i * ldc, ldc, cols);
+  const int64_t left = m - i;
+  if (left > 6) {  // 7-9 rows: 4 and 3-5
+    block<4>(K, a + i * ai, ai, ak, b, ldb, alpha, beta, c + i * ldc, ldc, cols);
+    i += 4;
+  }
+  rest(m - i, K, a + i * ai, ai, ak, b, ldb, alpha, beta, c + i * ldc, ldc, cols);
+}
+
+// One block of m <= 6 rows.
+void rest(int64_t m, int64_t K, const float* ar, int64_t ai, int64_t ak, const float* b, int64_t ldb, float alpha,
+          float beta, float* cr, int64_t ldc, int64_t cols) {
+  switch (m) {
+    case 6: block<6>(K, ar, ai, ak, b, ldb, alpha, beta, cr, ldc, cols); break;
+    case 5: block<5>(K, ar, ai, ak, b, ldb, alpha, beta, cr, ldc, cols); break;
+    case 4: block<4>(K, ar, ai, ak, b, ldb, alpha, beta, cr, ldc, cols); break;
+    case 3: block<3>(K, ar, ai, ak, b, ldb, alpha, beta, cr, ldc, cols); break;
+    case 2: block<2>(K, ar, ai, ak, b, ldb, alpha, beta, cr, ldc, cols); break;
+    case 1: block<1>(K, ar, ai, ak, b, ldb, alpha, beta, cr, ldc, cols); break;
+    default: break;
+  }
+}
+
+}  // namespace
+
+bool available() {
+  static const bool ok = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  return ok;
+}
+
+void pack_panels(const float* x, int64_t n, int64_t D, int64_t ld, float* out) {
+  for (int64_t p0 = 0; p0 < n; p0 += kPanel, out += kPanel * D) {
+    const int64_t rows = std::min(kPanel, n - p0);
+    if (rows < kPanel) std::memset(out, 0, sizeof(float) * kPanel * D);
+    for (int64_t r = 0; r < rows; ++r) {
+      const float* row = x + (p0 + r) * ld;
+      for (int64_t d = 0; d < D; ++d) out[d * kPanel + r] = row[d];
+    }
+  }
+}
+
+void gemm_strided(int64_t m, int64_t n, int64_t k, float alpha, const float* a, int64_t ai, int64_t ak,
+                  const float* b, int64_t ldb, float beta, float* c, int64_t ldc) {
+  for (int64_t j = 0; j < n; j += kPanel) strip(m, k, a, ai, ak, b + j, ldb, alpha, beta, c + j, ldc, kPanel);
+}
+
+void gemm_panels(int64_t m, int64_t n, int64_t D, float alpha, const float* a, int64_t lda, const float* panels,
+                 float beta, float* c, int64_t ldc) {
+  for (int64_t j = 0; j < n; j += kPanel, panels += kPanel * D)
+    strip(m, D, a, lda, 1, panels, kPanel, alpha, beta, c + j, ldc, std::min(kPanel, n - j));
+}
+
+void gemm(bool ta, bool tb, int64_t m, int64_t n, int64_t k, float alpha, const float* a, int64_t lda, const float* b,
+          int64_t ldb, float beta, float* c, int64_t ldc) {
+  if (!available() || (ta && tb) || (!tb && n % kPanel != 0) || m == 0 || n == 0) {
+    cpu_softmax::gemm(ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
+    return;
+  }
+  if (k == 0) {  // C = beta * C, as the BLAS
+    for (int64_t i = 0; i < m; ++i)
+      for (int64_t j = 0; j < n; ++j) c[i * ldc + j] = beta == 0.0f ? 0.0f : beta * c[i * ldc + j];
+    return;
+  }
+  const int64_t ai = ta ? 1 : lda, ak = ta ? lda : 1;
+  if (!tb) {
+    for (int64_t j = 0; j < n; j += kPanel) strip(m, k, a, ai, ak, b + j, ldb, alpha, beta, c + j, ldc, kPanel);
+    return;
+  }
+  thread_local std::vector<float> panels;  // B^T: the n rows of B as panels
+  panels.resize(panel_floats(n, k));
+  pack_panels(b, n, k, ldb, panels.data());
+  const float* pp = panels.data();
+  for (int64_t j = 0; j < n; j += kPanel, pp += kPanel * k)
+    strip(m, k, a, ai, ak, pp, kPanel, alpha, beta, c + j, ldc, std::min(kPanel, n - j));
+}
+
+#undef LONGSEQ_PUT_ROW
+#undef LONGSEQ_AVX2
+
+}  // namespace cpu_gemm
+}  // namespace longseq
