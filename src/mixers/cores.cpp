@@ -16,7 +16,8 @@ CoreRun kernelized_core(const CoreQuery& c, int64_t M, int64_t chunk, double eps
   r.run = [in, c, chunk, eps] {
     return kernelized_attention(in[0], in[1], in[2], c.causal, chunk, eps, nullptr, c.kernel);
   };
-  const double per_position = 4.0 * M * c.D + (c.causal ? 2.0 * std::min<int64_t>(chunk, c.T) * (M + c.D) : 0.0);
+  // Causal: the chunk products' lower triangles, (chunk + 1) / 2 keys per query on average (the kernel skips the rest).
+  const double per_position = 4.0 * M * c.D + (c.causal ? (std::min<int64_t>(chunk, c.T) + 1.0) * (M + c.D) : 0.0);
   r.flops = per_position * c.B * c.H * c.T;
   return r;
 }

@@ -142,7 +142,7 @@ MixerInfo learned_kernel_mixer_info() {
   };
   info.flops = [](const FlopQuery& f) {  // projections; features of Q and K; phi(K)^T V and phi(Q) S
     const double M = f.options["features"].get<double>();
-    const double c = f.causal ? std::min<double>(f.options["chunk"].get<double>(), f.T) : 0;
+    const double c = f.causal ? (std::min<double>(f.options["chunk"].get<double>(), f.T) + 1) / 2 : 0;  // lower triangles
     return 8.0 * f.B * f.T * f.C * f.C + 8.0 * f.B * f.T * M * f.C + 2.0 * f.B * f.T * c * (M * f.H + f.C);
   };
   return info;

@@ -70,8 +70,8 @@ MixerInfo linear_mixer_info() {
   info.core = [](const CoreQuery& c) {  // the kernelized product on drawn positive features (the feature map apart)
     return kernelized_core(c, c.D, c.options["chunk"].get<int64_t>(), c.options["eps"].get<double>());
   };
-  info.flops = [](const FlopQuery& f) {  // projections; phi(K)^T V and phi(Q) S (+ the masked chunk products)
-    const double D = double(f.C) / f.H, c = f.causal ? std::min<double>(f.options["chunk"].get<double>(), f.T) : 0;
+  info.flops = [](const FlopQuery& f) {  // projections; phi(K)^T V and phi(Q) S (+ the chunks' lower triangles)
+    const double D = double(f.C) / f.H, c = f.causal ? (std::min<double>(f.options["chunk"].get<double>(), f.T) + 1) / 2 : 0;
     return 8.0 * f.B * f.T * f.C * f.C + 4.0 * f.B * f.T * f.C * D + 4.0 * f.B * f.T * c * f.C;
   };
   return info;

@@ -12,6 +12,7 @@
 #include "longseq/kernels/causal_linear_attention.h"
 
 #include <algorithm>
+#include <vector>
 
 #include "longseq/common.h"
 #include "longseq/kernels/flash_attention.h"
@@ -33,6 +34,38 @@ struct Problem {
 // Zeroes the entries above the diagonal of an L x L block: key j > query i is not visible.
 void keep_lower(float* x, int64_t L) {
   for (int64_t i = 0; i + 1 < L; ++i) std::fill(x + i * L + i + 1, x + (i + 1) * L, 0.0f);
+}
+
+constexpr int64_t kRows = 16;  // row blocks of the triangular products: only the columns up to a block's last row
+
+// X = tril(a b^T) for a, b [L, K]: per block of rows, only the columns up to its last row (about half the product).
+void lower_scores(int64_t L, int64_t K, const float* a, const float* b, float* X) {
+  if (cpu_gemm::available()) {
+    thread_local std::vector<float> panels;  // b's rows packed once for every row block
+    panels.resize(cpu_gemm::panel_floats(L, K));
+    cpu_gemm::pack_panels(b, L, K, K, panels.data());
+    for (int64_t r0 = 0; r0 < L; r0 += kRows) {
+      const int64_t r1 = std::min(L, r0 + kRows);
+      cpu_gemm::gemm_panels(r1 - r0, r1, K, 1.0f, a + r0 * K, K, panels.data(), 0.0f, X + r0 * L, L);
+    }
+  } else {
+    for (int64_t r0 = 0; r0 < L; r0 += kRows) {
+      const int64_t r1 = std::min(L, r0 + kRows);
+      gemm(false, true, r1 - r0, r1, K, 1.0f, a + r0 * K, K, b, K, 0.0f, X + r0 * L, L);
+    }
+  }
+  keep_lower(X, L);
+}
+
+// C [L, n] = X Y (transposed: X^T Y) for X [L, L] lower triangular and Y [L, n]: the zero blocks skipped.
+void lower_times(bool transposed, int64_t L, int64_t n, const float* X, const float* Y, float* C) {
+  for (int64_t r0 = 0; r0 < L; r0 += kRows) {
+    const int64_t r1 = std::min(L, r0 + kRows);
+    if (transposed)  // row j of X^T Y sums over i >= j
+      gemm(true, false, r1 - r0, n, L - r0, 1.0f, X + r0 * L + r0, L, Y + r0 * n, n, 0.0f, C + r0 * n, n);
+    else  // row i of X Y sums over j <= i
+      gemm(false, false, r1 - r0, n, r1, 1.0f, X + r0 * L, L, Y, n, 0.0f, C + r0 * n, n);
+  }
 }
 
 float dot(const float* x, const float* y, int64_t n) {
@@ -65,9 +98,8 @@ void forward_head(const float* a, const float* b, const float* v, float* S, floa
     const int64_t L = std::min(p.chunk, p.T - t0);
     const float *ac = a + t0 * M, *bc = b + t0 * M, *vc = v + t0 * E;
     float* oc = out + t0 * E;
-    gemm(false, true, L, L, M, 1.0f, ac, M, bc, M, 0.0f, A, L);  // a_c b_c^T
-    keep_lower(A, L);
-    gemm(false, false, L, E, L, 1.0f, A, L, vc, E, 0.0f, oc, E);  // inside the chunk
+    lower_scores(L, M, ac, bc, A);          // tril(a_c b_c^T)
+    lower_times(false, L, E, A, vc, oc);    // inside the chunk
     gemm(false, false, L, E, M, 1.0f, ac, M, S, E, 1.0f, oc, E);  // the chunks before it
     if (p.ratio) {
       for (int64_t i = 0; i < L; ++i) {
@@ -112,11 +144,10 @@ void chunk_output_grads(const float* g, const float* y, const float* den, int64_
 
 // G = tril(gn v_c^T + gd 1^T): dL/d(a_i . b_j) for j <= i inside a chunk.
 void chunk_score_grads(const float* gn, const float* gd, const float* vc, int64_t L, const Problem& p, float* G) {
-  gemm(false, true, L, L, p.E, 1.0f, gn, p.E, vc, p.E, 0.0f, G, L);
+  lower_scores(L, p.E, gn, vc, G);
   if (p.ratio)
     for (int64_t i = 0; i < L; ++i)
       for (int64_t j = 0; j <= i; ++j) G[i * L + j] += gd[i];
-  keep_lower(G, L);
 }
 
 struct Scratch {
@@ -142,7 +173,7 @@ void backward_head(const float* a, const float* b, const float* v, const float* 
     float* dac = da + t0 * M;
     chunk_output_grads(g + t0 * E, y + t0 * E, den ? den + t0 : nullptr, L, p, gn, gd);
     chunk_score_grads(gn, gd, vc, L, p, G);
-    gemm(false, false, L, M, L, 1.0f, G, L, bc, M, 0.0f, dac, M);
+    lower_times(false, L, M, G, bc, dac);
     gemm(false, true, L, M, E, 1.0f, gn, E, S, E, 1.0f, dac, M);
     if (p.ratio) {
       for (int64_t i = 0; i < L; ++i) axpy(gd[i], z, dac + i * M, M);
@@ -160,11 +191,10 @@ void backward_head(const float* a, const float* b, const float* v, const float* 
     float *dbc = db + t0 * M, *dvc = dv + t0 * E;
     chunk_output_grads(g + t0 * E, y + t0 * E, den ? den + t0 : nullptr, L, p, gn, gd);
     chunk_score_grads(gn, gd, vc, L, p, G);
-    gemm(false, true, L, L, M, 1.0f, ac, M, bc, M, 0.0f, A, L);
-    keep_lower(A, L);
-    gemm(true, false, L, M, L, 1.0f, G, L, ac, M, 0.0f, dbc, M);
+    lower_scores(L, M, ac, bc, A);
+    lower_times(true, L, M, G, ac, dbc);
     gemm(false, true, L, M, E, 1.0f, vc, E, R, E, 1.0f, dbc, M);
-    gemm(true, false, L, E, L, 1.0f, A, L, gn, E, 0.0f, dvc, E);
+    lower_times(true, L, E, A, gn, dvc);
     gemm(false, false, L, E, M, 1.0f, bc, M, R, E, 1.0f, dvc, E);
     if (p.ratio) {
       for (int64_t j = 0; j < L; ++j) axpy(1.0f, r, dbc + j * M, M);
