@@ -6,6 +6,7 @@
 #include <gtest/gtest.h>
 
 #include <cstdlib>
+#include <limits>
 #include <random>
 
 #include "helpers.h"
@@ -38,7 +39,18 @@ struct KernelCase {
   bool causal, permuted, per_batch, per_head;
   double penalty;
   double holes;  // fraction of key positions set to -1 (padding)
+  bool sorted_blocks = false;  // positions ascending within each block, padding last (LSH's sorted chunks)
 };
+
+// pos [.., N] with each run of b entries sorted ascending and its -1 entries moved to the run's end.
+torch::Tensor sort_within_blocks(torch::Tensor pos, int64_t b) {
+  auto big = pos.masked_fill(pos < 0, std::numeric_limits<int64_t>::max());
+  for (int64_t s = 0; s < pos.size(-1); s += b) {
+    auto run = big.narrow(-1, s, std::min(b, pos.size(-1) - s));
+    run.copy_(std::get<0>(run.sort(-1)));
+  }
+  return big.masked_fill(big == std::numeric_limits<int64_t>::max(), -1);
+}
 
 // A random layout: each query block sees 0..4 key blocks (with a duplicate now and then).
 BlockSparseLayout random_layout(const KernelCase& c, std::mt19937& rng) {
@@ -56,10 +68,8 @@ BlockSparseLayout random_layout(const KernelCase& c, std::mt19937& rng) {
   return block_sparse_layout(c.bq, c.bk, rows);
 }
 
-void check_kernel_case(const KernelCase& c, bool break_check = false) {
-  std::mt19937 rng(static_cast<unsigned>(c.Nq * 7 + c.Nk));
-  torch::manual_seed(c.Nq * 31 + c.Nk);
-  auto layout = random_layout(c, rng);
+// The case's masks: causal, the self penalty, and positions permuted, holed or sorted within blocks as it says.
+BlockSparseMask case_mask(const KernelCase& c) {
   BlockSparseMask mask;
   mask.causal = c.causal;
   mask.self_penalty = c.penalty;
@@ -80,6 +90,18 @@ void check_kernel_case(const KernelCase& c, bool break_check = false) {
     if (!mask.q_pos.defined()) mask.q_pos = torch::arange(c.Nq, torch::kLong).view({1, 1, c.Nq}).repeat({c.B, 1, 1});
     mask.q_pos.masked_fill_(torch::rand(mask.q_pos.sizes()) < c.holes / 2, -1);  // empty query rows
   }
+  if (c.sorted_blocks) {
+    mask.q_pos = sort_within_blocks(mask.q_pos.clone(), c.bq);
+    mask.k_pos = sort_within_blocks(mask.k_pos.clone(), c.bk);
+  }
+  return mask;
+}
+
+void check_kernel_case(const KernelCase& c, bool break_check = false) {
+  std::mt19937 rng(static_cast<unsigned>(c.Nq * 7 + c.Nk));
+  torch::manual_seed(c.Nq * 31 + c.Nk);
+  auto layout = random_layout(c, rng);
+  const BlockSparseMask mask = case_mask(c);
   const double scale = 1.0 / std::sqrt(static_cast<double>(c.D));
   auto q = (torch::randn({c.B, c.H, c.Nq, c.D}) * 1.5).requires_grad_(true);
   auto k = (torch::randn({c.B, c.H, c.Nk, c.D}) * 1.5).requires_grad_(true);
@@ -124,12 +146,87 @@ const std::vector<KernelCase>& kernel_cases() {
       {"panels: blocks of 16, D = 64, causal, holes", 2, 2, 100, 90, 64, 16, 16, true, false, false, true, 0, 0.1},
       {"panels: blocks of 32, permuted, self penalty", 1, 2, 96, 96, 16, 32, 32, true, true, false, false, 1e5, 0.1},
       {"panels: blocks of 48 x 32, bidirectional, D = 32", 2, 1, 150, 130, 32, 48, 32, false, false, true, false, 0, 0},
+      // Positions ascending within each block (as LSH sorts its chunks): the masks' per-segment ranges, the self
+      // rule found by search, each segment's padding and its keys past the last query cut from the tile.
+      {"sorted within blocks, self penalty, causal, holes", 2, 2, 45, 45, 16, 5, 5, true, true, true, true, 1e5, 0.15,
+       true},
+      {"panels: sorted within blocks of 32, self penalty, causal", 2, 2, 96, 96, 16, 32, 32, true, true, false, false,
+       1e5, 0.1, true},
+      {"sorted within blocks of 4, bidirectional, rows alone with themselves", 2, 2, 40, 40, 8, 4, 4, false, true,
+       false, false, 1e5, 0.7, true},
+      {"panels: sorted within blocks of 64, bidirectional", 1, 2, 150, 150, 32, 64, 64, false, true, false, true, 1e5,
+       0.05, true},
   };
   return cases;
 }
 
 TEST(BlockSparseKernel, MatchesReferenceForwardLseAndGradients) {
   for (const auto& c : kernel_cases()) check_kernel_case(c);
+}
+
+// Through row maps: logical rows read from random physical rows (repeats included, so gradients accumulate),
+// outputs sent one-to-one into a longer output whose other rows stay 0 and -inf. The oracle gathers the rows
+// itself, runs the reference, and reads the outputs back through the map.
+void check_mapped_case(const KernelCase& c) {
+  std::mt19937 rng(static_cast<unsigned>(c.Nq * 11 + c.Nk));
+  torch::manual_seed(c.Nq * 37 + c.Nk);
+  auto layout = random_layout(c, rng);
+  const BlockSparseMask mask = case_mask(c);
+  const int64_t Sq = c.Nq + 7, Sk = c.Nk + 5, So = c.Nq + 9;
+  BlockSparseRows rows;
+  rows.q = torch::randint(Sq, {c.B, c.H, c.Nq}, torch::kLong);
+  rows.kv = torch::randint(Sk, {c.B, c.H, c.Nk}, torch::kLong);
+  std::vector<torch::Tensor> outs;
+  for (int64_t i = 0; i < c.B * c.H; ++i) outs.push_back(torch::randperm(So, torch::kLong).narrow(0, 0, c.Nq));
+  rows.out = torch::stack(outs).view({c.B, c.H, c.Nq});
+  rows.out_rows = So;
+  const double scale = 1.0 / std::sqrt(static_cast<double>(c.D));
+  auto q = (torch::randn({c.B, c.H, Sq, c.D}) * 1.5).requires_grad_(true);
+  auto k = (torch::randn({c.B, c.H, Sk, c.D}) * 1.5).requires_grad_(true);
+  auto v = torch::randn({c.B, c.H, Sk, c.D}).requires_grad_(true);
+  auto r = block_sparse_attention(q, k, v, rows, layout, mask, scale, "fused");
+  ASSERT_EQ(r.out.sizes(), (torch::IntArrayRef{c.B, c.H, So, c.D})) << c.what;
+  auto written = torch::zeros({c.B, c.H, So}, torch::kBool).scatter_(2, rows.out, true);
+  EXPECT_TRUE(torch::equal(r.out.detach().masked_select(~written.unsqueeze(-1)),
+                           torch::zeros({(~written).sum().item<int64_t>() * c.D})))
+      << "rows no query writes are 0, " << c.what;
+  EXPECT_TRUE(torch::isneginf(r.lse.detach().masked_select(~written)).all().item<bool>()) << c.what;
+  const int64_t D = c.D;
+  auto at_rows = [](const torch::Tensor& x, const torch::Tensor& idx) {
+    return x.gather(2, idx.unsqueeze(-1).expand({idx.size(0), idx.size(1), idx.size(2), x.size(3)}));
+  };
+  auto wo = torch::randn({c.B, c.H, c.Nq, D}), wl = torch::randn({c.B, c.H, c.Nq});
+  auto lse_logical = r.lse.gather(2, rows.out);
+  auto loss = (at_rows(r.out, rows.out) * wo).sum() + (lse_logical.masked_fill(torch::isinf(lse_logical), 0) * wl).sum();
+  auto g = torch::autograd::grad({loss}, {q, k, v});
+  auto qd = q.detach().to(torch::kDouble).requires_grad_(true), kd = k.detach().to(torch::kDouble).requires_grad_(true),
+       vd = v.detach().to(torch::kDouble).requires_grad_(true);
+  auto ref = block_sparse_attention_reference(at_rows(qd, rows.q), at_rows(kd, rows.kv), at_rows(vd, rows.kv), layout,
+                                              mask, scale);
+  auto ref_loss = (ref.out * wo.to(torch::kDouble)).sum() +
+                  (ref.lse.masked_fill(torch::isinf(ref.lse), 0) * wl.to(torch::kDouble)).sum();
+  auto gr = torch::autograd::grad({ref_loss}, {qd, kd, vd});
+  EXPECT_LT(rel_err(at_rows(r.out, rows.out), ref.out), kBlockSparseTolerance) << "output, " << c.what;
+  EXPECT_LT(lse_err(lse_logical, ref.lse), kBlockSparseTolerance) << "lse, " << c.what;
+  const char* names[] = {"dq", "dk", "dv"};
+  for (int i = 0; i < 3; ++i) EXPECT_LT(rel_err(g[i], gr[i]), 10 * kBlockSparseTolerance) << names[i] << ", " << c.what;
+}
+
+TEST(BlockSparseKernel, RowMapsMatchGatheredReference) {
+  for (const auto& c : kernel_cases()) check_mapped_case(c);
+}
+
+TEST(BlockSparseKernel, RowMapsRejectBadMaps) {
+  auto layout = block_sparse_layout(2, 2, {{{{0}, {0, 1}}}});
+  auto f = torch::randn({1, 1, 4, 8});
+  BlockSparseRows rows{torch::arange(4, torch::kLong).view({1, 1, 4}), torch::arange(4, torch::kLong).view({1, 1, 4}),
+                       torch::tensor({0, 1, 1, 2}, torch::kLong).view({1, 1, 4}), 4};
+  EXPECT_THROW(block_sparse_attention(f, f, f, rows, layout, {}, 1.0), c10::Error);  // two rows to one output row
+  rows.out = torch::arange(4, torch::kLong).view({1, 1, 4});
+  rows.kv = torch::tensor({0, 1, 2, 4}, torch::kLong).view({1, 1, 4});
+  EXPECT_THROW(block_sparse_attention(f, f, f, rows, layout, {}, 1.0), c10::Error);  // a key row past k's rows
+  rows.kv = torch::arange(4, torch::kLong).view({1, 1, 4});
+  EXPECT_NO_THROW(block_sparse_attention(f, f, f, rows, layout, {}, 1.0));
 }
 
 TEST(BlockSparseKernel, DeclinesWithReasonsAndDispatchFallsBack) {

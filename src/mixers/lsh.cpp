@@ -12,8 +12,10 @@
 // automatic bucket count and the circular look-back follow each sequence's
 // real length, so padding changes no real output. Not strictly causal when
 // m < T: later tokens move chunk boundaries (a property of the method).
-// Float32 CPU inputs run on the fused block-sparse kernel: queries, keys and
-// values are sorted once by gather (O(R T D)), chunk c of the sorted order
+// Float32 CPU inputs run on the fused block-sparse kernel, which reads q, k
+// and v through the sort (by position within each chunk, which changes no
+// chunk's members) and writes each round's outputs in position order, so no
+// sorted copies are made; chunk c of the sorted order
 // attends to key blocks {prev(c), c} with the self penalty inside the kernel,
 // which returns each round's log-sum-exp; others on the gathered reference.
 #include <algorithm>
@@ -135,6 +137,9 @@ class LshImpl : public MixerImpl {
     auto round_off = torch::arange(R, lopts).view({1, 1, R, 1}) * (nb + 1);
     auto key = ((round_off + buckets) * Tp + pos).view({B, heads_, R * Tp});
     auto order = std::get<1>(key.sort(-1));              // sorted item -> (round * Tp + position)
+    // Then by position within each chunk: a chunk's members, and so every output, stay the same, and the causal
+    // mask becomes a staircase in each key block, which the fused kernel cuts per pass of query rows.
+    order = std::get<0>(order.view({B, heads_, R * Tp / m, m}).sort(-1)).view({B, heads_, R * Tp});
     auto spos = order.remainder(Tp);                     // [B, H, R*Tp] original positions in sorted order
     const int64_t N = R * Tp / m;
     // Each chunk also sees the previous one; a round's first chunk sees the previous round's last chunk holding
@@ -142,17 +147,19 @@ class LshImpl : public MixerImpl {
     auto c = torch::arange(N, lopts).view({1, N});
     auto wrap = (c.div(Nr, "floor") + R - 1).remainder(R) * Nr + row_chunks.view({B, 1}) - 1;
     auto prev = torch::where(c.remainder(Nr) == 0, wrap, (c - 1).expand({B, N}));  // [B, N]
-    // o: [B, H, R*Tp, D] and lse_r: [B, H, R*Tp], both in sorted order.
-    torch::Tensor o_sorted, lse_r;
+    // o: [B, H, R*Tp, D] and lse: [B, H, R*Tp], both in (round, position) order.
+    torch::Tensor o, lse_r;
     if (use_fused(q, prev, m)) {
-      std::tie(o_sorted, lse_r) = fused_rounds(q, k, v, spos, prev, pad, causal, m);
-    } else {
-      std::tie(o_sorted, lse_r) = gathered_rounds(q, k, v, spos, prev, pad, causal, m);
+      std::tie(o, lse_r) = fused_rounds(q, k, v, order, spos, prev, pad, causal, m);
+    } else {  // sorted order, then unsorted
+      torch::Tensor o_sorted, lse_sorted;
+      std::tie(o_sorted, lse_sorted) = gathered_rounds(q, k, v, spos, prev, pad, causal, m);
+      auto inv = torch::empty_like(order).scatter_(2, order, torch::arange(R * Tp, lopts).view({1, 1, -1}).expand_as(order));
+      o = o_sorted.gather(2, inv.unsqueeze(-1).expand({B, heads_, R * Tp, D}));
+      lse_r = lse_sorted.gather(2, inv);
     }
-    // Unsort and combine rounds: o = sum_r softmax_r(lse_r) o_r (eq. 14).
-    auto inv = torch::empty_like(order).scatter_(2, order, torch::arange(R * Tp, lopts).view({1, 1, -1}).expand_as(order));
-    auto o = o_sorted.gather(2, inv.unsqueeze(-1).expand({B, heads_, R * Tp, D}));
-    auto lse = lse_r.gather(2, inv).view({B, heads_, R, Tp}).transpose(2, 3);
+    // Combine rounds: o = sum_r softmax_r(lse_r) o_r (eq. 14).
+    auto lse = lse_r.view({B, heads_, R, Tp}).transpose(2, 3);
     auto w = masked_softmax(lse.masked_fill(torch::isinf(lse), 0), torch::isfinite(lse)).transpose(2, 3);  // over R
     return (o.view({B, heads_, R, Tp, D}) * w.unsqueeze(-1)).sum(2).narrow(2, 0, T);
   }
@@ -167,22 +174,22 @@ class LshImpl : public MixerImpl {
     return why.empty();
   }
 
-  // The kernel over the sorted items: chunk c (block of m rows) sees key blocks {prev[b, c], c}; keys are the
-  // sorted unit keys, masks by original position (padding: -1), the self penalty 1e5 inside the softmax.
-  // q, k, v: [B, H, Tp, D]; spos [B, H, R*Tp]; prev [B, N]; pad [B, Tp] -> (o [B, H, R*Tp, D], lse [B, H, R*Tp])
+  // The kernel over the sorted items, read in place through the sort: chunk c (block of m rows) sees key blocks
+  // {prev[b, c], c}; keys are the unit keys, masks by original position (padding: -1), the self penalty 1e5 inside
+  // the softmax; outputs written straight to (round, position) order. q, k, v: [B, H, Tp, D]; order, spos
+  // [B, H, R*Tp]; prev [B, N]; pad [B, Tp] -> (o [B, H, R*Tp, D], lse [B, H, R*Tp])
   std::pair<torch::Tensor, torch::Tensor> fused_rounds(const torch::Tensor& q, const torch::Tensor& k,
-                                                       const torch::Tensor& v, const torch::Tensor& spos,
-                                                       const torch::Tensor& prev, const torch::Tensor& pad,
-                                                       bool causal, int64_t m) const {
-    const int64_t B = q.size(0), D = q.size(3), RT = spos.size(2), N = prev.size(1);
-    auto idx = spos.unsqueeze(-1).expand({B, heads_, RT, D});
-    auto qs = q.gather(2, idx), ks = k.gather(2, idx), vs = v.gather(2, idx);
+                                                       const torch::Tensor& v, const torch::Tensor& order,
+                                                       const torch::Tensor& spos, const torch::Tensor& prev,
+                                                       const torch::Tensor& pad, bool causal, int64_t m) const {
+    const int64_t B = q.size(0), RT = spos.size(2), N = prev.size(1);
     auto kpos = torch::where(pad.unsqueeze(1).expand({B, heads_, pad.size(1)}).gather(2, spos),
                              torch::full_like(spos, -1), spos);
     auto own = torch::arange(N, prev.options()).view({1, N}).expand({B, N});
     BlockSparseLayout layout{m, m, (torch::arange(N + 1, prev.options()) * 2).view({1, 1, N + 1}).expand({B, 1, N + 1}).contiguous(),
                              torch::stack({prev, own}, -1).view({B, 1, 2 * N})};
-    auto r = block_sparse_attention(qs, ks, vs, layout, BlockSparseMask{causal, spos, kpos, kSelfPenalty}, 1.0, "fused");
+    auto r = block_sparse_attention(q, k, v, BlockSparseRows{spos, spos, order, RT}, layout,
+                                    BlockSparseMask{causal, spos, kpos, kSelfPenalty}, 1.0, "fused");
     return {r.out, r.lse};
   }
 
@@ -255,21 +262,24 @@ MixerInfo lsh_mixer_info() {
     const int64_t m = std::min<int64_t>(c.options["chunk_length"].get<int64_t>(), c.T);  // positions (hashing apart)
     const int64_t R = c.options["n_hashes"].get<int64_t>(), Tp = (c.T + m - 1) / m * m, Nr = Tp / m, N = R * Nr;
     std::vector<torch::Tensor> rounds;
-    for (int64_t r = 0; r < R; ++r) rounds.push_back(torch::randperm(Tp, torch::kLong));
+    for (int64_t r = 0; r < R; ++r)  // in position order within chunks, as the mixer sorts them
+      rounds.push_back(std::get<0>(torch::randperm(Tp, torch::kLong).view({Nr, m}).sort(-1)).view({Tp}));
     auto spos = torch::cat(rounds).view({1, 1, R * Tp});
     auto kpos = torch::where(spos < c.T, spos, torch::full_like(spos, -1));
     std::vector<std::vector<int64_t>> rows(N);
     for (int64_t j = 0; j < N; ++j) rows[j] = {j % Nr == 0 ? (j / Nr + R - 1) % R * Nr + Nr - 1 : j - 1, j};
     auto layout = block_sparse_layout(m, m, {{rows}});
     const BlockSparseMask mask{c.causal, spos, kpos, 1e5};
-    CoreRun run;  // q, v per position; the sorted rows are gathered from them (a position's copies agree)
+    CoreRun run;  // q, v per position; the sorted rows are read from them (a position's copies agree)
     run.inputs = {torch::randn({c.B, c.H, Tp, c.D}), torch::randn({c.B, c.H, Tp, c.D})};
     const auto in = run.inputs;
-    run.run = [in, layout, mask, spos, kernel = c.kernel] {
-      auto idx = spos.view({1, 1, -1, 1}).expand({in[0].size(0), in[0].size(1), spos.size(2), in[0].size(3)});
+    run.run = [in, layout, mask, spos, R, Tp, kernel = c.kernel] {  // rows read through the sort, as the mixer does
+      const int64_t B = in[0].size(0), H = in[0].size(1);
+      auto map = spos.expand({B, H, spos.size(2)}).contiguous();
+      auto out = (torch::arange(R, torch::kLong).view({1, 1, R, 1}) * Tp + spos.view({1, 1, R, Tp}))
+                     .expand({B, H, R, Tp}).reshape({B, H, R * Tp});
       auto k = in[0] / in[0].norm(2, -1, true).clamp_min(1e-6);
-      return block_sparse_attention(in[0].gather(2, idx), k.gather(2, idx), in[1].gather(2, idx), layout, mask, 1.0,
-                                    kernel)
+      return block_sparse_attention(in[0], k, in[1], BlockSparseRows{map, map, out, R * Tp}, layout, mask, 1.0, kernel)
           .out;
     };
     run.flops = (c.causal ? 0.5 : 1.0) * block_sparse_flops(layout, c.B, c.H, R * Tp, R * Tp, c.D, false);

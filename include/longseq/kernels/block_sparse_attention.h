@@ -60,6 +60,23 @@ BlockSparseResult block_sparse_attention(const torch::Tensor& q, const torch::Te
                                          const BlockSparseLayout& layout, const BlockSparseMask& mask, double scale,
                                          const std::string& kernel = "auto");
 
+// Rows read and written through index maps: the layout and masks index logical rows, logical query row i is q
+// row q[b, h, i] and writes output row out[b, h, i], logical key row s is k and v row kv[b, h, s]. A caller
+// that sorts its rows (Reformer's chunks) passes the sort instead of sorted copies, and gets its outputs in its
+// own order: no gathered q, k, v or unsorted output is materialized (the fused kernel reads the rows in place).
+struct BlockSparseRows {
+  torch::Tensor q;       // [B, H, Nq] int64 CPU, in [0, q.size(2))
+  torch::Tensor kv;      // [B, H, Nk] int64 CPU, in [0, k.size(2))
+  torch::Tensor out;     // [B, H, Nq] int64 CPU, in [0, out_rows), no two rows alike
+  int64_t out_rows = 0;  // rows of the outputs; rows no query writes are 0 (out) and -inf (lse)
+};
+
+// As above through the maps -> out [B, H, out_rows, D], lse [B, H, out_rows]. The reference gathers, attends
+// and scatters.
+BlockSparseResult block_sparse_attention(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
+                                         const BlockSparseRows& rows, const BlockSparseLayout& layout,
+                                         const BlockSparseMask& mask, double scale, const std::string& kernel = "auto");
+
 // The composite-ATen oracle: the layout's key blocks gathered per query block,
 // a masked softmax over them. Memory O(NQ * block_q * keys per row).
 BlockSparseResult block_sparse_attention_reference(const torch::Tensor& q, const torch::Tensor& k,

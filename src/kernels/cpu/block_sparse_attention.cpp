@@ -16,6 +16,7 @@
 #include <cmath>
 #include <cstdlib>
 #include <limits>
+#include <memory>
 #include <string>
 
 #include "longseq/common.h"
@@ -29,6 +30,9 @@ namespace longseq {
 namespace {
 
 constexpr int64_t kTileQ = 128, kTileK = 512;
+// Causal passes of 32 query rows: a sorted cluster's or chunk's triangle is then computed to 56% of its square
+// (36 of 64 blocks of 32 x 32 in a 256-row cluster) instead of 75% with passes of 128.
+constexpr int64_t kCausalRows = 32;
 constexpr float kNegInf = -std::numeric_limits<float>::infinity();
 constexpr float kPosInf = std::numeric_limits<float>::infinity();
 
@@ -53,6 +57,7 @@ struct Problem {
   bool self_rule;  // penalty != 0: a row's own key only when nothing else is allowed
   int64_t wl, wr;  // band: q - k <= wl, k - q <= wr (-1 = unbounded)
   bool panels;     // the panel products may run (AVX2, D a multiple of 16)
+  int64_t row_step;  // query rows per pass: fewer when causal, so that each pass's key tiles end at its last query
 
   int64_t group(int64_t b, int64_t h) const { return (gb == 1 ? 0 : b) * gh + (gh == 1 ? 0 : h); }
   const int64_t* row_offsets(int64_t b, int64_t h) const { return offsets + group(b, h) * (NQ + 1); }
@@ -104,20 +109,17 @@ int64_t rows_limit(const int64_t* qp, int64_t rows, const Problem& p) {
   return limit;
 }
 
-// Columns [0, n) of a tile hold every key the rows may see: the keys past the limit (or padding) at its end are
-// dropped, so a causal tile in position order (a sorted cluster) computes only up to its last query.
-int64_t visible_cols(const int64_t* kp, int64_t cols, int64_t limit) {
-  while (cols > 0 && (kp[cols - 1] < 0 || kp[cols - 1] > limit)) --cols;
-  return cols;
-}
-
-// The tile's first n columns.
-std::vector<Segment> first_cols(const std::vector<Segment>& tile, int64_t n) {
+// The tile without the keys no row may see at the end of each segment (past the limit, or padding), their
+// positions written to kp: a causal segment in position order (a sorted cluster or chunk) is cut at the rows' last
+// query. Empty segments are dropped.
+std::vector<Segment> visible_tile(const std::vector<Segment>& tile, Positions kpos, int64_t limit, int64_t* kp) {
   std::vector<Segment> out;
-  for (const auto& g : tile) {
-    if (n <= 0) break;
-    out.push_back({g.start, std::min(g.count, n)});
-    n -= g.count;
+  for (const auto& s : tile) {
+    int64_t n = s.count;
+    while (n > 0 && (kpos.at(s.start + n - 1) < 0 || kpos.at(s.start + n - 1) > limit)) --n;
+    if (n == 0) continue;
+    for (int64_t i = 0; i < n; ++i) *kp++ = kpos.at(s.start + i);
+    out.push_back({s.start, n});
   }
   return out;
 }
@@ -170,37 +172,68 @@ void tile_transposed_times(int64_t rows, const std::vector<Segment>& tile, int64
 
 // Per-thread scratch of one tile.
 struct Scratch {
-  std::vector<float> s, dp, k, v, dk, dv, m, l, self_acc, self_s, self_n, kpan, vpan;
+  std::vector<float> s, dp, k, v, dk, dv, m, l, self_acc, self_s, self_n, kpan, vpan, q, go, acc, kl, vl, dkl, dvl;
   std::vector<int64_t> kp;
   std::vector<std::pair<int64_t, int64_t>> self_hits;  // (row, col) of own keys in the current tile
   explicit Scratch(int64_t D)
       : s(kTileQ * kTileK), dp(kTileQ * kTileK), k(kTileK * D), v(kTileK * D), dk(kTileK * D), dv(kTileK * D),
-        m(kTileQ), l(kTileQ), self_acc(kTileQ * D), self_s(kTileQ), self_n(kTileQ), kp(kTileK) {}
+        m(kTileQ), l(kTileQ), self_acc(kTileQ * D), self_s(kTileQ), self_n(kTileQ), q(kTileQ * D), go(kTileQ * D),
+        acc(kTileQ * D), kp(kTileK) {}
 };
 
-// Rows of `src` ([rows, D] contiguous) listed by the tile, packed into `dst`; returns
-// src itself when the tile is one segment (no copy).
-const float* pack(const float* src, const std::vector<Segment>& tile, int64_t D, float* dst) {
-  if (tile.size() == 1) return src + tile[0].start * D;
+// One head's row maps (null = identity): logical query row i reads q row q[i] and writes o row o[i]; logical key
+// row s reads k and v row kv[s]. The callers' sorted orders are read and written in place through them.
+struct HeadMaps {
+  const int64_t *q = nullptr, *kv = nullptr, *o = nullptr;
+};
+
+// Rows of `src` ([rows, D] contiguous) listed by the tile (through `map`), packed into `dst`; returns
+// src itself when the tile is one segment read without a map (no copy).
+const float* pack(const float* src, const std::vector<Segment>& tile, int64_t D, float* dst,
+                  const int64_t* map = nullptr) {
+  if (tile.size() == 1 && !map) return src + tile[0].start * D;
   float* at = dst;
-  for (const auto& s : tile) at = std::copy(src + s.start * D, src + (s.start + s.count) * D, at);
+  for (const auto& s : tile)
+    for (int64_t i = s.start; i < s.start + s.count; ++i) {
+      const float* row = src + (map ? map[i] : i) * D;
+      at = std::copy(row, row + D, at);
+    }
   return dst;
 }
 
-// dst rows listed by the tile += packed rows (the inverse of pack; a no-op when nothing was packed).
-void unpack_add(const float* packed, const std::vector<Segment>& tile, int64_t D, float* dst) {
-  for (const auto& s : tile) {
-    float* row = dst + s.start * D;
-    for (int64_t i = 0; i < s.count * D; ++i) row[i] += packed[i];
-    packed += s.count * D;
+// dst rows listed by the tile (through `map`) += packed rows (the inverse of pack).
+void unpack_add(const float* packed, const std::vector<Segment>& tile, int64_t D, float* dst,
+                const int64_t* map = nullptr) {
+  for (const auto& s : tile)
+    for (int64_t i = s.start; i < s.start + s.count; ++i, packed += D) {
+      float* row = dst + (map ? map[i] : i) * D;
+      for (int64_t d = 0; d < D; ++d) row[d] += packed[d];
+    }
+}
+
+// Rows [t0, t0 + rows) of x through `map` into dst (x itself, offset, without a map).
+const float* gather_rows(const float* x, const int64_t* map, int64_t t0, int64_t rows, int64_t D, float* dst) {
+  if (!map) return x + t0 * D;
+  for (int64_t r = 0; r < rows; ++r) std::copy(x + map[t0 + r] * D, x + (map[t0 + r] + 1) * D, dst + r * D);
+  return dst;
+}
+
+// Whether each segment's keys are in position order (padding at a segment's end was cut by visible_tile).
+bool segments_sorted(const int64_t* kp, const std::vector<Segment>& tile) {
+  for (const auto& g : tile) {
+    for (int64_t c = 1; c < g.count; ++c)
+      if (kp[c] < kp[c - 1]) return false;
+    kp += g.count;
   }
+  return true;
 }
 
 // Masks a (rows x cols) score tile: -inf where not allowed. Under the self rule a row's own key is
 // recorded in `hits` by the forward (alone = null; its raw score stays in s for the caller to take),
 // and the backward keeps it alone in the rows that saw only themselves (alone[r] != 0), else -inf.
-void mask_tile(float* s, int64_t rows, int64_t cols, const int64_t* qp, const int64_t* kp, const Problem& p,
-               const uint8_t* alone, std::vector<std::pair<int64_t, int64_t>>* hits) {
+void mask_tile(float* s, int64_t rows, int64_t cols, const std::vector<Segment>& tile, const int64_t* qp,
+               const int64_t* kp, const Problem& p, const uint8_t* alone,
+               std::vector<std::pair<int64_t, int64_t>>* hits) {
   int64_t kmin = kp[0], kmax = kp[0], qmin = qp[0], qmax = qp[0];
   for (int64_t c = 1; c < cols; ++c) kmin = std::min(kmin, kp[c]), kmax = std::max(kmax, kp[c]);
   for (int64_t r = 1; r < rows; ++r) qmin = std::min(qmin, qp[r]), qmax = std::max(qmax, qp[r]);
@@ -208,29 +241,38 @@ void mask_tile(float* s, int64_t rows, int64_t cols, const int64_t* qp, const in
   const bool band = (p.wl >= 0 && qmax - kmin > p.wl) || (p.wr >= 0 && kmax - qmin > p.wr);
   const bool needed = kmin < 0 || qmin < 0 || (p.causal && kmax > qmin) || (p.self_rule && overlap) || band;
   if (!needed) return;
-  if (!p.self_rule && kmin >= 0) {  // keys in position order (a band, a diagonal, a sorted cluster): each row keeps
-    bool sorted = true;            // one column range, found by binary search, and the rest is filled around it
-    for (int64_t c = 1; c < cols && sorted; ++c) sorted = kp[c] >= kp[c - 1];
-    if (sorted) {
-      for (int64_t r = 0; r < rows; ++r) {
-        float* row = s + r * cols;
-        const int64_t q = qp[r];
-        int64_t lo = 0, hi = cols;  // allowed: [lo, hi)
-        if (q >= 0) {
-          if (p.wl >= 0) lo = std::lower_bound(kp, kp + cols, q - p.wl) - kp;
-          const bool capped = p.causal || p.wr >= 0;
-          const int64_t last = p.causal ? (p.wr >= 0 ? std::min(q, q + p.wr) : q) : q + p.wr;
-          if (capped) hi = std::upper_bound(kp, kp + cols, last) - kp;
-        }
-        if (q < 0 || hi <= lo) {
-          std::fill(row, row + cols, kNegInf);
-          continue;
-        }
-        std::fill(row, row + lo, kNegInf);
-        std::fill(row + hi, row + cols, kNegInf);
+  if (kmin >= 0 && segments_sorted(kp, tile)) {  // keys in position order per segment (a band, a diagonal, sorted
+    const bool capped = p.causal || p.wr >= 0;   // clusters or chunks): each row keeps one column range per
+    for (int64_t r = 0; r < rows; ++r) {         // segment, found by binary search, and the rest is filled around it
+      float* row = s + r * cols;
+      const int64_t q = qp[r];
+      if (q < 0) {
+        std::fill(row, row + cols, kNegInf);
+        continue;
       }
-      return;
+      const bool only_self = alone && alone[r];  // a row that saw only itself keeps its own key
+      const int64_t last = p.causal ? (p.wr >= 0 ? std::min(q, q + p.wr) : q) : q + p.wr;
+      int64_t at = 0;
+      for (const auto& g : tile) {
+        const int64_t* kc = kp + at;
+        float* sr = row + at;
+        const int64_t n = g.count;
+        at += n;
+        const int64_t lo = p.wl >= 0 ? std::lower_bound(kc, kc + n, q - p.wl) - kc : 0;
+        const int64_t hi = std::max(lo, capped ? std::upper_bound(kc, kc + n, last) - kc : n);  // allowed: [lo, hi)
+        std::fill(sr, sr + lo, kNegInf);
+        std::fill(sr + hi, sr + n, kNegInf);
+        if (!p.self_rule) continue;
+        int64_t x0 = std::lower_bound(kc + lo, kc + hi, q) - kc, x1 = x0;  // own keys (Reformer's rule): [x0, x1)
+        while (x1 < hi && kc[x1] == q) ++x1;
+        if (only_self) continue;  // its own keys are all it has (the forward found nothing else allowed)
+        for (int64_t c = x0; c < x1; ++c) {
+          if (hits) hits->push_back({r, at - n + c});
+          else sr[c] = kNegInf;
+        }
+      }
     }
+    return;
   }
   for (int64_t r = 0; r < rows; ++r) {
     float* row = s + r * cols;
@@ -259,19 +301,16 @@ void mask_tile(float* s, int64_t rows, int64_t cols, const int64_t* qp, const in
   }
 }
 
-void tile_positions(const std::vector<Segment>& tile, Positions kpos, int64_t* out) {
-  for (const auto& s : tile)
-    for (int64_t i = 0; i < s.count; ++i) *out++ = kpos.at(s.start + i);
-}
-
 // Query rows [t0, t0 + rows) of one (b, h), all in query block j: o rows, lse and (self rule) alone.
-// kpan: the head's key panels (null = pack every tile for the BLAS).
+// kpan: the head's key panels (null = pack every tile for the BLAS). With maps, the rows are read and the outputs
+// written through them; lse and alone stay in the logical order.
 void forward_rows(const float* q, const float* k, const float* v, const float* kpan, float* o, float* lse,
                   uint8_t* alone, int64_t t0, int64_t rows,
                   const std::vector<std::vector<Segment>>& tiles, Positions qpos, Positions kpos, const Problem& p,
-                  Scratch& w) {
+                  const HeadMaps& maps, Scratch& w) {
   const int64_t D = p.D;
-  float* acc = o + t0 * D;
+  const float* qr = gather_rows(q, maps.q, t0, rows, D, w.q.data());
+  float* acc = maps.o ? w.acc.data() : o + t0 * D;
   std::fill(acc, acc + rows * D, 0.0f);
   std::fill(w.m.begin(), w.m.begin() + rows, kNegInf);
   std::fill(w.l.begin(), w.l.begin() + rows, 0.0f);
@@ -281,27 +320,28 @@ void forward_rows(const float* q, const float* k, const float* v, const float* k
   for (int64_t r = 0; r < rows; ++r) qp[r] = qpos.at(t0 + r);
   const int64_t limit = rows_limit(qp.data(), rows, p);
   for (const auto& whole : tiles) {
-    tile_positions(whole, kpos, w.kp.data());
-    const int64_t cols = visible_cols(w.kp.data(), tile_cols(whole), limit);
+    const auto tile = visible_tile(whole, kpos, limit, w.kp.data());
+    const int64_t cols = tile_cols(tile);
     if (cols == 0) continue;
-    const auto tile = first_cols(whole, cols);
     const bool fast = kpan && on_panels(tile);
-    const float* vt = fast ? nullptr : pack(v, tile, D, w.v.data());
+    const bool in_place = fast && !maps.kv;  // the values' rows read where they are
+    const float* vt = in_place ? nullptr : pack(v, tile, D, w.v.data(), maps.kv);
     float* s = w.s.data();
-    if (fast) tile_scores(rows, tile, D, p.scale, q + t0 * D, kpan, s, cols);
-    else gemm(false, true, rows, cols, D, p.scale, q + t0 * D, D, pack(k, tile, D, w.k.data()), D, 0.0f, s, cols);
+    if (fast) tile_scores(rows, tile, D, p.scale, qr, kpan, s, cols);
+    else gemm(false, true, rows, cols, D, p.scale, qr, D, pack(k, tile, D, w.k.data(), maps.kv), D, 0.0f, s, cols);
     w.self_hits.clear();
-    mask_tile(s, rows, cols, qp.data(), w.kp.data(), p, nullptr, &w.self_hits);
+    mask_tile(s, rows, cols, tile, qp.data(), w.kp.data(), p, nullptr, &w.self_hits);
     for (const auto& hit : w.self_hits) {  // own keys: kept aside, used only if the row sees nothing else
       const int64_t r = hit.first, c = hit.second;
       w.self_s[r] = s[r * cols + c];
       w.self_n[r] += 1.0f;
-      const float* vrow = fast ? tile_row(v, tile, c, D) : vt + c * D;
+      const float* vrow = in_place ? tile_row(v, tile, c, D) : vt + c * D;
       for (int64_t d = 0; d < D; ++d) w.self_acc[r * D + d] += vrow[d];
       s[r * cols + c] = kNegInf;
     }
     online_softmax_step(s, rows, cols, w.m.data(), w.l.data(), acc, D);
-    if (fast) tile_times_rows(rows, tile, D, 1.0f, s, cols, v, acc);
+    if (in_place) tile_times_rows(rows, tile, D, 1.0f, s, cols, v, acc);
+    else if (fast) cpu_gemm::gemm_strided(rows, D, cols, 1.0f, s, cols, 1, vt, D, 1.0f, acc, D);
     else gemm(false, false, rows, D, cols, 1.0f, s, cols, vt, D, 1.0f, acc, D);
   }
   for (int64_t r = 0; r < rows; ++r) {
@@ -310,16 +350,15 @@ void forward_rows(const float* q, const float* k, const float* v, const float* k
       alone[t0 + r] = 1;
       for (int64_t d = 0; d < D; ++d) acc[r * D + d] = w.self_acc[r * D + d] / w.self_n[r];
       lse[t0 + r] = w.self_s[r] + std::log(w.self_n[r]);
-      continue;
-    }
-    if (w.l[r] == 0.0f) {  // nothing allowed: zeros, and lse = +inf so the backward sees P = 0
+    } else if (w.l[r] == 0.0f) {  // nothing allowed: zeros, and lse = +inf so the backward sees P = 0
       std::fill(acc + r * D, acc + (r + 1) * D, 0.0f);
       lse[t0 + r] = kPosInf;
-      continue;
+    } else {
+      const float inv = 1.0f / w.l[r];
+      for (int64_t d = 0; d < D; ++d) acc[r * D + d] *= inv;
+      lse[t0 + r] = w.m[r] + std::log(w.l[r]);
     }
-    const float inv = 1.0f / w.l[r];
-    for (int64_t d = 0; d < D; ++d) acc[r * D + d] *= inv;
-    lse[t0 + r] = w.m[r] + std::log(w.l[r]);
+    if (maps.o) std::copy(acc + r * D, acc + (r + 1) * D, o + maps.o[t0 + r] * D);
   }
 }
 
@@ -333,14 +372,24 @@ void scores_gradient(const float* pm, float* ds, int64_t rows, int64_t cols, con
   }
 }
 
-// Gradients of one (b, h). delta holds rowsum(dO * O) - dlse (FA2 Algorithm 2, line 4, plus the lse output's gradient).
+// Gradients of one (b, h). delta holds rowsum(dO * O) - dlse (FA2 Algorithm 2, line 4, plus the lse output's
+// gradient) in the logical order, as lse and alone; q, dout, dq and k, v, dk, dv are read and written through the
+// maps (sq, sk: their rows). Under a key map the head's keys and values are copied once into logical order (and
+// their gradients gathered there, added back at the end): O(Nk D) per thread.
 void backward_head(const float* q, const float* k, const float* v, const float* dout, const float* lse,
-                   const uint8_t* alone, const float* delta, float* dq, float* dk, float* dv, int64_t b, int64_t h, const Problem& p,
-                   Scratch& w) {
+                   const uint8_t* alone, const float* delta, float* dq, float* dk, float* dv, int64_t b, int64_t h,
+                   int64_t sq, int64_t sk, const Problem& p, const HeadMaps& maps, Scratch& w) {
   const int64_t D = p.D;
-  std::fill(dq, dq + p.Nq * D, 0.0f);
-  std::fill(dk, dk + p.Nk * D, 0.0f);
-  std::fill(dv, dv + p.Nk * D, 0.0f);
+  std::fill(dq, dq + sq * D, 0.0f);
+  std::fill(dk, dk + sk * D, 0.0f);
+  std::fill(dv, dv + sk * D, 0.0f);
+  float *dkh = dk, *dvh = dv;
+  if (maps.kv) {
+    w.kl.resize(p.Nk * D), w.vl.resize(p.Nk * D), w.dkl.assign(p.Nk * D, 0.0f), w.dvl.assign(p.Nk * D, 0.0f);
+    gather_rows(k, maps.kv, 0, p.Nk, D, w.kl.data());
+    gather_rows(v, maps.kv, 0, p.Nk, D, w.vl.data());
+    k = w.kl.data(), v = w.vl.data(), dkh = w.dkl.data(), dvh = w.dvl.data();
+  }
   const int64_t *offs = p.row_offsets(b, h), *blks = p.row_blocks(b, h);
   const Positions qpos = p.qpos(b, h), kpos = p.kpos(b, h);
   std::vector<int64_t> qp(kTileQ);
@@ -353,48 +402,55 @@ void backward_head(const float* q, const float* k, const float* v, const float* 
   for (int64_t j = 0; j < p.NQ; ++j) {
     const auto tiles = key_tiles(p, offs, blks, j);
     const int64_t j1 = std::min(p.Nq, (j + 1) * p.bq);
-    for (int64_t t0 = j * p.bq; t0 < j1; t0 += kTileQ) {
-      const int64_t rows = std::min(kTileQ, j1 - t0);
+    for (int64_t t0 = j * p.bq; t0 < j1; t0 += p.row_step) {
+      const int64_t rows = std::min(p.row_step, j1 - t0);
       for (int64_t r = 0; r < rows; ++r) qp[r] = qpos.at(t0 + r);
       const int64_t limit = rows_limit(qp.data(), rows, p);
+      const float* qr = gather_rows(q, maps.q, t0, rows, D, w.q.data());
+      const float* go = gather_rows(dout, maps.o, t0, rows, D, w.go.data());
+      float* dqr = maps.q ? w.acc.data() : dq + t0 * D;
+      if (maps.q) std::fill(dqr, dqr + rows * D, 0.0f);
       for (const auto& whole : tiles) {  // the forward's tiles, cut alike
-        tile_positions(whole, kpos, w.kp.data());
-        const int64_t cols = visible_cols(w.kp.data(), tile_cols(whole), limit);
+        const auto tile = visible_tile(whole, kpos, limit, w.kp.data());
+        const int64_t cols = tile_cols(tile);
         if (cols == 0) continue;
-        const auto tile = first_cols(whole, cols);
         float *s = w.s.data(), *ds = w.dp.data();
-        const float* go = dout + t0 * D;
         if (panels && on_panels(tile)) {  // the same products on the panels and the rows in place
-          tile_scores(rows, tile, D, p.scale, q + t0 * D, w.kpan.data(), s, cols);
-          mask_tile(s, rows, cols, qp.data(), w.kp.data(), p, alone + t0, nullptr);
+          tile_scores(rows, tile, D, p.scale, qr, w.kpan.data(), s, cols);
+          mask_tile(s, rows, cols, tile, qp.data(), w.kp.data(), p, alone + t0, nullptr);
           for (int64_t r = 0; r < rows; ++r) exp_shifted(s + r * cols, cols, lse[t0 + r]);
-          tile_transposed_times(rows, tile, D, 1.0f, s, cols, go, dv);
+          tile_transposed_times(rows, tile, D, 1.0f, s, cols, go, dvh);
           tile_scores(rows, tile, D, 1.0f, go, w.vpan.data(), ds, cols);
           scores_gradient(s, ds, rows, cols, delta + t0);
-          tile_transposed_times(rows, tile, D, p.scale, ds, cols, q + t0 * D, dk);
-          tile_times_rows(rows, tile, D, p.scale, ds, cols, k, dq + t0 * D);
+          tile_transposed_times(rows, tile, D, p.scale, ds, cols, qr, dkh);
+          tile_times_rows(rows, tile, D, p.scale, ds, cols, k, dqr);
           continue;
         }
         const bool packed = tile.size() > 1;
         const float* kt = pack(k, tile, D, w.k.data());
         const float* vt = pack(v, tile, D, w.v.data());
-        gemm(false, true, rows, cols, D, p.scale, q + t0 * D, D, kt, D, 0.0f, s, cols);
-        mask_tile(s, rows, cols, qp.data(), w.kp.data(), p, alone + t0, nullptr);
+        gemm(false, true, rows, cols, D, p.scale, qr, D, kt, D, 0.0f, s, cols);
+        mask_tile(s, rows, cols, tile, qp.data(), w.kp.data(), p, alone + t0, nullptr);
         for (int64_t r = 0; r < rows; ++r) exp_shifted(s + r * cols, cols, lse[t0 + r]);  // P = exp(S - lse)
-        float* dvt = packed ? w.dv.data() : dv + tile[0].start * D;
-        float* dkt = packed ? w.dk.data() : dk + tile[0].start * D;
+        float* dvt = packed ? w.dv.data() : dvh + tile[0].start * D;
+        float* dkt = packed ? w.dk.data() : dkh + tile[0].start * D;
         const float beta = packed ? 0.0f : 1.0f;
-        gemm(true, false, cols, D, rows, 1.0f, s, cols, dout + t0 * D, D, beta, dvt, D);  // dV += P^T dO
-        gemm(false, true, rows, cols, D, 1.0f, dout + t0 * D, D, vt, D, 0.0f, ds, cols);  // dP = dO V^T
+        gemm(true, false, cols, D, rows, 1.0f, s, cols, go, D, beta, dvt, D);  // dV += P^T dO
+        gemm(false, true, rows, cols, D, 1.0f, go, D, vt, D, 0.0f, ds, cols);  // dP = dO V^T
         scores_gradient(s, ds, rows, cols, delta + t0);
-        gemm(true, false, cols, D, rows, p.scale, ds, cols, q + t0 * D, D, beta, dkt, D);  // dK += s dS^T Q
-        gemm(false, false, rows, D, cols, p.scale, ds, cols, kt, D, 1.0f, dq + t0 * D, D);  // dQ += s dS K
+        gemm(true, false, cols, D, rows, p.scale, ds, cols, qr, D, beta, dkt, D);  // dK += s dS^T Q
+        gemm(false, false, rows, D, cols, p.scale, ds, cols, kt, D, 1.0f, dqr, D);  // dQ += s dS K
         if (packed) {
-          unpack_add(w.dv.data(), tile, D, dv);
-          unpack_add(w.dk.data(), tile, D, dk);
+          unpack_add(w.dv.data(), tile, D, dvh);
+          unpack_add(w.dk.data(), tile, D, dkh);
         }
       }
+      if (maps.q) unpack_add(dqr, {{t0, rows}}, D, dq, maps.q);
     }
+  }
+  if (maps.kv) {
+    unpack_add(w.dkl.data(), {{0, p.Nk}}, D, dk, maps.kv);
+    unpack_add(w.dvl.data(), {{0, p.Nk}}, D, dv, maps.kv);
   }
 }
 
@@ -410,11 +466,12 @@ bool panels_disabled() {
 // An empty tensor stands for "identity positions": autograd functions take no undefined tensors.
 const int64_t* positions_ptr(const torch::Tensor& pos) { return pos.numel() > 0 ? pos.data_ptr<int64_t>() : nullptr; }
 
-Problem make_problem(const torch::Tensor& q, const torch::Tensor& k, int64_t bq, int64_t bk,
+// Nq, Nk: the logical rows (the maps' lengths when given, else q's and k's).
+Problem make_problem(const torch::Tensor& q, int64_t Nq, int64_t Nk, int64_t bq, int64_t bk,
                      const torch::Tensor& offsets, const torch::Tensor& blocks, const torch::Tensor& q_pos,
                      const torch::Tensor& k_pos, bool causal, double scale, double penalty, int64_t wl, int64_t wr) {
   Problem p{};
-  p.B = q.size(0), p.H = q.size(1), p.Nq = q.size(2), p.Nk = k.size(2), p.D = q.size(3);
+  p.B = q.size(0), p.H = q.size(1), p.Nq = Nq, p.Nk = Nk, p.D = q.size(3);
   p.bq = bq, p.bk = bk, p.NQ = offsets.size(2) - 1;
   p.gb = offsets.size(0), p.gh = offsets.size(1), p.nnz = blocks.size(2);
   p.offsets = offsets.data_ptr<int64_t>(), p.blocks = blocks.data_ptr<int64_t>();
@@ -425,91 +482,121 @@ Problem make_problem(const torch::Tensor& q, const torch::Tensor& k, int64_t bq,
   p.self_rule = penalty != 0.0;
   p.wl = wl, p.wr = wr;
   p.panels = cpu_gemm::available() && p.D % cpu_gemm::kPanel == 0 && !panels_disabled();
+  p.row_step = causal ? kCausalRows : kTileQ;
   return p;
+}
+
+// The maps of head bh (empty tensors: none).
+HeadMaps head_maps(const torch::Tensor& q_map, const torch::Tensor& kv_map, const torch::Tensor& o_map, int64_t bh,
+                   int64_t Nq, int64_t Nk) {
+  HeadMaps m;
+  if (q_map.numel()) m.q = q_map.data_ptr<int64_t>() + bh * Nq;
+  if (kv_map.numel()) m.kv = kv_map.data_ptr<int64_t>() + bh * Nk;
+  if (o_map.numel()) m.o = o_map.data_ptr<int64_t>() + bh * Nq;
+  return m;
 }
 
 class BlockSparseFunction : public torch::autograd::Function<BlockSparseFunction> {
  public:
-  // q [B, H, Nq, D], k, v [B, H, Nk, D] contiguous float32 -> (out [B, H, Nq, D], lse [B, H, Nq])
+  // q [B, H, Sq, D], k, v [B, H, Sk, D] float32 with contiguous rows; maps [B, H, Nq] (q, o) and [B, H, Nk] (kv)
+  // contiguous int64, or empty for identity (then Nq = Sq, Nk = Sk) -> (out [B, H, So, D], lse [B, H, So]) with
+  // So = out_rows under an output map (rows no query writes: 0 and -inf), else Nq.
   static torch::autograd::variable_list forward(torch::autograd::AutogradContext* ctx, const torch::Tensor& q,
                                                 const torch::Tensor& k, const torch::Tensor& v,
                                                 const torch::Tensor& offsets, const torch::Tensor& blocks,
-                                                const torch::Tensor& q_pos, const torch::Tensor& k_pos, int64_t bq,
+                                                const torch::Tensor& q_pos, const torch::Tensor& k_pos,
+                                                const torch::Tensor& q_map, const torch::Tensor& kv_map,
+                                                const torch::Tensor& o_map, int64_t out_rows, int64_t bq,
                                                 int64_t bk, bool causal, double scale, double penalty,
                                                 int64_t wl, int64_t wr) {
-    const Problem p = make_problem(q, k, bq, bk, offsets, blocks, q_pos, k_pos, causal, scale, penalty, wl, wr);
-    auto o = torch::empty_like(q);
+    const int64_t Nq = q_map.numel() ? q_map.size(2) : q.size(2), Nk = kv_map.numel() ? kv_map.size(2) : k.size(2);
+    const Problem p = make_problem(q, Nq, Nk, bq, bk, offsets, blocks, q_pos, k_pos, causal, scale, penalty, wl, wr);
+    const int64_t Sq = q.size(2), So = o_map.numel() ? out_rows : Nq;
+    // Every output row is written unless an output map leaves some out (it is one-to-one: checked by the caller).
+    auto o = So > Nq ? torch::zeros({p.B, p.H, So, p.D}, q.options()) : torch::empty({p.B, p.H, So, p.D}, q.options());
     auto lse = torch::empty({p.B, p.H, p.Nq}, q.options());
     auto alone = torch::empty({p.B, p.H, p.Nq}, q.options().dtype(torch::kByte));
     uint8_t* ap = alone.data_ptr<uint8_t>();
     const float *qp = q.data_ptr<float>(), *kp = k.data_ptr<float>(), *vp = v.data_ptr<float>();
     float *op = o.data_ptr<float>(), *lp = lse.data_ptr<float>();
     const int64_t per_head = cpu_gemm::panel_floats(p.Nk, p.D);
-    std::vector<float> kpan(p.panels ? p.B * p.H * per_head : 0);  // every head's keys as panels, read by all tasks
+    // Every head's keys as panels, read by all tasks (written whole by pack_panels: no zeroing first).
+    std::unique_ptr<float[]> kpan(p.panels ? new float[p.B * p.H * per_head] : nullptr);
     if (p.panels)
       at::parallel_for(0, p.B * p.H, 1, [&](int64_t begin, int64_t end) {
         for (int64_t bh = begin; bh < end; ++bh)
           cpu_gemm::pack_panels(kp + (bh / p.H) * k.stride(0) + (bh % p.H) * k.stride(1), p.Nk, p.D, p.D,
-                                kpan.data() + bh * per_head);
+                                kpan.get() + bh * per_head, head_maps(q_map, kv_map, o_map, bh, Nq, Nk).kv);
       });
     at::parallel_for(0, p.B * p.H * p.NQ, 1, [&](int64_t begin, int64_t end) {
       Scratch w(p.D);
       for (int64_t task = begin; task < end; ++task) {
         const int64_t bh = task / p.NQ, j = task % p.NQ, b = bh / p.H, h = bh % p.H;
         const auto tiles = key_tiles(p, p.row_offsets(b, h), p.row_blocks(b, h), j);
+        const HeadMaps maps = head_maps(q_map, kv_map, o_map, bh, Nq, Nk);
         const int64_t j1 = std::min(p.Nq, (j + 1) * p.bq);
-        for (int64_t t0 = j * p.bq; t0 < j1; t0 += kTileQ)
-          forward_rows(qp + bh * p.Nq * p.D, kp + b * k.stride(0) + h * k.stride(1), vp + b * v.stride(0) + h * v.stride(1),
-                     p.panels ? kpan.data() + bh * per_head : nullptr, op + bh * p.Nq * p.D, lp + bh * p.Nq, ap + bh * p.Nq, t0, std::min(kTileQ, j1 - t0), tiles, p.qpos(b, h), p.kpos(b, h), p, w);
+        for (int64_t t0 = j * p.bq; t0 < j1; t0 += p.row_step)
+          forward_rows(qp + bh * Sq * p.D, kp + b * k.stride(0) + h * k.stride(1),
+                       vp + b * v.stride(0) + h * v.stride(1), p.panels ? kpan.get() + bh * per_head : nullptr,
+                       op + bh * So * p.D, lp + bh * p.Nq, ap + bh * p.Nq, t0, std::min(p.row_step, j1 - t0), tiles,
+                       p.qpos(b, h), p.kpos(b, h), p, maps, w);
       }
     });
-    ctx->save_for_backward({q, k, v, o, lse, offsets, blocks, q_pos, k_pos, alone});
+    ctx->save_for_backward({q, k, v, o, lse, offsets, blocks, q_pos, k_pos, alone, q_map, kv_map, o_map});
     ctx->saved_data["bq"] = bq, ctx->saved_data["bk"] = bk, ctx->saved_data["causal"] = causal;
     ctx->saved_data["scale"] = scale, ctx->saved_data["penalty"] = penalty;
     ctx->saved_data["wl"] = wl, ctx->saved_data["wr"] = wr;
     // The caller's convention: -inf = nothing allowed; a row alone with itself carries the penalty (App. A).
     auto lse_out = lse.masked_fill(lse == kPosInf, kNegInf) - alone.to(lse.dtype()) * static_cast<float>(penalty);
+    if (o_map.numel()) lse_out = torch::full({p.B, p.H, So}, kNegInf, lse.options()).scatter_(2, o_map, lse_out);
     return {o, lse_out};
   }
 
   static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
                                                  torch::autograd::variable_list grads) {
     auto s = ctx->get_saved_variables();
-    const auto &q = s[0], &o = s[3], &lse = s[4];
+    const auto &q = s[0], &o = s[3], &lse = s[4], &q_map = s[10], &kv_map = s[11], &o_map = s[12];
     const auto k = s[1].contiguous(), v = s[2].contiguous();  // the forward may have read a cache's strided heads
-    const Problem p = make_problem(q, k, ctx->saved_data["bq"].toInt(), ctx->saved_data["bk"].toInt(), s[5], s[6],
-                                   s[7], s[8], ctx->saved_data["causal"].toBool(),
+    const int64_t Nq = lse.size(2), Nk = kv_map.numel() ? kv_map.size(2) : k.size(2);
+    const Problem p = make_problem(q, Nq, Nk, ctx->saved_data["bq"].toInt(), ctx->saved_data["bk"].toInt(), s[5],
+                                   s[6], s[7], s[8], ctx->saved_data["causal"].toBool(),
                                    ctx->saved_data["scale"].toDouble(), ctx->saved_data["penalty"].toDouble(),
                                    ctx->saved_data["wl"].toInt(), ctx->saved_data["wr"].toInt());
     auto dout = grads[0].defined() ? grads[0].contiguous() : torch::zeros_like(o);
-    auto delta = (dout * o).sum(-1);  // [B, H, Nq]
-    if (grads[1].defined()) delta = delta - grads[1].masked_fill(lse == kPosInf, 0.0f);
-    delta = delta.contiguous();
+    auto delta = (dout * o).sum(-1);  // [B, H, So]
+    if (grads[1].defined()) delta = delta - grads[1];
+    if (o_map.numel()) delta = delta.gather(2, o_map);  // the logical order, as lse
+    delta = delta.masked_fill(lse == kPosInf, 0.0f).contiguous();  // rows that see nothing: no gradient flows
     auto dq = torch::empty_like(q), dk = torch::empty_like(k), dv = torch::empty_like(v);
+    const int64_t Sq = q.size(2), Sk = k.size(2), So = o.size(2);
     at::parallel_for(0, p.B * p.H, 1, [&](int64_t begin, int64_t end) {
       Scratch w(p.D);
       for (int64_t bh = begin; bh < end; ++bh) {
-        const int64_t tq = bh * p.Nq * p.D, tk = bh * p.Nk * p.D;
+        const int64_t tq = bh * Sq * p.D, tk = bh * Sk * p.D;
         backward_head(q.data_ptr<float>() + tq, k.data_ptr<float>() + tk, v.data_ptr<float>() + tk,
-                      dout.data_ptr<float>() + tq, lse.data_ptr<float>() + bh * p.Nq, s[9].data_ptr<uint8_t>() + bh * p.Nq,
-                      delta.data_ptr<float>() + bh * p.Nq, dq.data_ptr<float>() + tq, dk.data_ptr<float>() + tk,
-                      dv.data_ptr<float>() + tk, bh / p.H, bh % p.H, p, w);
+                      dout.data_ptr<float>() + bh * So * p.D, lse.data_ptr<float>() + bh * p.Nq,
+                      s[9].data_ptr<uint8_t>() + bh * p.Nq, delta.data_ptr<float>() + bh * p.Nq,
+                      dq.data_ptr<float>() + tq, dk.data_ptr<float>() + tk, dv.data_ptr<float>() + tk, bh / p.H,
+                      bh % p.H, Sq, Sk, p, head_maps(q_map, kv_map, o_map, bh, Nq, Nk), w);
       }
     });
     torch::Tensor none;
-    return {dq, dk, dv, none, none, none, none, none, none, none, none, none, none, none};
+    return {dq, dk, dv, none, none, none, none, none, none, none, none, none, none, none, none, none, none, none};
   }
 };
 
+// Nq, Nk: the logical rows the layout and masks index (-1: q's and k's own).
 void check_inputs(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
-                  const BlockSparseLayout& layout, const BlockSparseMask& mask) {
+                  const BlockSparseLayout& layout, const BlockSparseMask& mask, int64_t Nq = -1, int64_t Nk = -1) {
   TORCH_CHECK(q.dim() == 4 && k.dim() == 4 && k.sizes() == v.sizes() && q.size(0) == k.size(0) &&
                   q.size(1) == k.size(1) && q.size(3) == k.size(3),
               "block_sparse_attention: q must be [B, H, Nq, D] and k, v [B, H, Nk, D] alike; got ", q.sizes(), ", ",
               k.sizes(), ", ", v.sizes());
   TORCH_CHECK(layout.block_q > 0 && layout.block_k > 0, "block_sparse_attention: block sizes must be positive, got ",
               layout.block_q, " and ", layout.block_k);
-  const int64_t B = q.size(0), H = q.size(1), NQ = (q.size(2) + layout.block_q - 1) / layout.block_q;
+  if (Nq < 0) Nq = q.size(2);
+  if (Nk < 0) Nk = k.size(2);
+  const int64_t B = q.size(0), H = q.size(1), NQ = (Nq + layout.block_q - 1) / layout.block_q;
   TORCH_CHECK(layout.offsets.defined() && layout.offsets.dim() == 3 && layout.offsets.size(2) == NQ + 1 &&
                   (layout.offsets.size(0) == 1 || layout.offsets.size(0) == B) &&
                   (layout.offsets.size(1) == 1 || layout.offsets.size(1) == H),
@@ -525,17 +612,17 @@ void check_inputs(const torch::Tensor& q, const torch::Tensor& k, const torch::T
                 "block_sparse_attention: ", what, " must be int64 [1|B, 1|H, ", n, "], got ", pos.sizes(), " ",
                 pos.scalar_type());
   };
-  check_pos(mask.q_pos, q.size(2), "mask.q_pos");
-  check_pos(mask.k_pos, k.size(2), "mask.k_pos");
+  check_pos(mask.q_pos, Nq, "mask.q_pos");
+  check_pos(mask.k_pos, Nk, "mask.k_pos");
   auto offs = layout.offsets.to(torch::kLong);
   auto blks = layout.blocks.to(torch::kLong);
-  const int64_t NK = (k.size(2) + layout.block_k - 1) / layout.block_k;
+  const int64_t NK = (Nk + layout.block_k - 1) / layout.block_k;
   TORCH_CHECK(offs.select(2, 0).eq(0).all().item<bool>() && (offs.diff(1, 2) >= 0).all().item<bool>() &&
                   (offs.select(2, NQ) <= blks.size(2)).all().item<bool>(),
               "block_sparse_attention: layout.offsets must start at 0, not decrease, and end within blocks");
   TORCH_CHECK(blks.numel() == 0 || (blks.min().item<int64_t>() >= 0 && blks.max().item<int64_t>() < NK),
               "block_sparse_attention: layout.blocks must lie in [0, ", NK, ") (key blocks of ", layout.block_k,
-              " rows over Nk = ", k.size(2), ")");
+              " rows over Nk = ", Nk, ")");
 }
 
 }  // namespace
@@ -698,9 +785,67 @@ BlockSparseResult block_sparse_attention(const torch::Tensor& q, const torch::Te
   };
   // Keys and values need contiguous rows only (a decoding cache's view is read in place).
   auto rows = [](const torch::Tensor& t) { return t.stride(3) == 1 && t.stride(2) == t.size(3) ? t : t.contiguous(); };
+  const auto none = torch::zeros({0}, torch::kLong).view({0, 0, 0});
   auto r = BlockSparseFunction::apply(q.contiguous(), rows(k), rows(v),
                                       layout.offsets.to(torch::kLong).contiguous(),
                                       layout.blocks.to(torch::kLong).contiguous(), pos(mask.q_pos), pos(mask.k_pos),
+                                      none, none, none, 0, layout.block_q, layout.block_k, mask.causal, scale,
+                                      mask.self_penalty, mask.window_left, mask.window_right);
+  return {r[0], r[1]};
+}
+
+BlockSparseResult block_sparse_attention(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
+                                         const BlockSparseRows& rows, const BlockSparseLayout& layout,
+                                         const BlockSparseMask& mask, double scale, const std::string& kernel) {
+  if (kernel != "auto" && kernel != "fused" && kernel != "reference")
+    throw Error("block_sparse_attention: kernel must be auto, fused or reference, got \"" + kernel + "\"");
+  TORCH_CHECK(q.dim() == 4 && k.dim() == 4, "block_sparse_attention: q, k, v must be [B, H, rows, D]; got ",
+              q.sizes(), ", ", k.sizes());
+  const int64_t B = q.size(0), H = q.size(1);
+  auto check_map = [&](const torch::Tensor& m, int64_t within, const char* what) {
+    TORCH_CHECK(m.defined() && m.dim() == 3 && m.size(0) == B && m.size(1) == H && m.scalar_type() == torch::kLong &&
+                    m.device().is_cpu(),
+                "block_sparse_attention: rows.", what, " must be int64 CPU [B = ", B, ", H = ", H, ", n]; got ",
+                m.defined() ? m.sizes() : torch::IntArrayRef{});
+    TORCH_CHECK(m.numel() == 0 || (m.min().item<int64_t>() >= 0 && m.max().item<int64_t>() < within),
+                "block_sparse_attention: rows.", what, " must lie in [0, ", within, ")");
+  };
+  check_map(rows.q, q.size(2), "q");
+  check_map(rows.kv, k.size(2), "kv");
+  check_map(rows.out, rows.out_rows, "out");
+  TORCH_CHECK(rows.out.sizes() == rows.q.sizes(), "block_sparse_attention: rows.out must be shaped as rows.q, got ",
+              rows.out.sizes(), " and ", rows.q.sizes());
+  const int64_t Nq = rows.q.size(2), Nk = rows.kv.size(2);
+  auto hits = torch::zeros({B, H, rows.out_rows}, torch::kLong).scatter_add_(2, rows.out, torch::ones_like(rows.out));
+  TORCH_CHECK(hits.numel() == 0 || hits.max().item<int64_t>() <= 1,
+              "block_sparse_attention: rows.out must send each query row to an output row of its own");
+  auto why = block_sparse_attention_unsupported_reasons(q, k, v, layout, mask);
+  if (kernel == "fused" && !why.empty())
+    throw Error("block-sparse kernel \"fused\" cannot take this input: " + join(why, "; "));
+  if (kernel == "reference" || !why.empty()) {  // the oracle on gathered rows, scattered back
+    const int64_t D = q.size(3);
+    auto dev = q.device();
+    auto qi = rows.q.to(dev), ki = rows.kv.to(dev), oi = rows.out.to(dev);
+    auto ref = block_sparse_attention_reference(q.gather(2, qi.unsqueeze(-1).expand({B, H, Nq, D})),
+                                                k.gather(2, ki.unsqueeze(-1).expand({B, H, Nk, D})),
+                                                v.gather(2, ki.unsqueeze(-1).expand({B, H, Nk, D})), layout, mask, scale);
+    auto out = torch::zeros({B, H, rows.out_rows, D}, ref.out.options())
+                   .scatter(2, oi.unsqueeze(-1).expand({B, H, Nq, D}), ref.out);
+    auto lse = torch::full({B, H, rows.out_rows}, -std::numeric_limits<double>::infinity(), ref.lse.options())
+                   .scatter(2, oi, ref.lse);
+    return {out, lse};
+  }
+  check_inputs(q, k, v, layout, mask, Nq, Nk);
+  auto pos = [](const torch::Tensor& p) {
+    return p.defined() ? p.to(torch::kLong).contiguous() : torch::zeros({0}, torch::kLong).view({0, 0, 0});
+  };
+  auto contiguous_rows = [](const torch::Tensor& t) {
+    return t.stride(3) == 1 && t.stride(2) == t.size(3) ? t : t.contiguous();
+  };
+  auto r = BlockSparseFunction::apply(q.contiguous(), contiguous_rows(k), contiguous_rows(v),
+                                      layout.offsets.to(torch::kLong).contiguous(),
+                                      layout.blocks.to(torch::kLong).contiguous(), pos(mask.q_pos), pos(mask.k_pos),
+                                      rows.q.contiguous(), rows.kv.contiguous(), rows.out.contiguous(), rows.out_rows,
                                       layout.block_q, layout.block_k, mask.causal, scale, mask.self_penalty,
                                       mask.window_left, mask.window_right);
   return {r[0], r[1]};

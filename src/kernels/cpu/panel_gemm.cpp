@@ -99,12 +99,12 @@ bool available() {
   return ok;
 }
 
-void pack_panels(const float* x, int64_t n, int64_t D, int64_t ld, float* out) {
+void pack_panels(const float* x, int64_t n, int64_t D, int64_t ld, float* out, const int64_t* rows_of) {
   for (int64_t p0 = 0; p0 < n; p0 += kPanel, out += kPanel * D) {
     const int64_t rows = std::min(kPanel, n - p0);
     if (rows < kPanel) std::memset(out, 0, sizeof(float) * kPanel * D);
     for (int64_t r = 0; r < rows; ++r) {
-      const float* row = x + (p0 + r) * ld;
+      const float* row = x + (rows_of ? rows_of[p0 + r] : p0 + r) * ld;
       for (int64_t d = 0; d < D; ++d) out[d * kPanel + r] = row[d];
     }
   }

@@ -21,8 +21,8 @@ bool available();
 inline int64_t panel_floats(int64_t n, int64_t D) { return (n + kPanel - 1) / kPanel * kPanel * D; }
 
 // Rows x[0..n) of width D (row stride ld) as panels of 16 rows transposed: out[p][d][r] = x[16 p + r][d],
-// rows past n zero.
-void pack_panels(const float* x, int64_t n, int64_t D, int64_t ld, float* out);
+// rows past n zero; with rows_of, row i is x[rows_of[i]] (rows read through an index map, not copied first).
+void pack_panels(const float* x, int64_t n, int64_t D, int64_t ld, float* out, const int64_t* rows_of = nullptr);
 
 // C = alpha * A B + beta * C for C [m, n] (row stride ldc), n a multiple of 16, where A(i, k) = a[i * ai + k * ak]
 // (ai = lda, ak = 1: A row-major; ai = 1, ak = lda: A transposed) and B(k, j) = b[k * ldb + j]. beta = 0 never
