@@ -40,6 +40,7 @@ struct KernelCase {
   double penalty;
   double holes;  // fraction of key positions set to -1 (padding)
   bool sorted_blocks = false;  // positions ascending within each block, padding last (LSH's sorted chunks)
+  bool repeats = false;        // some key positions repeated (runs of one position inside a sorted block)
 };
 
 // pos [.., N] with each run of b entries sorted ascending and its -1 entries moved to the run's end.
@@ -90,6 +91,13 @@ BlockSparseMask case_mask(const KernelCase& c) {
     if (!mask.q_pos.defined()) mask.q_pos = torch::arange(c.Nq, torch::kLong).view({1, 1, c.Nq}).repeat({c.B, 1, 1});
     mask.q_pos.masked_fill_(torch::rand(mask.q_pos.sizes()) < c.holes / 2, -1);  // empty query rows
   }
+  if (c.repeats) {  // a key takes its neighbour's position now and then
+    auto take = torch::rand({c.Nk - 1}) < 0.25;
+    auto kp = mask.k_pos.clone();
+    for (int64_t i = 1; i < c.Nk; ++i)
+      if (take[i - 1].item<bool>()) kp.select(2, i).copy_(kp.select(2, i - 1));
+    mask.k_pos = kp;
+  }
   if (c.sorted_blocks) {
     mask.q_pos = sort_within_blocks(mask.q_pos.clone(), c.bq);
     mask.k_pos = sort_within_blocks(mask.k_pos.clone(), c.bk);
@@ -106,6 +114,12 @@ void check_kernel_case(const KernelCase& c, bool break_check = false) {
   auto q = (torch::randn({c.B, c.H, c.Nq, c.D}) * 1.5).requires_grad_(true);
   auto k = (torch::randn({c.B, c.H, c.Nk, c.D}) * 1.5).requires_grad_(true);
   auto v = torch::randn({c.B, c.H, c.Nk, c.D}).requires_grad_(true);
+  if (c.repeats) {  // copies of one position carry one key and one value, as LSH's rounds do (the self rule's premise)
+    auto idx = mask.k_pos.clamp_min(0).expand({c.B, c.H, c.Nk}).unsqueeze(-1).expand({c.B, c.H, c.Nk, c.D});
+    const int64_t N = std::max(c.Nq, c.Nk);
+    k = (torch::randn({c.B, c.H, N, c.D}) * 1.5).gather(2, idx).requires_grad_(true);
+    v = torch::randn({c.B, c.H, N, c.D}).gather(2, idx).requires_grad_(true);
+  }
   ASSERT_TRUE(block_sparse_attention_unsupported_reasons(q, k, v, layout, mask).empty()) << c.what;
   auto r = block_sparse_attention(q, k, v, layout, mask, scale, "fused");
   auto wo = torch::randn_like(r.out), wl = torch::randn_like(r.lse);
@@ -156,6 +170,8 @@ const std::vector<KernelCase>& kernel_cases() {
        false, false, 1e5, 0.7, true},
       {"panels: sorted within blocks of 64, bidirectional", 1, 2, 150, 150, 32, 64, 64, false, true, false, true, 1e5,
        0.05, true},
+      {"sorted within blocks, repeated key positions, self penalty, causal", 2, 2, 60, 60, 16, 6, 6, true, true, false,
+       true, 1e5, 0.1, true, true},
   };
   return cases;
 }
@@ -172,10 +188,11 @@ void check_mapped_case(const KernelCase& c) {
   torch::manual_seed(c.Nq * 37 + c.Nk);
   auto layout = random_layout(c, rng);
   const BlockSparseMask mask = case_mask(c);
-  const int64_t Sq = c.Nq + 7, Sk = c.Nk + 5, So = c.Nq + 9;
+  const int64_t Sq = c.Nq + 7, Sk = c.Nk + 5, So = c.Nq % 2 ? c.Nq : c.Nq + 9;  // a permutation, or rows left out
   BlockSparseRows rows;
   rows.q = torch::randint(Sq, {c.B, c.H, c.Nq}, torch::kLong);
-  rows.kv = torch::randint(Sk, {c.B, c.H, c.Nk}, torch::kLong);
+  rows.kv = c.repeats ? mask.k_pos.clamp_min(0).expand({c.B, c.H, c.Nk}).contiguous()  // a position's copies: one row
+                      : torch::randint(Sk, {c.B, c.H, c.Nk}, torch::kLong);
   std::vector<torch::Tensor> outs;
   for (int64_t i = 0; i < c.B * c.H; ++i) outs.push_back(torch::randperm(So, torch::kLong).narrow(0, 0, c.Nq));
   rows.out = torch::stack(outs).view({c.B, c.H, c.Nq});
@@ -210,6 +227,10 @@ void check_mapped_case(const KernelCase& c) {
   EXPECT_LT(lse_err(lse_logical, ref.lse), kBlockSparseTolerance) << "lse, " << c.what;
   const char* names[] = {"dq", "dk", "dv"};
   for (int i = 0; i < 3; ++i) EXPECT_LT(rel_err(g[i], gr[i]), 10 * kBlockSparseTolerance) << names[i] << ", " << c.what;
+  // The mapped reference path (gather, attend, scatter) agrees with the kernel, rows left out included.
+  auto rr = block_sparse_attention(q.detach(), k.detach(), v.detach(), rows, layout, mask, scale, "reference");
+  EXPECT_LT(rel_err(rr.out, r.out.detach()), kBlockSparseTolerance) << "mapped reference output, " << c.what;
+  EXPECT_LT(lse_err(rr.lse, r.lse.detach()), kBlockSparseTolerance) << "mapped reference lse, " << c.what;
 }
 
 TEST(BlockSparseKernel, RowMapsMatchGatheredReference) {
@@ -221,12 +242,27 @@ TEST(BlockSparseKernel, RowMapsRejectBadMaps) {
   auto f = torch::randn({1, 1, 4, 8});
   BlockSparseRows rows{torch::arange(4, torch::kLong).view({1, 1, 4}), torch::arange(4, torch::kLong).view({1, 1, 4}),
                        torch::tensor({0, 1, 1, 2}, torch::kLong).view({1, 1, 4}), 4};
-  EXPECT_THROW(block_sparse_attention(f, f, f, rows, layout, {}, 1.0), c10::Error);  // two rows to one output row
+  auto message = [&] {
+    try {
+      block_sparse_attention(f, f, f, rows, layout, {}, 1.0);
+    } catch (const std::exception& e) {
+      return std::string(e.what());
+    }
+    return std::string();
+  };
+  EXPECT_NE(message().find("output row of its own"), std::string::npos);  // two rows to one output row
   rows.out = torch::arange(4, torch::kLong).view({1, 1, 4});
   rows.kv = torch::tensor({0, 1, 2, 4}, torch::kLong).view({1, 1, 4});
-  EXPECT_THROW(block_sparse_attention(f, f, f, rows, layout, {}, 1.0), c10::Error);  // a key row past k's rows
+  EXPECT_NE(message().find("rows.kv must lie in [0, 4)"), std::string::npos);  // a key row past k's rows
   rows.kv = torch::arange(4, torch::kLong).view({1, 1, 4});
-  EXPECT_NO_THROW(block_sparse_attention(f, f, f, rows, layout, {}, 1.0));
+  EXPECT_EQ(message(), "");
+  // No query rows: outputs of their shape, 0 and -inf.
+  auto empty_layout = block_sparse_layout(2, 2, {{std::vector<std::vector<int64_t>>{}}});
+  BlockSparseRows none{torch::zeros({1, 1, 0}, torch::kLong), rows.kv, torch::zeros({1, 1, 0}, torch::kLong), 3};
+  auto r = block_sparse_attention(f, f, f, none, empty_layout, {}, 1.0);
+  EXPECT_EQ(r.out.sizes(), (torch::IntArrayRef{1, 1, 3, 8}));
+  EXPECT_TRUE(torch::equal(r.out, torch::zeros({1, 1, 3, 8})));
+  EXPECT_TRUE(torch::isneginf(r.lse).all().item<bool>());
 }
 
 TEST(BlockSparseKernel, DeclinesWithReasonsAndDispatchFallsBack) {

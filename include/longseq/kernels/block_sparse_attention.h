@@ -40,7 +40,7 @@ struct BlockSparseMask {
   // (k_pos == q_pos) inside the log-sum-exp. exp(-1e5) is 0 beside any other key, so the own key is
   // used only when nothing else is allowed; the kernel computes it that way (the row's output is then
   // its own value, its lse the own logit minus the penalty) rather than rounding logits of size 1e5
-  // in float32.
+  // in float32. Keys that share a position are taken to be copies of one key and value (LSH's rounds).
   double self_penalty = 0.0;
   // A band (Longformer's sliding window, sec. 3.1): >= 0 also requires q_pos - k_pos <= window_left and
   // k_pos - q_pos <= window_right; -1 = no bound on that side.

@@ -72,13 +72,15 @@ struct Segment {
 };
 
 // The key rows query block j sees, cut into tiles of at most kTileK rows.
-// Consecutive listed blocks (BigBird's window) merge into one segment.
+// Consecutive listed blocks (BigBird's window) merge into one segment when the rows are in position order (no
+// explicit key positions); blocks of sorted rows (LSH's chunks) stay segments of their own, each in order, so the
+// masks and the trims of the tile work per block.
 std::vector<std::vector<Segment>> key_tiles(const Problem& p, const int64_t* offs, const int64_t* blks, int64_t j) {
   std::vector<Segment> segs;
   for (int64_t e = offs[j]; e < offs[j + 1]; ++e) {
     const int64_t s0 = blks[e] * p.bk, n = std::min(p.bk, p.Nk - s0);
     if (n <= 0) continue;
-    if (!segs.empty() && segs.back().start + segs.back().count == s0) segs.back().count += n;
+    if (!p.k_pos && !segs.empty() && segs.back().start + segs.back().count == s0) segs.back().count += n;
     else segs.push_back({s0, n});
   }
   std::vector<std::vector<Segment>> tiles;
@@ -172,7 +174,7 @@ void tile_transposed_times(int64_t rows, const std::vector<Segment>& tile, int64
 
 // Per-thread scratch of one tile.
 struct Scratch {
-  std::vector<float> s, dp, k, v, dk, dv, m, l, self_acc, self_s, self_n, kpan, vpan, q, go, acc, kl, vl, dkl, dvl;
+  std::vector<float> s, dp, k, v, dk, dv, m, l, self_acc, self_s, self_n, kpan, vpan, q, go, acc;
   std::vector<int64_t> kp;
   std::vector<std::pair<int64_t, int64_t>> self_hits;  // (row, col) of own keys in the current tile
   explicit Scratch(int64_t D)
@@ -374,8 +376,8 @@ void scores_gradient(const float* pm, float* ds, int64_t rows, int64_t cols, con
 
 // Gradients of one (b, h). delta holds rowsum(dO * O) - dlse (FA2 Algorithm 2, line 4, plus the lse output's
 // gradient) in the logical order, as lse and alone; q, dout, dq and k, v, dk, dv are read and written through the
-// maps (sq, sk: their rows). Under a key map the head's keys and values are copied once into logical order (and
-// their gradients gathered there, added back at the end): O(Nk D) per thread.
+// maps (sq, sk: their rows). Under a key map each tile's keys and values are packed through it and their
+// gradients added back through it; one thread owns a head, so repeated rows accumulate safely.
 void backward_head(const float* q, const float* k, const float* v, const float* dout, const float* lse,
                    const uint8_t* alone, const float* delta, float* dq, float* dk, float* dv, int64_t b, int64_t h,
                    int64_t sq, int64_t sk, const Problem& p, const HeadMaps& maps, Scratch& w) {
@@ -383,21 +385,14 @@ void backward_head(const float* q, const float* k, const float* v, const float* 
   std::fill(dq, dq + sq * D, 0.0f);
   std::fill(dk, dk + sk * D, 0.0f);
   std::fill(dv, dv + sk * D, 0.0f);
-  float *dkh = dk, *dvh = dv;
-  if (maps.kv) {
-    w.kl.resize(p.Nk * D), w.vl.resize(p.Nk * D), w.dkl.assign(p.Nk * D, 0.0f), w.dvl.assign(p.Nk * D, 0.0f);
-    gather_rows(k, maps.kv, 0, p.Nk, D, w.kl.data());
-    gather_rows(v, maps.kv, 0, p.Nk, D, w.vl.data());
-    k = w.kl.data(), v = w.vl.data(), dkh = w.dkl.data(), dvh = w.dvl.data();
-  }
   const int64_t *offs = p.row_offsets(b, h), *blks = p.row_blocks(b, h);
   const Positions qpos = p.qpos(b, h), kpos = p.kpos(b, h);
   std::vector<int64_t> qp(kTileQ);
   const bool panels = p.panels;
   if (panels) {  // this head's keys and values as panels, for S = Q K^T and dP = dO V^T
     w.kpan.resize(cpu_gemm::panel_floats(p.Nk, D)), w.vpan.resize(w.kpan.size());
-    cpu_gemm::pack_panels(k, p.Nk, D, D, w.kpan.data());
-    cpu_gemm::pack_panels(v, p.Nk, D, D, w.vpan.data());
+    cpu_gemm::pack_panels(k, p.Nk, D, D, w.kpan.data(), maps.kv);
+    cpu_gemm::pack_panels(v, p.Nk, D, D, w.vpan.data(), maps.kv);
   }
   for (int64_t j = 0; j < p.NQ; ++j) {
     const auto tiles = key_tiles(p, offs, blks, j);
@@ -415,25 +410,31 @@ void backward_head(const float* q, const float* k, const float* v, const float* 
         const int64_t cols = tile_cols(tile);
         if (cols == 0) continue;
         float *s = w.s.data(), *ds = w.dp.data();
-        if (panels && on_panels(tile)) {  // the same products on the panels and the rows in place
+        if (panels && on_panels(tile)) {  // the same products on the panels; rows in place or, with a map, packed
           tile_scores(rows, tile, D, p.scale, qr, w.kpan.data(), s, cols);
           mask_tile(s, rows, cols, tile, qp.data(), w.kp.data(), p, alone + t0, nullptr);
           for (int64_t r = 0; r < rows; ++r) exp_shifted(s + r * cols, cols, lse[t0 + r]);
-          tile_transposed_times(rows, tile, D, 1.0f, s, cols, go, dvh);
+          const std::vector<Segment> at_front{{0, cols}};
+          const auto& gtile = maps.kv ? at_front : tile;  // where the tile's gradient rows go
+          float* dvt = maps.kv ? w.dv.data() : dv;
+          float* dkt = maps.kv ? w.dk.data() : dk;
+          if (maps.kv) std::fill(dvt, dvt + cols * D, 0.0f), std::fill(dkt, dkt + cols * D, 0.0f);
+          tile_transposed_times(rows, gtile, D, 1.0f, s, cols, go, dvt);
           tile_scores(rows, tile, D, 1.0f, go, w.vpan.data(), ds, cols);
           scores_gradient(s, ds, rows, cols, delta + t0);
-          tile_transposed_times(rows, tile, D, p.scale, ds, cols, qr, dkh);
-          tile_times_rows(rows, tile, D, p.scale, ds, cols, k, dqr);
+          tile_transposed_times(rows, gtile, D, p.scale, ds, cols, qr, dkt);
+          tile_times_rows(rows, gtile, D, p.scale, ds, cols, maps.kv ? pack(k, tile, D, w.k.data(), maps.kv) : k, dqr);
+          if (maps.kv) unpack_add(dvt, tile, D, dv, maps.kv), unpack_add(dkt, tile, D, dk, maps.kv);
           continue;
         }
-        const bool packed = tile.size() > 1;
-        const float* kt = pack(k, tile, D, w.k.data());
-        const float* vt = pack(v, tile, D, w.v.data());
+        const bool packed = tile.size() > 1 || maps.kv;
+        const float* kt = pack(k, tile, D, w.k.data(), maps.kv);
+        const float* vt = pack(v, tile, D, w.v.data(), maps.kv);
         gemm(false, true, rows, cols, D, p.scale, qr, D, kt, D, 0.0f, s, cols);
         mask_tile(s, rows, cols, tile, qp.data(), w.kp.data(), p, alone + t0, nullptr);
         for (int64_t r = 0; r < rows; ++r) exp_shifted(s + r * cols, cols, lse[t0 + r]);  // P = exp(S - lse)
-        float* dvt = packed ? w.dv.data() : dvh + tile[0].start * D;
-        float* dkt = packed ? w.dk.data() : dkh + tile[0].start * D;
+        float* dvt = packed ? w.dv.data() : dv + tile[0].start * D;
+        float* dkt = packed ? w.dk.data() : dk + tile[0].start * D;
         const float beta = packed ? 0.0f : 1.0f;
         gemm(true, false, cols, D, rows, 1.0f, s, cols, go, D, beta, dvt, D);  // dV += P^T dO
         gemm(false, true, rows, cols, D, 1.0f, go, D, vt, D, 0.0f, ds, cols);  // dP = dO V^T
@@ -441,16 +442,12 @@ void backward_head(const float* q, const float* k, const float* v, const float* 
         gemm(true, false, cols, D, rows, p.scale, ds, cols, qr, D, beta, dkt, D);  // dK += s dS^T Q
         gemm(false, false, rows, D, cols, p.scale, ds, cols, kt, D, 1.0f, dqr, D);  // dQ += s dS K
         if (packed) {
-          unpack_add(w.dv.data(), tile, D, dvh);
-          unpack_add(w.dk.data(), tile, D, dkh);
+          unpack_add(w.dv.data(), tile, D, dv, maps.kv);
+          unpack_add(w.dk.data(), tile, D, dk, maps.kv);
         }
       }
       if (maps.q) unpack_add(dqr, {{t0, rows}}, D, dq, maps.q);
     }
-  }
-  if (maps.kv) {
-    unpack_add(w.dkl.data(), {{0, p.Nk}}, D, dk, maps.kv);
-    unpack_add(w.dvl.data(), {{0, p.Nk}}, D, dv, maps.kv);
   }
 }
 
@@ -819,6 +816,10 @@ BlockSparseResult block_sparse_attention(const torch::Tensor& q, const torch::Te
   auto hits = torch::zeros({B, H, rows.out_rows}, torch::kLong).scatter_add_(2, rows.out, torch::ones_like(rows.out));
   TORCH_CHECK(hits.numel() == 0 || hits.max().item<int64_t>() <= 1,
               "block_sparse_attention: rows.out must send each query row to an output row of its own");
+  check_inputs(q, k, v, layout, mask, Nq, Nk);
+  if (Nq == 0 || Nk == 0 || B * H == 0)  // nothing attends (the kernel would read maps of no rows as none)
+    return {torch::zeros({B, H, rows.out_rows, q.size(3)}, q.options()),
+            torch::full({B, H, rows.out_rows}, -std::numeric_limits<double>::infinity(), q.options())};
   auto why = block_sparse_attention_unsupported_reasons(q, k, v, layout, mask);
   if (kernel == "fused" && !why.empty())
     throw Error("block-sparse kernel \"fused\" cannot take this input: " + join(why, "; "));
@@ -835,7 +836,6 @@ BlockSparseResult block_sparse_attention(const torch::Tensor& q, const torch::Te
                    .scatter(2, oi, ref.lse);
     return {out, lse};
   }
-  check_inputs(q, k, v, layout, mask, Nq, Nk);
   auto pos = [](const torch::Tensor& p) {
     return p.defined() ? p.to(torch::kLong).contiguous() : torch::zeros({0}, torch::kLong).view({0, 0, 0});
   };

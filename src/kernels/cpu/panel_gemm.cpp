@@ -92,6 +92,29 @@ void rest(int64_t m, int64_t K, const float* ar, int64_t ai, int64_t ak, const f
   }
 }
 
+// Eight rows x[r][d0..d0+8) transposed into out[i * 16 + r], r, i < 8: the unpack / shuffle / lane-permute
+// 8 x 8 transpose, one load and one store per row instead of 64 scalar moves.
+LONGSEQ_AVX2 void transpose8(const float* const* x, int64_t d0, float* out) {
+  const __m256 r0 = _mm256_loadu_ps(x[0] + d0), r1 = _mm256_loadu_ps(x[1] + d0), r2 = _mm256_loadu_ps(x[2] + d0),
+               r3 = _mm256_loadu_ps(x[3] + d0), r4 = _mm256_loadu_ps(x[4] + d0), r5 = _mm256_loadu_ps(x[5] + d0),
+               r6 = _mm256_loadu_ps(x[6] + d0), r7 = _mm256_loadu_ps(x[7] + d0);
+  const __m256 t0 = _mm256_unpacklo_ps(r0, r1), t1 = _mm256_unpackhi_ps(r0, r1), t2 = _mm256_unpacklo_ps(r2, r3),
+               t3 = _mm256_unpackhi_ps(r2, r3), t4 = _mm256_unpacklo_ps(r4, r5), t5 = _mm256_unpackhi_ps(r4, r5),
+               t6 = _mm256_unpacklo_ps(r6, r7), t7 = _mm256_unpackhi_ps(r6, r7);
+  const __m256 s0 = _mm256_shuffle_ps(t0, t2, 0x44), s1 = _mm256_shuffle_ps(t0, t2, 0xEE),
+               s2 = _mm256_shuffle_ps(t1, t3, 0x44), s3 = _mm256_shuffle_ps(t1, t3, 0xEE),
+               s4 = _mm256_shuffle_ps(t4, t6, 0x44), s5 = _mm256_shuffle_ps(t4, t6, 0xEE),
+               s6 = _mm256_shuffle_ps(t5, t7, 0x44), s7 = _mm256_shuffle_ps(t5, t7, 0xEE);
+  _mm256_storeu_ps(out + 0 * kPanel, _mm256_permute2f128_ps(s0, s4, 0x20));
+  _mm256_storeu_ps(out + 1 * kPanel, _mm256_permute2f128_ps(s1, s5, 0x20));
+  _mm256_storeu_ps(out + 2 * kPanel, _mm256_permute2f128_ps(s2, s6, 0x20));
+  _mm256_storeu_ps(out + 3 * kPanel, _mm256_permute2f128_ps(s3, s7, 0x20));
+  _mm256_storeu_ps(out + 4 * kPanel, _mm256_permute2f128_ps(s0, s4, 0x31));
+  _mm256_storeu_ps(out + 5 * kPanel, _mm256_permute2f128_ps(s1, s5, 0x31));
+  _mm256_storeu_ps(out + 6 * kPanel, _mm256_permute2f128_ps(s2, s6, 0x31));
+  _mm256_storeu_ps(out + 7 * kPanel, _mm256_permute2f128_ps(s3, s7, 0x31));
+}
+
 }  // namespace
 
 bool available() {
@@ -100,8 +123,17 @@ bool available() {
 }
 
 void pack_panels(const float* x, int64_t n, int64_t D, int64_t ld, float* out, const int64_t* rows_of) {
+  const bool fast = available() && D % 8 == 0;
   for (int64_t p0 = 0; p0 < n; p0 += kPanel, out += kPanel * D) {
     const int64_t rows = std::min(kPanel, n - p0);
+    if (fast && rows == kPanel) {  // two blocks of 8 rows, 8 columns at a time
+      for (int64_t r0 = 0; r0 < kPanel; r0 += 8) {
+        const float* src[8];
+        for (int64_t r = 0; r < 8; ++r) src[r] = x + (rows_of ? rows_of[p0 + r0 + r] : p0 + r0 + r) * ld;
+        for (int64_t d0 = 0; d0 < D; d0 += 8) transpose8(src, d0, out + d0 * kPanel + r0);
+      }
+      continue;
+    }
     if (rows < kPanel) std::memset(out, 0, sizeof(float) * kPanel * D);
     for (int64_t r = 0; r < rows; ++r) {
       const float* row = x + (rows_of ? rows_of[p0 + r] : p0 + r) * ld;
