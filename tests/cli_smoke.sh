@@ -101,6 +101,7 @@ cmp -s "$dir/run/model.safetensors" "$dir/model.bak" || { echo "a failed command
 for x in x1 x2 x3 x4 x5; do [ -e "$dir/$x" ] && { echo "a failed command created $x"; fail=1; }; done
 
 # Bad input of every kind: a clear message naming it, exit 1, nothing written.
+bad "LONGSEQ_MALLOC must be system" env LONGSEQ_MALLOC=hugepages "$L" info
 printf '{"model": {"mixer": %s}}' "$(nested 200000)" > "$dir/deep.json"
 bad "deeper than" "$L" train --config "$dir/deep.json" --out "$dir/y1" --quiet
 bad "deeper than" "$L" train --out "$dir/y2" "${common[@]}" --set "model.mixer=$(nested 50000)" --quiet

@@ -142,6 +142,19 @@ TEST(Lsh, HashIsAngularAndSeeded) {
   EXPECT_GT(std::get<0>(at::_unique(a)).numel(), 4);  // the buckets are used, not one
 }
 
+TEST(Lsh, HashIsTheArgmaxOfTheConcatenatedProjections) {
+  // The definition, whole (sec. 2): rotations drawn as lsh_buckets documents them, h = argmax([xR; -xR]); rows past
+  // the hash's internal chunk of 2048, and ties broken toward the first index (equal rows of q).
+  const int64_t T = 2100, nb = 6, R = 2;
+  auto q = torch::randn({1, kH, T, kD});
+  q.narrow(2, 5, 3).copy_(q.narrow(2, 0, 3));
+  auto gen = lsh_eval_generator(11, nb);
+  auto got = lsh_buckets(q, nb, R, gen);
+  auto rot = at::normal(0.0, 1.0, {kH, R, kD, nb / 2}, lsh_eval_generator(11, nb));
+  auto proj = torch::einsum("bhtd,hrdn->bhrtn", {q, rot});
+  EXPECT_TRUE(torch::equal(got, torch::cat({proj, -proj}, -1).argmax(-1)));
+}
+
 TEST(Lsh, TrainingRehashesEvaluationDoesNot) {
   auto mx = make({{"chunk_length", 4}, {"n_buckets", 4}});
   auto x = torch::randn({1, 16, kC}, torch::kDouble);

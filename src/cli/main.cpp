@@ -106,6 +106,9 @@ CLI::Validator thread_count() {
 // itself once with them set. LONGSEQ_MALLOC=system keeps the plain allocator.
 void choose_allocation_policy(char** argv) {
   const char* policy = std::getenv("LONGSEQ_MALLOC");
+  if (policy && *policy && std::string(policy) != "system")
+    throw Error(std::string("LONGSEQ_MALLOC must be system (glibc as it is) or unset (huge pages), got \"") + policy +
+                "\"");
   if (policy && std::string(policy) == "system") return;
   const char* tun = std::getenv("GLIBC_TUNABLES");
   std::string tunables = tun ? tun : "";
@@ -128,7 +131,12 @@ void note_position_limit(const LoadedRun& run, size_t got, int64_t asked) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  choose_allocation_policy(argv);
+  try {
+    choose_allocation_policy(argv);
+  } catch (const Error& e) {
+    std::fprintf(stderr, "error: %s\n", e.what());
+    return 1;
+  }
   CLI::App app{"longseq: Transformers on long sequences (train, evaluate, generate)"};
   app.require_subcommand(1);
   int threads = 0;

@@ -22,6 +22,7 @@
 #include <cmath>
 #include <tuple>
 #include <utility>
+#include <vector>
 
 #include "longseq/common.h"
 #include "longseq/kernels/block_sparse_attention.h"
@@ -36,8 +37,17 @@ namespace longseq {
 torch::Tensor lsh_buckets(const torch::Tensor& q, int64_t n_buckets, int64_t rounds, at::Generator gen) {
   torch::NoGradGuard ng;
   auto rot = at::normal(0.0, 1.0, {q.size(1), rounds, q.size(3), n_buckets / 2}, gen).to(q.device(), q.scalar_type());
-  auto proj = torch::einsum("bhtd,hrdn->bhrtn", {q.detach(), rot});
-  return torch::cat({proj, -proj}, -1).argmax(-1);
+  // argmax([p; -p]) without the concatenation: p's argmax when max p >= -min p (the first index wins ties, as in
+  // the concatenation), else nb/2 + p's argmin; over row chunks, so [B, H, R, T, nb/2] is never whole (with the
+  // paper's nb = 2T/m it grows as T^2).
+  constexpr int64_t kRows = 2048;
+  std::vector<torch::Tensor> parts;
+  for (int64_t t0 = 0; t0 < q.size(2); t0 += kRows) {
+    auto proj = torch::einsum("bhtd,hrdn->bhrtn", {q.detach().narrow(2, t0, std::min(kRows, q.size(2) - t0)), rot});
+    auto hi = proj.max(-1), lo = proj.min(-1);
+    parts.push_back(torch::where(std::get<0>(hi) >= -std::get<0>(lo), std::get<1>(hi), std::get<1>(lo) + n_buckets / 2));
+  }
+  return torch::cat(parts, -1);
 }
 
 at::Generator lsh_eval_generator(uint64_t layer_seed, int64_t n_buckets) {
