@@ -72,15 +72,14 @@ struct Segment {
 };
 
 // The key rows query block j sees, cut into tiles of at most kTileK rows.
-// Consecutive listed blocks (BigBird's window) merge into one segment when the rows are in position order (no
-// explicit key positions); blocks of sorted rows (LSH's chunks) stay segments of their own, each in order, so the
-// masks and the trims of the tile work per block.
+// Consecutive listed blocks (BigBird's window, Longformer's band, LSH's previous and own chunk) merge into one
+// segment; visible_tile splits it again where its positions descend.
 std::vector<std::vector<Segment>> key_tiles(const Problem& p, const int64_t* offs, const int64_t* blks, int64_t j) {
   std::vector<Segment> segs;
   for (int64_t e = offs[j]; e < offs[j + 1]; ++e) {
     const int64_t s0 = blks[e] * p.bk, n = std::min(p.bk, p.Nk - s0);
     if (n <= 0) continue;
-    if (!p.k_pos && !segs.empty() && segs.back().start + segs.back().count == s0) segs.back().count += n;
+    if (!segs.empty() && segs.back().start + segs.back().count == s0) segs.back().count += n;
     else segs.push_back({s0, n});
   }
   std::vector<std::vector<Segment>> tiles;
@@ -111,17 +110,34 @@ int64_t rows_limit(const int64_t* qp, int64_t rows, const Problem& p) {
   return limit;
 }
 
-// The tile without the keys no row may see at the end of each segment (past the limit, or padding), their
-// positions written to kp: a causal segment in position order (a sorted cluster or chunk) is cut at the rows' last
-// query. Empty segments are dropped.
+// The tile without the keys no row may see at the end of each run (past the limit, or padding), their positions
+// written to kp: a causal run in position order (a sorted cluster or chunk) is cut at the rows' last query. A
+// segment is cut into runs where its positions descend (padding counting as last), when every descent falls on a
+// panel boundary (LSH's chunks of sorted rows); else it is one run, cut at its end only. Empty runs are dropped.
 std::vector<Segment> visible_tile(const std::vector<Segment>& tile, Positions kpos, int64_t limit, int64_t* kp) {
   std::vector<Segment> out;
+  std::vector<int64_t> cuts;
+  auto key = [](int64_t pos) { return pos < 0 ? std::numeric_limits<int64_t>::max() : pos; };
   for (const auto& s : tile) {
-    int64_t n = s.count;
-    while (n > 0 && (kpos.at(s.start + n - 1) < 0 || kpos.at(s.start + n - 1) > limit)) --n;
-    if (n == 0) continue;
-    for (int64_t i = 0; i < n; ++i) *kp++ = kpos.at(s.start + i);
-    out.push_back({s.start, n});
+    cuts.clear();
+    bool aligned = true;
+    for (int64_t i = 1; i < s.count && aligned; ++i)
+      if (key(kpos.at(s.start + i)) < key(kpos.at(s.start + i - 1))) {
+        aligned = i % cpu_gemm::kPanel == 0;
+        cuts.push_back(i);
+      }
+    if (!aligned) cuts.clear();
+    cuts.push_back(s.count);
+    int64_t from = 0;
+    for (const int64_t to : cuts) {
+      int64_t n = to - from;
+      const int64_t start = s.start + from;
+      from = to;
+      while (n > 0 && (kpos.at(start + n - 1) < 0 || kpos.at(start + n - 1) > limit)) --n;
+      if (n == 0) continue;
+      for (int64_t i = 0; i < n; ++i) *kp++ = kpos.at(start + i);
+      out.push_back({start, n});
+    }
   }
   return out;
 }
