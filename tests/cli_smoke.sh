@@ -41,6 +41,13 @@ ok "$L" train --out "$dir/prun" "${common[@]}" --set model.mixer=performer --qui
 ok "$L" generate "$dir/prun" --prompt "line 1" --max-new 8 --temperature 0; cp "$dir/out" "$dir/gen_cached"
 ok "$L" generate "$dir/prun" --prompt "line 1" --max-new 8 --temperature 0 --no-cache
 cmp -s "$dir/out" "$dir/gen_cached" || { echo "performer: cached and recomputed generation differ"; fail=1; }
+# Universal Transformer depth recurrence end to end: generation through every step's caches equals recomputation.
+ok "$L" train --out "$dir/urun" "${common[@]}" --set model.recurrence_steps=3 --quiet --sample 0
+ok "$L" generate "$dir/urun" --prompt "line 1" --max-new 8 --temperature 0; cp "$dir/out" "$dir/gen_cached"
+ok "$L" generate "$dir/urun" --prompt "line 1" --max-new 8 --temperature 0 --no-cache
+cmp -s "$dir/out" "$dir/gen_cached" || { echo "recurrence: cached and recomputed generation differ"; fail=1; }
+bad "model.recurrence_steps needs model.reversible = false" "$L" train --out "$dir/x7" "${common[@]}" \
+   --set model.recurrence_steps=2 --set model.reversible=true --quiet
 bad "has no causal form" "$L" train --out "$dir/x6" "${common[@]}" --set model.mixer=yoso --quiet
 [ -e "$dir/x6" ] && { echo "a refused config left a run directory"; fail=1; }
 

@@ -27,6 +27,7 @@ struct ModelConfig {
   bool reversible = false;  // Reformer reversible residuals (Kitaev et al. 2020, sec. 3)
   int64_t ff_chunks = 1;    // feed-forward over this many slices of the length (sec. 3, eq. 10)
   bool tie_embeddings = true;
+  int64_t recurrence_steps = 0;   // Universal Transformer: the blocks applied this many times (0 = once, no recurrence)
   std::vector<MixerSpec> layers;  // one per layer
   int64_t num_classes = 2;
   std::string pooling;  // mean | first

@@ -82,11 +82,12 @@ torch::Tensor TrunkImpl::forward(const torch::Tensor& tokens, bool causal,
   TORCH_CHECK(tokens.dim() == 2, "model: tokens must be [B, T], got ", tokens.sizes());
   const int64_t T = tokens.size(1);
   const int64_t offset = state ? state->offset : 0;
-  if (state) TORCH_CHECK(state->layers.size() == blocks_.size(), "model: state has ",
-                         state->layers.size(), " layers, model has ", blocks_.size());
+  const int64_t steps = std::max<int64_t>(1, cfg_.recurrence_steps);
+  if (state) TORCH_CHECK(state->layers.size() == blocks_.size() * steps, "model: state has ",
+                         state->layers.size(), " layers, model has ", blocks_.size() * steps);
   auto x = embed_(tokens) * std::sqrt(static_cast<double>(cfg_.d_model));  // Vaswani et al. 2017, sec. 3.4
-  if (cfg_.positions != "none") {
-    auto pos = torch::arange(offset, offset + T, torch::TensorOptions().dtype(torch::kLong).device(tokens.device()));
+  auto pos = torch::arange(offset, offset + T, torch::TensorOptions().dtype(torch::kLong).device(tokens.device()));
+  if (cfg_.positions != "none" && cfg_.recurrence_steps == 0) {
     if (cfg_.positions == "learned") {
       if (offset + T > cfg_.max_len)
         throw Error("position " + std::to_string(offset + T - 1) + " exceeds model.max_len = " +
@@ -104,6 +105,17 @@ torch::Tensor TrunkImpl::forward(const torch::Tensor& tokens, bool causal,
   ctx.offset = offset;
   if (cfg_.reversible) {
     x = reversible_stack(blocks_, x, ctx, state, cfg_.ff_chunks);
+  } else if (cfg_.recurrence_steps > 0) {  // Dehghani et al. 2019, sec. 2.1: one set of weights, S steps
+    auto where = cfg_.positions == "none" ? torch::zeros({T, cfg_.d_model}, x.options())
+                                          : sinusoidal_positions(pos, cfg_.d_model).to(x.dtype());
+    for (int64_t t = 1; t <= steps; ++t) {
+      auto when = sinusoidal_positions(torch::full({1}, t, pos.options()), cfg_.d_model).to(x.dtype());
+      x = x + where + when;  // the coordinate embedding P^t_i: position signal plus step signal
+      for (size_t i = 0; i < blocks_.size(); ++i) {
+        ctx.state = state ? state->layers[(t - 1) * blocks_.size() + i].get() : nullptr;  // each step's own cache
+        x = blocks_[i]->forward(x, ctx, cfg_.ff_chunks);
+      }
+    }
   } else {
     for (size_t i = 0; i < blocks_.size(); ++i) {
       ctx.state = state ? state->layers[i].get() : nullptr;
@@ -116,11 +128,13 @@ torch::Tensor TrunkImpl::forward(const torch::Tensor& tokens, bool causal,
 
 ModelState TrunkImpl::initial_state(int64_t batch) const {
   ModelState s;
-  for (size_t i = 0; i < blocks_.size(); ++i) {
-    auto st = blocks_[i]->mixer().initial_state(batch);
-    if (!st) throw Error("layer " + std::to_string(i) + " (mixer " + cfg_.layers[i].name + ") cannot stream");
-    s.layers.push_back(std::move(st));
-  }
+  const int64_t steps = std::max<int64_t>(1, cfg_.recurrence_steps);  // a recurrent block keeps a state per step
+  for (int64_t t = 0; t < steps; ++t)
+    for (size_t i = 0; i < blocks_.size(); ++i) {
+      auto st = blocks_[i]->mixer().initial_state(batch);
+      if (!st) throw Error("layer " + std::to_string(i) + " (mixer " + cfg_.layers[i].name + ") cannot stream");
+      s.layers.push_back(std::move(st));
+    }
   return s;
 }
 

@@ -29,6 +29,11 @@ const Schema& model_schema() {
       {"ff_chunks", OptionType::Int, 1,
        "compute the feed-forward over this many slices of the length (Reformer eq. 10); with reversible blocks the "
        "backward is sliced too, so the d_ff-wide hidden layer never exists for the whole length", 1, 1 << 20},
+      {"recurrence_steps", OptionType::Int, 0,
+       "Universal Transformer depth recurrence (Dehghani et al. 2019, sec. 2.1): the n_layers blocks, one set of "
+       "weights, applied this many times, the coordinate embedding (the sinusoid of the position, unless positions "
+       "= none, plus the sinusoid of the step t = 1, 2, ...) added before each application instead of once at the "
+       "input; decoding keeps every step's caches; 0 = off", 0, 1024},
       {"tie_embeddings", OptionType::Bool, true, "output projection shares the token embedding"},
       {"mixer", OptionType::Any, "full", "mixer of every layer: a name or {\"name\": ..., options}"},
       {"layers", OptionType::Any, Json::array(),
@@ -118,6 +123,13 @@ ModelConfig ModelConfig::from_json(const Json& raw) {
   c.reversible = j["reversible"];
   c.ff_chunks = j["ff_chunks"];
   c.tie_embeddings = j["tie_embeddings"];
+  c.recurrence_steps = j["recurrence_steps"];
+  if (c.recurrence_steps > 0 && c.reversible)
+    throw Error("model.recurrence_steps needs model.reversible = false: the reversible stack keeps one pass over its "
+                "blocks, not a recurrence");
+  if (c.recurrence_steps > 0 && c.positions == "learned")
+    throw Error("model.recurrence_steps adds sinusoidal coordinates at every step: use model.positions = sinusoidal "
+                "or none, not learned");
   c.num_classes = j["num_classes"];
   c.pooling = j["pooling"];
   if (c.d_model % c.n_heads != 0)
