@@ -46,6 +46,12 @@ ok "$L" train --out "$dir/urun" "${common[@]}" --set model.recurrence_steps=3 --
 ok "$L" generate "$dir/urun" --prompt "line 1" --max-new 8 --temperature 0; cp "$dir/out" "$dir/gen_cached"
 ok "$L" generate "$dir/urun" --prompt "line 1" --max-new 8 --temperature 0 --no-cache
 cmp -s "$dir/out" "$dir/gen_cached" || { echo "recurrence: cached and recomputed generation differ"; fail=1; }
+ok "$L" train --out "$dir/arun" "${common[@]}" --set model.recurrence_steps=4 --set model.act=true --quiet --sample 0
+grep -q '"ponder"' "$dir/arun/metrics.jsonl" || { echo "act: metrics.jsonl lacks the ponder time"; fail=1; }
+ok "$L" generate "$dir/arun" --prompt "line 1" --max-new 8 --temperature 0; cp "$dir/out" "$dir/gen_cached"
+ok "$L" generate "$dir/arun" --prompt "line 1" --max-new 8 --temperature 0 --no-cache
+cmp -s "$dir/out" "$dir/gen_cached" || { echo "act: cached and recomputed generation differ"; fail=1; }
+bad "model.act needs model.recurrence_steps" "$L" train --out "$dir/x8" "${common[@]}" --set model.act=true --quiet
 bad "model.recurrence_steps needs model.reversible = false" "$L" train --out "$dir/x7" "${common[@]}" \
    --set model.recurrence_steps=2 --set model.reversible=true --quiet
 bad "has no causal form" "$L" train --out "$dir/x6" "${common[@]}" --set model.mixer=yoso --quiet

@@ -97,7 +97,59 @@ TEST(Universal, CausalAndDecodesThroughEveryStepsCaches) {  // case 7, and strea
   }
 }
 
+ModelConfig act_config(int64_t cap) {
+  return ModelConfig::from_json({{"vocab_size", kV}, {"d_model", kC}, {"n_heads", 2}, {"n_layers", 1}, {"d_ff", 32},
+                                 {"recurrence_steps", cap}, {"act", true}, {"act_loss_weight", 0.5}});
+}
+
+TEST(Universal, ActWithTheInitialHaltingUnitTakesTwoStepsWithTheRemainder) {  // case 3 inside the model
+  torch::manual_seed(9);
+  DecoderLM lm(act_config(6));
+  lm->eval();
+  torch::NoGradGuard ng;
+  param(*lm, "trunk.halting.weight").zero_();  // p = sigmoid(b_h) = sigmoid(1) everywhere
+  auto tokens = torch::randint(kV, {2, kT}, torch::kLong);
+  auto got = lm->forward(tokens);
+  const double p = 1.0 / (1.0 + std::exp(-1.0)), R = 1.0 - p;
+  EXPECT_NEAR(lm->ponder().item<double>(), 2.0 + R, 1e-6);
+  EXPECT_NEAR(lm->aux_loss().item<double>(), 0.5 * (2.0 + R), 1e-6);
+  auto E = param(*lm, "trunk.embed.weight");
+  auto x = E.index_select(0, tokens.flatten()).view({2, kT, kC}) * std::sqrt(double(kC));
+  std::vector<torch::Tensor> rows;
+  for (int64_t i = 0; i < kT; ++i) rows.push_back(signal(double(i)));
+  auto where = torch::stack(rows);
+  Trunk probe(config(0));
+  for (auto& q : probe->named_parameters()) q.value().copy_(param(*lm, "trunk." + q.key()));
+  MixContext ctx;
+  ctx.causal = true;
+  auto y1 = probe->blocks()[0]->forward(x + where + signal(1.0), ctx);
+  auto y2 = probe->blocks()[0]->forward(y1 + where + signal(2.0), ctx);
+  auto out = R * y2 + (1 - R) * (p * y1);  // the interpolating update: 0.2689 y2 + 0.5345 y1
+  auto h = torch::layer_norm(out, {kC}, param(*lm, "trunk.ln_final.weight"), param(*lm, "trunk.ln_final.bias"));
+  auto expect = torch::matmul(h, E.t());
+  EXPECT_TRUE(torch::allclose(got, expect, 1e-5, 1e-5)) << (got - expect).abs().max().item<double>();
+}
+
+TEST(Universal, ActIsCausalAndDecodesAsTheWholeSequence) {  // case 7 with halting, and every step's caches
+  torch::manual_seed(11);
+  DecoderLM lm(act_config(5));
+  lm->eval();
+  torch::NoGradGuard ng;
+  param(*lm, "trunk.halting.weight").normal_(0.0, 0.5);  // halting that varies by position
+  auto tokens = torch::randint(kV, {2, kT}, torch::kLong);
+  auto whole = lm->forward(tokens);
+  auto changed = tokens.clone();
+  changed.narrow(1, 5, 4).random_(kV);
+  EXPECT_TRUE(torch::allclose(lm->forward(changed).narrow(1, 0, 5), whole.narrow(1, 0, 5), 1e-6, 1e-6));
+  auto state = lm->initial_state(2);
+  std::vector<torch::Tensor> parts;
+  for (int64_t t = 0; t < kT; ++t) parts.push_back(lm->forward(tokens.narrow(1, t, 1), &state));
+  EXPECT_TRUE(torch::allclose(torch::cat(parts, 1), whole, 1e-5, 1e-5))
+      << (torch::cat(parts, 1) - whole).abs().max().item<double>();
+}
+
 TEST(Universal, ConfigsItCannotServeAreErrors) {
+  EXPECT_THROW(ModelConfig::from_json({{"act", true}}), Error);  // ACT needs a recurrence to halt in
   EXPECT_THROW(ModelConfig::from_json({{"recurrence_steps", 2}, {"reversible", true}}), Error);
   EXPECT_THROW(ModelConfig::from_json({{"recurrence_steps", 2}, {"positions", "learned"}}), Error);
   EXPECT_THROW(ModelConfig::from_json({{"recurrence_steps", -1}}), Error);

@@ -29,6 +29,8 @@ struct ActOptions {
   double epsilon = 0.01;    // halt when the accumulated probability would exceed 1 - epsilon
   int64_t max_steps = 12;   // the loop's cap (t2t: 2 x num_hidden_layers)
   bool accumulated = false; // out += w y instead of the interpolation
+  bool run_to_cap = false;   // step to max_steps even when every position halted (decoding: every step's cache
+                             // then holds every token, as the whole-sequence loop would have given it)
 };
 
 // The running totals of one ACT loop, all [B, T] except out [B, T, C].
@@ -48,7 +50,7 @@ ActState act_start(int64_t B, int64_t T, int64_t C, const torch::Tensor& like);
 // the weights w [B, T] it gave y. Positions already halted get w = 0 and keep their totals.
 torch::Tensor act_update(ActState& st, const torch::Tensor& p, const torch::Tensor& y, const ActOptions& o);
 
-// Whether another step is due: some position runs and fewer than max_steps have run.
+// Whether another step is due: fewer than max_steps have run and some position runs (or run_to_cap).
 bool act_continues(const ActState& st, const ActOptions& o);
 
 // The whole loop: state H [B, T, C]; `halting(H, t)` gives p [B, T] and `step(H, t)` the block's output for step

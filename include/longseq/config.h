@@ -28,6 +28,9 @@ struct ModelConfig {
   int64_t ff_chunks = 1;    // feed-forward over this many slices of the length (sec. 3, eq. 10)
   bool tie_embeddings = true;
   int64_t recurrence_steps = 0;   // Universal Transformer: the blocks applied this many times (0 = once, no recurrence)
+  bool act = false;               // adaptive halting over those steps (recurrence_steps = the cap)
+  double act_epsilon = 0.01, act_loss_weight = 0.01, act_bias_init = 1.0;
+  bool act_accumulated = false;
   std::vector<MixerSpec> layers;  // one per layer
   int64_t num_classes = 2;
   std::string pooling;  // mean | first

@@ -68,6 +68,9 @@ class TrunkImpl : public torch::nn::Module {
   torch::Tensor forward(const torch::Tensor& tokens, bool causal, const torch::Tensor& padding_mask,
                         ModelState* state = nullptr, const torch::Tensor& global_mask = {});
   ModelState initial_state(int64_t batch) const;  // throws Error if a layer cannot stream
+  // With model.act: the last forward's ponder cost tau * mean(N + R) (in its graph) and mean(N + R); else undefined.
+  torch::Tensor aux_loss() const { return aux_loss_; }
+  torch::Tensor ponder() const { return ponder_; }
   torch::nn::Embedding& embedding() { return embed_; }
   std::vector<Block>& blocks() { return blocks_; }
   const ModelConfig& config() const { return cfg_; }
@@ -78,6 +81,10 @@ class TrunkImpl : public torch::nn::Module {
   torch::nn::Embedding learned_pos_{nullptr};
   std::vector<Block> blocks_;
   torch::nn::LayerNorm ln_final_{nullptr};
+  torch::nn::Linear halting_{nullptr};  // model.act: p = sigmoid(s w_h + b_h)
+  torch::Tensor aux_loss_, ponder_;
+  // The blocks once over x at recurrence step t (1-based), each step with its own streaming states.
+  torch::Tensor step_blocks(torch::Tensor x, MixContext& ctx, ModelState* state, int64_t t);
 };
 TORCH_MODULE(Trunk);
 

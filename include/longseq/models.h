@@ -15,6 +15,9 @@ class DecoderLMImpl : public torch::nn::Module {
                         const torch::Tensor& padding_mask = {});
   ModelState initial_state(int64_t batch) const { return trunk_->initial_state(batch); }
   const ModelConfig& config() const { return trunk_->config(); }
+  // The last forward's auxiliary loss (the ACT ponder cost, in its graph) and mean ponder time; undefined without.
+  torch::Tensor aux_loss() const { return trunk_->aux_loss(); }
+  torch::Tensor ponder() const { return trunk_->ponder(); }
 
  private:
   Trunk trunk_{nullptr};

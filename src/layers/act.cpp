@@ -34,7 +34,7 @@ torch::Tensor act_update(ActState& st, const torch::Tensor& p, const torch::Tens
 }
 
 bool act_continues(const ActState& st, const ActOptions& o) {
-  return st.steps < o.max_steps && !st.halted.all().item<bool>();
+  return st.steps < o.max_steps && (o.run_to_cap || !st.halted.all().item<bool>());
 }
 
 ActState act_loop(const torch::Tensor& H0, const std::function<torch::Tensor(const torch::Tensor&, int64_t)>& halting,

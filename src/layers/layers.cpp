@@ -2,6 +2,7 @@
 
 #include <cmath>
 
+#include "longseq/act.h"
 #include "longseq/common.h"
 
 namespace longseq {
@@ -74,6 +75,18 @@ TrunkImpl::TrunkImpl(const ModelConfig& cfg) : cfg_(cfg) {
                                       Block(mixer, cfg.d_model, cfg.d_ff, cfg.dropout)));
   }
   ln_final_ = register_module("ln_final", torch::nn::LayerNorm(torch::nn::LayerNormOptions({cfg.d_model})));
+  if (cfg.act) {
+    halting_ = register_module("halting", torch::nn::Linear(cfg.d_model, 1));
+    torch::nn::init::constant_(halting_->bias, cfg.act_bias_init);  // t2t's act_halting_bias_init
+  }
+}
+
+torch::Tensor TrunkImpl::step_blocks(torch::Tensor x, MixContext& ctx, ModelState* state, int64_t t) {
+  for (size_t i = 0; i < blocks_.size(); ++i) {
+    ctx.state = state ? state->layers[(t - 1) * blocks_.size() + i].get() : nullptr;  // each step's own cache
+    x = blocks_[i]->forward(x, ctx, cfg_.ff_chunks);
+  }
+  return x;
 }
 
 torch::Tensor TrunkImpl::forward(const torch::Tensor& tokens, bool causal,
@@ -108,13 +121,21 @@ torch::Tensor TrunkImpl::forward(const torch::Tensor& tokens, bool causal,
   } else if (cfg_.recurrence_steps > 0) {  // Dehghani et al. 2019, sec. 2.1: one set of weights, S steps
     auto where = cfg_.positions == "none" ? torch::zeros({T, cfg_.d_model}, x.options())
                                           : sinusoidal_positions(pos, cfg_.d_model).to(x.dtype());
-    for (int64_t t = 1; t <= steps; ++t) {
-      auto when = sinusoidal_positions(torch::full({1}, t, pos.options()), cfg_.d_model).to(x.dtype());
-      x = x + where + when;  // the coordinate embedding P^t_i: position signal plus step signal
-      for (size_t i = 0; i < blocks_.size(); ++i) {
-        ctx.state = state ? state->layers[(t - 1) * blocks_.size() + i].get() : nullptr;  // each step's own cache
-        x = blocks_[i]->forward(x, ctx, cfg_.ff_chunks);
-      }
+    auto coordinates = [&](const torch::Tensor& h, int64_t t) {  // P^t_i: position signal plus step signal
+      return h + where + sinusoidal_positions(torch::full({1}, t, pos.options()), cfg_.d_model).to(x.dtype());
+    };
+    if (!cfg_.act) {
+      for (int64_t t = 1; t <= steps; ++t) x = step_blocks(coordinates(x, t), ctx, state, t);
+    } else {  // sec. 2.2: the halting unit and the block both read the state with this step's coordinates
+      ActOptions o;
+      o.epsilon = cfg_.act_epsilon, o.max_steps = steps, o.accumulated = cfg_.act_accumulated;
+      o.run_to_cap = state != nullptr;  // decoding: later tokens may need any step's cache of this one
+      auto st = act_loop(
+          x, [&](const torch::Tensor& h, int64_t t) { return torch::sigmoid(halting_(coordinates(h, t))).squeeze(-1); },
+          [&](const torch::Tensor& h, int64_t t) { return step_blocks(coordinates(h, t), ctx, state, t); }, o);
+      x = st.out;
+      ponder_ = (st.N + st.R).detach().mean();
+      aux_loss_ = act_ponder_cost(st, cfg_.act_loss_weight);
     }
   } else {
     for (size_t i = 0; i < blocks_.size(); ++i) {

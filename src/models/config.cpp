@@ -34,6 +34,17 @@ const Schema& model_schema() {
        "weights, applied this many times, the coordinate embedding (the sinusoid of the position, unless positions "
        "= none, plus the sinusoid of the step t = 1, 2, ...) added before each application instead of once at the "
        "input; decoding keeps every step's caches; 0 = off", 0, 1024},
+      {"act", OptionType::Bool, false,
+       "adaptive computation time over the recurrence (Dehghani et al. 2019, sec. 2.2): a halting unit per position, "
+       "recurrence_steps becomes the cap on steps, the ponder cost act_loss_weight * mean(N + R) is added to the "
+       "training loss and logged as \"ponder\"; halted positions carry their state unchanged (docs/mechanisms.md)"},
+      {"act_epsilon", OptionType::Float, 0.01, "ACT: a position halts when its halting sum would pass 1 - act_epsilon",
+       1e-6, 0.5},
+      {"act_loss_weight", OptionType::Float, 0.01, "ACT: weight tau of the ponder cost", 0.0, 100.0},
+      {"act_bias_init", OptionType::Float, 1.0, "ACT: initial bias of the halting unit (t2t: 1.0)", -100.0, 100.0},
+      {"act_update", OptionType::String, "basic",
+       "ACT: basic (out = w y + (1 - w) out, t2t's default) or accumulated (out = out + w y, Graves's sum)", -1e300,
+       1e300, {"basic", "accumulated"}},
       {"tie_embeddings", OptionType::Bool, true, "output projection shares the token embedding"},
       {"mixer", OptionType::Any, "full", "mixer of every layer: a name or {\"name\": ..., options}"},
       {"layers", OptionType::Any, Json::array(),
@@ -124,6 +135,13 @@ ModelConfig ModelConfig::from_json(const Json& raw) {
   c.ff_chunks = j["ff_chunks"];
   c.tie_embeddings = j["tie_embeddings"];
   c.recurrence_steps = j["recurrence_steps"];
+  c.act = j["act"];
+  c.act_epsilon = j["act_epsilon"];
+  c.act_loss_weight = j["act_loss_weight"];
+  c.act_bias_init = j["act_bias_init"];
+  c.act_accumulated = j["act_update"].get<std::string>() == "accumulated";
+  if (c.act && c.recurrence_steps < 1)
+    throw Error("model.act needs model.recurrence_steps >= 1 (the cap on the steps a position may take)");
   if (c.recurrence_steps > 0 && c.reversible)
     throw Error("model.recurrence_steps needs model.reversible = false: the reversible stack keeps one pass over its "
                 "blocks, not a recurrence");

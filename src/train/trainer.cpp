@@ -248,7 +248,7 @@ TrainResult train_run(const RunConfig* given, const TrainOptions& opts) {
     torch::manual_seed(mix(seed, static_cast<uint64_t>(step)));
     const double lr = learning_rate(step, steps, t["warmup"], t["lr"], t["min_lr_ratio"]);
     opt.zero_grad();
-    double loss_sum = 0;
+    double loss_sum = 0, ponder_sum = 0;
     for (int64_t micro = 0; micro < accum; ++micro) {
       std::mt19937_64 rng(mix(seed, static_cast<uint64_t>(step), static_cast<uint64_t>(micro) + 1));
       Batch batch;
@@ -264,7 +264,12 @@ TrainResult train_run(const RunConfig* given, const TrainOptions& opts) {
       auto logits = model->forward(batch.input, state);
       auto loss = torch::nn::functional::cross_entropy(logits.reshape({-1, logits.size(-1)}), batch.target.reshape({-1}));
       if (opts.loss_hook) loss = opts.loss_hook(step, loss);
-      (loss / static_cast<double>(accum)).backward();
+      auto objective = loss;  // the language-model loss, plus the layers' auxiliary losses (ACT's ponder cost)
+      if (model->aux_loss().defined()) {
+        objective = loss + model->aux_loss();
+        ponder_sum += model->ponder().item<double>() / static_cast<double>(accum);
+      }
+      (objective / static_cast<double>(accum)).backward();
       loss_sum += loss.item<double>() / static_cast<double>(accum);
     }
     const double max_norm = t["grad_clip"];
@@ -305,9 +310,10 @@ TrainResult train_run(const RunConfig* given, const TrainOptions& opts) {
                     "; a lower train.lr or a tighter train.grad_clip may help");
       }
     } else if (step % log_every == 0 || step == 1) {
-      append_line(metrics_path, {{"step", step}, {"loss", loss_sum}, {"bpb", bpb}, {"lr", lr},
-                                 {"grad_norm", grad_norm}, {"train_tokens_per_s", tps}, {"train_s", train_s},
-                                 {"elapsed_s", elapsed}});
+      Json line = {{"step", step}, {"loss", loss_sum}, {"bpb", bpb}, {"lr", lr}, {"grad_norm", grad_norm},
+                   {"train_tokens_per_s", tps}, {"train_s", train_s}, {"elapsed_s", elapsed}};
+      if (mc.act) line["ponder"] = ponder_sum;  // mean steps N + R per position (the cost's term, before tau)
+      append_line(metrics_path, line);
     }
     if (!opts.quiet) {
       char fields[160];
