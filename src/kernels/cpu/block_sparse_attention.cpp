@@ -11,6 +11,10 @@
 // With AVX2 and D a multiple of 16, tiles whose segments start on 16-row boundaries skip the packing: the keys
 // (forward) and values (backward) are laid out once per head as transposed panels (panel_gemm.h), and every
 // other product reads its rows in place.
+// Causal problems run in passes of 32 query rows; each pass's key tiles are cut, run by run (a run: keys in
+// position order), past its last visible key, so sorted clusters and chunks compute little more than their triangle.
+// Row maps (BlockSparseRows) read q, k, v rows and write outputs through index maps: a caller's sort is read in
+// place (LSH), and the gradients of repeated rows accumulate (one thread per head).
 // Memory: O(Nq + Nk) * D per head plus per-thread tiles; no [slots x keys] tensor.
 #include <algorithm>
 #include <cmath>
