@@ -25,8 +25,11 @@ std::vector<torch::Tensor> draws(int64_t n) {
 ActState run_constant(double p, const std::vector<torch::Tensor>& ys, ActOptions o) {
   auto H0 = torch::zeros({B, T, C}, torch::kDouble);
   return act_loop(
-      H0, [&](const torch::Tensor&, int64_t) { return torch::full({B, T}, p, torch::kDouble); },
-      [&](const torch::Tensor&, int64_t t) { return ys.at(static_cast<size_t>(t - 1)); }, o);
+      H0,
+      [&](const torch::Tensor&, int64_t t) {
+        return std::make_pair(torch::full({B, T}, p, torch::kDouble), ys.at(static_cast<size_t>(t - 1)));
+      },
+      o);
 }
 
 bool near(const torch::Tensor& a, const torch::Tensor& b) { return torch::allclose(a, b, 1e-12, 1e-12); }
@@ -87,10 +90,10 @@ TEST(Act, IterationsAreTheSlowestPositionAndHaltedStatesAreCarried) {  // case 6
   std::vector<torch::Tensor> seen;  // the state each step received
   auto H0 = torch::randn({B, T, C}, torch::kDouble);
   auto st = act_loop(
-      H0, [&](const torch::Tensor&, int64_t) { return p; },
+      H0,
       [&](const torch::Tensor& H, int64_t t) {
         seen.push_back(H);
-        return 2 * H + static_cast<double>(t);  // depends on its input: a carried state shows
+        return std::make_pair(p, 2 * H + static_cast<double>(t));  // y depends on its input: a carried state shows
       },
       o);
   EXPECT_EQ(st.steps, 6);

@@ -22,6 +22,7 @@
 
 #include <functional>
 #include <string>
+#include <utility>
 
 namespace longseq {
 
@@ -53,10 +54,12 @@ torch::Tensor act_update(ActState& st, const torch::Tensor& p, const torch::Tens
 // Whether another step is due: fewer than max_steps have run and some position runs (or run_to_cap).
 bool act_continues(const ActState& st, const ActOptions& o);
 
-// The whole loop: state H [B, T, C]; `halting(H, t)` gives p [B, T] and `step(H, t)` the block's output for step
-// t = 1, 2, ...; halted positions keep their H. Returns the final state (out, N, R, steps).
-ActState act_loop(const torch::Tensor& H0, const std::function<torch::Tensor(const torch::Tensor&, int64_t)>& halting,
-                  const std::function<torch::Tensor(const torch::Tensor&, int64_t)>& step, const ActOptions& o);
+// What one step gives for state H at step t: the halting probabilities p [B, T] and the block's output y.
+using ActStep = std::function<std::pair<torch::Tensor, torch::Tensor>(const torch::Tensor& H, int64_t t)>;
+
+// The whole loop from state H [B, T, C], steps t = 1, 2, ...; halted positions keep their H. Returns the final
+// state (out, N, R, steps).
+ActState act_loop(const torch::Tensor& H0, const ActStep& step, const ActOptions& o);
 
 // The ponder cost tau * mean over positions of (N + R) (t2t: padding included).
 torch::Tensor act_ponder_cost(const ActState& st, double tau);

@@ -37,8 +37,7 @@ bool act_continues(const ActState& st, const ActOptions& o) {
   return st.steps < o.max_steps && (o.run_to_cap || !st.halted.all().item<bool>());
 }
 
-ActState act_loop(const torch::Tensor& H0, const std::function<torch::Tensor(const torch::Tensor&, int64_t)>& halting,
-                  const std::function<torch::Tensor(const torch::Tensor&, int64_t)>& step, const ActOptions& o) {
+ActState act_loop(const torch::Tensor& H0, const ActStep& step, const ActOptions& o) {
   TORCH_CHECK(H0.dim() == 3, "act: the state must be [B, T, C], got ", H0.sizes());
   if (o.max_steps < 1) throw Error("act: max_steps must be at least 1, got " + std::to_string(o.max_steps));
   if (!(o.epsilon > 0 && o.epsilon < 1)) throw Error("act: epsilon must lie in (0, 1), got " + std::to_string(o.epsilon));
@@ -47,9 +46,9 @@ ActState act_loop(const torch::Tensor& H0, const std::function<torch::Tensor(con
   while (act_continues(st, o)) {
     const int64_t t = st.steps + 1;
     auto running = (~st.halted).unsqueeze(-1);  // before this step's update
-    auto p = halting(H, t);
-    auto y = step(H, t);
-    act_update(st, p, y, o);
+    auto py = step(H, t);
+    const auto& y = py.second;
+    act_update(st, py.first, y, o);
     H = torch::where(running, y, H);  // halted positions carry their state unchanged
   }
   return st;

@@ -131,8 +131,12 @@ torch::Tensor TrunkImpl::forward(const torch::Tensor& tokens, bool causal,
       o.epsilon = cfg_.act_epsilon, o.max_steps = steps, o.accumulated = cfg_.act_accumulated;
       o.run_to_cap = state != nullptr;  // decoding: later tokens may need any step's cache of this one
       auto st = act_loop(
-          x, [&](const torch::Tensor& h, int64_t t) { return torch::sigmoid(halting_(coordinates(h, t))).squeeze(-1); },
-          [&](const torch::Tensor& h, int64_t t) { return step_blocks(coordinates(h, t), ctx, state, t); }, o);
+          x,
+          [&](const torch::Tensor& h, int64_t t) {
+            auto s = coordinates(h, t);
+            return std::make_pair(torch::sigmoid(halting_(s)).squeeze(-1), step_blocks(s, ctx, state, t));
+          },
+          o);
       x = st.out;
       ponder_ = (st.N + st.R).detach().mean();
       aux_loss_ = act_ponder_cost(st, cfg_.act_loss_weight);

@@ -283,14 +283,14 @@ MixerInfo lsh_mixer_info() {
     CoreRun run;  // q, v per position; the sorted rows are read from them (a position's copies agree)
     run.inputs = {torch::randn({c.B, c.H, Tp, c.D}), torch::randn({c.B, c.H, Tp, c.D})};
     const auto in = run.inputs;
-    run.run = [in, layout, mask, spos, R, Tp, kernel = c.kernel] {  // rows read through the sort, as the mixer does
-      const int64_t B = in[0].size(0), H = in[0].size(1);
-      auto map = spos.expand({B, H, spos.size(2)}).contiguous();
-      auto out = (torch::arange(R, torch::kLong).view({1, 1, R, 1}) * Tp + spos.view({1, 1, R, Tp}))
-                     .expand({B, H, R, Tp}).reshape({B, H, R * Tp});
+    // Rows read through the sort and outputs written in (round, position) order, as the mixer does.
+    auto map = spos.expand({c.B, c.H, R * Tp}).contiguous();
+    auto out = (torch::arange(R, torch::kLong).view({1, 1, R, 1}) * Tp + spos.view({1, 1, R, Tp}))
+                   .expand({c.B, c.H, R, Tp}).reshape({c.B, c.H, R * Tp});
+    const BlockSparseRows rows_map{map, map, out, R * Tp};
+    run.run = [in, layout, mask, rows_map, kernel = c.kernel] {
       auto k = in[0] / in[0].norm(2, -1, true).clamp_min(1e-6);
-      return block_sparse_attention(in[0], k, in[1], BlockSparseRows{map, map, out, R * Tp}, layout, mask, 1.0, kernel)
-          .out;
+      return block_sparse_attention(in[0], k, in[1], rows_map, layout, mask, 1.0, kernel).out;
     };
     run.flops = (c.causal ? 0.5 : 1.0) * block_sparse_flops(layout, c.B, c.H, R * Tp, R * Tp, c.D, false);
     return run;

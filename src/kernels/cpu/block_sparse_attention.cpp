@@ -233,13 +233,6 @@ void unpack_add(const float* packed, const std::vector<Segment>& tile, int64_t D
     }
 }
 
-// Rows [t0, t0 + rows) of x through `map` into dst (x itself, offset, without a map).
-const float* gather_rows(const float* x, const int64_t* map, int64_t t0, int64_t rows, int64_t D, float* dst) {
-  if (!map) return x + t0 * D;
-  for (int64_t r = 0; r < rows; ++r) std::copy(x + map[t0 + r] * D, x + (map[t0 + r] + 1) * D, dst + r * D);
-  return dst;
-}
-
 // Whether each segment's keys are in position order (padding at a segment's end was cut by visible_tile).
 bool segments_sorted(const int64_t* kp, const std::vector<Segment>& tile) {
   for (const auto& g : tile) {
@@ -284,10 +277,9 @@ void mask_tile(float* s, int64_t rows, int64_t cols, const std::vector<Segment>&
         const int64_t hi = std::max(lo, capped ? std::upper_bound(kc, kc + n, last) - kc : n);  // allowed: [lo, hi)
         std::fill(sr, sr + lo, kNegInf);
         std::fill(sr + hi, sr + n, kNegInf);
-        if (!p.self_rule) continue;
+        if (!p.self_rule || only_self) continue;  // alone: its own keys are all the forward found allowed
         int64_t x0 = std::lower_bound(kc + lo, kc + hi, q) - kc, x1 = x0;  // own keys (Reformer's rule): [x0, x1)
         while (x1 < hi && kc[x1] == q) ++x1;
-        if (only_self) continue;  // its own keys are all it has (the forward found nothing else allowed)
         for (int64_t c = x0; c < x1; ++c) {
           if (hits) hits->push_back({r, at - n + c});
           else sr[c] = kNegInf;
@@ -331,7 +323,7 @@ void forward_rows(const float* q, const float* k, const float* v, const float* k
                   const std::vector<std::vector<Segment>>& tiles, Positions qpos, Positions kpos, const Problem& p,
                   const HeadMaps& maps, Scratch& w) {
   const int64_t D = p.D;
-  const float* qr = gather_rows(q, maps.q, t0, rows, D, w.q.data());
+  const float* qr = pack(q, {{t0, rows}}, D, w.q.data(), maps.q);
   float* acc = maps.o ? w.acc.data() : o + t0 * D;
   std::fill(acc, acc + rows * D, 0.0f);
   std::fill(w.m.begin(), w.m.begin() + rows, kNegInf);
@@ -421,8 +413,8 @@ void backward_head(const float* q, const float* k, const float* v, const float* 
       const int64_t rows = std::min(p.row_step, j1 - t0);
       for (int64_t r = 0; r < rows; ++r) qp[r] = qpos.at(t0 + r);
       const int64_t limit = rows_limit(qp.data(), rows, p);
-      const float* qr = gather_rows(q, maps.q, t0, rows, D, w.q.data());
-      const float* go = gather_rows(dout, maps.o, t0, rows, D, w.go.data());
+      const float* qr = pack(q, {{t0, rows}}, D, w.q.data(), maps.q);
+      const float* go = pack(dout, {{t0, rows}}, D, w.go.data(), maps.o);
       float* dqr = maps.q ? w.acc.data() : dq + t0 * D;
       if (maps.q) std::fill(dqr, dqr + rows * D, 0.0f);
       for (const auto& whole : tiles) {  // the forward's tiles, cut alike
@@ -785,11 +777,35 @@ BlockSparseResult block_sparse_attention_reference(const torch::Tensor& q, const
   return {out, lse.reshape({B, H, NQ * bq}).narrow(2, 0, Nq)};
 }
 
+namespace {
+
+void check_block_sparse_kernel_name(const std::string& kernel) {
+  if (kernel != "auto" && kernel != "fused" && kernel != "reference")
+    throw Error("block_sparse_attention: kernel must be auto, fused or reference, got \"" + kernel + "\"");
+}
+
+// The fused kernel on checked inputs, through the maps when given (null: rows as they are).
+BlockSparseResult run_block_sparse_fused(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
+                                         const BlockSparseLayout& layout, const BlockSparseMask& mask, double scale,
+                                         const BlockSparseRows* rows) {
+  const auto none = torch::zeros({0}, torch::kLong).view({0, 0, 0});  // autograd functions take no undefined tensors
+  auto pos = [&](const torch::Tensor& p) { return p.defined() ? p.to(torch::kLong).contiguous() : none; };
+  // Keys and values need contiguous rows only (a decoding cache's view is read in place).
+  auto r = BlockSparseFunction::apply(
+      q.contiguous(), cpu_softmax::contiguous_rows(k), cpu_softmax::contiguous_rows(v),
+      layout.offsets.to(torch::kLong).contiguous(), layout.blocks.to(torch::kLong).contiguous(), pos(mask.q_pos),
+      pos(mask.k_pos), rows ? rows->q.contiguous() : none, rows ? rows->kv.contiguous() : none,
+      rows ? rows->out.contiguous() : none, rows ? rows->out_rows : 0, layout.block_q, layout.block_k, mask.causal, scale, mask.self_penalty,
+      mask.window_left, mask.window_right);
+  return {r[0], r[1]};
+}
+
+}  // namespace
+
 BlockSparseResult block_sparse_attention(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
                                          const BlockSparseLayout& layout, const BlockSparseMask& mask, double scale,
                                          const std::string& kernel) {
-  if (kernel != "auto" && kernel != "fused" && kernel != "reference")
-    throw Error("block_sparse_attention: kernel must be auto, fused or reference, got \"" + kernel + "\"");
+  check_block_sparse_kernel_name(kernel);
   if (kernel == "reference") return block_sparse_attention_reference(q, k, v, layout, mask, scale);
   auto why = block_sparse_attention_unsupported_reasons(q, k, v, layout, mask);
   if (!why.empty()) {
@@ -797,25 +813,13 @@ BlockSparseResult block_sparse_attention(const torch::Tensor& q, const torch::Te
     return block_sparse_attention_reference(q, k, v, layout, mask, scale);
   }
   check_inputs(q, k, v, layout, mask);
-  auto pos = [](const torch::Tensor& p) {
-    return p.defined() ? p.to(torch::kLong).contiguous() : torch::zeros({0}, torch::kLong).view({0, 0, 0});
-  };
-  // Keys and values need contiguous rows only (a decoding cache's view is read in place).
-  auto rows = [](const torch::Tensor& t) { return t.stride(3) == 1 && t.stride(2) == t.size(3) ? t : t.contiguous(); };
-  const auto none = torch::zeros({0}, torch::kLong).view({0, 0, 0});
-  auto r = BlockSparseFunction::apply(q.contiguous(), rows(k), rows(v),
-                                      layout.offsets.to(torch::kLong).contiguous(),
-                                      layout.blocks.to(torch::kLong).contiguous(), pos(mask.q_pos), pos(mask.k_pos),
-                                      none, none, none, 0, layout.block_q, layout.block_k, mask.causal, scale,
-                                      mask.self_penalty, mask.window_left, mask.window_right);
-  return {r[0], r[1]};
+  return run_block_sparse_fused(q, k, v, layout, mask, scale, nullptr);
 }
 
 BlockSparseResult block_sparse_attention(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
                                          const BlockSparseRows& rows, const BlockSparseLayout& layout,
                                          const BlockSparseMask& mask, double scale, const std::string& kernel) {
-  if (kernel != "auto" && kernel != "fused" && kernel != "reference")
-    throw Error("block_sparse_attention: kernel must be auto, fused or reference, got \"" + kernel + "\"");
+  check_block_sparse_kernel_name(kernel);
   TORCH_CHECK(q.dim() == 4 && k.dim() == 4, "block_sparse_attention: q, k, v must be [B, H, rows, D]; got ",
               q.sizes(), ", ", k.sizes());
   const int64_t B = q.size(0), H = q.size(1);
@@ -856,19 +860,7 @@ BlockSparseResult block_sparse_attention(const torch::Tensor& q, const torch::Te
                    .scatter(2, oi, ref.lse);
     return {out, lse};
   }
-  auto pos = [](const torch::Tensor& p) {
-    return p.defined() ? p.to(torch::kLong).contiguous() : torch::zeros({0}, torch::kLong).view({0, 0, 0});
-  };
-  auto contiguous_rows = [](const torch::Tensor& t) {
-    return t.stride(3) == 1 && t.stride(2) == t.size(3) ? t : t.contiguous();
-  };
-  auto r = BlockSparseFunction::apply(q.contiguous(), contiguous_rows(k), contiguous_rows(v),
-                                      layout.offsets.to(torch::kLong).contiguous(),
-                                      layout.blocks.to(torch::kLong).contiguous(), pos(mask.q_pos), pos(mask.k_pos),
-                                      rows.q.contiguous(), rows.kv.contiguous(), rows.out.contiguous(), rows.out_rows,
-                                      layout.block_q, layout.block_k, mask.causal, scale, mask.self_penalty,
-                                      mask.window_left, mask.window_right);
-  return {r[0], r[1]};
+  return run_block_sparse_fused(q, k, v, layout, mask, scale, &rows);
 }
 
 }  // namespace longseq
