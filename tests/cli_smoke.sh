@@ -51,6 +51,24 @@ grep -q '"ponder"' "$dir/arun/metrics.jsonl" || { echo "act: metrics.jsonl lacks
 ok "$L" generate "$dir/arun" --prompt "line 1" --max-new 8 --temperature 0; cp "$dir/out" "$dir/gen_cached"
 ok "$L" generate "$dir/arun" --prompt "line 1" --max-new 8 --temperature 0 --no-cache
 cmp -s "$dir/out" "$dir/gen_cached" || { echo "act: cached and recomputed generation differ"; fail=1; }
+# Perceiver AR end to end: train on the latents, resume, eval (windows at most `latents` apart), cached generation.
+par=(--set model.type=perceiver_ar --set model.latents=8 --set model.positions=rotary --set model.n_layers=2
+     --set model.context_dropout=0.25)
+ok "$L" train --out "$dir/parun" "${common[@]}" "${par[@]}" --quiet --sample 0
+grep -q '"context_tokens_per_s"' "$dir/parun/metrics.jsonl" || { echo "perceiver_ar: no context tokens/s"; fail=1; }
+ok "$L" train --out "$dir/parun" --resume --quiet --sample 0
+ok "$L" eval "$dir/parun" --split valid --json
+grep -q 'the model scores the last 8 positions' "$dir/out" || { echo "perceiver_ar: eval does not say what it scores"; fail=1; }
+ok "$L" generate "$dir/parun" --prompt "line 1" --max-new 20 --temperature 0
+ok "$L" info; grep -q "## perceiver_ar" "$dir/out" || { echo "info lacks perceiver_ar"; fail=1; }
+bad "scores every position" "$L" eval "$dir/parun" --stream
+ok "$L" bench --models perceiver_ar,decoder_lm --lengths 256 --heads 2 --head-dim 8 --latents 32 --model-layers 1 \
+   --decode-contexts 128 --decode-tokens 2 --repeats 1 --csv "$dir/models.csv"
+grep -q 'perceiver_ar (N=32, 1 + 1 layers),causal,decode,128,.*,"ok",' "$dir/models.csv" ||
+  { echo "bench CSV lacks perceiver_ar's decode row"; fail=1; }
+grep -q 'decoder_lm (2 layers),causal,train,256,.*,"ok",' "$dir/models.csv" || { echo "bench CSV lacks decoder_lm's row"; fail=1; }
+bad "not a language model" "$L" bench --models encoder_classifier
+bad "does not take rotary positions" "$L" train --out "$dir/x9" "${common[@]}" "${par[@]}" --set model.mixer=linear --quiet
 bad "model.act needs model.recurrence_steps" "$L" train --out "$dir/x8" "${common[@]}" --set model.act=true --quiet
 bad "model.recurrence_steps needs model.reversible = false" "$L" train --out "$dir/x7" "${common[@]}" \
    --set model.recurrence_steps=2 --set model.reversible=true --quiet

@@ -26,6 +26,12 @@ struct BenchOptions {
   std::vector<int64_t> decode_contexts;  // also token-by-token decoding after a prefix of these lengths (streaming mixers)
   int64_t decode_tokens = 32;            // timed single-token steps per decoding row
   int quality_steps = 0;        // > 0: also train each mixer this many steps on the embedded corpus
+  // Whole language models (model.type names): a training step (forward, loss, backward) at each length and,
+  // with decode_contexts, decoding after each prefix. Width H * D; perceiver_ar has `model_layers` latent layers
+  // after its cross-attention, decoder_lm model_layers + 1 layers (equal depth). Given alone: no mixer rows.
+  std::vector<std::string> models;
+  int64_t model_layers = 2;
+  int64_t latents = 1024;       // perceiver_ar's N
   std::string self;             // path of the longseq program (children run `longseq bench-one`)
 };
 

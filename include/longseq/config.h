@@ -15,14 +15,14 @@ const Schema& data_schema();
 const Schema& train_schema();
 
 struct ModelConfig {
-  std::string type;  // decoder_lm | encoder_classifier
+  std::string type;  // decoder_lm | perceiver_ar | encoder_classifier
   int64_t vocab_size = 256;
   int64_t d_model = 256;
   int64_t n_heads = 4;
   int64_t n_layers = 4;
   int64_t d_ff = 1024;
   int64_t max_len = 2048;
-  std::string positions;  // sinusoidal | learned | none
+  std::string positions;  // sinusoidal | learned | none | rotary (perceiver_ar)
   double dropout = 0.0;
   bool reversible = false;  // Reformer reversible residuals (Kitaev et al. 2020, sec. 3)
   int64_t ff_chunks = 1;    // feed-forward over this many slices of the length (sec. 3, eq. 10)
@@ -31,6 +31,14 @@ struct ModelConfig {
   bool act = false;               // adaptive halting over those steps (recurrence_steps = the cap)
   double act_epsilon = 0.01, act_loss_weight = 0.01, act_bias_init = 1.0;
   bool act_accumulated = false;
+  std::string ff_activation = "gelu";  // gelu | squared_relu
+  // Perceiver AR (Hawthorne et al. 2022): the last `latents` inputs become latents that cross-attend to all.
+  int64_t latents = 256;
+  int64_t reset_latents = 0;        // latents of the decoding refill pass (0 = latents / 2)
+  double context_dropout = 0.0;     // share of the context before the latents dropped per training example
+  double rotary_fraction = 0.5;     // share of each head's channels rotated
+  double rotary_max_wavelength = 0; // slowest rotary band (0 = max_len)
+  double z_loss = 1e-4;             // weight of mean(log Z)^2 over the scored logits
   std::vector<MixerSpec> layers;  // one per layer
   int64_t num_classes = 2;
   std::string pooling;  // mean | first

@@ -29,7 +29,7 @@ int64_t sample_token(const torch::Tensor& logits, const SampleOptions& opts, std
 // learned positions end first (model.max_len; a longer prompt is an Error).
 // `step_logits`, when given, receives the [V]
 // logits each new token was drawn from.
-std::vector<int64_t> generate(DecoderLMImpl& model, const std::vector<int64_t>& prompt, int64_t max_new,
+std::vector<int64_t> generate(LanguageModelImpl& model, const std::vector<int64_t>& prompt, int64_t max_new,
                               const SampleOptions& opts, std::vector<torch::Tensor>* step_logits = nullptr);
 
 }  // namespace longseq

@@ -8,22 +8,24 @@
 
 namespace longseq {
 
-// Dense position-wise feed-forward with GELU: [B, T, C] -> [B, T, C].
+// Dense position-wise feed-forward: [B, T, C] -> [B, T, C]. activation: gelu, or
+// squared_relu (relu(x)^2, So et al. 2021; Perceiver AR's MLP).
 class FeedForwardImpl : public torch::nn::Module {
  public:
-  FeedForwardImpl(int64_t d_model, int64_t d_ff, double dropout);
+  FeedForwardImpl(int64_t d_model, int64_t d_ff, double dropout, const std::string& activation = "gelu");
   torch::Tensor forward(const torch::Tensor& x);
 
  private:
   torch::nn::Linear w_in_{nullptr}, w_out_{nullptr};
   double dropout_;
+  bool squared_relu_;
 };
 TORCH_MODULE(FeedForward);
 
 // Pre-norm residual block: x + mixer(LN(x)), then + FF(LN(.)).
 class BlockImpl : public torch::nn::Module {
  public:
-  BlockImpl(Mixer mixer, int64_t d_model, int64_t d_ff, double dropout);
+  BlockImpl(Mixer mixer, int64_t d_model, int64_t d_ff, double dropout, const std::string& activation = "gelu");
   torch::Tensor forward(const torch::Tensor& x, MixContext& ctx, int64_t ff_chunks = 1);  // [B, T, C] -> [B, T, C]
   // The two residual branches: dropout(mixer(LN(x))) and dropout(FF(LN(x))), the latter over `chunks` slices of T.
   torch::Tensor mix_branch(const torch::Tensor& x, MixContext& ctx);
@@ -58,6 +60,7 @@ torch::Tensor sinusoidal_positions(const torch::Tensor& positions, int64_t C);
 struct ModelState {
   std::vector<std::unique_ptr<MixerState>> layers;
   int64_t offset = 0;
+  std::unique_ptr<MixerState> own;  // what a model kind keeps beside its layers' states (Perceiver AR's caches)
 };
 
 // Token embedding, absolute positions, the blocks and the final LayerNorm.

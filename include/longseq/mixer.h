@@ -8,6 +8,8 @@
 #include <memory>
 #include <string>
 
+#include "longseq/rotary.h"
+
 namespace longseq {
 
 // Per-layer streaming state (KV cache, running sums, segment memory, ...).
@@ -29,6 +31,9 @@ struct MixContext {
   // (a carried tensor would have to be reversible too).
   std::map<std::string, torch::Tensor> carry;
   bool carry_allowed = true;
+  // Rotary positions for q and k at offset + i (Perceiver AR's latent layers); only mixers whose
+  // MixerInfo::rotary is set read it, and the model refuses others when it sets it.
+  const RotarySpec* rotary = nullptr;
 };
 
 class MixerImpl : public torch::nn::Module {

@@ -62,6 +62,7 @@ struct MixerInfo {
   // already approximate at every T); empty when sparse_options is declared.
   std::string no_sparse_regime;
   bool streams = false;  // initial_state() returns a state and chunked == whole
+  bool rotary = false;   // applies MixContext::rotary to its queries and keys
   // Why left padding changes the real tokens' outputs (computation tied to absolute positions, such as blocks
   // counted from position 0); empty = it does not, and the invariant tests pad on both sides.
   std::string left_padding_changes;

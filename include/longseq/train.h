@@ -11,7 +11,9 @@
 //   tokenizer.model              the SentencePiece model, when one is used
 //
 // A step line of metrics.jsonl holds step, loss, bpb, lr, grad_norm,
-// train_tokens_per_s (tokens over train_s), train_s (seconds spent in training
+// train_tokens_per_s (targets trained on over train_s; a model scoring only
+// its last P of T positions, Perceiver AR, adds context_tokens_per_s, the
+// inputs read), train_s (seconds spent in training
 // steps by this invocation: validation and checkpoint time excluded) and
 // elapsed_s (wall seconds since this invocation began training, everything
 // included). A step with a non-finite loss or gradient is skipped (no update)
@@ -64,6 +66,7 @@ struct EvalResult {
   int64_t tokens = 0;         // targets scored
   int64_t split_targets = 0;  // targets in the split (its tokens - 1)
   int64_t windows = 0, seq_len = 0, stride = 0;
+  int64_t unscored_head = 0;  // the split's first targets a model scoring only its last positions cannot reach
   std::string description;    // set by the stream evaluation: says what it scored (method() returns it)
   int64_t part_tokens = 0;    // targets of the part reported apart (the recall task's values); 0 = none
   double part_loss = 0;       // nats per target of that part
@@ -72,12 +75,13 @@ struct EvalResult {
   // Which evaluation this was, for the output: coverage, window and stride.
   std::string method() const;
 };
-// Scores the split through eval_windows (stride 0 = seq_len: non-overlapping),
+// Scores the split through eval_windows (stride 0 = seq_len: non-overlapping; a model that scores only its last
+// P positions, Perceiver AR, gets windows at most P apart and leaves the split's first T - P targets unscored),
 // in batches of `batch` windows; `max_batches` > 0 stops after that many
 // (a prefix of the split), 0 covers the whole split.
 // `part` ([N] bool like the split's tokens, optional): targets whose loss is
 // also reported apart (part_loss, part_tokens), as the recall task's values.
-EvalResult evaluate_lm(DecoderLMImpl& model, const TokenSplit& split, int64_t batch, int64_t seq_len,
+EvalResult evaluate_lm(LanguageModelImpl& model, const TokenSplit& split, int64_t batch, int64_t seq_len,
                        int64_t max_batches, int64_t stride = 0, const torch::Tensor& part = {});
 
 // Evaluation over a stream (Dai et al. 2019, sec. 3.2): the split is cut into
@@ -91,7 +95,7 @@ struct StreamEvalResult {
 };
 // `part` [N] bool (optional): targets whose loss is also reported apart (EvalResult::part_loss), e.g.
 // recall_positions() of the memory task.
-StreamEvalResult evaluate_lm_stream(DecoderLMImpl& model, const TokenSplit& split, int64_t batch, int64_t seq_len,
+StreamEvalResult evaluate_lm_stream(LanguageModelImpl& model, const TokenSplit& split, int64_t batch, int64_t seq_len,
                                     int64_t max_segments, int64_t reset, const torch::Tensor& part = {});
 
 struct TrainOptions {
@@ -121,7 +125,7 @@ struct LoadedRun {
   RunConfig config;
   ModelConfig model_config;
   std::unique_ptr<Tokenizer> tokenizer;
-  DecoderLM model{nullptr};
+  LanguageModel model;
 };
 // mixer_overrides: options set on every layer whose mixer has them (override_mixer_options), for this load only.
 LoadedRun load_run(const std::string& dir, const Json& mixer_overrides = Json::object());

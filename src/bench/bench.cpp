@@ -172,10 +172,67 @@ std::string bench_decode(const Json& s) {
       .dump();
 }
 
+// A whole language model (spec "lm": the model section): a training step on drawn tokens, or decoding after a
+// prefix fed in chunks of 4096, timed over enough single-token steps to include Perceiver AR's refill pass.
+std::string bench_model(const Json& s) {
+  const int64_t B = s["B"], T = s["T"];
+  torch::manual_seed(0);
+  LanguageModel model = make_language_model(ModelConfig::from_json(s["lm"]));
+  std::vector<double> roofs = {local_roof()}, times;
+  const int64_t V = model->config().vocab_size;
+  if (s["pass"] == "decode") {
+    model->eval();
+    torch::NoGradGuard ng;
+    ModelState state = model->initial_state(B);
+    auto t0 = std::chrono::steady_clock::now();
+    for (int64_t at = 0; at < T; at += 4096) model->forward(torch::randint(V, {B, std::min<int64_t>(4096, T - at)}), &state);
+    const double prefill = seconds_since(t0);
+    const auto& c = model->config();
+    const int64_t cycle = c.type == "perceiver_ar" ? c.latents - (c.reset_latents > 0 ? c.reset_latents : c.latents / 2) : 0;
+    const int64_t steps = std::max<int64_t>(s["decode"]["tokens"].get<int64_t>(), cycle + 1);
+    auto xs = torch::randint(V, {steps, B, 1});
+    for (int64_t i = 0; i < steps; ++i) {
+      auto t1 = std::chrono::steady_clock::now();
+      model->forward(xs[i], &state);
+      times.push_back(seconds_since(t1));
+    }
+    roofs.push_back(local_roof());
+    double total = 0;
+    for (double t : times) total += t;
+    return Json{{"ok", true}, {"times", Json::array()}, {"median_s", total / static_cast<double>(steps)},
+                {"step_median_s", median(times)}, {"steps", steps}, {"prefill_s", prefill}, {"roofs", roofs},
+                {"roof_gflops", median(roofs)}, {"peak_mib", peak_memory_mib()}}
+        .dump();
+  }
+  model->train();
+  auto tokens = torch::randint(V, {B, T + 1});
+  auto once = [&]() {
+    auto t0 = std::chrono::steady_clock::now();
+    auto logits = model->forward(tokens.narrow(1, 0, T));
+    auto target = tokens.narrow(1, T + 1 - logits.size(1), logits.size(1));
+    auto loss = torch::nn::functional::cross_entropy(logits.reshape({-1, V}), target.reshape({-1}));
+    if (model->aux_loss().defined()) loss = loss + model->aux_loss();
+    loss.backward();
+    for (auto& p : model->parameters()) p.mutable_grad() = torch::Tensor();
+    return seconds_since(t0);
+  };
+  const double warm = once();
+  const int n = warm > 10 ? 1 : s["repeats"].get<int>();
+  for (int i = 0; i < n; ++i) {
+    times.push_back(once());
+    roofs.push_back(local_roof());
+  }
+  return Json{{"ok", true},       {"times", times},       {"median_s", median(times)}, {"warmup_s", warm},
+              {"roofs", roofs},   {"roof_gflops", median(roofs)}, {"peak_mib", peak_memory_mib()},
+              {"scored", model->scored_positions(T)}}
+      .dump();
+}
+
 }  // namespace
 
 std::string bench_one(const Json& s) {
   reset_peak_memory();  // first: the peak from here on is this configuration's (plus what is resident now)
+  if (s.contains("lm")) return bench_model(s);
   const int64_t B = s["B"], H = s["H"], D = s["D"], T = s["T"];
   const bool causal = s["causal"], backward = s["pass"] == "fwdbwd";
   const int repeats = s["repeats"];
@@ -439,6 +496,12 @@ void check_bench_options(const BenchOptions& o) {
   for (const auto& p : o.passes)
     if (p != "fwd" && p != "fwdbwd") throw Error("bench: --passes takes fwd, fwdbwd; got " + p);
   for (const auto& m : o.mixers) find_mixer(m);  // unknown names fail listing the registered ones
+  const auto lms = language_model_types();
+  for (const auto& m : o.models)
+    if (std::find(lms.begin(), lms.end(), m) == lms.end())
+      throw Error("bench: --models holds \"" + m + "\", not a language model; the language models: " + join(lms));
+  positive({o.model_layers}, "--model-layers", 1024);
+  positive({o.latents}, "--latents", int64_t{1} << 24);
   for (const auto& kv : o.mixer_options.items()) {  // each mixer's options pass its schema
     Json spec = kv.value();
     spec["name"] = kv.key();
@@ -508,7 +571,7 @@ void run_bench(const BenchOptions& o) {
   if (lengths.empty())
     for (int64_t t = 1024; t <= 65536; t *= 2) lengths.push_back(t);
   std::vector<std::string> mixers = o.mixers;
-  if (mixers.empty())
+  if (mixers.empty() && o.models.empty())
     for (const auto& m : mixer_registry()) mixers.push_back(m.name);
   for (const auto& m : mixers) find_mixer(m);  // unknown names fail before any work
 
@@ -541,7 +604,7 @@ void run_bench(const BenchOptions& o) {
     if (!o.kernels_only) all.push_back({m + " mixer", m, "", false, false});
   }
   // Activation memory of a stack versus its depth, with stored activations and reversible (Reformer sec. 3).
-  for (int64_t n : o.stack_layers)
+  for (int64_t n : mixers.empty() ? std::vector<int64_t>{} : o.stack_layers)
     for (bool rev : {false, true})
       all.push_back({mixers.front() + " stack of " + std::to_string(n) + (rev ? " reversible" : " standard"),
                      mixers.front(), "", false, false, n, rev});
@@ -642,6 +705,55 @@ void run_bench(const BenchOptions& o) {
       rows.push_back(r);
     }
   }
+  // Whole language models: a training step versus T, and decoding after each prefix.
+  for (const auto& kind : o.models) {
+    const bool perceiver = kind == "perceiver_ar";
+    const int64_t layers = perceiver ? o.model_layers : o.model_layers + 1;
+    int64_t longest = 1;
+    for (int64_t T : lengths) longest = std::max(longest, T);
+    for (int64_t T : o.decode_contexts) longest = std::max(longest, T + 4096);
+    Json lm = {{"type", kind}, {"d_model", o.heads * o.head_dim}, {"n_heads", o.heads}, {"n_layers", layers},
+               {"max_len", longest}, {"positions", perceiver ? "rotary" : "sinusoidal"}};
+    if (perceiver) lm["latents"] = o.latents;
+    const std::string name = perceiver ? kind + " (N=" + std::to_string(o.latents) + ", 1 + " +
+                                             std::to_string(layers) + " layers)"
+                                       : kind + " (" + std::to_string(layers) + " layers)";
+    for (const std::string pass : {"train", "decode"}) {
+      const auto& Ts = pass == "train" ? lengths : o.decode_contexts;
+      bool skip_rest = false;
+      for (int64_t T : Ts) {
+        Row r;
+        r.series = name, r.mode = "causal", r.pass = pass, r.T = T, r.policy = policy;
+        if (skip_rest) {
+          r.status = "skipped (over a cap at a shorter length)";
+          rows.push_back(r);
+          continue;
+        }
+        Json spec = {{"B", o.batch}, {"T", T}, {"pass", pass}, {"repeats", o.repeats}, {"lm", lm},
+                     {"decode", {{"tokens", o.decode_tokens}}}};
+        const std::string label = name + " " + pass + " T=" + std::to_string(T);
+        auto c = run_child(o.self, spec, false, o.time_cap, o.memory_cap_gib, [&](double secs) {
+          progress.update(static_cast<int64_t>(done), label + " (" + format_duration(secs) + ")");
+        });
+        r.peak_mib = c.peak_mib;
+        Json res = parse_bench_child_output(c.out);
+        if (!c.killed.empty()) {
+          r.status = c.killed, skip_rest = true;
+        } else if (res.is_discarded() || !res.value("ok", false)) {
+          r.status = !res.is_discarded() && res.contains("error") ? "error: " + res["error"].get<std::string>() : "failed";
+          skip_rest = true;
+        } else {
+          r.status = "ok";
+          r.peak_mib = res.value("peak_mib", r.peak_mib);
+          r.median_s = res["median_s"];
+          // Training: targets trained on per second (Perceiver AR: its latents); decoding: new tokens per second.
+          r.tokens_per_s = pass == "train" ? o.batch * res.value("scored", T) / r.median_s : o.batch / r.median_s;
+          r.roof_gflops = res.value("roof_gflops", 0.0);
+        }
+        rows.push_back(r);
+      }
+    }
+  }
   progress.update(static_cast<int64_t>(total), "done");
   progress.finish();
 
@@ -665,6 +777,12 @@ void run_bench(const BenchOptions& o) {
               "warm-up); decode rows: T is the prefix length and time is the median of the single-token steps (batch "
               "B) after the prefix went in by chunks of 4096, inputs drawn outside the timing. tokens/s: B * T / time "
               "(decode rows: B / time).\n");
+  if (!o.models.empty())
+    std::printf("model rows (longseq bench --models): train = one training step (forward, cross-entropy on the "
+                "positions the model scores, backward) on B x T drawn tokens, tokens/s = targets trained on per "
+                "second (perceiver_ar: B x N latents of T context tokens); decode = after a prefix of T tokens fed "
+                "by chunks of 4096, the mean time per new token over at least one refill cycle of perceiver_ar "
+                "(latents - reset_latents + 1 steps), tokens/s = B / time.\n");
   std::printf("row's roof: SGEMM 1024^3 on all threads, measured in the row's own process before the warm-up and "
               "after each timed repeat (median); \"of roof\" divides by it. GFLOP/s counts each mixer's useful FLOPs "
               "as its registry entry states them (x3 for fwd+bwd).\n");

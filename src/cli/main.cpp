@@ -54,6 +54,10 @@ void print_info(bool markdown) {
     if (!m.left_padding_changes.empty()) std::printf("left padding changes outputs: %s\n\n", m.left_padding_changes.c_str());
     std::printf("%s\n", schema_markdown(m.schema).c_str());
   }
+  std::printf("Model kinds (model.type) and trunk systems:\n\n");
+  for (const auto& k : model_kind_registry())
+    std::printf("## %s\n%s\n(%s)\noptions: %s\n\n", k.name.c_str(), k.summary.c_str(), k.citation.c_str(),
+                join(k.options).c_str());
   if (markdown) {
     std::printf("# Config sections\n\n## model\n%s\n## data\n%s\n## train\n%s\n", schema_markdown(model_schema()).c_str(),
                 schema_markdown(data_schema()).c_str(), schema_markdown(train_schema()).c_str());
@@ -257,6 +261,15 @@ int main(int argc, char** argv) {
       ->check(number_in(1, 1 << 30));
   bench->add_option("--decode-tokens", bopts.decode_tokens, "timed single-token steps per decoding row")
       ->check(number_in(1, 1e9));
+  bench->add_option("--models", bopts.models,
+                    "whole language models to measure (decoder_lm, perceiver_ar): a training step at each --lengths "
+                    "and decoding after each --decode-contexts; alone, no mixer rows")
+      ->delimiter(',');
+  bench->add_option("--model-layers", bopts.model_layers,
+                    "with --models: perceiver_ar's latent layers after its cross-attention; decoder_lm gets one more "
+                    "(equal depth)")
+      ->check(number_in(1, 1024));
+  bench->add_option("--latents", bopts.latents, "with --models: perceiver_ar's latents N")->check(number_in(1, 1 << 24));
   bench->add_option("--quality-steps", bopts.quality_steps, "also train each mixer this many steps and report bits per byte")
       ->check(number_in(0, 1e9));
 

@@ -48,7 +48,7 @@ int64_t sample_token(const torch::Tensor& logits, const SampleOptions& opts, std
   return order[keep - 1];
 }
 
-std::vector<int64_t> generate(DecoderLMImpl& model, const std::vector<int64_t>& prompt, int64_t max_new,
+std::vector<int64_t> generate(LanguageModelImpl& model, const std::vector<int64_t>& prompt, int64_t max_new,
                               const SampleOptions& opts, std::vector<torch::Tensor>* step_logits) {
   if (prompt.empty()) throw Error("generate: the prompt must hold at least one token");
   for (auto id : prompt)

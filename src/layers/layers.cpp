@@ -7,23 +7,26 @@
 
 namespace longseq {
 
-FeedForwardImpl::FeedForwardImpl(int64_t d_model, int64_t d_ff, double dropout) : dropout_(dropout) {
+FeedForwardImpl::FeedForwardImpl(int64_t d_model, int64_t d_ff, double dropout, const std::string& activation)
+    : dropout_(dropout), squared_relu_(activation == "squared_relu") {
+  if (activation != "gelu" && activation != "squared_relu")
+    throw Error("feed-forward activation \"" + activation + "\" is not one of gelu, squared_relu");
   w_in_ = register_module("w_in", torch::nn::Linear(d_model, d_ff));
   w_out_ = register_module("w_out", torch::nn::Linear(d_ff, d_model));
 }
 
 torch::Tensor FeedForwardImpl::forward(const torch::Tensor& x) {
-  auto h = torch::gelu(w_in_(x));
+  auto h = squared_relu_ ? torch::relu(w_in_(x)).square() : torch::gelu(w_in_(x));
   if (dropout_ > 0) h = torch::dropout(h, dropout_, is_training());
   return w_out_(h);
 }
 
-BlockImpl::BlockImpl(Mixer mixer, int64_t d_model, int64_t d_ff, double dropout)
+BlockImpl::BlockImpl(Mixer mixer, int64_t d_model, int64_t d_ff, double dropout, const std::string& activation)
     : mixer_(std::move(mixer)), dropout_(dropout) {
   ln_mix_ = register_module("ln_mix", torch::nn::LayerNorm(torch::nn::LayerNormOptions({d_model})));
   register_module("mixer", mixer_);
   ln_ff_ = register_module("ln_ff", torch::nn::LayerNorm(torch::nn::LayerNormOptions({d_model})));
-  ff_ = register_module("ff", FeedForward(d_model, d_ff, dropout));
+  ff_ = register_module("ff", FeedForward(d_model, d_ff, dropout, activation));
 }
 
 torch::Tensor BlockImpl::mix_branch(const torch::Tensor& x, MixContext& ctx) {
@@ -72,7 +75,7 @@ TrunkImpl::TrunkImpl(const ModelConfig& cfg) : cfg_(cfg) {
   for (int64_t i = 0; i < cfg.n_layers; ++i) {
     auto mixer = make_mixer(cfg.layers[i], cfg.d_model, cfg.n_heads, i);
     blocks_.push_back(register_module("block" + std::to_string(i),
-                                      Block(mixer, cfg.d_model, cfg.d_ff, cfg.dropout)));
+                                      Block(mixer, cfg.d_model, cfg.d_ff, cfg.dropout, cfg.ff_activation)));
   }
   ln_final_ = register_module("ln_final", torch::nn::LayerNorm(torch::nn::LayerNormOptions({cfg.d_model})));
   if (cfg.act) {

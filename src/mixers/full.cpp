@@ -46,6 +46,11 @@ class FullAttentionImpl : public MixerImpl {
     auto qkv = qkv_(x).chunk(3, -1);
     auto q = split_heads(qkv[0], heads_), k = split_heads(qkv[1], heads_),
          v = split_heads(qkv[2], heads_);
+    if (ctx.rotary) {  // positions offset + i; cached keys were rotated at their own positions
+      auto pos = torch::arange(ctx.offset, ctx.offset + T, torch::TensorOptions().dtype(torch::kLong).device(x.device()));
+      q = apply_rotary(q, pos, *ctx.rotary);
+      k = apply_rotary(k, pos, *ctx.rotary);
+    }
     AttentionMask mask{ctx.causal, ctx.padding_mask};
     if (ctx.state) {
       auto* cache = dynamic_cast<KvCache*>(ctx.state);
@@ -91,6 +96,7 @@ MixerInfo full_mixer_info() {
   info.make = [](const MixerArgs& a) -> Mixer { return std::make_shared<FullAttentionImpl>(a); };
   info.no_sparse_regime = "exact softmax attention at every length";
   info.streams = true;
+  info.rotary = true;
   info.flops = [](const FlopQuery& f) {  // q, k, v, out projections + QK^T and PV (half of them when causal)
     const double attn = 4.0 * f.B * f.T * f.T * f.C;
     return 8.0 * f.B * f.T * f.C * f.C + (f.causal ? attn / 2 : attn);

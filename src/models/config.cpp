@@ -12,15 +12,17 @@ namespace longseq {
 const Schema& model_schema() {
   static const Schema s = {
       {"type", OptionType::String, "decoder_lm", "model family", -1e300, 1e300,
-       {"decoder_lm", "encoder_classifier"}},
+       {"decoder_lm", "perceiver_ar", "encoder_classifier"}},
       {"vocab_size", OptionType::Int, 256, "vocabulary size (256 for the byte tokenizer)", 2, 1e7},
       {"d_model", OptionType::Int, 256, "model width C", 1, 65536},
       {"n_heads", OptionType::Int, 4, "attention heads H (d_model must be a multiple)", 1, 1024},
       {"n_layers", OptionType::Int, 4, "number of blocks (ignored when \"layers\" is given)", 1, 1024},
       {"d_ff", OptionType::Int, 0, "feed-forward width; 0 means 4 * d_model", 0, 1 << 20},
       {"max_len", OptionType::Int, 2048, "longest position for learned positions", 1, 1 << 30},
-      {"positions", OptionType::String, "sinusoidal", "absolute positions added to the embeddings",
-       -1e300, 1e300, {"sinusoidal", "learned", "none"}},
+      {"positions", OptionType::String, "sinusoidal",
+       "sinusoidal, learned or none: absolute positions added to the embeddings; rotary (perceiver_ar only): "
+       "rotary positions in the cross-attention and in latent layers whose mixer takes them (full)",
+       -1e300, 1e300, {"sinusoidal", "learned", "none", "rotary"}},
       {"dropout", OptionType::Float, 0.0, "dropout on residual branches and embeddings", 0.0, 1.0},
       {"reversible", OptionType::Bool, false,
        "reversible residual blocks (Reformer sec. 3): Y1 = X1 + mix(X2), Y2 = X2 + FF(Y1); the backward recomputes "
@@ -46,6 +48,26 @@ const Schema& model_schema() {
        "ACT: basic (out = w y + (1 - w) out, t2t's default) or accumulated (out = out + w y, Graves's sum)", -1e300,
        1e300, {"basic", "accumulated"}},
       {"tie_embeddings", OptionType::Bool, true, "output projection shares the token embedding"},
+      {"ff_activation", OptionType::String, "auto",
+       "feed-forward nonlinearity: gelu, squared_relu (relu(x)^2), or auto = squared_relu for perceiver_ar (the "
+       "paper's MLP), gelu otherwise", -1e300, 1e300, {"auto", "gelu", "squared_relu"}},
+      {"latents", OptionType::Int, 256,
+       "perceiver_ar: N, the final input positions that become latents (each predicts the next token); the loss "
+       "covers those positions only; inputs shorter than N use all their positions", 1, 1 << 24},
+      {"reset_latents", OptionType::Int, 0,
+       "perceiver_ar decoding: when the latent caches hold N latents, the next token refills them by a full pass "
+       "with this many latents (App. E.3); 0 = N / 2", 0, 1 << 24},
+      {"context_dropout", OptionType::Float, 0.0,
+       "perceiver_ar training: this share of the context positions before the latents is dropped at random per "
+       "example (cross-attend dropout, sec. 3); dropped positions are removed, so the cross-attention costs less",
+       0.0, 0.99},
+      {"rotary_fraction", OptionType::Float, 0.5,
+       "perceiver_ar with positions = rotary: share of each head's channels rotated (adjacent pairs)", 0.0, 1.0},
+      {"rotary_max_wavelength", OptionType::Float, 0.0,
+       "perceiver_ar with positions = rotary: the slowest band's wavelength in positions; 0 = max_len", 0.0, 1e12},
+      {"z_loss", OptionType::Float, 1e-4,
+       "perceiver_ar: weight of the z-loss mean((log Z)^2) over the latents' logits added to the training loss "
+       "(the paper's code: 1e-4); 0 = off", 0.0, 1.0},
       {"mixer", OptionType::Any, "full", "mixer of every layer: a name or {\"name\": ..., options}"},
       {"layers", OptionType::Any, Json::array(),
        "per-layer mixers (list of names or objects); overrides mixer and n_layers"},
@@ -140,6 +162,14 @@ ModelConfig ModelConfig::from_json(const Json& raw) {
   c.act_loss_weight = j["act_loss_weight"];
   c.act_bias_init = j["act_bias_init"];
   c.act_accumulated = j["act_update"].get<std::string>() == "accumulated";
+  const std::string act_fn = j["ff_activation"];
+  c.ff_activation = act_fn != "auto" ? act_fn : c.type == "perceiver_ar" ? "squared_relu" : "gelu";
+  c.latents = j["latents"];
+  c.reset_latents = j["reset_latents"];
+  c.context_dropout = j["context_dropout"];
+  c.rotary_fraction = j["rotary_fraction"];
+  c.rotary_max_wavelength = j["rotary_max_wavelength"];
+  c.z_loss = j["z_loss"];
   if (c.act && c.recurrence_steps < 1)
     throw Error("model.act needs model.recurrence_steps >= 1 (the cap on the steps a position may take)");
   if (c.recurrence_steps > 0 && c.reversible)
@@ -148,6 +178,16 @@ ModelConfig ModelConfig::from_json(const Json& raw) {
   if (c.recurrence_steps > 0 && c.positions == "learned")
     throw Error("model.recurrence_steps adds sinusoidal coordinates at every step: use model.positions = sinusoidal "
                 "or none, not learned");
+  if (c.positions == "rotary" && c.type != "perceiver_ar")
+    throw Error("model.positions = rotary is implemented for model.type = perceiver_ar only; use sinusoidal, "
+                "learned or none");
+  if (c.type == "perceiver_ar") {
+    if (c.reversible || c.recurrence_steps > 0)
+      throw Error("model.type = perceiver_ar takes neither model.reversible nor model.recurrence_steps");
+    if (c.reset_latents >= c.latents)
+      throw Error("model.reset_latents = " + std::to_string(c.reset_latents) + " must be less than model.latents = " +
+                  std::to_string(c.latents) + ": the refill pass leaves room for the tokens after it");
+  }
   c.num_classes = j["num_classes"];
   c.pooling = j["pooling"];
   if (c.d_model % c.n_heads != 0)
@@ -171,7 +211,7 @@ ModelConfig ModelConfig::from_json(const Json& raw) {
                     s.name + " has " + std::to_string(n) + " entries but the model has " +
                     std::to_string(c.layers.size()) + " layers: give one value for every layer, or one per layer");
     }
-  const bool causal = c.type == "decoder_lm";  // the decoder is causal, the classifier bidirectional
+  const bool causal = c.type != "encoder_classifier";  // the language models are causal, the classifier not
   for (size_t i = 0; i < c.layers.size(); ++i) {
     const auto& info = find_mixer(c.layers[i].name);
     if (causal ? !info.supports_causal : !info.supports_bidirectional)
@@ -213,6 +253,9 @@ RunConfig RunConfig::from_json(const Json& j) {
                 " exceeds train.seq_len = " + std::to_string(c.train["seq_len"].get<int64_t>()));
   if (c.model["positions"] == "learned" && c.train["seq_len"].get<int64_t>() > c.model["max_len"].get<int64_t>())
     throw Error("train.seq_len exceeds model.max_len with learned positions");
+  if (c.model["type"] == "perceiver_ar" && c.train["stream"].get<bool>())
+    throw Error("train.stream needs a model that scores every position; model.type = perceiver_ar scores its "
+                "latents only");
   if (c.train["stream"].get<bool>()) {
     const int64_t reset = c.train["stream_reset"], T = c.train["seq_len"];
     if (c.train["checkpoint_every"].get<int64_t>() % reset != 0)

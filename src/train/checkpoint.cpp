@@ -17,7 +17,7 @@ LoadedRun load_run(const std::string& dir, const Json& mixer_overrides) {
   if (run.tokenizer->vocab_size() > run.model_config.vocab_size)
     throw Error(config_path + ": model.vocab_size " + std::to_string(run.model_config.vocab_size) +
                 " is smaller than the tokenizer's " + std::to_string(run.tokenizer->vocab_size()));
-  run.model = DecoderLM(run.model_config);
+  run.model = make_language_model(run.model_config);
   load_module_tensors(*run.model, load_safetensors(dir + "/model.safetensors"), dir + "/model.safetensors");
   run.model->eval();
   return run;

@@ -14,6 +14,9 @@ std::string EvalResult::method() const {
                           : "prefix of the split: " + std::to_string(tokens) + " of " + std::to_string(split_targets) +
                                 " targets";
   s += ", " + std::to_string(windows) + " windows of " + std::to_string(seq_len) + " tokens";
+  if (unscored_head > 0)
+    s += " (the model scores the last " + std::to_string(seq_len - unscored_head) + " positions of a window: the " +
+         "split's first " + std::to_string(unscored_head) + " targets are not scored)";
   if (stride >= seq_len) return s + ", non-overlapping";
   return s + " with stride " + std::to_string(stride) + ": each target is predicted from at least " +
          std::to_string(seq_len - stride + 1) + " tokens (or all before it)";
@@ -31,12 +34,14 @@ torch::Tensor part_ids_of(const torch::Tensor& part, int64_t N, const char* who)
 
 }  // namespace
 
-EvalResult evaluate_lm(DecoderLMImpl& model, const TokenSplit& split, int64_t batch, int64_t seq_len,
+EvalResult evaluate_lm(LanguageModelImpl& model, const TokenSplit& split, int64_t batch, int64_t seq_len,
                        int64_t max_batches, int64_t stride, const torch::Tensor& part) {
   torch::NoGradGuard no_grad;
   const bool was_training = model.is_training();
   model.eval();
-  const int64_t N = split.tokens.size(0), T = seq_len, s = stride > 0 ? stride : seq_len;
+  // A model that scores only its last P positions (Perceiver AR's latents) needs windows at most P apart.
+  const int64_t N = split.tokens.size(0), T = seq_len, P = model.scored_positions(T),
+                s = std::min(stride > 0 ? stride : seq_len, P);
   const torch::Tensor part_ids = part_ids_of(part, N, "evaluate_lm");
   const auto windows = eval_windows(N, T, s);
   double nats = 0, seconds = 0, part_nats = 0;
@@ -47,15 +52,15 @@ EvalResult evaluate_lm(DecoderLMImpl& model, const TokenSplit& split, int64_t ba
     const size_t count = std::min(windows.size() - first, static_cast<size_t>(batch));
     Batch bt = eval_batch(split.tokens, windows, first, count, T);
     const auto t0 = std::chrono::steady_clock::now();
-    auto logits = model.forward(bt.input);
+    auto logits = model.forward(bt.input);  // [B, P, V]: the targets of the last P positions
     auto loss = torch::nn::functional::cross_entropy(
-        logits.reshape({-1, logits.size(-1)}), bt.target.reshape({-1}),
+        logits.reshape({-1, logits.size(-1)}), bt.target.narrow(1, T - P, P).reshape({-1}),
         torch::nn::functional::CrossEntropyFuncOptions().reduction(torch::kNone));
-    auto keep = bt.scored.reshape({-1}).to(loss.device());
+    auto keep = bt.scored.narrow(1, T - P, P).reshape({-1}).to(loss.device());
     nats += loss.masked_select(keep).sum().item<double>();
     tokens += keep.sum().item<int64_t>();
     if (part.defined()) {  // the mask read through the same windows: scored targets that belong to the part
-      auto in_part = eval_batch(part_ids, windows, first, count, T).target.reshape({-1}).to(torch::kBool) & keep;
+      auto in_part = eval_batch(part_ids, windows, first, count, T).target.narrow(1, T - P, P).reshape({-1}).to(torch::kBool) & keep;
       part_nats += loss.masked_select(in_part).sum().item<double>();
       part_n += in_part.sum().item<int64_t>();
     }
@@ -66,6 +71,7 @@ EvalResult evaluate_lm(DecoderLMImpl& model, const TokenSplit& split, int64_t ba
   EvalResult r;
   r.tokens = tokens;
   r.split_targets = N - 1;
+  r.unscored_head = T - P;
   r.windows = used;
   r.seq_len = T;
   r.stride = s;
@@ -80,7 +86,7 @@ EvalResult evaluate_lm(DecoderLMImpl& model, const TokenSplit& split, int64_t ba
   return r;
 }
 
-StreamEvalResult evaluate_lm_stream(DecoderLMImpl& model, const TokenSplit& split, int64_t batch, int64_t seq_len,
+StreamEvalResult evaluate_lm_stream(LanguageModelImpl& model, const TokenSplit& split, int64_t batch, int64_t seq_len,
                                     int64_t max_segments, int64_t reset, const torch::Tensor& part) {
   torch::NoGradGuard no_grad;
   const bool was_training = model.is_training();
@@ -88,6 +94,10 @@ StreamEvalResult evaluate_lm_stream(DecoderLMImpl& model, const TokenSplit& spli
   const int64_t N = split.tokens.size(0), T = seq_len;
   int64_t S = stream_segments(N, batch, T);
   if (max_segments > 0) S = std::min(S, max_segments);
+  if (model.scored_positions(T) != T)
+    throw Error("evaluation over a stream needs a model that scores every position; model.type = " +
+                model.config().type + " scores " + std::to_string(model.scored_positions(T)) + " of " +
+                std::to_string(T));
   ModelState state;
   try {
     state = model.initial_state(batch);

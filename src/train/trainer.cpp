@@ -7,6 +7,7 @@
 #include <csignal>
 #include <cmath>
 #include <cstdio>
+#include <algorithm>
 #include <fstream>
 #include <iostream>
 #include <sstream>
@@ -119,7 +120,7 @@ struct Carried {
 
 // model.safetensors first: a kill between the two writes leaves the export copy
 // that eval and generate read ahead of trainer_state, never behind it.
-void save_checkpoint(const std::string& dir, DecoderLMImpl& model, const AdamW& opt, const Carried& c) {
+void save_checkpoint(const std::string& dir, LanguageModelImpl& model, const AdamW& opt, const Carried& c) {
   TensorFile weights = module_tensors(model);
   weights.metadata = {{"format", "pt"}, {"step", std::to_string(c.step)}};
   save_safetensors(dir + "/model.safetensors", weights);
@@ -167,8 +168,10 @@ TrainResult train_run(const RunConfig* given, const TrainOptions& opts) {
 
   // Everything that can fail on bad input is checked before the run directory is touched.
   ModelConfig mc = ModelConfig::from_json(cfg.model);
-  if (mc.type != "decoder_lm")
-    throw Error("train: model.type " + mc.type + " is not trainable by `longseq train` yet (decoder_lm only)");
+  const auto lm_types = language_model_types();
+  if (std::find(lm_types.begin(), lm_types.end(), mc.type) == lm_types.end())
+    throw Error("train: model.type " + mc.type + " is not trainable by `longseq train` yet (language models: " +
+                join(lm_types) + ")");
   auto tokenizer = make_tokenizer(cfg.data);
   if (tokenizer->vocab_size() > mc.vocab_size)
     throw Error("model.vocab_size " + std::to_string(mc.vocab_size) + " is smaller than the tokenizer's " +
@@ -181,7 +184,7 @@ TrainResult train_run(const RunConfig* given, const TrainOptions& opts) {
                   " tokens, fewer than train.seq_len + 1 = " + std::to_string(T + 1));
 
   torch::manual_seed(seed);
-  DecoderLM model(mc);
+  LanguageModel model = make_language_model(mc);
   // Training over a stream: B * accum rows, each its own slice; micro-batch m carries rows [m B, (m + 1) B).
   const bool stream = t["stream"];
   const int64_t stream_reset = t["stream_reset"];
@@ -240,6 +243,7 @@ TrainResult train_run(const RunConfig* given, const TrainOptions& opts) {
   Progress progress("train", steps);
   const auto t0 = std::chrono::steady_clock::now();
   int64_t tokens_done = 0;
+  const int64_t scored = model->scored_positions(T);
   double train_s = 0;  // time in training steps only: validation and checkpoints excluded
   model->train();
   for (int64_t step = start + 1; step <= steps; ++step) {
@@ -261,14 +265,13 @@ TrainResult train_run(const RunConfig* given, const TrainOptions& opts) {
       } else {
         batch = sample_batch(corpus.train.tokens, B, T, rng);
       }
-      auto logits = model->forward(batch.input, state);
-      auto loss = torch::nn::functional::cross_entropy(logits.reshape({-1, logits.size(-1)}), batch.target.reshape({-1}));
+      auto logits = model->forward(batch.input, state);  // [B, P, V]: the last P positions (Perceiver AR: latents)
+      auto target = batch.target.narrow(1, T - logits.size(1), logits.size(1));
+      auto loss = torch::nn::functional::cross_entropy(logits.reshape({-1, logits.size(-1)}), target.reshape({-1}));
       if (opts.loss_hook) loss = opts.loss_hook(step, loss);
-      auto objective = loss;  // the language-model loss, plus the layers' auxiliary losses (ACT's ponder cost)
-      if (model->aux_loss().defined()) {
-        objective = loss + model->aux_loss();
-        ponder_sum += model->ponder().item<double>() / static_cast<double>(accum);
-      }
+      auto objective = loss;  // the language-model loss, plus the auxiliary losses (ACT's ponder cost, z-loss)
+      if (model->aux_loss().defined()) objective = loss + model->aux_loss();
+      if (model->ponder().defined()) ponder_sum += model->ponder().item<double>() / static_cast<double>(accum);
       (objective / static_cast<double>(accum)).backward();
       loss_sum += loss.item<double>() / static_cast<double>(accum);
     }
@@ -284,13 +287,14 @@ TrainResult train_run(const RunConfig* given, const TrainOptions& opts) {
     }
     carried.step = step;
     carried.adamw_steps = opt.steps();
-    tokens_done += B * T * accum;
+    tokens_done += B * scored * accum;  // targets trained on (Perceiver AR: its latents of the T context tokens)
     train_s += seconds_since(step_t0);
     result.losses.push_back(loss_sum);
     result.last_step = step;
     const double elapsed = seconds_since(t0);
     const double bpb = loss_sum * train_tokens_per_byte / std::log(2.0);
     const double tps = tokens_done / std::max(train_s, 1e-9);
+    const double context_tps = tps * static_cast<double>(T) / static_cast<double>(scored);
     result.tokens_per_s = tps;
     if (!finite) {
       const std::string what = !std::isfinite(loss_sum) ? "loss" : "gradient";
@@ -312,6 +316,7 @@ TrainResult train_run(const RunConfig* given, const TrainOptions& opts) {
     } else if (step % log_every == 0 || step == 1) {
       Json line = {{"step", step}, {"loss", loss_sum}, {"bpb", bpb}, {"lr", lr}, {"grad_norm", grad_norm},
                    {"train_tokens_per_s", tps}, {"train_s", train_s}, {"elapsed_s", elapsed}};
+      if (scored != T) line["context_tokens_per_s"] = context_tps;  // inputs read per second, T per row
       if (mc.act) line["ponder"] = ponder_sum;  // mean steps N + R per position (the cost's term, before tau)
       append_line(metrics_path, line);
     }
