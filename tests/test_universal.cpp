@@ -4,9 +4,12 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <set>
 
 #include "longseq/common.h"
+#include "longseq/data.h"
 #include "longseq/models.h"
+#include "longseq/train.h"
 
 namespace universal_test {
 
@@ -153,6 +156,81 @@ TEST(Universal, ConfigsItCannotServeAreErrors) {
   EXPECT_THROW(ModelConfig::from_json({{"recurrence_steps", 2}, {"reversible", true}}), Error);
   EXPECT_THROW(ModelConfig::from_json({{"recurrence_steps", 2}, {"positions", "learned"}}), Error);
   EXPECT_THROW(ModelConfig::from_json({{"recurrence_steps", -1}}), Error);
+}
+
+TEST(Universal, TheEncoderClassifierPondersAndItsCostHasGradients) {  // ACT in the classifier's loss
+  torch::manual_seed(12);
+  auto cfg = ModelConfig::from_json({{"type", "encoder_classifier"}, {"vocab_size", kV}, {"d_model", kC},
+                                     {"n_heads", 2}, {"n_layers", 1}, {"d_ff", 32}, {"recurrence_steps", 4},
+                                     {"act", true}, {"num_classes", 3}});
+  EncoderClassifier clf(cfg);
+  auto logits = clf->forward(torch::randint(kV, {2, kT}, torch::kLong));
+  ASSERT_TRUE(clf->aux_loss().defined());
+  const double ponder = clf->ponder().item<double>();
+  EXPECT_GE(ponder, 1.0);
+  EXPECT_LE(ponder, 4.0 + 1e-6);
+  auto loss = torch::nn::functional::cross_entropy(logits, torch::tensor({0, 2}, torch::kLong)) + clf->aux_loss();
+  loss.backward();
+  EXPECT_GT(param(*clf, "trunk.halting.weight").grad().abs().sum().item<double>(), 0.0);
+}
+
+// The value of an expression of the depth task, by recursive descent over its text (mod 10 at every operation).
+int evaluate(const std::string& e, size_t& i) {
+  if (e[i] != '(') return e[i++] - '0';
+  ++i;
+  const int a = evaluate(e, i);
+  const char op = e[i++];
+  const int b = evaluate(e, i);
+  ++i;  // ')'
+  return op == '+' ? (a + b) % 10 : (a - b + 10) % 10;
+}
+
+TEST(ExpressionsCorpus, AnswersAreTheValuesAndDepthsAreTheNestings) {
+  const std::string text = expressions_text(20000, 5, 3);
+  EXPECT_EQ(text, expressions_text(20000, 5, 3));
+  EXPECT_NE(text, expressions_text(20000, 5, 4));
+  std::vector<int64_t> ids(text.begin(), text.end());
+  auto depths = expression_depths(torch::tensor(ids, torch::kLong));
+  std::set<int64_t> seen;
+  size_t start = 0, lines = 0;
+  for (size_t nl = text.find('\n'); nl != std::string::npos; start = nl + 1, nl = text.find('\n', start), ++lines) {
+    const std::string line = text.substr(start, nl - start);
+    const size_t eq = line.find('=');
+    ASSERT_NE(eq, std::string::npos) << line;
+    size_t i = 0;
+    EXPECT_EQ(evaluate(line, i), line[eq + 1] - '0') << line;
+    EXPECT_EQ(i, eq) << line;
+    int64_t open = 0, deepest = 0;
+    for (char c : line.substr(0, eq)) deepest = std::max(deepest, open += c == '(' ? 1 : c == ')' ? -1 : 0);
+    EXPECT_EQ(depths[static_cast<int64_t>(start + eq + 1)].item<int64_t>(), start == 0 ? 0 : deepest) << line;
+    seen.insert(deepest);
+  }
+  EXPECT_EQ(seen, (std::set<int64_t>{1, 2, 3, 4, 5}));
+  EXPECT_EQ(depths.gt(0).sum().item<int64_t>(), static_cast<int64_t>(lines) - 1);  // one label per whole line
+}
+
+TEST(ExpressionsCorpus, EvaluationReportsEachDepthWithItsPonderTime) {
+  torch::manual_seed(13);
+  DecoderLM lm(act_config(4));
+  const std::string text = expressions_text(3000, 3, 1);
+  TokenSplit split;
+  const auto bytes = torch::tensor(std::vector<int64_t>(text.begin(), text.end()), torch::kLong);
+  split.tokens = bytes.remainder(kV).to(torch::kInt);  // the model's vocabulary is small: byte values folded into it
+  split.bytes = split.text_bytes = static_cast<int64_t>(text.size());
+  auto labels = expression_depths(bytes);
+  auto r = evaluate_lm(*lm, split, 2, 64, 0, 0, {}, labels);
+  ASSERT_EQ(r.groups.size(), 3u);
+  int64_t answers = 0;
+  for (const auto& g : r.groups) {
+    answers += g.targets;
+    EXPECT_GE(g.ponder, 1.0);
+    EXPECT_LE(g.ponder, 4.0 + 1e-6);
+    EXPECT_GE(g.accuracy, 0.0);
+    EXPECT_GT(g.loss, 0.0);
+  }
+  // The whole split is scored: every label of a target (positions 1 .. N - 1) is counted once.
+  ASSERT_TRUE(r.whole());
+  EXPECT_EQ(answers, labels.narrow(0, 1, labels.size(0) - 1).gt(0).sum().item<int64_t>());
 }
 
 }  // namespace universal_test

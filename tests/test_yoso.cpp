@@ -67,8 +67,10 @@ TEST(Yoso, SampledMeanApproachesTheExpectation) {
   auto many = run_mixer(build_mixer("yoso", {{"hash_bits", 2}, {"hashes", 4000}}, kC, kH), x, false);
   const double e_few = ((few - exact).norm() / exact.norm()).item<double>();
   const double e_many = ((many - exact).norm() / exact.norm()).item<double>();
-  EXPECT_LT(e_many, 0.03);
-  EXPECT_LT(e_many, e_few);
+  // The error falls as 1 / sqrt(hashes): 1000x the hashes, ~32x less (0.6 -> 0.019 and 0.40 -> 0.014 on 1 and 2
+  // threads: BLAS's summation order flips the hash bits of near-zero projections, so one draw's error varies).
+  EXPECT_LT(e_many, 0.06) << "few: " << e_few;
+  EXPECT_LT(8 * e_many, e_few);
 }
 
 TEST(Yoso, CausalRequestIsRefusedWithTheReason) {

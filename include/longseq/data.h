@@ -54,6 +54,15 @@ TextSplits read_pydoc(const std::string& dir);
 std::string recall_text(int64_t bytes, int64_t gap, uint64_t seed);
 // The recalled targets of byte tokens [N]: true at the four digits that follow a "?kkkk=" question.
 torch::Tensor recall_positions(const torch::Tensor& tokens);
+
+// The depth task (data.corpus expressions): lines "<e>=<v>\n" where an expression of depth d >= 1 is
+// "(" a o b ")" with o one of + -, one operand of depth d - 1 and the other of a depth drawn in [0, d - 1], a
+// depth-0 expression one digit, and v its value mod 10. Depths are drawn uniformly in [1, max_depth], so how
+// much computation an answer needs varies from line to line (Dehghani et al. 2019 motivate ACT by such inputs).
+std::string expressions_text(int64_t bytes, int64_t max_depth, uint64_t seed);
+// Byte tokens [N] -> [N] long: at each answer digit (the byte after "="), the depth of its expression (its
+// deepest parenthesis nesting, >= 1); 0 elsewhere.
+torch::Tensor expression_depths(const torch::Tensor& tokens);
 // Dispatches on data.corpus.
 TextSplits read_corpus(const Json& data_cfg);
 // "corpus text at PATH": where data.corpus reads from, for messages.

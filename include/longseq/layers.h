@@ -74,6 +74,7 @@ class TrunkImpl : public torch::nn::Module {
   // With model.act: the last forward's ponder cost tau * mean(N + R) (in its graph) and mean(N + R); else undefined.
   torch::Tensor aux_loss() const { return aux_loss_; }
   torch::Tensor ponder() const { return ponder_; }
+  torch::Tensor ponder_positions() const { return ponder_map_; }  // [B, T] N + R per position, detached
   torch::nn::Embedding& embedding() { return embed_; }
   std::vector<Block>& blocks() { return blocks_; }
   const ModelConfig& config() const { return cfg_; }
@@ -85,7 +86,7 @@ class TrunkImpl : public torch::nn::Module {
   std::vector<Block> blocks_;
   torch::nn::LayerNorm ln_final_{nullptr};
   torch::nn::Linear halting_{nullptr};  // model.act: p = sigmoid(s w_h + b_h)
-  torch::Tensor aux_loss_, ponder_;
+  torch::Tensor aux_loss_, ponder_, ponder_map_;
   // The blocks once over x at recurrence step t (1-based), each step with its own streaming states.
   torch::Tensor step_blocks(torch::Tensor x, MixContext& ctx, ModelState* state, int64_t t);
 };

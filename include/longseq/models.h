@@ -27,6 +27,8 @@ class LanguageModelImpl : public torch::nn::Module {
   // The last forward's auxiliary loss (the ACT ponder cost, in its graph) and mean ponder time; undefined without.
   virtual torch::Tensor aux_loss() const { return {}; }
   virtual torch::Tensor ponder() const { return {}; }
+  // The last forward's N + R per scored position [B, P] (ACT), detached; undefined without.
+  virtual torch::Tensor ponder_positions() const { return {}; }
 };
 using LanguageModel = std::shared_ptr<LanguageModelImpl>;
 
@@ -53,6 +55,7 @@ class DecoderLMImpl : public LanguageModelImpl {
   const ModelConfig& config() const override { return trunk_->config(); }
   torch::Tensor aux_loss() const override { return trunk_->aux_loss(); }
   torch::Tensor ponder() const override { return trunk_->ponder(); }
+  torch::Tensor ponder_positions() const override { return trunk_->ponder_positions(); }
 
  private:
   Trunk trunk_{nullptr};

@@ -59,6 +59,14 @@ class AdamW {
 // Linear warm-up to lr, then cosine decay to lr * min_ratio at `total` steps.
 double learning_rate(int64_t step, int64_t total, int64_t warmup, double lr, double min_ratio);
 
+// Scored targets of one label of EvalResult::groups (e.g. the expressions task's answers of one depth).
+struct GroupResult {
+  int64_t label = 0, targets = 0;
+  double loss = 0;      // nats per target
+  double accuracy = 0;  // share of targets that are the argmax of their logits
+  double ponder = -1;   // mean N + R of the positions predicting them (ACT); -1 without
+};
+
 struct EvalResult {
   double loss = 0;  // nats per scored token
   double bpb = 0;   // bits per byte the tokens decode to (TokenSplit::bytes)
@@ -71,6 +79,7 @@ struct EvalResult {
   int64_t part_tokens = 0;    // targets of the part reported apart (the recall task's values); 0 = none
   double part_loss = 0;       // nats per target of that part
   double seconds = 0;         // wall time of the model's forward passes and their scoring
+  std::vector<GroupResult> groups;  // per label of evaluate_lm's `groups`, ascending; empty without
   bool whole() const { return tokens == split_targets; }
   // Which evaluation this was, for the output: coverage, window and stride.
   std::string method() const;
@@ -81,8 +90,11 @@ struct EvalResult {
 // (a prefix of the split), 0 covers the whole split.
 // `part` ([N] bool like the split's tokens, optional): targets whose loss is
 // also reported apart (part_loss, part_tokens), as the recall task's values.
+// `groups` ([N] long, optional, 0 = none): targets reported per label (EvalResult::groups), e.g.
+// expression_depths() of the depth task.
 EvalResult evaluate_lm(LanguageModelImpl& model, const TokenSplit& split, int64_t batch, int64_t seq_len,
-                       int64_t max_batches, int64_t stride = 0, const torch::Tensor& part = {});
+                       int64_t max_batches, int64_t stride = 0, const torch::Tensor& part = {},
+                       const torch::Tensor& groups = {});
 
 // Evaluation over a stream (Dai et al. 2019, sec. 3.2): the split is cut into
 // `batch` contiguous slices (stream_batch) and each is scored segment after

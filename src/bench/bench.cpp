@@ -619,7 +619,9 @@ void run_bench(const BenchOptions& o) {
   std::printf("baseline peak resident set: %.0f MiB\n\n", base.peak_mib);
 
   std::vector<Row> rows;
-  size_t total = all.size() * o.modes.size() * o.passes.size() * lengths.size(), done = 0;
+  size_t total = all.size() * o.modes.size() * o.passes.size() * lengths.size() +
+                 o.models.size() * (lengths.size() + o.decode_contexts.size()),
+         done = 0;
   Progress progress("bench", static_cast<int64_t>(total));
   for (const auto& s : all)
     for (const auto& mode : o.modes)
@@ -731,9 +733,10 @@ void run_bench(const BenchOptions& o) {
         }
         Json spec = {{"B", o.batch}, {"T", T}, {"pass", pass}, {"repeats", o.repeats}, {"lm", lm},
                      {"decode", {{"tokens", o.decode_tokens}}}};
+        ++done;
         const std::string label = name + " " + pass + " T=" + std::to_string(T);
         auto c = run_child(o.self, spec, false, o.time_cap, o.memory_cap_gib, [&](double secs) {
-          progress.update(static_cast<int64_t>(done), label + " (" + format_duration(secs) + ")");
+          progress.update(static_cast<int64_t>(done - 1), label + " (" + format_duration(secs) + ")");
         });
         r.peak_mib = c.peak_mib;
         Json res = parse_bench_child_output(c.out);

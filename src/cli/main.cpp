@@ -395,7 +395,15 @@ int main(int argc, char** argv) {
         }
         return 0;
       }
-      auto r = evaluate_lm(*run.model, data, B, T, eval_max, S, recalled);
+      const bool depth_task = run.config.data["corpus"] == "expressions";  // the answers by depth
+      auto r = evaluate_lm(*run.model, data, B, T, eval_max, S, recalled,
+                           depth_task ? expression_depths(data.tokens) : torch::Tensor());
+      Json by_depth = Json::array();
+      for (const auto& g : r.groups) {
+        Json d{{"depth", g.label}, {"answers", g.targets}, {"loss", g.loss}, {"accuracy", g.accuracy}};
+        if (g.ponder >= 0) d["ponder"] = g.ponder;
+        by_depth.push_back(d);
+      }
       if (as_json) {
         Json j{{"split", split}, {"loss", r.loss}, {"bpb", r.bpb}, {"ppl", r.ppl},
                {"tokens", r.tokens}, {"split_targets", r.split_targets}, {"whole_split", r.whole()},
@@ -403,6 +411,7 @@ int main(int argc, char** argv) {
                {"bytes", data.bytes}, {"text_bytes", data.text_bytes}, {"eval", r.method()},
                {"seconds", r.seconds}, {"tokens_per_s", tokens_per_s(r)}};
         if (recall) j["recall_loss"] = r.part_loss, j["recall_tokens"] = r.part_tokens;
+        if (depth_task) j["by_depth"] = by_depth;
         std::printf("%s\n", j.dump().c_str());
       } else {
         std::printf("%s: loss %.4f nats/token, %.4f bits per byte, perplexity %.3f (%lld tokens, %.2f s, %.0f tokens/s)\n%s\n",
@@ -411,6 +420,13 @@ int main(int argc, char** argv) {
         if (recall)
           std::printf("  recalled values: loss %.4f nats/byte over %lld bytes (chance: ln 10 = 2.3026)\n", r.part_loss,
                       static_cast<long long>(r.part_tokens));
+        if (depth_task) {
+          std::printf("  answers by expression depth (ponder: mean N + R of the position predicting the answer):\n");
+          for (const auto& g : r.groups)
+            std::printf("  depth %lld: %lld answers, loss %.4f nats, accuracy %.3f%s\n", static_cast<long long>(g.label),
+                        static_cast<long long>(g.targets), g.loss, g.accuracy,
+                        g.ponder >= 0 ? (", ponder " + std::to_string(g.ponder).substr(0, 5)).c_str() : "");
+        }
         if (!data.lossless())
           std::printf("note: the tokenizer is lossy: its tokens decode to %lld of the text's %lld bytes; bits per "
                       "byte count the %lld\n",

@@ -95,6 +95,9 @@ TextSplits read_pydoc(const std::string& dir) {
 
 std::string corpus_source(const Json& cfg) {
   const std::string corpus = cfg.at("corpus"), path = cfg.at("path");
+  if (corpus == "expressions")
+    return "corpus expressions (generated: " + std::to_string(cfg.at("expr_bytes").get<int64_t>()) +
+           " bytes, depth 1 to " + std::to_string(cfg.at("expr_max_depth").get<int64_t>()) + ")";
   if (corpus == "recall")
     return "corpus recall (generated: " + std::to_string(cfg.at("recall_bytes").get<int64_t>()) + " bytes, gap " +
            std::to_string(cfg.at("recall_gap").get<int64_t>()) + ")";
@@ -136,6 +139,53 @@ torch::Tensor recall_positions(const torch::Tensor& tokens) {
   return mask;
 }
 
+namespace {
+
+// An expression of exactly depth d and its value mod 10.
+std::pair<std::string, int> expression(int64_t d, std::mt19937_64& rng) {
+  if (d == 0) {
+    const int v = static_cast<int>(rng() % 10);
+    return {std::string(1, static_cast<char>('0' + v)), v};
+  }
+  const int64_t other = static_cast<int64_t>(rng() % static_cast<uint64_t>(d));  // the shallower side
+  const bool deep_left = rng() % 2 == 0;
+  auto a = expression(deep_left ? d - 1 : other, rng), b = expression(deep_left ? other : d - 1, rng);
+  const char op = rng() % 2 == 0 ? '+' : '-';  // no '*': a multiplication table is memory, not depth
+  const int v = op == '+' ? a.second + b.second : a.second - b.second + 10;
+  return {"(" + a.first + op + b.first + ")", v % 10};
+}
+
+}  // namespace
+
+std::string expressions_text(int64_t bytes, int64_t max_depth, uint64_t seed) {
+  std::mt19937_64 rng(seed);
+  std::string out;
+  out.reserve(static_cast<size_t>(bytes) + 256);
+  while (static_cast<int64_t>(out.size()) < bytes) {
+    const int64_t d = 1 + static_cast<int64_t>(rng() % static_cast<uint64_t>(max_depth));
+    auto e = expression(d, rng);
+    out += e.first + "=" + static_cast<char>('0' + e.second) + "\n";
+  }
+  return out;
+}
+
+torch::Tensor expression_depths(const torch::Tensor& tokens) {
+  auto t = tokens.to(torch::kLong).contiguous();
+  const int64_t N = t.size(0);
+  const int64_t* p = t.data_ptr<int64_t>();
+  auto depths = torch::zeros({N}, torch::kLong);
+  int64_t* out = depths.data_ptr<int64_t>();
+  int64_t open = 0, deepest = 0;
+  bool whole = false;  // the line began inside the split: a cut first line is not scored
+  for (int64_t i = 0; i < N; ++i) {
+    if (p[i] == '(') deepest = std::max(deepest, ++open);
+    else if (p[i] == ')') --open;
+    else if (p[i] == '=' && whole && i + 1 < N && p[i + 1] >= '0' && p[i + 1] <= '9') out[i + 1] = deepest;
+    else if (p[i] == '\n') whole = true, open = 0, deepest = 0;
+  }
+  return depths;
+}
+
 TextSplits read_corpus(const Json& cfg) {
   const std::string corpus = cfg.at("corpus");
   const std::string path = cfg.at("path");
@@ -144,6 +194,12 @@ TextSplits read_corpus(const Json& cfg) {
     const uint64_t seed = cfg.at("recall_seed");
     return {recall_text(bytes * 9 / 10, gap, seed * 3 + 1), recall_text(bytes / 20, gap, seed * 3 + 2),
             recall_text(bytes / 20, gap, seed * 3 + 3)};
+  }
+  if (corpus == "expressions") {
+    const int64_t bytes = cfg.at("expr_bytes"), depth = cfg.at("expr_max_depth");
+    const uint64_t seed = cfg.at("expr_seed");
+    return {expressions_text(bytes * 9 / 10, depth, seed * 3 + 1), expressions_text(bytes / 20, depth, seed * 3 + 2),
+            expressions_text(bytes / 20, depth, seed * 3 + 3)};
   }
   if (corpus == "pydoc") return read_pydoc(path.empty() ? default_pydoc_path() : path);
   if (path.empty()) throw Error("data.path must name the " + corpus + " corpus");

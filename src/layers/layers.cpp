@@ -141,7 +141,8 @@ torch::Tensor TrunkImpl::forward(const torch::Tensor& tokens, bool causal,
           },
           o);
       x = st.out;
-      ponder_ = (st.N + st.R).detach().mean();
+      ponder_map_ = (st.N + st.R).detach();
+      ponder_ = ponder_map_.mean();
       aux_loss_ = act_ponder_cost(st, cfg_.act_loss_weight);
     }
   } else {

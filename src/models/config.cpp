@@ -81,7 +81,7 @@ const Schema& model_schema() {
 const Schema& data_schema() {
   static const Schema s = {
       {"corpus", OptionType::String, "pydoc", "which reader loads the text", -1e300, 1e300,
-       {"pydoc", "text", "enwik8", "text8", "wikitext103", "pg19", "recall"}},
+       {"pydoc", "text", "enwik8", "text8", "wikitext103", "pg19", "recall", "expressions"}},
       {"path", OptionType::String, "",
        "file or directory of the corpus; empty = the default (pydoc: Debian's python3.11-doc sources)"},
       {"tokenizer", OptionType::String, "byte", "byte (256 symbols) or a SentencePiece model",
@@ -91,6 +91,11 @@ const Schema& data_schema() {
        "corpus recall: bytes of filler between a fact and the question that needs it", 1, 1e8},
       {"recall_bytes", OptionType::Int, 2000000, "corpus recall: bytes of generated text (90/5/5 split)", 1000, 1e10},
       {"recall_seed", OptionType::Int, 1, "corpus recall: seed of the generator", 0, 1e18},
+      {"expr_bytes", OptionType::Int, 2000000,
+       "corpus expressions: bytes of generated lines \"<expression>=<value mod 10>\" (90/5/5 split)", 1000, 1e10},
+      {"expr_max_depth", OptionType::Int, 6,
+       "corpus expressions: nesting depths drawn uniformly from 1 to this (eval reports the answers by depth)", 1, 40},
+      {"expr_seed", OptionType::Int, 1, "corpus expressions: seed of the generator", 0, 1e18},
   };
   return s;
 }
@@ -233,10 +238,13 @@ RunConfig RunConfig::from_json(const Json& j) {
   ModelConfig::from_json(c.model);  // checks mixers and cross-key rules
   c.data = validate_options(j.value("data", Json::object()), data_schema(), "data");
   c.train = validate_options(j.value("train", Json::object()), train_schema(), "train");
-  if (c.data["corpus"] == "recall" && c.data["tokenizer"] != "byte")
-    throw Error("data.corpus recall is scored byte by byte: it needs data.tokenizer byte");
-  if (c.data["corpus"] == "recall" && !c.data["path"].get<std::string>().empty())
-    throw Error("data.path is not read by data.corpus recall (the program generates it); leave it empty");
+  for (const char* generated : {"recall", "expressions"}) {
+    const std::string name = generated;
+    if (c.data["corpus"] == name && c.data["tokenizer"] != "byte")
+      throw Error("data.corpus " + name + " is scored byte by byte: it needs data.tokenizer byte");
+    if (c.data["corpus"] == name && !c.data["path"].get<std::string>().empty())
+      throw Error("data.path is not read by data.corpus " + name + " (the program generates it); leave it empty");
+  }
   if (c.data["tokenizer"] == "sentencepiece" && c.data["spm_model"].get<std::string>().empty())
     throw Error("data.spm_model must name a SentencePiece .model file when data.tokenizer is sentencepiece");
   if (c.data["tokenizer"] == "byte" && c.model["vocab_size"].get<int64_t>() != 256)

@@ -1,4 +1,6 @@
+#include <array>
 #include <chrono>
+#include <map>
 #include <cmath>
 
 #include "longseq/common.h"
@@ -35,7 +37,7 @@ torch::Tensor part_ids_of(const torch::Tensor& part, int64_t N, const char* who)
 }  // namespace
 
 EvalResult evaluate_lm(LanguageModelImpl& model, const TokenSplit& split, int64_t batch, int64_t seq_len,
-                       int64_t max_batches, int64_t stride, const torch::Tensor& part) {
+                       int64_t max_batches, int64_t stride, const torch::Tensor& part, const torch::Tensor& groups) {
   torch::NoGradGuard no_grad;
   const bool was_training = model.is_training();
   model.eval();
@@ -43,6 +45,9 @@ EvalResult evaluate_lm(LanguageModelImpl& model, const TokenSplit& split, int64_
   const int64_t N = split.tokens.size(0), T = seq_len, P = model.scored_positions(T),
                 s = std::min(stride > 0 ? stride : seq_len, P);
   const torch::Tensor part_ids = part_ids_of(part, N, "evaluate_lm");
+  if (groups.defined() && (groups.dim() != 1 || groups.size(0) != N))
+    throw Error("evaluate_lm: the group labels must be [" + std::to_string(N) + "] like the split's tokens");
+  std::map<int64_t, std::array<double, 4>> by_label;  // label -> targets, nats, correct, ponder sum
   const auto windows = eval_windows(N, T, s);
   double nats = 0, seconds = 0, part_nats = 0;
   int64_t tokens = 0, used = 0, part_n = 0;
@@ -64,6 +69,20 @@ EvalResult evaluate_lm(LanguageModelImpl& model, const TokenSplit& split, int64_
       part_nats += loss.masked_select(in_part).sum().item<double>();
       part_n += in_part.sum().item<int64_t>();
     }
+    if (groups.defined()) {  // labels read through the same windows, per scored target
+      auto label = eval_batch(groups, windows, first, count, T).target.narrow(1, T - P, P).reshape({-1});
+      auto correct = logits.reshape({-1, logits.size(-1)}).argmax(-1) == bt.target.narrow(1, T - P, P).reshape({-1});
+      auto pondered = model.ponder_positions();
+      const auto ponder = pondered.defined() ? pondered.reshape({-1}) : torch::Tensor();
+      auto hit = (label > 0) & keep;
+      auto l = label.masked_select(hit), n = loss.masked_select(hit), c = correct.masked_select(hit);
+      auto pv = ponder.defined() ? ponder.masked_select(hit) : torch::Tensor();
+      for (int64_t i = 0; i < l.size(0); ++i) {
+        auto& g = by_label[l[i].item<int64_t>()];
+        g[0] += 1, g[1] += n[i].item<double>(), g[2] += c[i].item<bool>() ? 1 : 0;
+        g[3] += pv.defined() ? pv[i].item<double>() : -1.0;
+      }
+    }
     seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     used += static_cast<int64_t>(count);
   }
@@ -78,6 +97,8 @@ EvalResult evaluate_lm(LanguageModelImpl& model, const TokenSplit& split, int64_
   r.seconds = seconds;
   r.part_tokens = part_n;
   r.part_loss = part_n > 0 ? part_nats / static_cast<double>(part_n) : 0.0;
+  for (const auto& [label, g] : by_label)
+    r.groups.push_back({label, static_cast<int64_t>(g[0]), g[1] / g[0], g[2] / g[0], g[3] < 0 ? -1.0 : g[3] / g[0]});
   r.loss = nats / static_cast<double>(std::max<int64_t>(tokens, 1));
   // Bits per byte: the split's tokens per decoded byte converts nats/token to bits/byte.
   const double tokens_per_byte = static_cast<double>(N) / static_cast<double>(std::max<int64_t>(split.bytes, 1));
