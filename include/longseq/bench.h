@@ -2,6 +2,7 @@
 // measured in one run, beside this machine's SGEMM roof.
 #pragma once
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "longseq/schema.h"
@@ -26,14 +27,21 @@ struct BenchOptions {
   std::vector<int64_t> decode_contexts;  // also token-by-token decoding after a prefix of these lengths (streaming mixers)
   int64_t decode_tokens = 32;            // timed single-token steps per decoding row
   int quality_steps = 0;        // > 0: also train each mixer this many steps on the embedded corpus
-  // Whole language models (model.type names): a training step (forward, loss, backward) at each length and,
-  // with decode_contexts, decoding after each prefix. Width H * D; perceiver_ar has `model_layers` latent layers
-  // after its cross-attention, decoder_lm model_layers + 1 layers (equal depth). Given alone: no mixer rows.
+  // Whole language models (bench_model_names()): a training step (forward, loss, backward) at each length and,
+  // with decode_contexts, decoding after each prefix. Width H * D, equal depth: perceiver_ar has `model_layers`
+  // latent layers after its cross-attention, decoder_lm model_layers + 1 layers, universal_transformer(_act) one
+  // block applied (at most) model_layers + 1 times. Given alone: no mixer rows. With quality_steps, each also
+  // trains on the embedded corpus.
   std::vector<std::string> models;
   int64_t model_layers = 2;
   int64_t latents = 1024;       // perceiver_ar's N
   std::string self;             // path of the longseq program (children run `longseq bench-one`)
 };
+
+// The --models entries: the language-model types plus universal_transformer and universal_transformer_act.
+std::vector<std::string> bench_model_names();
+// A --models entry's row name and model section at the options' width and depth (see BenchOptions::models).
+std::pair<std::string, Json> bench_model_section(const std::string& kind, const BenchOptions& o, int64_t max_len);
 
 // Runs the benchmark; the markdown table goes to stdout, progress to stderr.
 void run_bench(const BenchOptions& opts);

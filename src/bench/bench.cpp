@@ -172,6 +172,38 @@ std::string bench_decode(const Json& s) {
       .dump();
 }
 
+}  // namespace
+
+std::vector<std::string> bench_model_names() {
+  auto names = language_model_types();
+  names.push_back("universal_transformer");
+  names.push_back("universal_transformer_act");
+  return names;
+}
+
+// The row name and model section of a --models entry at the bench's width; every entry has the same depth:
+// decoder_lm L + 1 layers, perceiver_ar a cross-attention and L latent layers, the Universal Transformer one
+// block applied L + 1 times (with _act: at most L + 1, halting per position).
+std::pair<std::string, Json> bench_model_section(const std::string& kind, const BenchOptions& o, int64_t max_len) {
+  const int64_t depth = o.model_layers + 1;
+  Json lm = {{"type", kind}, {"d_model", o.heads * o.head_dim}, {"n_heads", o.heads}, {"n_layers", depth},
+             {"max_len", max_len}, {"positions", "sinusoidal"}};
+  if (kind == "perceiver_ar") {
+    lm["n_layers"] = o.model_layers, lm["latents"] = o.latents, lm["positions"] = "rotary";
+    return {kind + " (N=" + std::to_string(o.latents) + ", 1 + " + std::to_string(o.model_layers) + " layers)", lm};
+  }
+  if (kind == "universal_transformer" || kind == "universal_transformer_act") {
+    lm["type"] = "decoder_lm", lm["n_layers"] = 1, lm["recurrence_steps"] = depth;
+    if (kind == "universal_transformer_act") lm["act"] = true;
+    return {kind + " (1 block, " + (kind == "universal_transformer" ? "" : "at most ") + std::to_string(depth) +
+                " steps)",
+            lm};
+  }
+  return {kind + " (" + std::to_string(depth) + " layers)", lm};
+}
+
+namespace {
+
 // A whole language model (spec "lm": the model section): a training step on drawn tokens, or decoding after a
 // prefix fed in chunks of 4096, timed over enough single-token steps to include Perceiver AR's refill pass.
 std::string bench_model(const Json& s) {
@@ -496,10 +528,10 @@ void check_bench_options(const BenchOptions& o) {
   for (const auto& p : o.passes)
     if (p != "fwd" && p != "fwdbwd") throw Error("bench: --passes takes fwd, fwdbwd; got " + p);
   for (const auto& m : o.mixers) find_mixer(m);  // unknown names fail listing the registered ones
-  const auto lms = language_model_types();
+  const auto lms = bench_model_names();
   for (const auto& m : o.models)
     if (std::find(lms.begin(), lms.end(), m) == lms.end())
-      throw Error("bench: --models holds \"" + m + "\", not a language model; the language models: " + join(lms));
+      throw Error("bench: --models holds \"" + m + "\", not a language model; the models the bench knows: " + join(lms));
   positive({o.model_layers}, "--model-layers", 1024);
   positive({o.latents}, "--latents", int64_t{1} << 24);
   for (const auto& kv : o.mixer_options.items()) {  // each mixer's options pass its schema
@@ -708,18 +740,11 @@ void run_bench(const BenchOptions& o) {
     }
   }
   // Whole language models: a training step versus T, and decoding after each prefix.
+  int64_t longest = 1;
+  for (int64_t T : lengths) longest = std::max(longest, T);
+  for (int64_t T : o.decode_contexts) longest = std::max(longest, T + 4096);
   for (const auto& kind : o.models) {
-    const bool perceiver = kind == "perceiver_ar";
-    const int64_t layers = perceiver ? o.model_layers : o.model_layers + 1;
-    int64_t longest = 1;
-    for (int64_t T : lengths) longest = std::max(longest, T);
-    for (int64_t T : o.decode_contexts) longest = std::max(longest, T + 4096);
-    Json lm = {{"type", kind}, {"d_model", o.heads * o.head_dim}, {"n_heads", o.heads}, {"n_layers", layers},
-               {"max_len", longest}, {"positions", perceiver ? "rotary" : "sinusoidal"}};
-    if (perceiver) lm["latents"] = o.latents;
-    const std::string name = perceiver ? kind + " (N=" + std::to_string(o.latents) + ", 1 + " +
-                                             std::to_string(layers) + " layers)"
-                                       : kind + " (" + std::to_string(layers) + " layers)";
+    const auto [name, lm] = bench_model_section(kind, o, longest);
     for (const std::string pass : {"train", "decode"}) {
       const auto& Ts = pass == "train" ? lengths : o.decode_contexts;
       bool skip_rest = false;
@@ -795,17 +820,9 @@ void run_bench(const BenchOptions& o) {
 
   if (o.quality_steps > 0) {
     std::printf("\n## Quality: %d training steps each on the embedded corpus (default config otherwise)\n\n", o.quality_steps);
-    std::printf("| mixer | valid bits per byte | wall time (s) | training tokens/s |\n|---|---|---|---|\n");
-    std::string eval_method;
-    for (const auto& m : mixers) {
-      if (!find_mixer(m).supports_causal) {  // the embedded default is a causal language model
-        std::printf("| %s | (bidirectional only: not in the causal LM) | | |\n", m.c_str());
-        continue;
-      }
-      Json raw = parse_json_text(default_config_text(), "default config");
-      Json mixer = o.mixer_options.value(m, Json::object());
-      mixer["name"] = m;
-      raw["model"]["mixer"] = mixer;
+    std::printf("| mixer or model | valid bits per byte | wall time (s) | training tokens/s |\n|---|---|---|---|\n");
+    std::vector<std::pair<std::string, std::string>> eval_methods;  // row, how it was validated
+    auto train_one = [&](const std::string& label, Json raw) {
       raw["train"]["steps"] = o.quality_steps;
       // The warm-up must end before the last step (the config's rule): short runs warm up for a tenth.
       if (raw["train"].value("warmup", int64_t{0}) >= o.quality_steps) raw["train"]["warmup"] = o.quality_steps / 10;
@@ -823,15 +840,42 @@ void run_bench(const BenchOptions& o) {
       auto res = train_run(&cfg, topts);
       const double wall = seconds_since(t0);
       // The run's own rate: training steps only, not reading the corpus, validating or saving.
-      const double train_tps = res.tokens_per_s;
-      eval_method = res.valid.method();
-      std::printf("| %s | %.4f | %.1f | %.0f |\n", m.c_str(), res.valid.bpb, wall, train_tps);
+      eval_methods.push_back({label, res.valid.method()});
+      std::printf("| %s | %.4f | %.1f | %.0f |\n", label.c_str(), res.valid.bpb, wall, res.tokens_per_s);
       std::fflush(stdout);
       std::filesystem::remove_all(tmpl);
+    };
+    for (const auto& m : mixers) {
+      if (!find_mixer(m).supports_causal) {  // the embedded default is a causal language model
+        std::printf("| %s | (bidirectional only: not in the causal LM) | | |\n", m.c_str());
+        continue;
+      }
+      Json raw = parse_json_text(default_config_text(), "default config");
+      Json mixer = o.mixer_options.value(m, Json::object());
+      mixer["name"] = m;
+      raw["model"]["mixer"] = mixer;
+      train_one(m, raw);
     }
-    std::printf("\nvalidation: %s. wall time: the whole run (reading and tokenizing the corpus, training, the final "
-                "validation and checkpoint); training tokens/s: the run's rate over its training steps.\n",
-                eval_method.c_str());
+    // Models at the default config's width and depth (one block applied as often, for the Universal Transformer).
+    for (const auto& kind : o.models) {
+      Json raw = parse_json_text(default_config_text(), "default config");
+      BenchOptions q = o;
+      const int64_t C = raw["model"]["d_model"], H = raw["model"]["n_heads"], L = raw["model"]["n_layers"];
+      q.heads = H, q.head_dim = C / H, q.model_layers = L - 1;
+      auto [label, lm] = bench_model_section(kind, q, raw["train"]["seq_len"].get<int64_t>());
+      raw["model"].update(lm);
+      if (kind == "perceiver_ar")
+        raw["model"]["latents"] = std::min<int64_t>(o.latents, raw["train"]["seq_len"].get<int64_t>());
+      train_one(label, raw);
+    }
+    // Each validation named once; rows validated otherwise than the first say how.
+    for (size_t i = 0; i < eval_methods.size(); ++i)
+      if (i == 0 || eval_methods[i].second != eval_methods[0].second)
+        std::printf("\nvalidation%s: %s.", i == 0 ? "" : (" of " + eval_methods[i].first).c_str(),
+                    eval_methods[i].second.c_str());
+    std::printf("\nwall time: the whole run (reading and tokenizing the corpus, training, the final validation and "
+                "checkpoint); training tokens/s: the run's rate over its training steps (targets trained on: "
+                "perceiver_ar's latents).\n");
   }
 }
 
