@@ -12,6 +12,7 @@
 #include "longseq/generate.h"
 #include "longseq/perceiver_ar.h"
 #include "longseq/rotary.h"
+#include "longseq/train.h"
 
 namespace perceiver_ar_test {
 
@@ -63,7 +64,8 @@ torch::Tensor causal_attend(const torch::Tensor& q, const torch::Tensor& k, cons
 // The model by hand (sec. 3): E = embed * sqrt(C); z0 = W_z E[T-N:] + b_z; cross-attention q = LN_q(z0), k/v =
 // LN_kv(E), rotary on q and k; z = z0 + W_o attn; z += MLP(LN(z)) with squared ReLU; L pre-LN causal self-attention
 // blocks over the latents with rotary; logits = LN(z) E^T. Double precision throughout.
-torch::Tensor reference(PerceiverARImpl& m, const torch::Tensor& tokens, int64_t N, int64_t layers) {
+torch::Tensor reference(PerceiverARImpl& m, const torch::Tensor& tokens, int64_t N, int64_t layers,
+                        std::vector<int64_t> kept = {}) {
   torch::NoGradGuard ng;
   auto P = [&](const std::string& name) { return param(m, name).to(torch::kDouble); };
   auto lin = [&](const torch::Tensor& x, const std::string& name) {
@@ -78,12 +80,16 @@ torch::Tensor reference(PerceiverARImpl& m, const torch::Tensor& tokens, int64_t
   const int64_t T = tokens.size(1);
   const double W = 64;  // max_len
   auto E = P("embed.weight").index_select(0, tokens.flatten()).view({tokens.size(0), T, kC}) * std::sqrt(double(kC));
+  // The keys: the kept context positions (all by default) and the latents' own, each at its own position.
+  if (kept.empty())
+    for (int64_t j = 0; j < T - N; ++j) kept.push_back(j);
+  for (int64_t j = T - N; j < T; ++j) kept.push_back(j);
   std::vector<double> kpos, qpos;
-  for (int64_t j = 0; j < T; ++j) kpos.push_back(double(j));
+  for (int64_t j : kept) kpos.push_back(double(j));
   for (int64_t i = 0; i < N; ++i) qpos.push_back(double(T - N + i));
   auto z = lin(E.narrow(1, T - N, N), "latent_init");
   auto q = rotate(heads(lin(ln(z, "ln_q"), "cross_q")), qpos, 0.5, W);
-  auto kv = lin(ln(E, "ln_kv"), "cross_kv").chunk(2, -1);
+  auto kv = lin(ln(E.index_select(1, torch::tensor(kept, torch::kLong)), "ln_kv"), "cross_kv").chunk(2, -1);
   auto k = rotate(heads(kv[0]), kpos, 0.5, W), v = heads(kv[1]);
   z = z + lin(unheads(causal_attend(q, k, v, qpos, kpos)), "cross_out");
   z = z + mlp(ln(z, "ln_cross_ff"), "cross_ff");
@@ -102,10 +108,18 @@ double max_diff(const torch::Tensor& a, const torch::Tensor& b) {
   return (a.to(torch::kDouble) - b.to(torch::kDouble)).abs().max().item<double>();
 }
 
+// Every LayerNorm away from its identity start, so swapping or sharing two of them shows.
+void randomize_norms(torch::nn::Module& m) {
+  torch::NoGradGuard ng;
+  for (auto& p : m.named_parameters())
+    if (p.key().find("ln") != std::string::npos) p.value().normal_(p.key().find("bias") != std::string::npos ? 0.0 : 1.0, 0.3);
+}
+
 TEST(PerceiverAR, AllLatentsWithAnIdentityMapAreACausalDecoderOfLPlusOneLayers) {  // case 1
   torch::manual_seed(1);
   auto m = make(model_json(kT));
   m->eval();
+  randomize_norms(*m);
   {
     torch::NoGradGuard ng;
     param(*m, "latent_init.weight").copy_(torch::eye(kC));
@@ -122,12 +136,12 @@ TEST(PerceiverAR, FewLatentsMatchTheEquationsAndOneLatentReadsEveryInput) {  // 
   for (int64_t N : {1, 5}) {
     auto m = make(model_json(N));
     m->eval();
+    randomize_norms(*m);
     auto tokens = torch::randint(kV, {2, kT}, torch::kLong);
     auto got = m->forward(tokens);
     ASSERT_EQ(got.sizes(), (std::vector<int64_t>{2, N, kV}));
     EXPECT_LT(max_diff(got, reference(*m, tokens, N, 2)), 1e-4) << "N = " << N;
     EXPECT_EQ(m->scored_positions(kT), N);
-    EXPECT_EQ(m->scored_positions(N - 1 > 0 ? N - 1 : 1), N - 1 > 0 ? N - 1 : 1);  // short inputs: all positions
   }
   auto m = make(model_json(1));  // case 6: each input reaches the single latent
   m->eval();
@@ -186,6 +200,8 @@ TEST(PerceiverAR, ContextDropoutRemovesExactlyTheDroppedShareOfTheContext) {
     }
     EXPECT_EQ(reach.size(), 4u) << "seed " << seed;
     subsets.insert(reach);
+    // The kept keys keep their own positions: the equations over exactly those keys give the same logits.
+    if (reach.size() == 4u) EXPECT_LT(max_diff(base, reference(*m, tokens, 4, 2, reach)), 1e-4) << "seed " << seed;
   }
   EXPECT_GT(subsets.size(), 1u);  // the kept positions are drawn anew
   m->eval();  // evaluation reads the whole context
@@ -260,20 +276,79 @@ TEST(PerceiverAR, CachedDecodingAfterAResetEqualsAFreshPassWithFPlusKLatents) { 
   EXPECT_LT(max_diff(logits[0], m->forward_latents(whole.narrow(1, 0, 9), 8)[0][7]), 1e-5);
 }
 
-TEST(PerceiverAR, TrainingModeWithoutDropoutEqualsEvalMode) {  // case 5
+TEST(PerceiverAR, TrainingModeWithoutDropoutEqualsEvalMode) {  // case 5, and the z-loss
   torch::manual_seed(8);
   auto j = model_json(5);
   j["context_dropout"] = 0.0;
   j["dropout"] = 0.0;
+  j["z_loss"] = 0.01;
   auto m = make(j);
   auto tokens = torch::randint(kV, {2, kT}, torch::kLong);
   m->train();
   auto a = m->forward(tokens);
-  EXPECT_TRUE(m->aux_loss().defined());  // the z-loss, training only
+  ASSERT_TRUE(m->aux_loss().defined());  // training only: 0.01 * mean over latents of (log sum exp logits)^2
+  EXPECT_NEAR(m->aux_loss().item<double>(), 0.01 * torch::logsumexp(a, -1).square().mean().item<double>(), 1e-6);
   m->eval();
   auto b = m->forward(tokens);
   EXPECT_FALSE(m->aux_loss().defined());
   EXPECT_LT(max_diff(a, b), 1e-7);
+  // With residual dropout: eval mode is deterministic and the equations; training mode drops.
+  j["dropout"] = 0.3;
+  torch::manual_seed(8);
+  auto d = make(j);
+  d->eval();
+  auto e1 = d->forward(tokens), e2 = d->forward(tokens);
+  EXPECT_LT(max_diff(e1, e2), 0.0 + 1e-12);
+  EXPECT_LT(max_diff(e1, reference(*d, tokens, 5, 2)), 1e-4);
+  d->train();
+  EXPECT_GT(max_diff(d->forward(tokens), e1), 1e-4);
+}
+
+TEST(PerceiverAR, TheUntiedHeadStartsAtZeroAndEvaluationScoresTheLatentTargets) {
+  torch::manual_seed(10);
+  auto j = model_json(4);
+  j["tie_embeddings"] = false;  // the paper's code: a separate output layer initialised to zeros
+  auto m = make(j);
+  m->eval();
+  auto tokens = torch::randint(kV, {1, kT}, torch::kLong);
+  EXPECT_LT(m->forward(tokens).abs().max().item<double>(), 1e-12);
+  // evaluate_lm over one window of kT + 1 tokens scores exactly the targets of the last 4 positions.
+  auto tied = make(model_json(4));
+  tied->eval();
+  auto seq = torch::randint(kV, {kT + 1}, torch::kLong);
+  TokenSplit split;
+  split.tokens = seq.to(torch::kInt);
+  split.bytes = split.text_bytes = kT + 1;
+  auto r = evaluate_lm(*tied, split, 1, kT, 0);
+  EXPECT_EQ(r.tokens, 4);
+  EXPECT_EQ(r.unscored_head, kT - 4);
+  auto logits = tied->forward(seq.narrow(0, 0, kT).unsqueeze(0))[0];  // [4, V] for inputs kT-4 .. kT-1
+  auto expect = torch::nn::functional::cross_entropy(logits, seq.narrow(0, kT - 3, 4)).item<double>();
+  EXPECT_NEAR(r.loss, expect, 1e-5);
+}
+
+TEST(PerceiverAR, DecodingPastMaxLenReadsTheLastMaxLenInputsAtEachRefill) {
+  torch::manual_seed(14);
+  auto j = model_json(8);
+  j["reset_latents"] = 3;
+  j["max_len"] = 20;
+  j["rotary_max_wavelength"] = 64;  // the same function as the reference's W, whatever the window
+  auto m = make(j);
+  m->eval();
+  torch::NoGradGuard ng;
+  auto seq = torch::randint(kV, {1, 60}, torch::kLong);
+  ModelState st = m->initial_state(1);
+  m->forward(seq.narrow(1, 0, 10), &st);
+  int64_t latents = 8, start = 0;  // the window's first input
+  for (int64_t L = 11; L <= 60; ++L) {
+    auto step = m->forward(seq.narrow(1, L - 1, 1), &st);
+    if (latents + 1 > 8) latents = 3, start = std::max<int64_t>(start, L - 20);  // a refill trims the window
+    else ++latents;
+    // Rotary logits depend on position differences only: a fresh pass over the window, positions from 0.
+    auto fresh = m->forward_latents(seq.narrow(1, start, L - start), latents);
+    EXPECT_LT(max_diff(step[0][0], fresh[0][latents - 1]), 1e-4) << "length " << L;
+  }
+  EXPECT_GT(start, 30);
 }
 
 TEST(PerceiverAR, PaddedContextKeysDoNotReachTheLatents) {

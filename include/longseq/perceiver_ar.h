@@ -9,8 +9,9 @@
 // it runs on the fused exact kernel in O(T * N) time and O(T) memory.
 // Decoding keeps the inputs' cross keys and values and each latent layer's
 // cache; when the latent caches would hold more than N latents, a refill pass
-// with reset_latents latents over the whole sequence starts them afresh
-// (App. E.3), so no latent ever sees a longer chain of latents than training.
+// with reset_latents latents over the context window (the last max_len
+// inputs) starts them afresh (App. E.3), so no latent ever sees a longer chain
+// of latents than training.
 #pragma once
 #include <torch/torch.h>
 

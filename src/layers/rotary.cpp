@@ -22,9 +22,10 @@ torch::Tensor apply_rotary(const torch::Tensor& x, const torch::Tensor& position
   auto k = torch::arange(nb, opts);
   auto omega = nb > 1 ? torch::pow(spec.max_wavelength, -k / static_cast<double>(nb - 1)) : torch::ones({1}, opts);
   auto pos = positions.to(torch::kDouble);
-  auto angle = (pos.unsqueeze(-1) * omega).to(x.scalar_type());         // [T, nb] or [B, T, nb]
+  auto angle = pos.unsqueeze(-1) * omega;                                // [T, nb] or [B, T, nb], double
   if (angle.dim() == 3) angle = angle.unsqueeze(1);                      // [B, 1, T, nb]
-  auto cos = torch::cos(angle), sin = torch::sin(angle);
+  // cos and sin in double: a float angle at position 1e5 is off by ~0.01 rad in the fastest band.
+  auto cos = torch::cos(angle).to(x.scalar_type()), sin = torch::sin(angle).to(x.scalar_type());
   auto pairs = x.narrow(3, 0, R).reshape({B, x.size(1), T, nb, 2});
   auto a = pairs.select(4, 0), b = pairs.select(4, 1);
   auto turned = torch::stack({a * cos - b * sin, b * cos + a * sin}, 4).reshape({B, x.size(1), T, R});

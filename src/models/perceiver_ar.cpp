@@ -159,25 +159,40 @@ torch::Tensor PerceiverARImpl::forward(const torch::Tensor& tokens, ModelState* 
   TORCH_CHECK(cache && state->layers.size() == blocks_.size(), "perceiver_ar: the state was not made by this model");
   const int64_t B = tokens.size(0), c = tokens.size(1), L0 = state->offset, L = L0 + c;
   TORCH_CHECK(c >= 1, "perceiver_ar: a decoding step needs at least one token");
+  if (padding_mask.defined() && (padding_mask.dim() != 2 || padding_mask.size(0) != B || padding_mask.size(1) != c))
+    throw Error("perceiver_ar: the padding mask must be [B, T] like the tokens");
   aux_loss_ = torch::Tensor();
   auto e = embed(tokens, L0);
   auto [k_new, v_new] = cross_keys(e, positions_from(L0, c, tokens.device()));
+  const int64_t held = cache->tokens.defined() ? cache->tokens.size(1) : 0;  // inputs in the context window
   auto k = cache->k.append(k_new), v = cache->v.append(v_new);
-  cache->key_padding = append_padding(cache->key_padding, L0, padding_mask, B, c);
+  cache->key_padding = append_padding(cache->key_padding, held, padding_mask, B, c);
   cache->tokens = cache->tokens.defined() ? torch::cat({cache->tokens, tokens}, 1) : tokens;
   state->offset = L;
+  // Window rows are relative to its first input, at absolute position L - (its length).
   auto latent_pad = [&](int64_t first, int64_t n) {
-    return cache->key_padding.defined() ? cache->key_padding.narrow(1, first, n) : torch::Tensor();
+    const int64_t base = L - cache->tokens.size(1);
+    return cache->key_padding.defined() ? cache->key_padding.narrow(1, first - base, n) : torch::Tensor();
   };
   if (cache->latents > 0 && cache->latents + c <= cfg_.latents) {  // room in the latent caches: c more latents
     cache->latents += c;
     return latent_pass(e, L0, k, v, cache->key_padding, latent_pad(L0, c), &state->layers);
   }
-  // Empty or full latent caches: a refill pass over the whole sequence with F latents (App. E.3).
-  const int64_t F = std::min(L, std::max(reset_latents(), std::min(c, cfg_.latents)));
+  // Empty or full latent caches: a refill pass with F latents (App. E.3) over the context window, the last
+  // max_len inputs (training's longest context; between refills it grows by at most latents - F).
+  const int64_t window = cfg_.max_len, kept = cache->tokens.size(1);
+  if (kept > window) {
+    cache->k.keep_last(window), cache->v.keep_last(window);
+    k = cache->k.view(), v = cache->v.view();
+    cache->tokens = cache->tokens.narrow(1, kept - window, window).contiguous();
+    if (cache->key_padding.defined())
+      cache->key_padding = cache->key_padding.narrow(1, kept - window, window).contiguous();
+  }
+  const int64_t span = cache->tokens.size(1);
+  const int64_t F = std::min(span, std::max(reset_latents(), std::min(c, cfg_.latents)));
   state->layers = fresh_layer_states(B);
-  auto logits = latent_pass(F <= c ? e.narrow(1, c - F, F) : embed(cache->tokens.narrow(1, L - F, F), L - F), L - F,
-                            k, v, cache->key_padding, latent_pad(L - F, F), &state->layers);
+  auto logits = latent_pass(F <= c ? e.narrow(1, c - F, F) : embed(cache->tokens.narrow(1, span - F, F), L - F),
+                            L - F, k, v, cache->key_padding, latent_pad(L - F, F), &state->layers);
   cache->latents = F;
   return logits.narrow(1, F - std::min(c, F), std::min(c, F));
 }
