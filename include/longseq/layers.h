@@ -56,6 +56,15 @@ torch::Tensor reversible_stack(std::vector<Block>& blocks, const torch::Tensor& 
 // positions: [T] long -> [T, C]
 torch::Tensor sinusoidal_positions(const torch::Tensor& positions, int64_t C);
 
+// x [B, T, C] plus the absolute positions offset .. offset + T - 1 that cfg.positions names (sinusoidal, or
+// `learned`'s rows, an Error past max_len); x itself for none and rotary.
+torch::Tensor add_absolute_positions(const torch::Tensor& x, const ModelConfig& cfg, torch::nn::Embedding& learned,
+                                     int64_t offset);
+
+// A fresh streaming state for each block's mixer; an Error naming the first that cannot stream.
+std::vector<std::unique_ptr<MixerState>> block_states(const std::vector<Block>& blocks, const std::vector<MixerSpec>& specs,
+                                                      int64_t batch);
+
 // All layers' streaming states plus the position reached.
 struct ModelState {
   std::vector<std::unique_ptr<MixerState>> layers;

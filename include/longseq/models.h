@@ -21,6 +21,9 @@ class LanguageModelImpl : public torch::nn::Module {
                                 const torch::Tensor& padding_mask = {}) = 0;
   // How many final positions of a T-token input get logits (T for a decoder, the latents for Perceiver AR).
   virtual int64_t scored_positions(int64_t T) const { return T; }
+  // Single-token decoding steps between the state's periodic recomputations (Perceiver AR's refill passes);
+  // 0 = none, every step costs alike.
+  virtual int64_t decode_period() const { return 0; }
   // A state for decoding `batch` sequences; throws Error if the model cannot stream.
   virtual ModelState initial_state(int64_t batch) const = 0;
   virtual const ModelConfig& config() const = 0;

@@ -32,6 +32,7 @@ class PerceiverARImpl : public LanguageModelImpl {
   // The same model with n latents instead of N (no dropout of context positions): [B, T] -> [B, n, V].
   torch::Tensor forward_latents(const torch::Tensor& tokens, int64_t n, const torch::Tensor& padding_mask = {});
   int64_t scored_positions(int64_t T) const override { return std::min(cfg_.latents, T); }
+  int64_t decode_period() const override { return cfg_.latents - reset_latents(); }
   ModelState initial_state(int64_t batch) const override;
   const ModelConfig& config() const override { return cfg_; }
   // The z-loss of the last forward (Perceiver AR's losses: 1e-4 * mean(log Z)^2), in its graph.
@@ -59,7 +60,6 @@ class PerceiverARImpl : public LanguageModelImpl {
                             const torch::Tensor& key_padding, const torch::Tensor& latent_padding,
                             std::vector<std::unique_ptr<MixerState>>* layers);
   torch::Tensor logits_of(const torch::Tensor& z);
-  std::vector<std::unique_ptr<MixerState>> fresh_layer_states(int64_t batch) const;
 };
 TORCH_MODULE(PerceiverAR);
 

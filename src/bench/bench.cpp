@@ -219,9 +219,7 @@ std::string bench_model(const Json& s) {
     auto t0 = std::chrono::steady_clock::now();
     for (int64_t at = 0; at < T; at += 4096) model->forward(torch::randint(V, {B, std::min<int64_t>(4096, T - at)}), &state);
     const double prefill = seconds_since(t0);
-    const auto& c = model->config();
-    const int64_t cycle = c.type == "perceiver_ar" ? c.latents - (c.reset_latents > 0 ? c.reset_latents : c.latents / 2) : 0;
-    const int64_t steps = std::max<int64_t>(s["decode"]["tokens"].get<int64_t>(), cycle + 1);
+    const int64_t steps = std::max<int64_t>(s["decode"]["tokens"].get<int64_t>(), model->decode_period() + 1);
     auto xs = torch::randint(V, {steps, B, 1});
     for (int64_t i = 0; i < steps; ++i) {
       auto t1 = std::chrono::steady_clock::now();
@@ -710,6 +708,23 @@ void run_bench(const BenchOptions& o) {
           rows.push_back(r);
         }
       }
+  // A decode or model row from its child: status, peak memory, time and the row's roof; false unless it ran.
+  auto read_child = [](Row& r, const ChildResult& c) {
+    r.peak_mib = c.peak_mib;
+    Json res = parse_bench_child_output(c.out);
+    if (!c.killed.empty()) {
+      r.status = c.killed;
+    } else if (res.is_discarded() || !res.value("ok", false)) {
+      r.status = !res.is_discarded() && res.contains("error") ? "error: " + res["error"].get<std::string>() : "failed";
+    } else {
+      r.status = "ok";
+      r.peak_mib = res.value("peak_mib", r.peak_mib);
+      r.median_s = res["median_s"];
+      r.roof_gflops = res.value("roof_gflops", 0.0);
+      return std::make_pair(true, res);
+    }
+    return std::make_pair(false, res);
+  };
   // Token-by-token decoding after prefixes of several lengths: flat tokens/s means O(1) state per token.
   for (const auto& m : mixers) {
     if (o.decode_contexts.empty() || !find_mixer(m).streams) continue;
@@ -723,19 +738,7 @@ void run_bench(const BenchOptions& o) {
       const std::string label = m + " decode after " + std::to_string(context);
       auto c = run_child(o.self, spec, false, o.time_cap, o.memory_cap_gib,
                          [&](double secs) { progress.update(static_cast<int64_t>(done), label + " (" + format_duration(secs) + ")"); });
-      r.peak_mib = c.peak_mib;
-      Json res = parse_bench_child_output(c.out);
-      if (!c.killed.empty()) {
-        r.status = c.killed;
-      } else if (res.is_discarded() || !res.value("ok", false)) {
-        r.status = !res.is_discarded() && res.contains("error") ? "error: " + res["error"].get<std::string>() : "failed";
-      } else {
-        r.status = "ok";
-        r.peak_mib = res.value("peak_mib", r.peak_mib);
-        r.median_s = res["median_s"];
-        r.tokens_per_s = o.batch / r.median_s;
-        r.roof_gflops = res.value("roof_gflops", 0.0);
-      }
+      if (read_child(r, c).first) r.tokens_per_s = o.batch / r.median_s;
       rows.push_back(r);
     }
   }
@@ -763,21 +766,10 @@ void run_bench(const BenchOptions& o) {
         auto c = run_child(o.self, spec, false, o.time_cap, o.memory_cap_gib, [&](double secs) {
           progress.update(static_cast<int64_t>(done - 1), label + " (" + format_duration(secs) + ")");
         });
-        r.peak_mib = c.peak_mib;
-        Json res = parse_bench_child_output(c.out);
-        if (!c.killed.empty()) {
-          r.status = c.killed, skip_rest = true;
-        } else if (res.is_discarded() || !res.value("ok", false)) {
-          r.status = !res.is_discarded() && res.contains("error") ? "error: " + res["error"].get<std::string>() : "failed";
-          skip_rest = true;
-        } else {
-          r.status = "ok";
-          r.peak_mib = res.value("peak_mib", r.peak_mib);
-          r.median_s = res["median_s"];
-          // Training: targets trained on per second (Perceiver AR: its latents); decoding: new tokens per second.
-          r.tokens_per_s = pass == "train" ? o.batch * res.value("scored", T) / r.median_s : o.batch / r.median_s;
-          r.roof_gflops = res.value("roof_gflops", 0.0);
-        }
+        const auto [ok, res] = read_child(r, c);
+        skip_rest = !ok;
+        // Training: targets trained on per second (Perceiver AR: its latents); decoding: new tokens per second.
+        if (ok) r.tokens_per_s = pass == "train" ? o.batch * res.value("scored", T) / r.median_s : o.batch / r.median_s;
         rows.push_back(r);
       }
     }

@@ -103,16 +103,7 @@ torch::Tensor TrunkImpl::forward(const torch::Tensor& tokens, bool causal,
                          state->layers.size(), " layers, model has ", blocks_.size() * steps);
   auto x = embed_(tokens) * std::sqrt(static_cast<double>(cfg_.d_model));  // Vaswani et al. 2017, sec. 3.4
   auto pos = torch::arange(offset, offset + T, torch::TensorOptions().dtype(torch::kLong).device(tokens.device()));
-  if (cfg_.positions != "none" && cfg_.recurrence_steps == 0) {
-    if (cfg_.positions == "learned") {
-      if (offset + T > cfg_.max_len)
-        throw Error("position " + std::to_string(offset + T - 1) + " exceeds model.max_len = " +
-                    std::to_string(cfg_.max_len) + " of the learned positions");
-      x = x + learned_pos_(pos);
-    } else {
-      x = x + sinusoidal_positions(pos, cfg_.d_model).to(x.dtype());
-    }
-  }
+  if (cfg_.recurrence_steps == 0) x = add_absolute_positions(x, cfg_, learned_pos_, offset);  // else at every step
   if (cfg_.dropout > 0) x = torch::dropout(x, cfg_.dropout, is_training());
   MixContext ctx;
   ctx.causal = causal;
@@ -146,24 +137,40 @@ torch::Tensor TrunkImpl::forward(const torch::Tensor& tokens, bool causal,
       aux_loss_ = act_ponder_cost(st, cfg_.act_loss_weight);
     }
   } else {
-    for (size_t i = 0; i < blocks_.size(); ++i) {
-      ctx.state = state ? state->layers[i].get() : nullptr;
-      x = blocks_[i]->forward(x, ctx, cfg_.ff_chunks);
-    }
+    x = step_blocks(x, ctx, state, 1);
   }
   if (state) state->offset += T;
   return ln_final_(x);
+}
+
+torch::Tensor add_absolute_positions(const torch::Tensor& x, const ModelConfig& cfg, torch::nn::Embedding& learned,
+                                     int64_t offset) {
+  if (cfg.positions != "sinusoidal" && cfg.positions != "learned") return x;
+  const int64_t T = x.size(1);
+  auto pos = torch::arange(offset, offset + T, torch::TensorOptions().dtype(torch::kLong).device(x.device()));
+  if (cfg.positions == "sinusoidal") return x + sinusoidal_positions(pos, cfg.d_model).to(x.dtype());
+  if (offset + T > cfg.max_len)
+    throw Error("position " + std::to_string(offset + T - 1) + " exceeds model.max_len = " +
+                std::to_string(cfg.max_len) + " of the learned positions");
+  return x + learned(pos);
+}
+
+std::vector<std::unique_ptr<MixerState>> block_states(const std::vector<Block>& blocks, const std::vector<MixerSpec>& specs,
+                                                      int64_t batch) {
+  std::vector<std::unique_ptr<MixerState>> out;
+  for (size_t i = 0; i < blocks.size(); ++i) {
+    auto st = blocks[i]->mixer().initial_state(batch);
+    if (!st) throw Error("layer " + std::to_string(i) + " (mixer " + specs[i].name + ") cannot stream");
+    out.push_back(std::move(st));
+  }
+  return out;
 }
 
 ModelState TrunkImpl::initial_state(int64_t batch) const {
   ModelState s;
   const int64_t steps = std::max<int64_t>(1, cfg_.recurrence_steps);  // a recurrent block keeps a state per step
   for (int64_t t = 0; t < steps; ++t)
-    for (size_t i = 0; i < blocks_.size(); ++i) {
-      auto st = blocks_[i]->mixer().initial_state(batch);
-      if (!st) throw Error("layer " + std::to_string(i) + " (mixer " + cfg_.layers[i].name + ") cannot stream");
-      s.layers.push_back(std::move(st));
-    }
+    for (auto& st : block_states(blocks_, cfg_.layers, batch)) s.layers.push_back(std::move(st));
   return s;
 }
 

@@ -28,6 +28,11 @@ torch::Tensor positions_from(int64_t first, int64_t n, const torch::Device& devi
   return torch::arange(first, first + n, torch::TensorOptions().dtype(torch::kLong).device(device));
 }
 
+void check_padding(const torch::Tensor& mask, int64_t B, int64_t T) {
+  if (mask.defined() && (mask.dim() != 2 || mask.size(0) != B || mask.size(1) != T))
+    throw Error("perceiver_ar: the padding mask must be [B, T] like the tokens");
+}
+
 }  // namespace
 
 PerceiverARImpl::PerceiverARImpl(const ModelConfig& cfg) : cfg_(cfg) {
@@ -66,17 +71,8 @@ PerceiverARImpl::PerceiverARImpl(const ModelConfig& cfg) : cfg_(cfg) {
 }
 
 torch::Tensor PerceiverARImpl::embed(const torch::Tensor& tokens, int64_t first) {
-  auto e = embed_(tokens) * std::sqrt(static_cast<double>(cfg_.d_model));
-  const int64_t T = tokens.size(1);
-  if (cfg_.positions == "learned") {
-    if (first + T > cfg_.max_len)
-      throw Error("position " + std::to_string(first + T - 1) + " exceeds model.max_len = " +
-                  std::to_string(cfg_.max_len) + " of the learned positions");
-    e = e + learned_pos_(positions_from(first, T, tokens.device()));
-  } else if (cfg_.positions == "sinusoidal") {
-    e = e + sinusoidal_positions(positions_from(first, T, tokens.device()), cfg_.d_model).to(e.dtype());
-  }
-  return e;
+  return add_absolute_positions(embed_(tokens) * std::sqrt(static_cast<double>(cfg_.d_model)), cfg_, learned_pos_,
+                                first);
 }
 
 std::pair<torch::Tensor, torch::Tensor> PerceiverARImpl::cross_keys(const torch::Tensor& e,
@@ -128,8 +124,7 @@ torch::Tensor PerceiverARImpl::forward_latents(const torch::Tensor& tokens, int6
   const int64_t B = tokens.size(0), T = tokens.size(1);
   if (n < 1 || n > T)
     throw Error("perceiver_ar: " + std::to_string(n) + " latents for " + std::to_string(T) + " tokens (1 to T)");
-  if (padding_mask.defined() && (padding_mask.dim() != 2 || padding_mask.size(0) != B || padding_mask.size(1) != T))
-    throw Error("perceiver_ar: the padding mask must be [B, T] like the tokens");
+  check_padding(padding_mask, B, T);
   aux_loss_ = torch::Tensor();
   auto e = embed(tokens, 0);
   if (cfg_.dropout > 0) e = torch::dropout(e, cfg_.dropout, is_training());
@@ -159,8 +154,7 @@ torch::Tensor PerceiverARImpl::forward(const torch::Tensor& tokens, ModelState* 
   TORCH_CHECK(cache && state->layers.size() == blocks_.size(), "perceiver_ar: the state was not made by this model");
   const int64_t B = tokens.size(0), c = tokens.size(1), L0 = state->offset, L = L0 + c;
   TORCH_CHECK(c >= 1, "perceiver_ar: a decoding step needs at least one token");
-  if (padding_mask.defined() && (padding_mask.dim() != 2 || padding_mask.size(0) != B || padding_mask.size(1) != c))
-    throw Error("perceiver_ar: the padding mask must be [B, T] like the tokens");
+  check_padding(padding_mask, B, c);
   aux_loss_ = torch::Tensor();
   auto e = embed(tokens, L0);
   auto [k_new, v_new] = cross_keys(e, positions_from(L0, c, tokens.device()));
@@ -190,26 +184,16 @@ torch::Tensor PerceiverARImpl::forward(const torch::Tensor& tokens, ModelState* 
   }
   const int64_t span = cache->tokens.size(1);
   const int64_t F = std::min(span, std::max(reset_latents(), std::min(c, cfg_.latents)));
-  state->layers = fresh_layer_states(B);
+  state->layers = block_states(blocks_, cfg_.layers, B);
   auto logits = latent_pass(F <= c ? e.narrow(1, c - F, F) : embed(cache->tokens.narrow(1, span - F, F), L - F),
                             L - F, k, v, cache->key_padding, latent_pad(L - F, F), &state->layers);
   cache->latents = F;
   return logits.narrow(1, F - std::min(c, F), std::min(c, F));
 }
 
-std::vector<std::unique_ptr<MixerState>> PerceiverARImpl::fresh_layer_states(int64_t batch) const {
-  std::vector<std::unique_ptr<MixerState>> layers;
-  for (size_t i = 0; i < blocks_.size(); ++i) {
-    auto st = blocks_[i]->mixer().initial_state(batch);
-    if (!st) throw Error("latent layer " + std::to_string(i) + " (mixer " + cfg_.layers[i].name + ") cannot stream");
-    layers.push_back(std::move(st));
-  }
-  return layers;
-}
-
 ModelState PerceiverARImpl::initial_state(int64_t batch) const {
   ModelState s;
-  s.layers = fresh_layer_states(batch);
+  s.layers = block_states(blocks_, cfg_.layers, batch);
   s.own = std::make_unique<PerceiverCache>();
   return s;
 }

@@ -1,6 +1,4 @@
-#include <array>
 #include <chrono>
-#include <map>
 #include <cmath>
 
 #include "longseq/common.h"
@@ -47,7 +45,10 @@ EvalResult evaluate_lm(LanguageModelImpl& model, const TokenSplit& split, int64_
   const torch::Tensor part_ids = part_ids_of(part, N, "evaluate_lm");
   if (groups.defined() && (groups.dim() != 1 || groups.size(0) != N))
     throw Error("evaluate_lm: the group labels must be [" + std::to_string(N) + "] like the split's tokens");
-  std::map<int64_t, std::array<double, 4>> by_label;  // label -> targets, nats, correct, ponder sum
+  // Per label: targets, nats, correct answers and ponder time, summed over the windows.
+  const int64_t labels = groups.defined() ? groups.max().item<int64_t>() + 1 : 0;
+  auto group_sums = torch::zeros({4, labels}, torch::kDouble);
+  bool pondered = false;
   const auto windows = eval_windows(N, T, s);
   double nats = 0, seconds = 0, part_nats = 0;
   int64_t tokens = 0, used = 0, part_n = 0;
@@ -58,9 +59,10 @@ EvalResult evaluate_lm(LanguageModelImpl& model, const TokenSplit& split, int64_
     Batch bt = eval_batch(split.tokens, windows, first, count, T);
     const auto t0 = std::chrono::steady_clock::now();
     auto logits = model.forward(bt.input);  // [B, P, V]: the targets of the last P positions
+    const auto flat = logits.reshape({-1, logits.size(-1)});
+    const auto target = bt.target.narrow(1, T - P, P).reshape({-1});
     auto loss = torch::nn::functional::cross_entropy(
-        logits.reshape({-1, logits.size(-1)}), bt.target.narrow(1, T - P, P).reshape({-1}),
-        torch::nn::functional::CrossEntropyFuncOptions().reduction(torch::kNone));
+        flat, target, torch::nn::functional::CrossEntropyFuncOptions().reduction(torch::kNone));
     auto keep = bt.scored.narrow(1, T - P, P).reshape({-1}).to(loss.device());
     nats += loss.masked_select(keep).sum().item<double>();
     tokens += keep.sum().item<int64_t>();
@@ -70,18 +72,17 @@ EvalResult evaluate_lm(LanguageModelImpl& model, const TokenSplit& split, int64_
       part_n += in_part.sum().item<int64_t>();
     }
     if (groups.defined()) {  // labels read through the same windows, per scored target
-      auto label = eval_batch(groups, windows, first, count, T).target.narrow(1, T - P, P).reshape({-1});
-      auto correct = logits.reshape({-1, logits.size(-1)}).argmax(-1) == bt.target.narrow(1, T - P, P).reshape({-1});
-      auto pondered = model.ponder_positions();
-      const auto ponder = pondered.defined() ? pondered.reshape({-1}) : torch::Tensor();
-      auto hit = (label > 0) & keep;
-      auto l = label.masked_select(hit), n = loss.masked_select(hit), c = correct.masked_select(hit);
-      auto pv = ponder.defined() ? ponder.masked_select(hit) : torch::Tensor();
-      for (int64_t i = 0; i < l.size(0); ++i) {
-        auto& g = by_label[l[i].item<int64_t>()];
-        g[0] += 1, g[1] += n[i].item<double>(), g[2] += c[i].item<bool>() ? 1 : 0;
-        g[3] += pv.defined() ? pv[i].item<double>() : -1.0;
-      }
+      auto label = eval_batch(groups, windows, first, count, T).target.narrow(1, T - P, P).reshape({-1}).to(torch::kLong);
+      const auto hit = (label > 0) & keep;
+      const auto l = label.masked_select(hit);
+      auto sum_by_label = [&](const torch::Tensor& values) {
+        return torch::bincount(l, values.masked_select(hit).to(torch::kDouble), labels);
+      };
+      const auto ponder = model.ponder_positions();  // [B, P] with ACT
+      pondered = ponder.defined();
+      group_sums += torch::stack({torch::bincount(l, {}, labels).to(torch::kDouble), sum_by_label(loss),
+                                  sum_by_label(flat.argmax(-1) == target),
+                                  pondered ? sum_by_label(ponder.reshape({-1})) : torch::zeros({labels}, torch::kDouble)});
     }
     seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     used += static_cast<int64_t>(count);
@@ -97,8 +98,13 @@ EvalResult evaluate_lm(LanguageModelImpl& model, const TokenSplit& split, int64_
   r.seconds = seconds;
   r.part_tokens = part_n;
   r.part_loss = part_n > 0 ? part_nats / static_cast<double>(part_n) : 0.0;
-  for (const auto& [label, g] : by_label)
-    r.groups.push_back({label, static_cast<int64_t>(g[0]), g[1] / g[0], g[2] / g[0], g[3] < 0 ? -1.0 : g[3] / g[0]});
+  for (int64_t label = 1; label < labels; ++label) {
+    const double n = group_sums[0][label].item<double>();
+    if (n == 0) continue;
+    r.groups.push_back({label, static_cast<int64_t>(n), group_sums[1][label].item<double>() / n,
+                        group_sums[2][label].item<double>() / n,
+                        pondered ? group_sums[3][label].item<double>() / n : -1.0});
+  }
   r.loss = nats / static_cast<double>(std::max<int64_t>(tokens, 1));
   // Bits per byte: the split's tokens per decoded byte converts nats/token to bits/byte.
   const double tokens_per_byte = static_cast<double>(N) / static_cast<double>(std::max<int64_t>(split.bytes, 1));
