@@ -3,8 +3,8 @@
 // chunk as in their sec. 3.3 / Algorithm 1, with the memory-efficient gradient
 // of sec. 3.3.1 (eq. 13-15) generalised to chunks. Per (batch, head):
 //   forward:  P_c = tril(a_c b_c^T) v_c + a_c S,  S += b_c^T v_c   (chunk c, S = sums of the earlier chunks)
-//   backward: dL/da by the same forward sweep of S; dL/db and dL/dv by a reverse sweep of
-//             R = sum over the later chunks of a_i G_i^T.
+//   backward: the chunks' own products and dL/da by the same forward sweep of S; the later chunks' parts of
+//             dL/db and dL/dv by a reverse sweep of R = sum over the later chunks of a_i gn_i^T.
 // The denominator a_t . z_t rides along as an implicit column of ones in v,
 // handled by row sums and rank-1 updates rather than by copying v. Block
 // products go to the process's BLAS (single-threaded inside our parallel
@@ -151,58 +151,58 @@ void chunk_score_grads(const float* gn, const float* gd, const float* vc, int64_
 }
 
 struct Scratch {
-  std::vector<float> A, G, gn, gd, S, z, R, r, rc;
+  std::vector<float> A, G, S, z, R, r, rc;
   explicit Scratch(const Problem& p)
-      : A(p.chunk * p.chunk), G(p.chunk * p.chunk), gn(p.chunk * p.E), gd(p.chunk), S(p.M * p.E), z(p.M),
-        R(p.M * p.E), r(p.M), rc(p.M) {}
+      : A(p.chunk * p.chunk), G(p.chunk * p.chunk), S(p.M * p.E), z(p.M), R(p.M * p.E), r(p.M), rc(p.M) {}
 };
 
 // Backward of one (b, h): S0 [M, E], z0 [M] the sums the forward started from (null = 0);
-// y [T, E], den [T] the forward's output and denominators; g [T, E] dL/dy -> da, db [T, M], dv [T, E].
+// y [T, E], den [T] the forward's output and denominators; g [T, E] dL/dy -> da, db [T, M], dv [T, E];
+// gn [T, E], gd [T]: room for the numerator's and denominator's gradients, kept from the first sweep for the second.
+// First sweep (forward order): everything inside a chunk (its tril products, each once) and dL/da's part from the
+// earlier chunks (eq. 13 chunked). Reverse sweep: dL/db and dL/dv's parts from the later chunks (eq. 14-15), three
+// products a chunk with R = sum over the later chunks of a_i gn_i^T.
 void backward_head(const float* a, const float* b, const float* v, const float* y, const float* den, const float* g,
-                   const float* S0, const float* z0, float* da, float* db, float* dv, const Problem& p, Scratch& w) {
+                   const float* S0, const float* z0, float* da, float* db, float* dv, float* gn, float* gd,
+                   const Problem& p, Scratch& w) {
   const int64_t T = p.T, M = p.M, E = p.E, c = p.chunk;
   float *S = w.S.data(), *z = w.z.data(), *R = w.R.data(), *r = w.r.data();
-  float *A = w.A.data(), *G = w.G.data(), *gn = w.gn.data(), *gd = w.gd.data();
+  float *A = w.A.data(), *G = w.G.data();
   if (S0) std::copy(S0, S0 + M * E, S); else std::fill(w.S.begin(), w.S.end(), 0.0f);
   if (z0) std::copy(z0, z0 + M, z); else std::fill(w.z.begin(), w.z.end(), 0.0f);
-  // Forward sweep: dL/da_i = G_i. b_j inside + S gn_i + gd_i z (eq. 13 chunked).
   for (int64_t t0 = 0; t0 < T; t0 += c) {
     const int64_t L = std::min(c, T - t0);
-    const float *bc = b + t0 * M, *vc = v + t0 * E;
-    float* dac = da + t0 * M;
-    chunk_output_grads(g + t0 * E, y + t0 * E, den ? den + t0 : nullptr, L, p, gn, gd);
-    chunk_score_grads(gn, gd, vc, L, p, G);
-    lower_times(false, L, M, G, bc, dac);
-    gemm(false, true, L, M, E, 1.0f, gn, E, S, E, 1.0f, dac, M);
+    const float *ac = a + t0 * M, *bc = b + t0 * M, *vc = v + t0 * E;
+    float *dac = da + t0 * M, *dbc = db + t0 * M, *dvc = dv + t0 * E, *gnc = gn + t0 * E, *gdc = gd + t0;
+    chunk_output_grads(g + t0 * E, y + t0 * E, den ? den + t0 : nullptr, L, p, gnc, gdc);
+    chunk_score_grads(gnc, gdc, vc, L, p, G);
+    lower_times(false, L, M, G, bc, dac);       // dL/da inside the chunk
+    lower_times(true, L, M, G, ac, dbc);        // dL/db inside the chunk
+    lower_scores(L, M, ac, bc, A);
+    lower_times(true, L, E, A, gnc, dvc);       // dL/dv inside the chunk
+    gemm(false, true, L, M, E, 1.0f, gnc, E, S, E, 1.0f, dac, M);  // dL/da from the earlier chunks
     if (p.ratio) {
-      for (int64_t i = 0; i < L; ++i) axpy(gd[i], z, dac + i * M, M);
+      for (int64_t i = 0; i < L; ++i) axpy(gdc[i], z, dac + i * M, M);
       add_rows(bc, L, M, z);
     }
     gemm(true, false, M, E, L, 1.0f, bc, M, vc, E, 1.0f, S, E);
   }
-  // Reverse sweep: dL/db_j = G_.j^T a inside + R v_j + r; dL/dv_j = tril(a b^T)_.j^T gn + R^T b_j (eq. 14-15).
   std::fill(w.R.begin(), w.R.end(), 0.0f);
   std::fill(w.r.begin(), w.r.end(), 0.0f);
   const int64_t last = T == 0 ? 0 : ((T - 1) / c) * c;
   for (int64_t t0 = last; t0 >= 0 && T > 0; t0 -= c) {
     const int64_t L = std::min(c, T - t0);
-    const float *ac = a + t0 * M, *bc = b + t0 * M, *vc = v + t0 * E;
+    const float *ac = a + t0 * M, *bc = b + t0 * M, *vc = v + t0 * E, *gnc = gn + t0 * E, *gdc = gd + t0;
     float *dbc = db + t0 * M, *dvc = dv + t0 * E;
-    chunk_output_grads(g + t0 * E, y + t0 * E, den ? den + t0 : nullptr, L, p, gn, gd);
-    chunk_score_grads(gn, gd, vc, L, p, G);
-    lower_scores(L, M, ac, bc, A);
-    lower_times(true, L, M, G, ac, dbc);
     gemm(false, true, L, M, E, 1.0f, vc, E, R, E, 1.0f, dbc, M);
-    lower_times(true, L, E, A, gn, dvc);
     gemm(false, false, L, E, M, 1.0f, bc, M, R, E, 1.0f, dvc, E);
     if (p.ratio) {
       for (int64_t j = 0; j < L; ++j) axpy(1.0f, r, dbc + j * M, M);
       std::fill(w.rc.begin(), w.rc.end(), 0.0f);  // the chunk's part first, as for z
-      for (int64_t i = 0; i < L; ++i) axpy(gd[i], ac + i * M, w.rc.data(), M);
+      for (int64_t i = 0; i < L; ++i) axpy(gdc[i], ac + i * M, w.rc.data(), M);
       axpy(1.0f, w.rc.data(), r, M);
     }
-    gemm(true, false, M, E, L, 1.0f, ac, M, gn, E, 1.0f, R, E);  // after the reads: R holds the later chunks only
+    gemm(true, false, M, E, L, 1.0f, ac, M, gnc, E, 1.0f, R, E);  // after the reads: R holds the later chunks only
   }
 }
 
@@ -260,17 +260,19 @@ class CausalLinearAttentionFunction : public torch::autograd::Function<CausalLin
                                    ctx->saved_data["eps"].toDouble());
     auto g = grads[0].contiguous();
     auto da = torch::empty_like(a), db = torch::empty_like(b), dv = torch::empty_like(v);
+    auto gn = torch::empty_like(g), gd = torch::empty({p.B, p.H, p.T}, g.options());
     const float *ap = a.data_ptr<float>(), *bp = b.data_ptr<float>(), *vp = v.data_ptr<float>(),
                 *yp = y.data_ptr<float>(), *dp = data_or_null(den), *gp = g.data_ptr<float>(),
                 *S0p = data_or_null(S0), *z0p = data_or_null(z0);
-    float *dap = da.data_ptr<float>(), *dbp = db.data_ptr<float>(), *dvp = dv.data_ptr<float>();
+    float *dap = da.data_ptr<float>(), *dbp = db.data_ptr<float>(), *dvp = dv.data_ptr<float>(),
+          *gnp = gn.data_ptr<float>(), *gdp = gd.data_ptr<float>();
     at::parallel_for(0, p.B * p.H, 1, [&](int64_t begin, int64_t end) {
       Scratch w(p);
       for (int64_t bh = begin; bh < end; ++bh) {
         const int64_t tm = bh * p.T * p.M, te = bh * p.T * p.E;
         backward_head(ap + tm, bp + tm, vp + te, yp + te, dp ? dp + bh * p.T : nullptr, gp + te,
                       S0p ? S0p + bh * p.M * p.E : nullptr, z0p ? z0p + bh * p.M : nullptr, dap + tm, dbp + tm,
-                      dvp + te, p, w);
+                      dvp + te, gnp + te, gdp + bh * p.T, p, w);
       }
     });
     return {da, db, dv, torch::Tensor(), torch::Tensor(), torch::Tensor(), torch::Tensor(), torch::Tensor(),
