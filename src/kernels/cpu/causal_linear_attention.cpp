@@ -151,29 +151,29 @@ void chunk_score_grads(const float* gn, const float* gd, const float* vc, int64_
 }
 
 struct Scratch {
-  std::vector<float> A, G, S, z, R, r, rc;
+  std::vector<float> A, G, gn, gd, S, z, R, r, rc;
   explicit Scratch(const Problem& p)
-      : A(p.chunk * p.chunk), G(p.chunk * p.chunk), S(p.M * p.E), z(p.M), R(p.M * p.E), r(p.M), rc(p.M) {}
+      : A(p.chunk * p.chunk), G(p.chunk * p.chunk), gn(p.chunk * p.E), gd(p.chunk), S(p.M * p.E), z(p.M),
+        R(p.M * p.E), r(p.M), rc(p.M) {}
 };
 
 // Backward of one (b, h): S0 [M, E], z0 [M] the sums the forward started from (null = 0);
-// y [T, E], den [T] the forward's output and denominators; g [T, E] dL/dy -> da, db [T, M], dv [T, E];
-// gn [T, E], gd [T]: room for the numerator's and denominator's gradients, kept from the first sweep for the second.
+// y [T, E], den [T] the forward's output and denominators; g [T, E] dL/dy -> da, db [T, M], dv [T, E].
 // First sweep (forward order): everything inside a chunk (its tril products, each once) and dL/da's part from the
 // earlier chunks (eq. 13 chunked). Reverse sweep: dL/db and dL/dv's parts from the later chunks (eq. 14-15), three
-// products a chunk with R = sum over the later chunks of a_i gn_i^T.
+// products a chunk with R = sum over the later chunks of a_i gn_i^T. Each sweep derives gn, gd from g (elementwise:
+// cheaper than keeping [T, E] of them, whose fresh pages the kernel would pay to zero).
 void backward_head(const float* a, const float* b, const float* v, const float* y, const float* den, const float* g,
-                   const float* S0, const float* z0, float* da, float* db, float* dv, float* gn, float* gd,
-                   const Problem& p, Scratch& w) {
+                   const float* S0, const float* z0, float* da, float* db, float* dv, const Problem& p, Scratch& w) {
   const int64_t T = p.T, M = p.M, E = p.E, c = p.chunk;
   float *S = w.S.data(), *z = w.z.data(), *R = w.R.data(), *r = w.r.data();
-  float *A = w.A.data(), *G = w.G.data();
+  float *A = w.A.data(), *G = w.G.data(), *gnc = w.gn.data(), *gdc = w.gd.data();
   if (S0) std::copy(S0, S0 + M * E, S); else std::fill(w.S.begin(), w.S.end(), 0.0f);
   if (z0) std::copy(z0, z0 + M, z); else std::fill(w.z.begin(), w.z.end(), 0.0f);
   for (int64_t t0 = 0; t0 < T; t0 += c) {
     const int64_t L = std::min(c, T - t0);
     const float *ac = a + t0 * M, *bc = b + t0 * M, *vc = v + t0 * E;
-    float *dac = da + t0 * M, *dbc = db + t0 * M, *dvc = dv + t0 * E, *gnc = gn + t0 * E, *gdc = gd + t0;
+    float *dac = da + t0 * M, *dbc = db + t0 * M, *dvc = dv + t0 * E;
     chunk_output_grads(g + t0 * E, y + t0 * E, den ? den + t0 : nullptr, L, p, gnc, gdc);
     chunk_score_grads(gnc, gdc, vc, L, p, G);
     lower_times(false, L, M, G, bc, dac);       // dL/da inside the chunk
@@ -192,8 +192,9 @@ void backward_head(const float* a, const float* b, const float* v, const float* 
   const int64_t last = T == 0 ? 0 : ((T - 1) / c) * c;
   for (int64_t t0 = last; t0 >= 0 && T > 0; t0 -= c) {
     const int64_t L = std::min(c, T - t0);
-    const float *ac = a + t0 * M, *bc = b + t0 * M, *vc = v + t0 * E, *gnc = gn + t0 * E, *gdc = gd + t0;
+    const float *ac = a + t0 * M, *bc = b + t0 * M, *vc = v + t0 * E;
     float *dbc = db + t0 * M, *dvc = dv + t0 * E;
+    chunk_output_grads(g + t0 * E, y + t0 * E, den ? den + t0 : nullptr, L, p, gnc, gdc);
     gemm(false, true, L, M, E, 1.0f, vc, E, R, E, 1.0f, dbc, M);
     gemm(false, false, L, E, M, 1.0f, bc, M, R, E, 1.0f, dvc, E);
     if (p.ratio) {
@@ -260,19 +261,17 @@ class CausalLinearAttentionFunction : public torch::autograd::Function<CausalLin
                                    ctx->saved_data["eps"].toDouble());
     auto g = grads[0].contiguous();
     auto da = torch::empty_like(a), db = torch::empty_like(b), dv = torch::empty_like(v);
-    auto gn = torch::empty_like(g), gd = torch::empty({p.B, p.H, p.T}, g.options());
     const float *ap = a.data_ptr<float>(), *bp = b.data_ptr<float>(), *vp = v.data_ptr<float>(),
                 *yp = y.data_ptr<float>(), *dp = data_or_null(den), *gp = g.data_ptr<float>(),
                 *S0p = data_or_null(S0), *z0p = data_or_null(z0);
-    float *dap = da.data_ptr<float>(), *dbp = db.data_ptr<float>(), *dvp = dv.data_ptr<float>(),
-          *gnp = gn.data_ptr<float>(), *gdp = gd.data_ptr<float>();
+    float *dap = da.data_ptr<float>(), *dbp = db.data_ptr<float>(), *dvp = dv.data_ptr<float>();
     at::parallel_for(0, p.B * p.H, 1, [&](int64_t begin, int64_t end) {
       Scratch w(p);
       for (int64_t bh = begin; bh < end; ++bh) {
         const int64_t tm = bh * p.T * p.M, te = bh * p.T * p.E;
         backward_head(ap + tm, bp + tm, vp + te, yp + te, dp ? dp + bh * p.T : nullptr, gp + te,
                       S0p ? S0p + bh * p.M * p.E : nullptr, z0p ? z0p + bh * p.M : nullptr, dap + tm, dbp + tm,
-                      dvp + te, gnp + te, gdp + bh * p.T, p, w);
+                      dvp + te, p, w);
       }
     });
     return {da, db, dv, torch::Tensor(), torch::Tensor(), torch::Tensor(), torch::Tensor(), torch::Tensor(),
