@@ -39,7 +39,10 @@ struct ModelConfig {
   double rotary_fraction = 0.5;     // share of each head's channels rotated
   double rotary_max_wavelength = 0; // slowest rotary band (0 = max_len)
   double z_loss = 1e-4;             // weight of mean(log Z)^2 over the scored logits
-  std::vector<MixerSpec> layers;  // one per layer
+  std::vector<MixerSpec> layers;  // one per layer (empty name where the block kind has no mixer)
+  std::vector<BlockSpec> blocks;  // one per layer
+  // What layer i is, for messages: its mixer's name, or its block kind's.
+  std::string layer_name(size_t i) const { return layers[i].name.empty() ? blocks[i].name : layers[i].name; }
   int64_t num_classes = 2;
   std::string pooling;  // mean | first
 

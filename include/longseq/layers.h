@@ -22,11 +22,22 @@ class FeedForwardImpl : public torch::nn::Module {
 };
 TORCH_MODULE(FeedForward);
 
-// Pre-norm residual block: x + mixer(LN(x)), then + FF(LN(.)).
-class BlockImpl : public torch::nn::Module {
+// One layer of the trunk: a block kind (blocks.h lists them). x: [B, T, C] -> [B, T, C]; with ctx.state set, x
+// continues the sequence held in the state and the state is advanced past x.
+class LayerImpl : public torch::nn::Module {
+ public:
+  virtual torch::Tensor forward(const torch::Tensor& x, MixContext& ctx, int64_t ff_chunks = 1) = 0;
+  // A fresh streaming state for `batch` sequences; null if the layer cannot stream.
+  virtual std::unique_ptr<MixerState> initial_state(int64_t batch) const = 0;
+};
+using Layer = std::shared_ptr<LayerImpl>;
+
+// The standard block: pre-norm residual x + mixer(LN(x)), then + FF(LN(.)).
+class BlockImpl : public LayerImpl {
  public:
   BlockImpl(Mixer mixer, int64_t d_model, int64_t d_ff, double dropout, const std::string& activation = "gelu");
-  torch::Tensor forward(const torch::Tensor& x, MixContext& ctx, int64_t ff_chunks = 1);  // [B, T, C] -> [B, T, C]
+  torch::Tensor forward(const torch::Tensor& x, MixContext& ctx, int64_t ff_chunks = 1) override;
+  std::unique_ptr<MixerState> initial_state(int64_t batch) const override { return mixer_->initial_state(batch); }
   // The two residual branches: dropout(mixer(LN(x))) and dropout(FF(LN(x))), the latter over `chunks` slices of T.
   torch::Tensor mix_branch(const torch::Tensor& x, MixContext& ctx);
   torch::Tensor ff_branch(const torch::Tensor& x, int64_t chunks = 1);
@@ -61,8 +72,11 @@ torch::Tensor sinusoidal_positions(const torch::Tensor& positions, int64_t C);
 torch::Tensor add_absolute_positions(const torch::Tensor& x, const ModelConfig& cfg, torch::nn::Embedding& learned,
                                      int64_t offset);
 
-// A fresh streaming state for each block's mixer; an Error naming the first that cannot stream.
-std::vector<std::unique_ptr<MixerState>> block_states(const std::vector<Block>& blocks, const std::vector<MixerSpec>& specs,
+// "mixer <name>" or "block <kind>" for each layer of cfg, for messages.
+std::vector<std::string> layer_names(const ModelConfig& cfg);
+
+// A fresh streaming state for each layer; an Error naming the first that cannot stream (`names`: what each layer is).
+std::vector<std::unique_ptr<MixerState>> block_states(const std::vector<Layer>& layers, const std::vector<std::string>& names,
                                                       int64_t batch);
 
 // All layers' streaming states plus the position reached.
@@ -85,13 +99,15 @@ class TrunkImpl : public torch::nn::Module {
   torch::Tensor ponder() const { return ponder_; }
   torch::Tensor ponder_positions() const { return ponder_map_; }  // [B, T] N + R per position, detached
   torch::nn::Embedding& embedding() { return embed_; }
-  std::vector<Block>& blocks() { return blocks_; }
+  std::vector<Block>& blocks() { return blocks_; }  // the standard blocks among the layers, in order
+  std::vector<Layer>& layers() { return layers_; }
   const ModelConfig& config() const { return cfg_; }
 
  private:
   ModelConfig cfg_;
   torch::nn::Embedding embed_{nullptr};
   torch::nn::Embedding learned_pos_{nullptr};
+  std::vector<Layer> layers_;
   std::vector<Block> blocks_;
   torch::nn::LayerNorm ln_final_{nullptr};
   torch::nn::Linear halting_{nullptr};  // model.act: p = sigmoid(s w_h + b_h)

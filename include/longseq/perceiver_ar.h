@@ -46,7 +46,7 @@ class PerceiverARImpl : public LanguageModelImpl {
   torch::nn::Linear latent_init_{nullptr}, cross_q_{nullptr}, cross_kv_{nullptr}, cross_out_{nullptr};
   torch::nn::LayerNorm ln_q_{nullptr}, ln_kv_{nullptr}, ln_cross_ff_{nullptr}, ln_final_{nullptr};
   FeedForward cross_ff_{nullptr};
-  std::vector<Block> blocks_;
+  std::vector<Layer> blocks_;  // standard blocks (the config refuses other kinds)
   torch::nn::Linear head_{nullptr};  // only without tied embeddings (zero-initialised, as the paper's)
   torch::Tensor aux_loss_;
 

@@ -90,6 +90,13 @@ struct MixerSpec {
   Json options;  // validated, defaults filled
 };
 MixerSpec parse_mixer_spec(const Json& spec, const std::string& where);
+
+// A layer's block kind (blocks.h): "standard" (the layer's MixerSpec says what mixes) or another kind, whose layer
+// has no MixerSpec (its name is empty).
+struct BlockSpec {
+  std::string name = "standard";
+  Json options = Json::object();  // validated against the kind's schema, defaults filled
+};
 Mixer make_mixer(const MixerSpec& spec, int64_t d_model, int64_t n_heads, int64_t layer_index);
 
 }  // namespace longseq

@@ -10,6 +10,7 @@
 #include <thread>
 
 #include "longseq/bench.h"
+#include "longseq/blocks.h"
 #include "longseq/common.h"
 #include "longseq/config.h"
 #include "longseq/generate.h"
@@ -53,6 +54,15 @@ void print_info(bool markdown) {
                 m.streams ? "yes" : "no");
     if (!m.left_padding_changes.empty()) std::printf("left padding changes outputs: %s\n\n", m.left_padding_changes.c_str());
     std::printf("%s\n", schema_markdown(m.schema).c_str());
+  }
+  std::printf("Block kinds (model.block or {\"block\": ...} entries of model.layers):\n\n");
+  for (const auto& b : block_registry()) {
+    std::printf("## %s\n%s\n(%s)\n", b.name.c_str(), b.summary.c_str(), b.citation.c_str());
+    std::printf("runs the layer's mixer: %s, causal: %s, bidirectional: %s, streams: %s, reversible: %s\n\n",
+                b.uses_mixer ? "yes" : "no", b.supports_causal ? "yes" : "no", b.supports_bidirectional ? "yes" : "no",
+                b.uses_mixer ? "as its mixer" : b.streams ? "yes" : "no",
+                b.not_reversible.empty() ? "yes" : ("no (" + b.not_reversible + ")").c_str());
+    if (!b.schema.empty()) std::printf("%s\n", schema_markdown(b.schema).c_str());
   }
   std::printf("Model kinds (model.type) and trunk systems:\n\n");
   for (const auto& k : model_kind_registry())
@@ -436,12 +446,17 @@ int main(int argc, char** argv) {
     } else if (*gen) {
       auto run = load_run(run_dir, mixer_overrides(mixer_sets));
       sopts.use_cache = !no_cache;
-      for (const auto& layer : run.model_config.layers)
-        if (sopts.use_cache && !find_mixer(layer.name).streams) {
-          std::fprintf(stderr, "note: mixer %s has no streaming state; recomputing the sequence at each step\n",
-                       layer.name.c_str());
+      const auto names = layer_names(run.model_config);
+      for (size_t i = 0; i < names.size(); ++i) {
+        const auto& layer = run.model_config.layers[i];
+        const bool streams = layer.name.empty() ? find_block(run.model_config.blocks[i].name).streams
+                                                : find_mixer(layer.name).streams;
+        if (sopts.use_cache && !streams) {
+          std::fprintf(stderr, "note: %s has no streaming state; recomputing the sequence at each step\n",
+                       names[i].c_str());
           sopts.use_cache = false;
         }
+      }
       auto ids = generate(*run.model, run.tokenizer->encode(prompt), max_new, sopts);
       note_position_limit(run, ids.size(), max_new);
       std::printf("%s%s\n", prompt.c_str(), run.tokenizer->decode(ids).c_str());

@@ -3,6 +3,7 @@
 #include <cmath>
 
 #include "longseq/act.h"
+#include "longseq/blocks.h"
 #include "longseq/common.h"
 
 namespace longseq {
@@ -73,9 +74,11 @@ TrunkImpl::TrunkImpl(const ModelConfig& cfg) : cfg_(cfg) {
     torch::nn::init::normal_(learned_pos_->weight, 0.0, 0.02);
   }
   for (int64_t i = 0; i < cfg.n_layers; ++i) {
-    auto mixer = make_mixer(cfg.layers[i], cfg.d_model, cfg.n_heads, i);
-    blocks_.push_back(register_module("block" + std::to_string(i),
-                                      Block(mixer, cfg.d_model, cfg.d_ff, cfg.dropout, cfg.ff_activation)));
+    BlockArgs args;
+    args.d_model = cfg.d_model, args.n_heads = cfg.n_heads, args.d_ff = cfg.d_ff, args.dropout = cfg.dropout;
+    args.ff_activation = cfg.ff_activation, args.layer_index = i, args.mixer = &cfg.layers[i];
+    layers_.push_back(register_module("block" + std::to_string(i), make_layer(cfg.blocks[i], args)));
+    if (auto standard = std::dynamic_pointer_cast<BlockImpl>(layers_.back())) blocks_.emplace_back(standard);
   }
   ln_final_ = register_module("ln_final", torch::nn::LayerNorm(torch::nn::LayerNormOptions({cfg.d_model})));
   if (cfg.act) {
@@ -85,9 +88,9 @@ TrunkImpl::TrunkImpl(const ModelConfig& cfg) : cfg_(cfg) {
 }
 
 torch::Tensor TrunkImpl::step_blocks(torch::Tensor x, MixContext& ctx, ModelState* state, int64_t t) {
-  for (size_t i = 0; i < blocks_.size(); ++i) {
-    ctx.state = state ? state->layers[(t - 1) * blocks_.size() + i].get() : nullptr;  // each step's own cache
-    x = blocks_[i]->forward(x, ctx, cfg_.ff_chunks);
+  for (size_t i = 0; i < layers_.size(); ++i) {
+    ctx.state = state ? state->layers[(t - 1) * layers_.size() + i].get() : nullptr;  // each step's own cache
+    x = layers_[i]->forward(x, ctx, cfg_.ff_chunks);
   }
   return x;
 }
@@ -99,8 +102,8 @@ torch::Tensor TrunkImpl::forward(const torch::Tensor& tokens, bool causal,
   const int64_t T = tokens.size(1);
   const int64_t offset = state ? state->offset : 0;
   const int64_t steps = std::max<int64_t>(1, cfg_.recurrence_steps);
-  if (state) TORCH_CHECK(state->layers.size() == blocks_.size() * steps, "model: state has ",
-                         state->layers.size(), " layers, model has ", blocks_.size() * steps);
+  if (state) TORCH_CHECK(state->layers.size() == layers_.size() * steps, "model: state has ",
+                         state->layers.size(), " layers, model has ", layers_.size() * steps);
   auto x = embed_(tokens) * std::sqrt(static_cast<double>(cfg_.d_model));  // Vaswani et al. 2017, sec. 3.4
   auto pos = torch::arange(offset, offset + T, torch::TensorOptions().dtype(torch::kLong).device(tokens.device()));
   if (cfg_.recurrence_steps == 0) x = add_absolute_positions(x, cfg_, learned_pos_, offset);  // else at every step
@@ -155,14 +158,21 @@ torch::Tensor add_absolute_positions(const torch::Tensor& x, const ModelConfig& 
   return x + learned(pos);
 }
 
-std::vector<std::unique_ptr<MixerState>> block_states(const std::vector<Block>& blocks, const std::vector<MixerSpec>& specs,
+std::vector<std::unique_ptr<MixerState>> block_states(const std::vector<Layer>& layers, const std::vector<std::string>& names,
                                                       int64_t batch) {
   std::vector<std::unique_ptr<MixerState>> out;
-  for (size_t i = 0; i < blocks.size(); ++i) {
-    auto st = blocks[i]->mixer().initial_state(batch);
-    if (!st) throw Error("layer " + std::to_string(i) + " (mixer " + specs[i].name + ") cannot stream");
+  for (size_t i = 0; i < layers.size(); ++i) {
+    auto st = layers[i]->initial_state(batch);
+    if (!st) throw Error("layer " + std::to_string(i) + " (" + names[i] + ") cannot stream");
     out.push_back(std::move(st));
   }
+  return out;
+}
+
+std::vector<std::string> layer_names(const ModelConfig& cfg) {
+  std::vector<std::string> out;
+  for (size_t i = 0; i < cfg.layers.size(); ++i)
+    out.push_back(cfg.layers[i].name.empty() ? "block " + cfg.blocks[i].name : "mixer " + cfg.layers[i].name);
   return out;
 }
 
@@ -170,7 +180,7 @@ ModelState TrunkImpl::initial_state(int64_t batch) const {
   ModelState s;
   const int64_t steps = std::max<int64_t>(1, cfg_.recurrence_steps);  // a recurrent block keeps a state per step
   for (int64_t t = 0; t < steps; ++t)
-    for (auto& st : block_states(blocks_, cfg_.layers, batch)) s.layers.push_back(std::move(st));
+    for (auto& st : block_states(layers_, layer_names(cfg_), batch)) s.layers.push_back(std::move(st));
   return s;
 }
 

@@ -4,6 +4,7 @@
 #include <fstream>
 #include <sstream>
 
+#include "longseq/blocks.h"
 #include "longseq/common.h"
 #include "longseq/registry.h"
 
@@ -69,8 +70,12 @@ const Schema& model_schema() {
        "perceiver_ar: weight of the z-loss mean((log Z)^2) over the latents' logits added to the training loss "
        "(the paper's code: 1e-4); 0 = off", 0.0, 1.0},
       {"mixer", OptionType::Any, "full", "mixer of every layer: a name or {\"name\": ..., options}"},
+      {"block", OptionType::Any, "standard",
+       "block kind of every layer: standard (pre-norm mixer + feed-forward), or a kind with its own layer "
+       "(`longseq info` lists them): a name or {\"name\": ..., options}"},
       {"layers", OptionType::Any, Json::array(),
-       "per-layer mixers (list of names or objects); overrides mixer and n_layers"},
+       "per-layer specs, overriding mixer, block and n_layers: a mixer (name or object: a standard block), or "
+       "{\"block\": kind, options} for another block kind"},
       {"num_classes", OptionType::Int, 2, "classes (encoder_classifier)", 2, 1e6},
       {"pooling", OptionType::String, "mean", "how the classifier pools tokens (encoder_classifier)",
        -1e300, 1e300, {"mean", "first"}},
@@ -199,17 +204,42 @@ ModelConfig ModelConfig::from_json(const Json& raw) {
     throw Error("model.d_model = " + std::to_string(c.d_model) +
                 " must be a multiple of model.n_heads = " + std::to_string(c.n_heads));
   const Json& layers = j["layers"];
-  if (!layers.is_array()) throw Error("model.layers must be a list of mixer specs");
+  if (!layers.is_array()) throw Error("model.layers must be a list of mixer or block specs");
+  // One layer: a block spec, and the mixer spec when the block kind runs a mixer.
+  auto add_layer = [&](const BlockSpec& block, const Json& mixer, const std::string& where) {
+    c.blocks.push_back(block);
+    c.layers.push_back(find_block(block.name).uses_mixer ? parse_mixer_spec(mixer, where) : MixerSpec{});
+  };
   if (layers.empty()) {
-    for (int64_t i = 0; i < c.n_layers; ++i) c.layers.push_back(parse_mixer_spec(j["mixer"], "model.mixer"));
+    const BlockSpec block = parse_block_spec(j["block"], "model.block");
+    for (int64_t i = 0; i < c.n_layers; ++i) add_layer(block, j["mixer"], "model.mixer");
   } else {
-    for (size_t i = 0; i < layers.size(); ++i)
-      c.layers.push_back(parse_mixer_spec(layers[i], "model.layers[" + std::to_string(i) + "]"));
+    for (size_t i = 0; i < layers.size(); ++i) {
+      const std::string where = "model.layers[" + std::to_string(i) + "]";
+      if (layers[i].is_object() && layers[i].contains("block")) {  // {"block": kind, options}
+        Json spec = layers[i];
+        if (!spec["block"].is_string()) throw Error(where + ".block must be a block kind's name, got " +
+                                                    json_excerpt(spec["block"]));
+        const std::string kind = spec["block"];
+        spec.erase("block");
+        if (find_block(kind).uses_mixer) {  // the other keys are the mixer's spec
+          add_layer(parse_block_spec(kind, where + ".block"), spec, where);
+        } else {  // the other keys are the block's options
+          if (spec.contains("name"))
+            throw Error(where + ": block " + kind + " runs no mixer, so \"name\" (a mixer) does not apply; give "
+                        "the block's options only");
+          spec["name"] = kind;
+          add_layer(parse_block_spec(spec, where), Json(), where);
+        }
+      } else {
+        add_layer(BlockSpec{}, layers[i], where);
+      }
+    }
     c.n_layers = static_cast<int64_t>(layers.size());
   }
   // A per-layer list holds one value or one per layer: a longer list would be cut silently.
   for (size_t i = 0; i < c.layers.size(); ++i)
-    for (const auto& s : find_mixer(c.layers[i].name).schema) {
+    for (const auto& s : c.layers[i].name.empty() ? Schema{} : find_mixer(c.layers[i].name).schema) {
       const size_t n = s.per_layer ? c.layers[i].options[s.name].size() : 1;
       if (n == 0 || (n > 1 && n != c.layers.size()))
         throw Error((layers.empty() ? std::string("model.mixer") : "model.layers[" + std::to_string(i) + "]") + "." +
@@ -218,10 +248,20 @@ ModelConfig ModelConfig::from_json(const Json& raw) {
     }
   const bool causal = c.type != "encoder_classifier";  // the language models are causal, the classifier not
   for (size_t i = 0; i < c.layers.size(); ++i) {
-    const auto& info = find_mixer(c.layers[i].name);
-    if (causal ? !info.supports_causal : !info.supports_bidirectional)
-      throw Error("model layer " + std::to_string(i) + ": mixer " + info.name + " has no " +
-                  (causal ? "causal" : "bidirectional") + " form, which model.type = " + c.type + " needs");
+    const auto& block = find_block(c.blocks[i].name);
+    const bool ok = block.uses_mixer ? (causal ? find_mixer(c.layers[i].name).supports_causal
+                                               : find_mixer(c.layers[i].name).supports_bidirectional)
+                                     : (causal ? block.supports_causal : block.supports_bidirectional);
+    if (!ok)
+      throw Error("model layer " + std::to_string(i) + ": " + (block.uses_mixer ? "mixer " : "block ") +
+                  c.layer_name(i) + " has no " + (causal ? "causal" : "bidirectional") +
+                  " form, which model.type = " + c.type + " needs");
+    if (c.reversible && !block.not_reversible.empty())
+      throw Error("model layer " + std::to_string(i) + ": block " + block.name + " cannot join model.reversible = "
+                  "true: " + block.not_reversible);
+    if (c.type == "perceiver_ar" && !block.uses_mixer)
+      throw Error("model layer " + std::to_string(i) + ": model.type = perceiver_ar builds its latent layers as "
+                  "standard blocks; block " + block.name + " is not one");
   }
   return c;
 }
@@ -313,6 +353,7 @@ void override_mixer_options(ModelConfig& cfg, const Json& overrides, const std::
     bool used = false;
     std::vector<std::string> mixers;
     for (auto& layer : out.layers) {
+      if (layer.name.empty()) continue;  // a block kind without a mixer
       const auto& info = find_mixer(layer.name);
       mixers.push_back(layer.name);
       const bool has = std::any_of(info.schema.begin(), info.schema.end(),

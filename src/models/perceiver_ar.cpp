@@ -61,7 +61,7 @@ PerceiverARImpl::PerceiverARImpl(const ModelConfig& cfg) : cfg_(cfg) {
                   "model.positions = sinusoidal, learned or none");
     blocks_.push_back(register_module("block" + std::to_string(i),
                                       Block(make_mixer(cfg.layers[i], C, cfg.n_heads, i), C, cfg.d_ff, cfg.dropout,
-                                            cfg.ff_activation)));
+                                            cfg.ff_activation).ptr()));
   }
   ln_final_ = register_module("ln_final", torch::nn::LayerNorm(torch::nn::LayerNormOptions({C})));
   if (!cfg.tie_embeddings) {
@@ -184,7 +184,7 @@ torch::Tensor PerceiverARImpl::forward(const torch::Tensor& tokens, ModelState* 
   }
   const int64_t span = cache->tokens.size(1);
   const int64_t F = std::min(span, std::max(reset_latents(), std::min(c, cfg_.latents)));
-  state->layers = block_states(blocks_, cfg_.layers, B);
+  state->layers = block_states(blocks_, layer_names(cfg_), B);
   auto logits = latent_pass(F <= c ? e.narrow(1, c - F, F) : embed(cache->tokens.narrow(1, span - F, F), L - F),
                             L - F, k, v, cache->key_padding, latent_pad(L - F, F), &state->layers);
   cache->latents = F;
@@ -193,7 +193,7 @@ torch::Tensor PerceiverARImpl::forward(const torch::Tensor& tokens, ModelState* 
 
 ModelState PerceiverARImpl::initial_state(int64_t batch) const {
   ModelState s;
-  s.layers = block_states(blocks_, cfg_.layers, batch);
+  s.layers = block_states(blocks_, layer_names(cfg_), batch);
   s.own = std::make_unique<PerceiverCache>();
   return s;
 }

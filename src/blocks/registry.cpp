@@ -1,0 +1,53 @@
+// The explicit list of block kinds: one line each. Adding a kind means a new file under blocks/ and one line here.
+#include "longseq/blocks.h"
+
+#include "longseq/common.h"
+
+namespace longseq {
+
+BlockInfo standard_block_info();
+
+const std::vector<BlockInfo>& block_registry() {
+  static const std::vector<BlockInfo> registry = {
+      standard_block_info(),
+  };
+  return registry;
+}
+
+const BlockInfo& find_block(const std::string& name) {
+  std::vector<std::string> names;
+  for (const auto& info : block_registry()) {
+    if (info.name == name) return info;
+    names.push_back(info.name);
+  }
+  throw Error("unknown block kind \"" + name + "\"; registered block kinds: " + join(names));
+}
+
+BlockSpec parse_block_spec(const Json& spec, const std::string& where) {
+  BlockSpec out;
+  Json options = Json::object();
+  if (spec.is_string()) {
+    out.name = spec.get<std::string>();
+  } else if (spec.is_object()) {
+    if (!spec.contains("name") || !spec["name"].is_string())
+      throw Error(where + " must have a string \"name\" (the block kind), got " + json_excerpt(spec));
+    out.name = spec["name"].get<std::string>();
+    options = spec;
+    options.erase("name");
+  } else {
+    throw Error(where + " must be a block kind's name or an object with \"name\", got " + json_excerpt(spec));
+  }
+  out.options = validate_options(options, find_block(out.name).schema, where);
+  return out;
+}
+
+Layer make_layer(const BlockSpec& block, const BlockArgs& args) {
+  const auto& info = find_block(block.name);
+  if (info.uses_mixer && (!args.mixer || args.mixer->name.empty()))
+    throw Error("block " + block.name + " (layer " + std::to_string(args.layer_index) + ") needs a mixer");
+  BlockArgs a = args;
+  a.options = validate_options(block.options, info.schema, "block " + block.name);
+  return info.make(a);
+}
+
+}  // namespace longseq
