@@ -6,10 +6,12 @@
 namespace longseq {
 
 BlockInfo standard_block_info();
+BlockInfo gss_block_info();
 
 const std::vector<BlockInfo>& block_registry() {
   static const std::vector<BlockInfo> registry = {
       standard_block_info(),
+      gss_block_info(),
   };
   return registry;
 }
