@@ -25,6 +25,7 @@
 #include <sstream>
 #include <thread>
 
+#include "longseq/blocks.h"
 #include "longseq/common.h"
 #include "longseq/config.h"
 #include "longseq/kernels/flash_attention.h"
@@ -73,8 +74,60 @@ double seconds_since(std::chrono::steady_clock::time_point t0) {
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
 }
 
-// A whole mixer's useful FLOPs as its registry entry states them; 0 if it states none.
+// What a --mixers entry names: a mixer, or a block kind that runs no mixer (gss, mega), timed as its whole layer.
+struct Unit {
+  bool block = false;
+  bool supports_causal = true, supports_bidirectional = true, streams = false;
+  std::vector<std::string> core_kernels;
+};
+
+Unit find_unit(const std::string& name) {
+  for (const auto& b : block_registry())
+    if (b.name == name && !b.uses_mixer) return {true, b.supports_causal, b.supports_bidirectional, b.streams, {}};
+  for (const auto& m : mixer_registry())
+    if (m.name == name) return {false, m.supports_causal, m.supports_bidirectional, m.streams, m.core_kernels};
+  std::vector<std::string> names;
+  for (const auto& m : mixer_registry()) names.push_back(m.name);
+  for (const auto& b : block_registry())
+    if (!b.uses_mixer) names.push_back(b.name);
+  throw Error("bench: unknown mixer or block kind \"" + name + "\"; registered: " + join(names));
+}
+
+// A mixer wrapped as a layer, so that mixer rows and block rows run through one path.
+class MixerLayerImpl : public LayerImpl {
+ public:
+  explicit MixerLayerImpl(Mixer m) : mixer_(register_module("mixer", std::move(m))) {}
+  torch::Tensor forward(const torch::Tensor& x, MixContext& ctx, int64_t) override { return mixer_->forward(x, ctx); }
+  std::unique_ptr<MixerState> initial_state(int64_t batch) const override { return mixer_->initial_state(batch); }
+
+ private:
+  Mixer mixer_;
+};
+
+// The spec {"name": s["mixer"], options...} of a row.
+Json unit_spec(const Json& s) {
+  Json spec = s.value("options", Json::object());
+  spec["name"] = s["mixer"];
+  return spec;
+}
+
+// The module a mixer row times: the mixer, or a block kind's whole layer (d_ff = 4 C where it has one).
+Layer make_unit_layer(const Json& s, int64_t H, int64_t D) {
+  if (!find_unit(s["mixer"]).block) return std::make_shared<MixerLayerImpl>(make_mixer(parse_mixer_spec(unit_spec(s), "bench"), H * D, H, 0));
+  BlockArgs a;
+  a.d_model = H * D, a.n_heads = H, a.d_ff = 4 * H * D;
+  return make_layer(parse_block_spec(unit_spec(s), "bench"), a);
+}
+
+// A whole mixer's (or block's) useful FLOPs as its registry entry states them; 0 if it states none.
 double mixer_flops(const Json& s) {
+  const double passes = s["pass"] == "fwd" ? 1.0 : 3.0;
+  if (find_unit(s["mixer"]).block) {
+    const auto& b = find_block(s["mixer"]);
+    if (!b.flops) return 0;
+    return b.flops(s["B"], s["T"], s["D"].get<int64_t>() * s["H"].get<int64_t>(), s["causal"],
+                   parse_block_spec(unit_spec(s), "bench").options) * passes;
+  }
   const auto& info = find_mixer(s["mixer"]);
   if (!info.flops) return 0;
   Json spec = s["options"];
@@ -141,13 +194,11 @@ namespace {
 std::string bench_decode(const Json& s) {
   const int64_t B = s["B"], H = s["H"], D = s["D"], context = s["decode"]["context"], steps = s["decode"]["tokens"];
   torch::manual_seed(0);
-  Json spec = s["options"];
-  spec["name"] = s["mixer"];
-  Mixer mixer = make_mixer(parse_mixer_spec(spec, "bench"), H * D, H, 0);
+  Layer mixer = make_unit_layer(s, H, D);
   mixer->eval();
   torch::NoGradGuard ng;
   auto state = mixer->initial_state(B);
-  if (!state) throw Error("mixer " + s["mixer"].get<std::string>() + " does not stream: no decoding to time");
+  if (!state) throw Error(s["mixer"].get<std::string>() + " does not stream: no decoding to time");
   // Inputs are drawn before each timer starts: only the mixer's step is timed.
   auto step = [&](int64_t offset, const torch::Tensor& x) {
     MixContext ctx;
@@ -269,13 +320,14 @@ std::string bench_one(const Json& s) {
   torch::manual_seed(0);
   std::function<torch::Tensor(const torch::Tensor&)> run;
   std::vector<torch::Tensor> inputs;
-  Mixer mixer;
+  Layer mixer;
   Trunk trunk{nullptr};
   CoreRun core;
   if (s.contains("decode")) return bench_decode(s);
   if (s.contains("stack")) {  // a whole trunk: tokens -> embeddings -> blocks -> final norm
-    Json mj = {{"d_model", H * D}, {"n_heads", H}, {"n_layers", s["stack"]["layers"]}, {"mixer", s["mixer"]},
+    Json mj = {{"d_model", H * D}, {"n_heads", H}, {"n_layers", s["stack"]["layers"]},
                {"reversible", s["stack"]["reversible"]}, {"ff_chunks", 4}};
+    mj[find_unit(s["mixer"]).block ? "block" : "mixer"] = s["mixer"];
     trunk = Trunk(ModelConfig::from_json(mj));
     inputs.push_back(torch::randint(0, 256, {B, T}));
     run = [&](const torch::Tensor& tokens) { return trunk->forward(tokens, causal, {}); };
@@ -289,9 +341,7 @@ std::string bench_one(const Json& s) {
     inputs = core.inputs;
     run = [&](const torch::Tensor&) { return core.run(); };
   } else {
-    Json spec = s["options"];
-    spec["name"] = s["mixer"];
-    mixer = make_mixer(parse_mixer_spec(spec, "bench"), H * D, H, 0);
+    mixer = make_unit_layer(s, H, D);
     inputs.push_back(torch::randn({B, T, H * D}).requires_grad_(backward));
     run = [&](const torch::Tensor& x) {
       MixContext ctx;
@@ -526,7 +576,7 @@ void check_bench_options(const BenchOptions& o) {
     if (m != "causal" && m != "bidirectional") throw Error("bench: --modes takes causal, bidirectional; got " + m);
   for (const auto& p : o.passes)
     if (p != "fwd" && p != "fwdbwd") throw Error("bench: --passes takes fwd, fwdbwd; got " + p);
-  for (const auto& m : o.mixers) find_mixer(m);  // unknown names fail listing the registered ones
+  for (const auto& m : o.mixers) find_unit(m);  // unknown names fail listing the registered ones
   const auto lms = bench_model_names();
   for (const auto& m : o.models)
     if (std::find(lms.begin(), lms.end(), m) == lms.end())
@@ -536,7 +586,8 @@ void check_bench_options(const BenchOptions& o) {
   for (const auto& kv : o.mixer_options.items()) {  // each mixer's options pass its schema
     Json spec = kv.value();
     spec["name"] = kv.key();
-    parse_mixer_spec(spec, "bench: --option " + kv.key());
+    if (find_unit(kv.key()).block) parse_block_spec(spec, "bench: --option " + kv.key());
+    else parse_mixer_spec(spec, "bench: --option " + kv.key());
   }
   for (const std::string* out : {&o.csv, &o.svg}) {  // files asked for must have somewhere to go
     if (out->empty()) continue;
@@ -604,7 +655,7 @@ void run_bench(const BenchOptions& o) {
   std::vector<std::string> mixers = o.mixers;
   if (mixers.empty() && o.models.empty())
     for (const auto& m : mixer_registry()) mixers.push_back(m.name);
-  for (const auto& m : mixers) find_mixer(m);  // unknown names fail before any work
+  for (const auto& m : mixers) find_unit(m);  // unknown names fail before any work
 
   const std::string policy = allocation_policy();
   auto roof = measure_roof();
@@ -628,11 +679,11 @@ void run_bench(const BenchOptions& o) {
   };
   std::vector<Series> all;
   for (const auto& m : mixers) {
-    for (const auto& k : find_mixer(m).core_kernels) {
+    for (const auto& k : find_unit(m).core_kernels) {
       all.push_back({m + " core (" + k + ")", m, k, true, false});
       if (o.stock && k == "reference") all.push_back({m + " core (" + k + ")", m, k, true, true});
     }
-    if (!o.kernels_only) all.push_back({m + " mixer", m, "", false, false});
+    if (!o.kernels_only) all.push_back({m + (find_unit(m).block ? " block" : " mixer"), m, "", false, false});
   }
   // Activation memory of a stack versus its depth, with stored activations and reversible (Reformer sec. 3).
   for (int64_t n : mixers.empty() ? std::vector<int64_t>{} : o.stack_layers)
@@ -657,7 +708,7 @@ void run_bench(const BenchOptions& o) {
   for (const auto& s : all)
     for (const auto& mode : o.modes)
       for (const auto& pass : o.passes) {
-        const auto& info = find_mixer(s.mixer);
+        const Unit info = find_unit(s.mixer);
         bool skip_rest = false;
         std::string skip_why;
         for (int64_t T : lengths) {
@@ -731,7 +782,7 @@ void run_bench(const BenchOptions& o) {
   };
   // Token-by-token decoding after prefixes of several lengths: flat tokens/s means O(1) state per token.
   for (const auto& m : mixers) {
-    if (o.decode_contexts.empty() || !find_mixer(m).streams) continue;
+    if (o.decode_contexts.empty() || !find_unit(m).streams) continue;
     for (int64_t context : o.decode_contexts) {
       Row r;
       r.series = m + " decode", r.mode = "causal", r.pass = "decode", r.T = context, r.policy = policy;
@@ -847,14 +898,14 @@ void run_bench(const BenchOptions& o) {
       std::filesystem::remove_all(tmpl);
     };
     for (const auto& m : mixers) {
-      if (!find_mixer(m).supports_causal) {  // the embedded default is a causal language model
+      if (!find_unit(m).supports_causal) {  // the embedded default is a causal language model
         std::printf("| %s | (bidirectional only: not in the causal LM) | | |\n", m.c_str());
         continue;
       }
       Json raw = parse_json_text(default_config_text(), "default config");
       Json mixer = o.mixer_options.value(m, Json::object());
       mixer["name"] = m;
-      raw["model"]["mixer"] = mixer;
+      raw["model"][find_unit(m).block ? "block" : "mixer"] = mixer;  // a block kind replaces every layer
       train_one(m, raw);
     }
     // Models at the default config's width and depth (one block applied as often, for the Universal Transformer).
