@@ -35,6 +35,10 @@ struct BenchOptions {
   std::vector<std::string> models;
   int64_t model_layers = 2;
   int64_t latents = 1024;       // perceiver_ar's N
+  // Sparse experts against dense feed-forwards (issue 15): one feed-forward layer on [B, T, H * D], forward +
+  // backward at each length, for moe with each of these expert counts (top-1, expert width 4 C) beside the dense
+  // layer of equal active parameters (d_ff = 4 C) and of equal total parameters (d_ff = E 4 C). Alone: no mixer rows.
+  std::vector<int64_t> ffn_experts;
   std::string self;             // path of the longseq program (children run `longseq bench-one`)
 };
 

@@ -19,6 +19,7 @@ struct BlockArgs {
   int64_t layer_index = 0;
   Json options;              // validated, defaults filled
   const MixerSpec* mixer = nullptr;  // the layer's mixer (standard blocks only)
+  const FfnSpec* ff = nullptr;       // the layer's feed-forward kind (standard blocks only; null = dense)
 };
 
 struct BlockInfo {

@@ -5,6 +5,7 @@
 #include <string>
 #include <vector>
 
+#include "longseq/ffn.h"
 #include "longseq/registry.h"
 #include "longseq/schema.h"
 
@@ -41,6 +42,7 @@ struct ModelConfig {
   double z_loss = 1e-4;             // weight of mean(log Z)^2 over the scored logits
   std::vector<MixerSpec> layers;  // one per layer (empty name where the block kind has no mixer)
   std::vector<BlockSpec> blocks;  // one per layer
+  std::vector<FfnSpec> ffns;      // one per layer: the standard block's feed-forward kind
   // What layer i is, for messages: its mixer's name, or its block kind's.
   std::string layer_name(size_t i) const { return layers[i].name.empty() ? blocks[i].name : layers[i].name; }
   int64_t num_classes = 2;

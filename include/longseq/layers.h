@@ -4,16 +4,17 @@
 #include <torch/torch.h>
 
 #include "longseq/config.h"
+#include "longseq/ffn.h"
 #include "longseq/mixer.h"
 
 namespace longseq {
 
-// Dense position-wise feed-forward: [B, T, C] -> [B, T, C]. activation: gelu, or
+// Dense position-wise feed-forward (the `dense` kind, ffn.h): [B, T, C] -> [B, T, C]. activation: gelu, or
 // squared_relu (relu(x)^2, So et al. 2021; Perceiver AR's MLP).
-class FeedForwardImpl : public torch::nn::Module {
+class FeedForwardImpl : public FeedForwardKindImpl {
  public:
   FeedForwardImpl(int64_t d_model, int64_t d_ff, double dropout, const std::string& activation = "gelu");
-  torch::Tensor forward(const torch::Tensor& x);
+  torch::Tensor forward(const torch::Tensor& x, const torch::Tensor& padding_mask = {}) override;
 
  private:
   torch::nn::Linear w_in_{nullptr}, w_out_{nullptr};
@@ -29,13 +30,18 @@ class LayerImpl : public torch::nn::Module {
   virtual torch::Tensor forward(const torch::Tensor& x, MixContext& ctx, int64_t ff_chunks = 1) = 0;
   // A fresh streaming state for `batch` sequences; null if the layer cannot stream.
   virtual std::unique_ptr<MixerState> initial_state(int64_t batch) const = 0;
+  // Auxiliary losses (weighted, in the graph) and metrics of the forwards since clear_aux() (ffn.h); none by default.
+  virtual std::map<std::string, torch::Tensor> aux_losses() const { return {}; }
+  virtual std::map<std::string, double> aux_metrics() const { return {}; }
+  virtual void clear_aux() {}
 };
 using Layer = std::shared_ptr<LayerImpl>;
 
 // The standard block: pre-norm residual x + mixer(LN(x)), then + FF(LN(.)).
 class BlockImpl : public LayerImpl {
  public:
-  BlockImpl(Mixer mixer, int64_t d_model, int64_t d_ff, double dropout, const std::string& activation = "gelu");
+  BlockImpl(Mixer mixer, int64_t d_model, int64_t d_ff, double dropout, const std::string& activation = "gelu",
+            FeedForwardKind ff = nullptr);  // ff: a feed-forward kind (ffn.h); null = dense
   torch::Tensor forward(const torch::Tensor& x, MixContext& ctx, int64_t ff_chunks = 1) override;
   std::unique_ptr<MixerState> initial_state(int64_t batch) const override { return mixer_->initial_state(batch); }
   // The two residual branches: dropout(mixer(LN(x))) and dropout(FF(LN(x))), the latter over `chunks` slices of T.
@@ -43,11 +49,16 @@ class BlockImpl : public LayerImpl {
   torch::Tensor ff_branch(const torch::Tensor& x, int64_t chunks = 1);
   MixerImpl& mixer() { return *mixer_; }
   const MixerImpl& mixer() const { return *mixer_; }
+  std::map<std::string, torch::Tensor> aux_losses() const override { return ff_->aux_losses(); }
+  std::map<std::string, double> aux_metrics() const override { return ff_->aux_metrics(); }
+  void clear_aux() override { ff_->clear_aux(); }
+  // The padding mask the feed-forward kind sees (set by forward() from the context; reversible stacks pass none).
+  torch::Tensor ff_padding;
 
  private:
   torch::nn::LayerNorm ln_mix_{nullptr}, ln_ff_{nullptr};
   Mixer mixer_;
-  FeedForward ff_{nullptr};
+  FeedForwardKind ff_;
   double dropout_;
 };
 TORCH_MODULE(Block);
@@ -95,7 +106,10 @@ class TrunkImpl : public torch::nn::Module {
                         ModelState* state = nullptr, const torch::Tensor& global_mask = {});
   ModelState initial_state(int64_t batch) const;  // throws Error if a layer cannot stream
   // With model.act: the last forward's ponder cost tau * mean(N + R) (in its graph) and mean(N + R); else undefined.
+  // The last forward's auxiliary losses in its graph: ACT's ponder cost and the layers' own (ffn.h); undefined = none.
   torch::Tensor aux_loss() const { return aux_loss_; }
+  // The last forward's layer losses (summed over layers) and metrics (averaged over the layers that report them).
+  const std::map<std::string, double>& aux_metrics() const { return aux_metrics_; }
   torch::Tensor ponder() const { return ponder_; }
   torch::Tensor ponder_positions() const { return ponder_map_; }  // [B, T] N + R per position, detached
   torch::nn::Embedding& embedding() { return embed_; }
@@ -112,6 +126,7 @@ class TrunkImpl : public torch::nn::Module {
   torch::nn::LayerNorm ln_final_{nullptr};
   torch::nn::Linear halting_{nullptr};  // model.act: p = sigmoid(s w_h + b_h)
   torch::Tensor aux_loss_, ponder_, ponder_map_;
+  std::map<std::string, double> aux_metrics_;
   // The blocks once over x at recurrence step t (1-based), each step with its own streaming states.
   torch::Tensor step_blocks(torch::Tensor x, MixContext& ctx, ModelState* state, int64_t t);
 };

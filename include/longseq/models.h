@@ -32,6 +32,8 @@ class LanguageModelImpl : public torch::nn::Module {
   virtual torch::Tensor ponder() const { return {}; }
   // The last forward's N + R per scored position [B, P] (ACT), detached; undefined without.
   virtual torch::Tensor ponder_positions() const { return {}; }
+  // The last forward's layer losses and metrics by name (sparse experts), for the training log.
+  virtual std::map<std::string, double> aux_metrics() const { return {}; }
 };
 using LanguageModel = std::shared_ptr<LanguageModelImpl>;
 
@@ -59,6 +61,7 @@ class DecoderLMImpl : public LanguageModelImpl {
   torch::Tensor aux_loss() const override { return trunk_->aux_loss(); }
   torch::Tensor ponder() const override { return trunk_->ponder(); }
   torch::Tensor ponder_positions() const override { return trunk_->ponder_positions(); }
+  std::map<std::string, double> aux_metrics() const override { return trunk_->aux_metrics(); }
 
  private:
   Trunk trunk_{nullptr};

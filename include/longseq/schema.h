@@ -4,6 +4,7 @@
 #pragma once
 #include <nlohmann/json.hpp>
 #include <string>
+#include <utility>
 #include <vector>
 
 namespace longseq {
@@ -43,6 +44,24 @@ Json parse_json(const std::string& text, const std::string& source);
 // A value for an error message: its JSON text (invalid UTF-8 replaced), cut
 // after about `max_chars` characters.
 std::string json_excerpt(const Json& value, size_t max_chars = 60);
+
+// A registry entry's spec: "name" or {"name": ..., option: value, ...} -> (name, options not yet validated).
+// Errors name `where` and `what` (mixer, block kind, feed-forward kind).
+std::pair<std::string, Json> split_named_spec(const Json& spec, const std::string& where, const std::string& what);
+
+// Throws Error("unknown <what> \"name\"; registered <what>s: names").
+[[noreturn]] void throw_unknown(const std::string& what, const std::string& name, const std::string& names);
+
+// The entry named `name` of a registry (a vector of infos with a `name`); an Error listing the registered names.
+template <class Info>
+const Info& find_named(const std::vector<Info>& registry, const std::string& name, const std::string& what) {
+  std::string names;
+  for (const auto& info : registry) {
+    if (info.name == name) return info;
+    names += (names.empty() ? "" : ", ") + info.name;
+  }
+  throw_unknown(what, name, names);
+}
 
 // Markdown table of a schema, for `longseq info` and the docs.
 std::string schema_markdown(const Schema& schema);

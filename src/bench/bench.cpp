@@ -309,11 +309,45 @@ std::string bench_model(const Json& s) {
       .dump();
 }
 
+// One feed-forward layer (spec "ffn": its kind, "d_ff"): forward + backward on [B, T, C], the layer in training mode.
+std::string bench_ffn(const Json& s) {
+  const int64_t B = s["B"], T = s["T"], C = s["C"];
+  torch::manual_seed(0);
+  FfnArgs a;
+  a.d_model = C, a.d_ff = s["d_ff"];
+  auto ff = make_ffn(parse_ffn_spec(s["ffn"], "bench"), a);
+  ff->train();
+  auto x = torch::randn({B, T, C}).requires_grad_(true);
+  auto once = [&]() {
+    auto t0 = std::chrono::steady_clock::now();
+    auto y = ff->forward(x);
+    auto loss = (y * y).mean();
+    for (const auto& kv : ff->aux_losses()) loss = loss + kv.second;
+    loss.backward();
+    x.mutable_grad() = torch::Tensor();
+    for (auto& p : ff->parameters()) p.mutable_grad() = torch::Tensor();
+    ff->clear_aux();
+    return seconds_since(t0);
+  };
+  std::vector<double> roofs = {local_roof()}, times;
+  const double warm = once();
+  for (int i = 0; i < (warm > 10 ? 1 : s["repeats"].get<int>()); ++i) {
+    times.push_back(once());
+    roofs.push_back(local_roof());
+  }
+  int64_t params = 0;
+  for (const auto& p : ff->parameters()) params += p.numel();
+  return Json{{"ok", true}, {"times", times}, {"median_s", median(times)}, {"warmup_s", warm}, {"roofs", roofs},
+              {"roof_gflops", median(roofs)}, {"peak_mib", peak_memory_mib()}, {"params", params}}
+      .dump();
+}
+
 }  // namespace
 
 std::string bench_one(const Json& s) {
   reset_peak_memory();  // first: the peak from here on is this configuration's (plus what is resident now)
   if (s.contains("lm")) return bench_model(s);
+  if (s.contains("ffn")) return bench_ffn(s);
   const int64_t B = s["B"], H = s["H"], D = s["D"], T = s["T"];
   const bool causal = s["causal"], backward = s["pass"] == "fwdbwd";
   const int repeats = s["repeats"];
@@ -560,6 +594,7 @@ void check_bench_options(const BenchOptions& o) {
   positive(o.lengths, "--lengths", int64_t{1} << 30);
   positive(o.decode_contexts, "--decode-contexts", int64_t{1} << 30);
   positive(o.stack_layers, "--stack-layers", 1024);
+  positive(o.ffn_experts, "--ffn-experts", 4096);
   positive({o.batch}, "--batch", int64_t{1} << 20);
   positive({o.heads}, "--heads", 1024);
   positive({o.head_dim}, "--head-dim", 65536);
@@ -653,7 +688,7 @@ void run_bench(const BenchOptions& o) {
   if (lengths.empty())
     for (int64_t t = 1024; t <= 65536; t *= 2) lengths.push_back(t);
   std::vector<std::string> mixers = o.mixers;
-  if (mixers.empty() && o.models.empty())
+  if (mixers.empty() && o.models.empty() && o.ffn_experts.empty())
     for (const auto& m : mixer_registry()) mixers.push_back(m.name);
   for (const auto& m : mixers) find_unit(m);  // unknown names fail before any work
 
@@ -701,8 +736,27 @@ void run_bench(const BenchOptions& o) {
   std::printf("baseline peak resident set: %.0f MiB\n\n", base.peak_mib);
 
   std::vector<Row> rows;
+  // Feed-forward rows: moe with E experts, dense of equal active parameters, dense of equal total parameters.
+  struct FfnSeries {
+    std::string name;
+    Json ffn;
+    int64_t d_ff;
+  };
+  std::vector<FfnSeries> ffns;
+  const int64_t C = o.heads * o.head_dim;
+  // Parameters: dense W1, b1, W2, b2; moe the router and E bias-free experts.
+  auto dense_params = [&](int64_t F) { return std::to_string(2 * C * F + F + C); };
+  if (!o.ffn_experts.empty())
+    ffns.push_back({"dense d_ff=4C (" + dense_params(4 * C) + " params)", "dense", 4 * C});
+  for (int64_t E : o.ffn_experts) {
+    ffns.push_back({"moe E=" + std::to_string(E) + " top-1 (" + std::to_string(C * E + E * 2 * C * 4 * C) + " params)",
+                    {{"name", "moe"}, {"experts", E}}, 4 * C});
+    if (E > 1)
+      ffns.push_back({"dense d_ff=" + std::to_string(E) + "x4C (" + dense_params(E * 4 * C) + " params)", "dense",
+                      E * 4 * C});
+  }
   size_t total = all.size() * o.modes.size() * o.passes.size() * lengths.size() +
-                 o.models.size() * (lengths.size() + o.decode_contexts.size()),
+                 o.models.size() * (lengths.size() + o.decode_contexts.size()) + ffns.size() * lengths.size(),
          done = 0;
   Progress progress("bench", static_cast<int64_t>(total));
   for (const auto& s : all)
@@ -827,6 +881,28 @@ void run_bench(const BenchOptions& o) {
         if (ok) r.tokens_per_s = pass == "train" ? o.batch * res.value("scored", T) / r.median_s : o.batch / r.median_s;
         rows.push_back(r);
       }
+    }
+  }
+  for (const auto& f : ffns) {
+    bool skip_rest = false;
+    for (int64_t T : lengths) {
+      Row r;
+      r.series = f.name, r.mode = "causal", r.pass = "fwdbwd", r.T = T, r.policy = policy;
+      ++done;
+      if (skip_rest) {
+        r.status = "skipped (over a cap at a shorter length)";
+        rows.push_back(r);
+        continue;
+      }
+      Json spec = {{"B", o.batch}, {"T", T}, {"C", C}, {"repeats", o.repeats}, {"ffn", f.ffn}, {"d_ff", f.d_ff}};
+      const std::string label = f.name + " T=" + std::to_string(T);
+      auto c = run_child(o.self, spec, false, o.time_cap, o.memory_cap_gib, [&](double secs) {
+        progress.update(static_cast<int64_t>(done - 1), label + " (" + format_duration(secs) + ")");
+      });
+      const bool ok = read_child(r, c).first;
+      skip_rest = !ok;
+      if (ok) r.tokens_per_s = o.batch * T / r.median_s;
+      rows.push_back(r);
     }
   }
   progress.update(static_cast<int64_t>(total), "done");

@@ -1,6 +1,8 @@
 // The explicit list of block kinds: one line each. Adding a kind means a new file under blocks/ and one line here.
 #include "longseq/blocks.h"
 
+#include <tuple>
+
 #include "longseq/common.h"
 
 namespace longseq {
@@ -18,29 +20,12 @@ const std::vector<BlockInfo>& block_registry() {
   return registry;
 }
 
-const BlockInfo& find_block(const std::string& name) {
-  std::vector<std::string> names;
-  for (const auto& info : block_registry()) {
-    if (info.name == name) return info;
-    names.push_back(info.name);
-  }
-  throw Error("unknown block kind \"" + name + "\"; registered block kinds: " + join(names));
-}
+const BlockInfo& find_block(const std::string& name) { return find_named(block_registry(), name, "block kind"); }
 
 BlockSpec parse_block_spec(const Json& spec, const std::string& where) {
   BlockSpec out;
-  Json options = Json::object();
-  if (spec.is_string()) {
-    out.name = spec.get<std::string>();
-  } else if (spec.is_object()) {
-    if (!spec.contains("name") || !spec["name"].is_string())
-      throw Error(where + " must have a string \"name\" (the block kind), got " + json_excerpt(spec));
-    out.name = spec["name"].get<std::string>();
-    options = spec;
-    options.erase("name");
-  } else {
-    throw Error(where + " must be a block kind's name or an object with \"name\", got " + json_excerpt(spec));
-  }
+  Json options;
+  std::tie(out.name, options) = split_named_spec(spec, where, "block kind");
   out.options = validate_options(options, find_block(out.name).schema, where);
   return out;
 }

@@ -14,8 +14,15 @@ BlockInfo standard_block_info() {
   b.uses_mixer = true;
   b.streams = true;  // when its mixer streams
   b.make = [](const BlockArgs& a) -> Layer {
+    FeedForwardKind ff;
+    if (a.ff) {
+      FfnArgs f;
+      f.d_model = a.d_model, f.d_ff = a.d_ff, f.dropout = a.dropout, f.activation = a.ff_activation;
+      f.layer_index = a.layer_index;
+      ff = make_ffn(*a.ff, f);
+    }
     return Block(make_mixer(*a.mixer, a.d_model, a.n_heads, a.layer_index), a.d_model, a.d_ff, a.dropout,
-                 a.ff_activation).ptr();
+                 a.ff_activation, ff).ptr();
   };
   return b;
 }

@@ -64,6 +64,12 @@ void print_info(bool markdown) {
                 b.not_reversible.empty() ? "yes" : ("no (" + b.not_reversible + ")").c_str());
     if (!b.schema.empty()) std::printf("%s\n", schema_markdown(b.schema).c_str());
   }
+  std::printf("Feed-forward kinds (model.ff, or \"ff\" in a model.layers mixer entry):\n\n");
+  for (const auto& f : ffn_registry()) {
+    std::printf("## %s\n%s\n(%s)\nreversible: %s\n\n", f.name.c_str(), f.summary.c_str(), f.citation.c_str(),
+                f.not_reversible.empty() ? "yes" : ("no (" + f.not_reversible + ")").c_str());
+    if (!f.schema.empty()) std::printf("%s\n", schema_markdown(f.schema).c_str());
+  }
   std::printf("Model kinds (model.type) and trunk systems:\n\n");
   for (const auto& k : model_kind_registry())
     std::printf("## %s\n%s\n(%s)\noptions: %s\n\n", k.name.c_str(), k.summary.c_str(), k.citation.c_str(),
@@ -275,6 +281,12 @@ int main(int argc, char** argv) {
                     "whole language models to measure (decoder_lm, perceiver_ar, universal_transformer, universal_transformer_act; equal depth): a training step at each --lengths "
                     "and decoding after each --decode-contexts; alone, no mixer rows")
       ->delimiter(',');
+  bench->add_option("--ffn-experts", bopts.ffn_experts,
+                    "also time one feed-forward layer, forward + backward at each --lengths: moe (top-1, capacity "
+                    "1.25) with each of these expert counts beside dense layers of equal active (d_ff = 4 C) and equal "
+                    "total (d_ff = E 4 C) parameters; alone, no mixer rows")
+      ->delimiter(',')
+      ->check(number_in(1, 4096));
   bench->add_option("--model-layers", bopts.model_layers,
                     "with --models: perceiver_ar's latent layers after its cross-attention; decoder_lm gets one more "
                     "(equal depth)")

@@ -164,4 +164,19 @@ std::string schema_markdown(const Schema& schema) {
   return os.str();
 }
 
+std::pair<std::string, Json> split_named_spec(const Json& spec, const std::string& where, const std::string& what) {
+  if (spec.is_string()) return {spec.get<std::string>(), Json::object()};
+  if (!spec.is_object())
+    throw Error(where + " must be a " + what + " name or an object with \"name\", got " + json_excerpt(spec));
+  if (!spec.contains("name") || !spec["name"].is_string())
+    throw Error(where + " must have a string \"name\" (the " + what + "), got " + json_excerpt(spec));
+  Json options = spec;
+  options.erase("name");
+  return {spec["name"].get<std::string>(), options};
+}
+
+void throw_unknown(const std::string& what, const std::string& name, const std::string& names) {
+  throw Error("unknown " + what + " \"" + name + "\"; registered " + what + "s: " + names);
+}
+
 }  // namespace longseq

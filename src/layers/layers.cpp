@@ -16,18 +16,20 @@ FeedForwardImpl::FeedForwardImpl(int64_t d_model, int64_t d_ff, double dropout, 
   w_out_ = register_module("w_out", torch::nn::Linear(d_ff, d_model));
 }
 
-torch::Tensor FeedForwardImpl::forward(const torch::Tensor& x) {
+torch::Tensor FeedForwardImpl::forward(const torch::Tensor& x, const torch::Tensor&) {
   auto h = squared_relu_ ? torch::relu(w_in_(x)).square() : torch::gelu(w_in_(x));
   if (dropout_ > 0) h = torch::dropout(h, dropout_, is_training());
   return w_out_(h);
 }
 
-BlockImpl::BlockImpl(Mixer mixer, int64_t d_model, int64_t d_ff, double dropout, const std::string& activation)
+BlockImpl::BlockImpl(Mixer mixer, int64_t d_model, int64_t d_ff, double dropout, const std::string& activation,
+                     FeedForwardKind ff)
     : mixer_(std::move(mixer)), dropout_(dropout) {
   ln_mix_ = register_module("ln_mix", torch::nn::LayerNorm(torch::nn::LayerNormOptions({d_model})));
   register_module("mixer", mixer_);
   ln_ff_ = register_module("ln_ff", torch::nn::LayerNorm(torch::nn::LayerNormOptions({d_model})));
-  ff_ = register_module("ff", FeedForward(d_model, d_ff, dropout, activation));
+  if (!ff) ff = std::make_shared<FeedForwardImpl>(d_model, d_ff, dropout, activation);
+  ff_ = register_module("ff", std::move(ff));
 }
 
 torch::Tensor BlockImpl::mix_branch(const torch::Tensor& x, MixContext& ctx) {
@@ -36,19 +38,22 @@ torch::Tensor BlockImpl::mix_branch(const torch::Tensor& x, MixContext& ctx) {
 }
 
 torch::Tensor BlockImpl::ff_branch(const torch::Tensor& x, int64_t chunks) {
-  auto run = [&](const torch::Tensor& part) {
-    auto f = ff_(ln_ff_(part));
+  const int64_t T = x.size(1);
+  const bool padded = ff_padding.defined() && ff_padding.dim() == 2 && ff_padding.size(1) == T;
+  auto run = [&](int64_t t0, int64_t n) {
+    auto part = n == T ? x : x.narrow(1, t0, n);
+    auto f = ff_->forward(ln_ff_(part), padded ? ff_padding.narrow(1, t0, n) : torch::Tensor());
     return dropout_ > 0 ? torch::dropout(f, dropout_, is_training()) : f;
   };
-  const int64_t T = x.size(1);
-  if (chunks <= 1 || T <= 1) return run(x);
+  if (chunks <= 1 || T <= 1) return run(0, T);
   std::vector<torch::Tensor> parts;
   const int64_t step = (T + chunks - 1) / chunks;
-  for (int64_t t = 0; t < T; t += step) parts.push_back(run(x.narrow(1, t, std::min(step, T - t))));
+  for (int64_t t = 0; t < T; t += step) parts.push_back(run(t, std::min(step, T - t)));
   return torch::cat(parts, 1);
 }
 
 torch::Tensor BlockImpl::forward(const torch::Tensor& x, MixContext& ctx, int64_t ff_chunks) {
+  ff_padding = ctx.padding_mask;
   auto y = x + mix_branch(x, ctx);
   return y + ff_branch(y, ff_chunks);
 }
@@ -77,6 +82,7 @@ TrunkImpl::TrunkImpl(const ModelConfig& cfg) : cfg_(cfg) {
     BlockArgs args;
     args.d_model = cfg.d_model, args.n_heads = cfg.n_heads, args.d_ff = cfg.d_ff, args.dropout = cfg.dropout;
     args.ff_activation = cfg.ff_activation, args.layer_index = i, args.mixer = &cfg.layers[i];
+    args.ff = static_cast<size_t>(i) < cfg.ffns.size() ? &cfg.ffns[i] : nullptr;
     layers_.push_back(register_module("block" + std::to_string(i), make_layer(cfg.blocks[i], args)));
     if (auto standard = std::dynamic_pointer_cast<BlockImpl>(layers_.back())) blocks_.emplace_back(standard);
   }
@@ -99,6 +105,8 @@ torch::Tensor TrunkImpl::forward(const torch::Tensor& tokens, bool causal,
                                  const torch::Tensor& padding_mask, ModelState* state,
                                  const torch::Tensor& global_mask) {
   TORCH_CHECK(tokens.dim() == 2, "model: tokens must be [B, T], got ", tokens.sizes());
+  aux_loss_ = torch::Tensor();
+  for (auto& l : layers_) l->clear_aux();
   const int64_t T = tokens.size(1);
   const int64_t offset = state ? state->offset : 0;
   const int64_t steps = std::max<int64_t>(1, cfg_.recurrence_steps);
@@ -143,6 +151,18 @@ torch::Tensor TrunkImpl::forward(const torch::Tensor& tokens, bool causal,
     x = step_blocks(x, ctx, state, 1);
   }
   if (state) state->offset += T;
+  // The layers' auxiliary losses (sparse experts' balancing and z-losses) join the objective; each is logged by name,
+  // summed over layers, beside the layers' metrics averaged over the layers that report them.
+  aux_metrics_.clear();
+  std::map<std::string, int64_t> reporting;
+  for (auto& l : layers_) {
+    for (const auto& kv : l->aux_losses()) {
+      aux_loss_ = aux_loss_.defined() ? aux_loss_ + kv.second : kv.second;
+      aux_metrics_[kv.first] += kv.second.item<double>();
+    }
+    for (const auto& kv : l->aux_metrics()) aux_metrics_[kv.first] += kv.second, ++reporting[kv.first];
+  }
+  for (const auto& kv : reporting) aux_metrics_[kv.first] /= static_cast<double>(kv.second);
   return ln_final_(x);
 }
 

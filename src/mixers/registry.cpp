@@ -2,6 +2,8 @@
 // new file under mixers/ and one line here, nothing else.
 #include "longseq/registry.h"
 
+#include <tuple>
+
 #include "longseq/common.h"
 
 namespace longseq {
@@ -43,31 +45,13 @@ const std::vector<MixerInfo>& mixer_registry() {
   return registry;
 }
 
-const MixerInfo& find_mixer(const std::string& name) {
-  std::vector<std::string> names;
-  for (const auto& info : mixer_registry()) {
-    if (info.name == name) return info;
-    names.push_back(info.name);
-  }
-  throw Error("unknown mixer \"" + name + "\"; registered mixers: " + join(names));
-}
+const MixerInfo& find_mixer(const std::string& name) { return find_named(mixer_registry(), name, "mixer"); }
 
 MixerSpec parse_mixer_spec(const Json& spec, const std::string& where) {
   MixerSpec out;
-  Json options = Json::object();
-  if (spec.is_string()) {
-    out.name = spec.get<std::string>();
-  } else if (spec.is_object()) {
-    if (!spec.contains("name") || !spec["name"].is_string())
-      throw Error(where + " must have a string \"name\" (the mixer), got " + json_excerpt(spec));
-    out.name = spec["name"].get<std::string>();
-    options = spec;
-    options.erase("name");
-  } else {
-    throw Error(where + " must be a mixer name or an object with \"name\", got " + json_excerpt(spec));
-  }
-  const auto& info = find_mixer(out.name);
-  out.options = validate_options(options, info.schema, where);
+  Json options;
+  std::tie(out.name, options) = split_named_spec(spec, where, "mixer");
+  out.options = validate_options(options, find_mixer(out.name).schema, where);
   return out;
 }
 

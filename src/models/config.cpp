@@ -73,6 +73,9 @@ const Schema& model_schema() {
       {"block", OptionType::Any, "standard",
        "block kind of every layer: standard (pre-norm mixer + feed-forward), or a kind with its own layer "
        "(`longseq info` lists them): a name or {\"name\": ..., options}"},
+      {"ff", OptionType::Any, "dense",
+       "feed-forward kind of every standard block: dense, chunked, moe (`longseq info` lists them with their "
+       "options): a name or {\"name\": ..., options}; a model.layers mixer entry may carry its own \"ff\""},
       {"layers", OptionType::Any, Json::array(),
        "per-layer specs, overriding mixer, block and n_layers: a mixer (name or object: a standard block), or "
        "{\"block\": kind, options} for another block kind"},
@@ -206,9 +209,22 @@ ModelConfig ModelConfig::from_json(const Json& raw) {
   const Json& layers = j["layers"];
   if (!layers.is_array()) throw Error("model.layers must be a list of mixer or block specs");
   // One layer: a block spec, and the mixer spec when the block kind runs a mixer.
+  const FfnSpec default_ff = parse_ffn_spec(j["ff"], "model.ff");
+  // One layer: a block spec, and the mixer spec (with its optional "ff") when the block kind runs a mixer.
   auto add_layer = [&](const BlockSpec& block, const Json& mixer, const std::string& where) {
     c.blocks.push_back(block);
-    c.layers.push_back(find_block(block.name).uses_mixer ? parse_mixer_spec(mixer, where) : MixerSpec{});
+    const bool uses_mixer = find_block(block.name).uses_mixer;
+    Json m = mixer;
+    FfnSpec ff = default_ff;
+    if (m.is_object() && m.contains("ff")) {
+      ff = parse_ffn_spec(m["ff"], where + ".ff");
+      m.erase("ff");
+    }
+    c.layers.push_back(uses_mixer ? parse_mixer_spec(m, where) : MixerSpec{});
+    if (!uses_mixer && ff.name != "dense")
+      throw Error(where + ": block " + block.name + " has no feed-forward of the standard kind, so model.ff = " +
+                  ff.name + " does not apply to it");
+    c.ffns.push_back(ff);
   };
   if (layers.empty()) {
     const BlockSpec block = parse_block_spec(j["block"], "model.block");
@@ -256,6 +272,12 @@ ModelConfig ModelConfig::from_json(const Json& raw) {
       throw Error("model layer " + std::to_string(i) + ": " + (block.uses_mixer ? "mixer " : "block ") +
                   c.layer_name(i) + " has no " + (causal ? "causal" : "bidirectional") +
                   " form, which model.type = " + c.type + " needs");
+    if (c.reversible && !find_ffn(c.ffns[i].name).not_reversible.empty())
+      throw Error("model layer " + std::to_string(i) + ": feed-forward " + c.ffns[i].name + " cannot join "
+                  "model.reversible = true: " + find_ffn(c.ffns[i].name).not_reversible);
+    if (c.type == "perceiver_ar" && c.ffns[i].name != "dense")
+      throw Error("model layer " + std::to_string(i) + ": model.type = perceiver_ar builds dense feed-forwards; "
+                  "feed-forward " + c.ffns[i].name + " is not implemented there");
     if (c.reversible && !block.not_reversible.empty())
       throw Error("model layer " + std::to_string(i) + ": block " + block.name + " cannot join model.reversible = "
                   "true: " + block.not_reversible);

@@ -253,6 +253,7 @@ TrainResult train_run(const RunConfig* given, const TrainOptions& opts) {
     const double lr = learning_rate(step, steps, t["warmup"], t["lr"], t["min_lr_ratio"]);
     opt.zero_grad();
     double loss_sum = 0, ponder_sum = 0;
+    std::map<std::string, double> aux_sums;  // the layers' losses and metrics by name (sparse experts)
     for (int64_t micro = 0; micro < accum; ++micro) {
       std::mt19937_64 rng(mix(seed, static_cast<uint64_t>(step), static_cast<uint64_t>(micro) + 1));
       Batch batch;
@@ -272,6 +273,7 @@ TrainResult train_run(const RunConfig* given, const TrainOptions& opts) {
       auto objective = loss;  // the language-model loss, plus the auxiliary losses (ACT's ponder cost, z-loss)
       if (model->aux_loss().defined()) objective = loss + model->aux_loss();
       if (model->ponder().defined()) ponder_sum += model->ponder().item<double>() / static_cast<double>(accum);
+      for (const auto& kv : model->aux_metrics()) aux_sums[kv.first] += kv.second / static_cast<double>(accum);
       (objective / static_cast<double>(accum)).backward();
       loss_sum += loss.item<double>() / static_cast<double>(accum);
     }
@@ -318,6 +320,7 @@ TrainResult train_run(const RunConfig* given, const TrainOptions& opts) {
                    {"train_tokens_per_s", tps}, {"train_s", train_s}, {"elapsed_s", elapsed}};
       if (scored != T) line["context_tokens_per_s"] = context_tps;  // inputs read per second, T per row
       if (mc.act) line["ponder"] = ponder_sum;  // mean steps N + R per position (the cost's term, before tau)
+      for (const auto& kv : aux_sums) line[kv.first] = kv.second;
       append_line(metrics_path, line);
     }
     if (!opts.quiet) {
