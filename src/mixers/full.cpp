@@ -3,6 +3,8 @@
 // Cost O(T^2 * C) time; memory O(T^2 * H) on the reference kernel, O(T * C)
 // on the fused CPU kernel (kernels/cpu/flash_attention.cpp).
 // Streams through a KV cache (incremental decoding, causal mode only).
+// `chunk = c`: attention only inside non-overlapping chunks of c positions counted from position 0 (GSS-Hybrid's
+// local attention, Mehta et al. 2022, sec. 3.3), O(T c) time; decoding keeps only the current chunk's keys.
 #include "longseq/common.h"
 #include "longseq/kernels/attention_reference.h"
 #include "longseq/kernels/flash_attention.h"
@@ -32,7 +34,8 @@ struct KvCache : MixerState {
 class FullAttentionImpl : public MixerImpl {
  public:
   explicit FullAttentionImpl(const MixerArgs& a)
-      : heads_(a.n_heads), dropout_(a.options["dropout"].get<double>()), kernel_(a.options["kernel"]) {
+      : heads_(a.n_heads), chunk_(a.options["chunk"]), dropout_(a.options["dropout"].get<double>()),
+        kernel_(a.options["kernel"]) {
     const bool bias = a.options["bias"].get<bool>();
     qkv_ = register_module("qkv", torch::nn::Linear(
                                       torch::nn::LinearOptions(a.d_model, 3 * a.d_model).bias(bias)));
@@ -51,6 +54,7 @@ class FullAttentionImpl : public MixerImpl {
       q = apply_rotary(q, pos, *ctx.rotary);
       k = apply_rotary(k, pos, *ctx.rotary);
     }
+    if (chunk_ > 0) return out_(merge_heads(chunked(q, k, v, ctx, B, T)));
     AttentionMask mask{ctx.causal, ctx.padding_mask};
     if (ctx.state) {
       auto* cache = dynamic_cast<KvCache*>(ctx.state);
@@ -72,7 +76,49 @@ class FullAttentionImpl : public MixerImpl {
   }
 
  private:
-  int64_t heads_;
+  // Attention inside chunks of chunk_ positions: q, k, v [B, H, T, D] -> [B, H, T, D]. Whole sequences fold the
+  // chunks into the batch (padded to a multiple; pads are masked keys); a state keeps the current chunk's keys.
+  torch::Tensor chunked(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v, MixContext& ctx,
+                        int64_t B, int64_t T) {
+    const int64_t c = chunk_, H = q.size(1), D = q.size(3);
+    if (ctx.state) {
+      auto* cache = dynamic_cast<KvCache*>(ctx.state);
+      TORCH_CHECK(cache, "full: the state passed was not made by this mixer");
+      TORCH_CHECK(ctx.causal, "full: streaming with a KV cache needs causal mode");
+      std::vector<torch::Tensor> out;
+      for (int64_t t = 0; t < T;) {  // pieces that end at a chunk boundary or at the input's end
+        if (cache->length % c == 0) {  // a new chunk starts: its keys only
+          cache->k = GrowingCache(), cache->v = GrowingCache();
+          cache->key_padding = torch::Tensor();
+        }
+        const int64_t n = std::min(T - t, c - cache->length % c);
+        auto pad = ctx.padding_mask.defined() ? ctx.padding_mask.narrow(1, t, n) : torch::Tensor();
+        AttentionMask mask{true, {}};
+        const int64_t held = cache->length % c;
+        auto kk = cache->k.append(k.narrow(2, t, n)), vv = cache->v.append(v.narrow(2, t, n));
+        mask.key_padding = append_padding(cache->key_padding, held, pad, B, n);
+        cache->key_padding = mask.key_padding;
+        cache->length += n;
+        out.push_back(exact_attention(q.narrow(2, t, n), kk, vv, mask, kernel_, dropout_, is_training()));
+        t += n;
+      }
+      return torch::cat(out, 2);
+    }
+    const int64_t n = (T + c - 1) / c, Tp = n * c;
+    auto fold = [&](const torch::Tensor& x) {  // [B, H, T, D] -> [B n, H, c, D]
+      return torch::constant_pad_nd(x, {0, 0, 0, Tp - T}).view({B, H, n, c, D}).transpose(1, 2).reshape({B * n, H, c, D});
+    };
+    torch::Tensor pad;
+    if (ctx.padding_mask.defined() || Tp > T) {
+      auto given = ctx.padding_mask.defined() ? ctx.padding_mask.to(torch::kBool)
+                                              : torch::zeros({B, T}, q.options().dtype(torch::kBool));
+      pad = torch::constant_pad_nd(given, {0, Tp - T}, 1).view({B * n, c});
+    }
+    auto y = exact_attention(fold(q), fold(k), fold(v), AttentionMask{ctx.causal, pad}, kernel_, dropout_, is_training());
+    return y.view({B, n, H, c, D}).transpose(1, 2).reshape({B, H, Tp, D}).narrow(2, 0, T);
+  }
+
+  int64_t heads_, chunk_;
   double dropout_;
   std::string kernel_;
   torch::nn::Linear qkv_{nullptr}, out_{nullptr};
@@ -88,6 +134,8 @@ MixerInfo full_mixer_info() {
   info.schema = {
       {"dropout", OptionType::Float, 0.0, "dropout on the attention probabilities", 0.0, 1.0},
       {"bias", OptionType::Bool, true, "bias terms in the q/k/v and output projections"},
+      {"chunk", OptionType::Int, 0, "attention only inside non-overlapping chunks of this many positions counted "
+       "from position 0 (GSS-Hybrid's local attention: 512), O(T c); 0 = over the whole sequence", 0, 1 << 30},
       {"kernel", OptionType::String, "auto",
        "attention core: auto (fused FlashAttention-2 CPU kernel when it supports the input, else reference), "
        "reference, or fused (error when unsupported); LONGSEQ_ATTENTION=reference forces reference",
@@ -98,7 +146,8 @@ MixerInfo full_mixer_info() {
   info.streams = true;
   info.rotary = true;
   info.flops = [](const FlopQuery& f) {  // q, k, v, out projections + QK^T and PV (half of them when causal)
-    const double attn = 4.0 * f.B * f.T * f.T * f.C;
+    const int64_t c = f.options.value("chunk", int64_t{0});
+    const double attn = 4.0 * f.B * f.T * (c > 0 ? std::min<int64_t>(c, f.T) : f.T) * f.C;
     return 8.0 * f.B * f.T * f.C * f.C + (f.causal ? attn / 2 : attn);
   };
   info.core_kernels = {"fused", "reference"};
