@@ -6,6 +6,7 @@
 #include <map>
 #include <string>
 
+#include "longseq/layers.h"
 #include "longseq/train.h"
 
 namespace longseq_test {
@@ -33,6 +34,11 @@ torch::Tensor param(const torch::nn::Module& m, const std::string& name);
 // of sum(out * w) with respect to each of `wrt` (a fixed random w).
 double max_output_and_grad_diff(const std::function<torch::Tensor()>& a, const std::function<torch::Tensor()>& b,
                                 const std::vector<torch::Tensor>& wrt);
+
+// Reformer's reversible equations (sec. 3, eq. 9) through ordinary autograd: X1 = X2 = x, Y1 = X1 + mix(X2),
+// Y2 = X2 + FF(Y1) per block, output (Y1 + Y2) / 2: the oracle of the reversible stack.
+torch::Tensor reversible_by_autograd(std::vector<longseq::Block>& blocks, const torch::Tensor& x,
+                                     longseq::MixContext& ctx, int64_t ff_chunks);
 
 // The training losses a run logged in its metrics.jsonl, by step.
 std::map<int64_t, double> logged_losses(const std::string& run);

@@ -69,6 +69,16 @@ torch::Tensor dense_masked_attention(const torch::Tensor& q, const torch::Tensor
   return torch::matmul(p, v);
 }
 
+torch::Tensor reversible_by_autograd(std::vector<longseq::Block>& blocks, const torch::Tensor& x,
+                                     longseq::MixContext& ctx, int64_t ff_chunks) {
+  torch::Tensor y1 = x, y2 = x;
+  for (auto& b : blocks) {
+    y1 = y1 + b->mix_branch(y2, ctx);
+    y2 = y2 + b->ff_branch(y1, ff_chunks);
+  }
+  return (y1 + y2) / 2;
+}
+
 torch::Tensor param(const torch::nn::Module& m, const std::string& name) {
   auto params = m.named_parameters();  // find() points into this dictionary: keep it alive
   auto* p = params.find(name);

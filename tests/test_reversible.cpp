@@ -49,12 +49,7 @@ TEST(Reversible, GradientsEqualStoredActivationsWithDropout) {
   x.mutable_grad() = torch::Tensor();
   // The same equations through ordinary autograd, same dropout stream.
   torch::manual_seed(5);
-  torch::Tensor y1 = x, y2 = x;
-  for (auto& b : trunk->blocks()) {
-    y1 = y1 + b->mix_branch(y2, ctx);
-    y2 = y2 + b->ff_branch(y1, 3);
-  }
-  auto y_ref = (y1 + y2) / 2;
+  auto y_ref = longseq_test::reversible_by_autograd(trunk->blocks(), x, ctx, 3);
   EXPECT_TRUE(torch::allclose(y, y_ref, 1e-12, 1e-12));
   (y_ref * w).sum().backward();
   auto ref = grads_of(params, x);
@@ -86,12 +81,7 @@ Trunk make_drawing_trunk(bool causal) {
 }
 
 torch::Tensor plain_stack(Trunk& trunk, const torch::Tensor& x, MixContext& ctx) {
-  torch::Tensor y1 = x, y2 = x;
-  for (auto& b : trunk->blocks()) {
-    y1 = y1 + b->mix_branch(y2, ctx);
-    y2 = y2 + b->ff_branch(y1, 2);
-  }
-  return (y1 + y2) / 2;
+  return longseq_test::reversible_by_autograd(trunk->blocks(), x, ctx, 2);
 }
 
 std::vector<torch::Tensor> param_grads(Trunk& trunk) {

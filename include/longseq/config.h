@@ -28,6 +28,7 @@ struct ModelConfig {
   bool reversible = false;  // Reformer reversible residuals (Kitaev et al. 2020, sec. 3)
   int64_t ff_chunks = 1;    // feed-forward over this many slices of the length (sec. 3, eq. 10)
   bool tie_embeddings = true;
+  int64_t output_modules = 0;  // > 0: the sparse loss layer (FactoredDense) instead of the dense output
   int64_t recurrence_steps = 0;   // Universal Transformer: the blocks applied this many times (0 = once, no recurrence)
   bool act = false;               // adaptive halting over those steps (recurrence_steps = the cap)
   double act_epsilon = 0.01, act_loss_weight = 0.01, act_bias_init = 1.0;

@@ -8,6 +8,7 @@
 #include <string>
 #include <vector>
 
+#include "longseq/factored_dense.h"
 #include "longseq/layers.h"
 
 namespace longseq {
@@ -66,6 +67,7 @@ class DecoderLMImpl : public LanguageModelImpl {
  private:
   Trunk trunk_{nullptr};
   torch::nn::Linear head_{nullptr};  // only without tied embeddings
+  FactoredDense sparse_head_{nullptr};  // model.output_modules > 0: the sparse loss layer
 };
 TORCH_MODULE(DecoderLM);
 

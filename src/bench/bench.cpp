@@ -229,6 +229,8 @@ std::vector<std::string> bench_model_names() {
   auto names = language_model_types();
   names.push_back("universal_transformer");
   names.push_back("universal_transformer_act");
+  names.push_back("scaling_sparse_ff");
+  names.push_back("scaling_sparse");
   return names;
 }
 
@@ -249,6 +251,14 @@ std::pair<std::string, Json> bench_model_section(const std::string& kind, const 
     return {kind + " (1 block, " + (kind == "universal_transformer" ? "" : "at most ") + std::to_string(depth) +
                 " steps)",
             lm};
+  }
+  if (kind == "scaling_sparse_ff" || kind == "scaling_sparse") {  // Jaszczur et al. 2021: the decoder, sparse layers
+    lm["type"] = "decoder_lm";
+    lm["ff"] = {{"name", "sparse_ff"}, {"block", 64}};
+    if (kind == "scaling_sparse_ff") return {kind + " (" + std::to_string(depth) + " layers, sparse FF N=64)", lm};
+    lm["mixer"] = "sparse_qkv";
+    lm["output_modules"] = 4;
+    return {kind + " (" + std::to_string(depth) + " layers, sparse FF N=64, sparse QKV, sparse loss S=4)", lm};
   }
   return {kind + " (" + std::to_string(depth) + " layers)", lm};
 }

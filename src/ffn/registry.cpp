@@ -10,12 +10,14 @@ namespace longseq {
 FfnInfo dense_ffn_info();
 FfnInfo chunked_ffn_info();
 FfnInfo moe_ffn_info();
+FfnInfo sparse_ff_ffn_info();
 
 const std::vector<FfnInfo>& ffn_registry() {
   static const std::vector<FfnInfo> registry = {
       dense_ffn_info(),
       chunked_ffn_info(),
       moe_ffn_info(),
+      sparse_ff_ffn_info(),
   };
   return registry;
 }

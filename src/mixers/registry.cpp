@@ -23,6 +23,7 @@ MixerInfo learned_kernel_mixer_info();
 MixerInfo xl_mixer_info();
 MixerInfo block_recurrent_mixer_info();
 MixerInfo infinity_former_mixer_info();
+MixerInfo sparse_qkv_mixer_info();
 
 const std::vector<MixerInfo>& mixer_registry() {
   static const std::vector<MixerInfo> registry = {
@@ -41,6 +42,7 @@ const std::vector<MixerInfo>& mixer_registry() {
       xl_mixer_info(),
       block_recurrent_mixer_info(),
       infinity_former_mixer_info(),
+      sparse_qkv_mixer_info(),
   };
   return registry;
 }

@@ -49,6 +49,10 @@ const Schema& model_schema() {
        "ACT: basic (out = w y + (1 - w) out, t2t's default) or accumulated (out = out + w y, Graves's sum)", -1e300,
        1e300, {"basic", "accumulated"}},
       {"tie_embeddings", OptionType::Bool, true, "output projection shares the token embedding"},
+      {"output_modules", OptionType::Int, 0,
+       "decoder_lm: > 0 replaces the output projection by the Scaling Transformer's sparse loss layer (Jaszczur et "
+       "al. 2021, sec. 3.2): the multiplicative dense layer with this many modules of vocab_size / modules logits "
+       "(the paper: 4); must divide vocab_size; 0 = the tied or untied dense output", 0, 1 << 20},
       {"ff_activation", OptionType::String, "auto",
        "feed-forward nonlinearity: gelu, squared_relu (relu(x)^2), or auto = squared_relu for perceiver_ar (the "
        "paper's MLP), gelu otherwise", -1e300, 1e300, {"auto", "gelu", "squared_relu"}},
@@ -169,6 +173,12 @@ ModelConfig ModelConfig::from_json(const Json& raw) {
   c.reversible = j["reversible"];
   c.ff_chunks = j["ff_chunks"];
   c.tie_embeddings = j["tie_embeddings"];
+  c.output_modules = j["output_modules"];
+  if (c.output_modules > 0 && c.type != "decoder_lm")
+    throw Error("model.output_modules (the sparse loss layer) is implemented for model.type = decoder_lm only");
+  if (c.output_modules > 0 && c.vocab_size % c.output_modules != 0)
+    throw Error("model.output_modules = " + std::to_string(c.output_modules) + " must divide model.vocab_size = " +
+                std::to_string(c.vocab_size) + " (each module gives vocab_size / modules logits)");
   c.recurrence_steps = j["recurrence_steps"];
   c.act = j["act"];
   c.act_epsilon = j["act_epsilon"];
