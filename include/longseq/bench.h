@@ -42,8 +42,8 @@ struct BenchOptions {
   std::string self;             // path of the longseq program (children run `longseq bench-one`)
 };
 
-// The --models entries: the language-model types plus universal_transformer and universal_transformer_act, and the
-// Scaling Transformer's decoders scaling_sparse_ff (sparse feed-forwards) and scaling_sparse (also sparse QKV and
+// The --models entries: the language-model types plus universal_transformer and universal_transformer_act, switch
+// (every feed-forward 8 experts, top-1), and the Scaling Transformer's decoders scaling_sparse_ff (sparse feed-forwards) and scaling_sparse (also sparse QKV and
 // the sparse loss layer).
 std::vector<std::string> bench_model_names();
 // A --models entry's row name and model section at the options' width and depth (see BenchOptions::models).

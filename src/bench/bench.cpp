@@ -229,6 +229,7 @@ std::vector<std::string> bench_model_names() {
   auto names = language_model_types();
   names.push_back("universal_transformer");
   names.push_back("universal_transformer_act");
+  names.push_back("switch");
   names.push_back("scaling_sparse_ff");
   names.push_back("scaling_sparse");
   return names;
@@ -251,6 +252,11 @@ std::pair<std::string, Json> bench_model_section(const std::string& kind, const 
     return {kind + " (1 block, " + (kind == "universal_transformer" ? "" : "at most ") + std::to_string(depth) +
                 " steps)",
             lm};
+  }
+  if (kind == "switch") {  // Fedus et al. 2022: every feed-forward 8 experts, top-1 (equal active parameters)
+    lm["type"] = "decoder_lm";
+    lm["ff"] = {{"name", "moe"}, {"experts", 8}};
+    return {kind + " (" + std::to_string(depth) + " layers, moe E=8 top-1)", lm};
   }
   if (kind == "scaling_sparse_ff" || kind == "scaling_sparse") {  // Jaszczur et al. 2021: the decoder, sparse layers
     lm["type"] = "decoder_lm";

@@ -278,7 +278,7 @@ int main(int argc, char** argv) {
   bench->add_option("--decode-tokens", bopts.decode_tokens, "timed single-token steps per decoding row")
       ->check(number_in(1, 1e9));
   bench->add_option("--models", bopts.models,
-                    "whole language models to measure (decoder_lm, perceiver_ar, universal_transformer, universal_transformer_act, scaling_sparse_ff, scaling_sparse; equal depth): a training step at each --lengths "
+                    "whole language models to measure (decoder_lm, perceiver_ar, universal_transformer, universal_transformer_act, switch, scaling_sparse_ff, scaling_sparse; equal depth): a training step at each --lengths "
                     "and decoding after each --decode-contexts; alone, no mixer rows")
       ->delimiter(',');
   bench->add_option("--ffn-experts", bopts.ffn_experts,
