@@ -170,6 +170,22 @@ TEST(Gss, StreamingInChunksEqualsTheWholePass) {  // case 3
   }
 }
 
+TEST(Gss, DecodingStepsWithoutGradientsEqualTheWholePassAndSeeWeightUpdates) {  // the cached single-token path
+  auto layer = make(options());
+  auto x = torch::randn({kB, 12, kC}, torch::kDouble);
+  torch::NoGradGuard ng;
+  for (int round = 0; round < 2; ++round) {
+    auto whole = run(layer, x, true);
+    auto st = layer->initial_state(kB);
+    std::vector<torch::Tensor> steps;
+    for (int64_t t = 0; t < 12; ++t) steps.push_back(run(layer, x.narrow(1, t, 1), true, st.get()));
+    EXPECT_LT(rel(torch::cat(steps, 1), whole), 1e-11) << "round " << round;
+    // An in-place update, as an optimizer step makes: the next round must use the new weights.
+    longseq_test::param(*layer, "c_im").add_(0.5);
+    longseq_test::param(*layer, "lambda_re").sub_(0.1);
+  }
+}
+
 TEST(Gss, OneStateIsAScalarEma) {  // case 4: N = 1, Im(lambda) = 0 unexponentiated, D = 0
   auto o = options(1, "exp", false, false);
   auto layer = make(o);

@@ -130,6 +130,13 @@ class GssImpl : public LayerImpl {
   torch::nn::LayerNorm ln_{nullptr}, ln_u_{nullptr};
   torch::nn::Linear w_v_{nullptr}, w_u_{nullptr}, w_c_{nullptr}, w_o_{nullptr};
   torch::Tensor lambda_re_, lambda_im_, c_re_, c_im_, d_, cb_re_, cb_im_;
+  struct StepCache {
+    bool valid = false;
+    int64_t version = 0;
+    const void* ptr = nullptr;
+    torch::Tensor kr, ki, er, ei;  // C~ [H, N] and e^lambda [N], double
+  };
+  mutable StepCache step_cache_;
 
   // lambda = a + i b, in double.
   std::pair<torch::Tensor, torch::Tensor> lambda() const {
@@ -164,8 +171,31 @@ class GssImpl : public LayerImpl {
   }
 
   // u [B, H, T] (normalised) -> dss(u) [B, H, T]; with a state, u continues it and the state advances.
+  // Single-token decoding without gradients: s <- e^lambda s + u, y = Re sum_n C~ s + D u, with C~ and e^lambda
+  // kept between calls (rebuilt when any of their parameters changes: an optimizer step bumps their versions).
+  torch::Tensor dss_step(const torch::Tensor& u, GssState* st) const {
+    const int64_t version = lambda_re_._version() + lambda_im_._version() + c_re_._version() + c_im_._version();
+    if (!step_cache_.valid || step_cache_.version != version || step_cache_.ptr != lambda_re_.data_ptr()) {
+      auto [a, b] = lambda();
+      auto [kr, ki] = coefficients(c_re_, c_im_, a, b, 1);
+      step_cache_ = {true, version, lambda_re_.data_ptr(), kr, ki, torch::exp(a) * torch::cos(b), torch::exp(a) * torch::sin(b)};
+    }
+    const auto& c = step_cache_;
+    if (!st->s_re.defined()) {
+      st->s_re = torch::zeros({u.size(0), H_, N_}, u.options().dtype(torch::kDouble));
+      st->s_im = torch::zeros_like(st->s_re);
+    }
+    auto ud = u.to(torch::kDouble);  // [B, H, 1]
+    auto sr = c.er * st->s_re - c.ei * st->s_im + ud, si = c.er * st->s_im + c.ei * st->s_re;
+    st->s_re = sr, st->s_im = si;
+    st->length += 1;
+    auto y = (c.kr * sr - c.ki * si).sum(-1, true);  // [B, H, 1]
+    return y.to(u.dtype()) + d_.view({1, H_, 1}) * u;
+  }
+
   torch::Tensor dss(const torch::Tensor& u, bool causal, GssState* st) const {
     const int64_t B = u.size(0), T = u.size(2);
+    if (st && T == 1 && causal && !torch::GradMode::is_enabled()) return dss_step(u, st);
     auto y = causal_conv(u, kernel(c_re_, c_im_, T, T).to(u.dtype())) + d_.view({1, H_, 1}) * u;
     if (!causal)  // leads: y_t += sum_{k>=1} K'_{k-1} u_{t+k}, the causal convolution of the reversed input shifted
       y = y + causal_conv(u.flip(-1), torch::constant_pad_nd(kernel(cb_re_, cb_im_, T, T).to(u.dtype()), {1, 0}).narrow(-1, 0, T))
