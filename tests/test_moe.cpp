@@ -98,11 +98,18 @@ TEST(Moe, NoDropsMeansCausalBatchInvariantAndStreamable) {  // case 3
   EXPECT_DOUBLE_EQ(m->aux_metrics().at("moe_dropped"), 0.0);
 }
 
-TEST(Moe, ZeroCapacityDropsEverything) {  // case 4
-  auto m = make({{"experts", 4}, {"eval_capacity_factor", 1e-9}, {"min_capacity", 0}});
-  auto x = torch::randn({2, 5, kC}, torch::kDouble);
-  EXPECT_TRUE(torch::equal(m->forward(x), torch::zeros_like(x)));
-  EXPECT_DOUBLE_EQ(m->aux_metrics().at("moe_dropped"), 1.0);
+TEST(Moe, ZeroCapacityDropsEverything) {  // case 4, on both dispatch paths
+  for (const std::string dispatch : {"gather", "einsum"}) {
+    auto m = make({{"experts", 4}, {"eval_capacity_factor", 1e-9}, {"min_capacity", 0}, {"dispatch", dispatch}});
+    auto x = torch::randn({2, 5, kC}, torch::kDouble);
+    EXPECT_TRUE(torch::equal(m->forward(x), torch::zeros_like(x))) << dispatch;
+    EXPECT_DOUBLE_EQ(m->aux_metrics().at("moe_dropped"), 1.0);
+    m->clear_aux();
+    // Decoding one token at a time: a lone token always gets a place, as the sheet's decoding procedure says.
+    auto y = m->forward(x.narrow(1, 0, 1));
+    EXPECT_GT(y.abs().max().item<double>(), 0.0) << dispatch;
+    EXPECT_DOUBLE_EQ(m->aux_metrics().at("moe_dropped"), 0.0);
+  }
 }
 
 TEST(Moe, UniformRouterLosses) {  // case 5
@@ -281,7 +288,12 @@ TEST(Moe, ConfigErrorsNameTheProblem) {
   EXPECT_NE(err(with({{"ff", "sparse"}})).find("registered feed-forward kinds: dense"), std::string::npos);
   EXPECT_NE(err(with({{"ff", {{"name", "moe"}, {"experts", 0}}}})).find("experts"), std::string::npos);
   EXPECT_NE(err(with({{"ff", "moe"}, {"reversible", true}})).find("cannot join model.reversible"), std::string::npos);
-  EXPECT_NE(err(with({{"ff", "moe"}, {"block", "gss"}})).find("does not apply"), std::string::npos);
+  EXPECT_NE(err(with({{"ff", "moe"}, {"block", "gss"}})).find("applies to no layer"), std::string::npos);
+  EXPECT_NE(err(with({{"ff", "moe"}, {"ff_chunks", 2}})).find("cannot run over model.ff_chunks"), std::string::npos);
+  // GSS-Hybrid with sparse experts: model.ff reaches the standard blocks only.
+  auto hybrid = ModelConfig::from_json(with({{"ff", "moe"}, {"layers", Json::array({Json{{"block", "gss"}}, "full"})}}));
+  EXPECT_EQ(hybrid.ffns[0].name, "dense");
+  EXPECT_EQ(hybrid.ffns[1].name, "moe");
   FfnArgs a;
   a.d_model = kC, a.d_ff = kF;
   EXPECT_THROW(make_ffn(parse_ffn_spec(Json{{"name", "moe"}, {"experts", 2}, {"top_k", 3}}, "t"), a), Error);

@@ -52,6 +52,8 @@ struct FfnInfo {
   std::function<FeedForwardKind(const FfnArgs&)> make;
   // Why the kind cannot run inside the reversible stack (recomputed in the backward); empty = it can.
   std::string not_reversible;
+  // Why model.ff_chunks > 1 would change what the kind computes (it is called once per slice); empty = it would not.
+  std::string not_sliceable;
 };
 
 const std::vector<FfnInfo>& ffn_registry();

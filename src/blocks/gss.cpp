@@ -111,7 +111,8 @@ class GssImpl : public LayerImpl {
     auto xh = ln_(x);
     auto v = torch::gelu(w_v_(xh));                            // [B, T, F]: the wide gate
     auto u = ln_u_(torch::gelu(w_u_(xh)));                     // [B, T, H]: dss normalises its input (pitfall 4)
-    if (ctx.padding_mask.defined()) u = u.masked_fill(ctx.padding_mask.unsqueeze(-1), 0.0);  // pads carry nothing
+    if (ctx.padding_mask.defined())  // pads carry nothing
+      u = u.masked_fill(ctx.padding_mask.to(torch::kBool).unsqueeze(-1), 0.0);
     auto y = dss(u.transpose(1, 2), ctx.causal, st);           // [B, H, T]
     auto h = (w_c_(y.transpose(1, 2)) * v);
     auto out = w_o_(dropout_ > 0 ? torch::dropout(h, dropout_, is_training()) : h);
@@ -152,6 +153,8 @@ class GssImpl : public LayerImpl {
     auto zr = ea * torch::cos(b) - 1.0, zi = ea * torch::sin(b);  // e^lambda - 1
     auto den = (a * a + b * b).clamp_min(1e-14);                  // |lambda|^2, guarded (pitfall 6)
     auto qr = (zr * a + zi * b) / den, qi = (zi * a - zr * b) / den;  // (e^lambda - 1) / lambda
+    auto tiny = (a * a + b * b) < 1e-12;  // there the series 1 + lambda / 2, the limit the guard would miss
+    qr = torch::where(tiny, 1.0 + a / 2.0, qr), qi = torch::where(tiny, b / 2.0, qi);
     if (softmax_) {  // times 1 / (e^{T lambda} - 1)
       auto eT = torch::exp(a * static_cast<double>(T));
       auto wr = eT * torch::cos(b * static_cast<double>(T)) - 1.0, wi = eT * torch::sin(b * static_cast<double>(T));
@@ -181,6 +184,8 @@ class GssImpl : public LayerImpl {
       step_cache_ = {true, version, lambda_re_.data_ptr(), kr, ki, torch::exp(a) * torch::cos(b), torch::exp(a) * torch::sin(b)};
     }
     const auto& c = step_cache_;
+    TORCH_CHECK(!st->s_re.defined() || st->s_re.size(0) == u.size(0), "gss: the state holds ", st->s_re.size(0),
+                " sequences, the input ", u.size(0));
     if (!st->s_re.defined()) {
       st->s_re = torch::zeros({u.size(0), H_, N_}, u.options().dtype(torch::kDouble));
       st->s_im = torch::zeros_like(st->s_re);

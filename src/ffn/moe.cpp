@@ -9,7 +9,8 @@
 // P the mean router probability, pads excluded) and the z-loss mean(logsumexp(h)^2).
 // Causality: with a finite capacity, whether a token is dropped depends on the later tokens of its group, so a
 // causal LM trained with capacity_factor > 0 sees a little of its future (the sheet's pitfall 9); capacity_factor = 0
-// places every token (no drops), which is causal and streams.
+// places every token (no drops), which is causal and streams. A lone token in evaluation (decoding) always gets a
+// place, whatever min_capacity.
 // Not supported: Shazeer's importance and load losses, GShard's random second-expert policy, expert-choice routing.
 #include <cmath>
 
@@ -42,9 +43,10 @@ class MoeImpl : public FeedForwardKindImpl {
     if (k_ > E_) throw Error("feed-forward moe: top_k = " + std::to_string(k_) + " exceeds experts = " + std::to_string(E_));
     // Switch sec. 2.4: truncated normal with sigma = sqrt(s / fan_in), s = init_scale (0.1, ten times below the default).
     const double s = a.options["init_scale"];
-    auto init = [&](std::vector<int64_t> shape, int64_t fan_in) {
-      auto w = torch::randn(shape).clamp(-2.0, 2.0) * std::sqrt(s / static_cast<double>(fan_in));
-      return w;
+    auto init = [&](std::vector<int64_t> shape, int64_t fan_in) {  // truncated at 2 sigma by the inverse CDF
+      const double lo = 0.5 * std::erfc(2.0 / std::sqrt(2.0)), hi = 1.0 - lo;  // Phi(-2), Phi(2)
+      auto u = torch::empty(shape).uniform_(lo, hi);
+      return torch::erfinv(2.0 * u - 1.0) * std::sqrt(2.0) * std::sqrt(s / static_cast<double>(fan_in));
     };
     router_ = register_parameter("router", init({C_, E_}, C_));
     if (noise_ == "noisy_topk") router_noise_ = register_parameter("router_noise", torch::zeros({C_, E_}));  // Shazeer: zero init
@@ -65,6 +67,7 @@ class MoeImpl : public FeedForwardKindImpl {
     auto xr = xg.to(rt);
     if (is_training() && noise_ == "jitter" && jitter_ > 0) xr = xr * torch::empty_like(xr).uniform_(1.0 - jitter_, 1.0 + jitter_);
     auto h = torch::matmul(xr, router_.to(rt));  // [G, S, E]
+    const auto clean = h;  // the z-loss reads the logits without Shazeer's noise
     if (is_training() && noise_ == "noisy_topk")  // Shazeer eq. 4: + N(0, 1) softplus(x W_noise), std floor 0.01 (t2t)
       h = h + torch::randn_like(h) * (torch::softplus(torch::matmul(xr, router_noise_.to(rt))) + 0.01);
     auto p = torch::softmax(h, -1);
@@ -75,7 +78,8 @@ class MoeImpl : public FeedForwardKindImpl {
     else if (gate_ == "softmax_topk") gates = torch::softmax(h.gather(-1, idx), -1);  // Shazeer: softmax over the kept k
     // Capacity: first choices of the group before its second ones, each in position order; pads take none.
     const double cf = is_training() ? cf_ : cf_eval_;
-    const int64_t cap = cf > 0 ? std::max<int64_t>(min_capacity_, static_cast<int64_t>(std::floor(cf * S / E_))) : k_ * S;
+    int64_t cap = cf > 0 ? std::max<int64_t>(min_capacity_, static_cast<int64_t>(std::floor(cf * S / E_))) : S;
+    if (!is_training() && S == 1) cap = std::max<int64_t>(cap, 1);  // decoding one token: never dropped (the sheet)
     auto taken = torch::zeros({G, 1, E_}, idx.options());
     std::vector<torch::Tensor> keep(k_), slot(k_);
     for (int64_t j = 0; j < k_; ++j) {
@@ -91,7 +95,7 @@ class MoeImpl : public FeedForwardKindImpl {
     auto P = (p * vf.unsqueeze(-1)).sum(1) / n.unsqueeze(-1);
     auto has = (vf.sum(1) > 0).to(p.scalar_type());
     auto aux = ((f * P).sum(-1) * static_cast<double>(E_) * has).sum() / has.sum().clamp_min(1.0);
-    auto z = (torch::logsumexp(h, -1).square() * vf).sum() / vf.sum().clamp_min(1.0);
+    auto z = (torch::logsumexp(clean, -1).square() * vf).sum() / vf.sum().clamp_min(1.0);
     std::map<std::string, torch::Tensor> losses;
     if (aux_weight_ > 0) losses["moe_balance"] = aux_weight_ * aux;
     if (z_weight_ > 0) losses["moe_z"] = z_weight_ * z;
@@ -150,6 +154,7 @@ class MoeImpl : public FeedForwardKindImpl {
   torch::Tensor combine_einsum(const torch::Tensor& xg, const torch::Tensor& idx, const torch::Tensor& gates,
                                const std::vector<torch::Tensor>& keep, const std::vector<torch::Tensor>& slot,
                                int64_t cap) {
+    if (cap == 0) return torch::zeros_like(xg);  // every token dropped
     auto dispatch = torch::zeros({xg.size(0), xg.size(1), E_, cap}, xg.options());
     auto combine = torch::zeros_like(dispatch);
     for (int64_t j = 0; j < k_; ++j) {
@@ -203,6 +208,7 @@ FfnInfo moe_ffn_info() {
        "(one-hot [G, S, E, Cap] products, the papers' code; memory O(T cf S))", -1e300, 1e300, {"gather", "einsum"}},
   };
   f.not_reversible = "its auxiliary losses would be recorded again by the reversible stack's recomputation";
+  f.not_sliceable = "its routing groups, capacity and dropped tokens would follow the slices";
   f.make = [](const FfnArgs& a) -> FeedForwardKind { return std::make_shared<MoeImpl>(a); };
   return f;
 }

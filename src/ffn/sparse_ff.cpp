@@ -108,6 +108,7 @@ FfnInfo sparse_ff_ffn_info() {
        "gathered (only the chosen columns), auto (gathered for at most 64 tokens: decoding)", -1e300, 1e300,
        {"auto", "masked", "gathered"}},
   };
+  f.not_sliceable = "its hard-or-soft mask is drawn once per call, so slices would mix them";
   f.make = [](const FfnArgs& a) -> FeedForwardKind { return std::make_shared<SparseFFImpl>(a); };
   return f;
 }

@@ -39,7 +39,9 @@ torch::Tensor BlockImpl::mix_branch(const torch::Tensor& x, MixContext& ctx) {
 
 torch::Tensor BlockImpl::ff_branch(const torch::Tensor& x, int64_t chunks) {
   const int64_t T = x.size(1);
-  const bool padded = ff_padding.defined() && ff_padding.dim() == 2 && ff_padding.size(1) == T;
+  const bool padded = ff_padding.defined();
+  TORCH_CHECK(!padded || (ff_padding.dim() == 2 && ff_padding.size(1) == T), "block: the padding mask is ",
+              ff_padding.sizes(), " for an input of ", T, " positions");
   auto run = [&](int64_t t0, int64_t n) {
     auto part = n == T ? x : x.narrow(1, t0, n);
     auto f = ff_->forward(ln_ff_(part), padded ? ff_padding.narrow(1, t0, n) : torch::Tensor());

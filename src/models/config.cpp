@@ -231,10 +231,7 @@ ModelConfig ModelConfig::from_json(const Json& raw) {
       m.erase("ff");
     }
     c.layers.push_back(uses_mixer ? parse_mixer_spec(m, where) : MixerSpec{});
-    if (!uses_mixer && ff.name != "dense")
-      throw Error(where + ": block " + block.name + " has no feed-forward of the standard kind, so model.ff = " +
-                  ff.name + " does not apply to it");
-    c.ffns.push_back(ff);
+    c.ffns.push_back(uses_mixer ? ff : FfnSpec{});  // a block kind with its own layer has no feed-forward kind
   };
   if (layers.empty()) {
     const BlockSpec block = parse_block_spec(j["block"], "model.block");
@@ -263,6 +260,10 @@ ModelConfig ModelConfig::from_json(const Json& raw) {
     }
     c.n_layers = static_cast<int64_t>(layers.size());
   }
+  if (default_ff.name != "dense" &&
+      std::none_of(c.blocks.begin(), c.blocks.end(), [](const BlockSpec& b) { return find_block(b.name).uses_mixer; }))
+    throw Error("model.ff = " + default_ff.name + " applies to no layer: every layer's block kind has its own layer, "
+                "no standard feed-forward");
   // A per-layer list holds one value or one per layer: a longer list would be cut silently.
   for (size_t i = 0; i < c.layers.size(); ++i)
     for (const auto& s : c.layers[i].name.empty() ? Schema{} : find_mixer(c.layers[i].name).schema) {
@@ -282,6 +283,10 @@ ModelConfig ModelConfig::from_json(const Json& raw) {
       throw Error("model layer " + std::to_string(i) + ": " + (block.uses_mixer ? "mixer " : "block ") +
                   c.layer_name(i) + " has no " + (causal ? "causal" : "bidirectional") +
                   " form, which model.type = " + c.type + " needs");
+    if (c.ff_chunks > 1 && !find_ffn(c.ffns[i].name).not_sliceable.empty())
+      throw Error("model layer " + std::to_string(i) + ": feed-forward " + c.ffns[i].name + " cannot run over "
+                  "model.ff_chunks = " + std::to_string(c.ff_chunks) + " slices: " +
+                  find_ffn(c.ffns[i].name).not_sliceable + "; set model.ff_chunks = 1");
     if (c.reversible && !find_ffn(c.ffns[i].name).not_reversible.empty())
       throw Error("model layer " + std::to_string(i) + ": feed-forward " + c.ffns[i].name + " cannot join "
                   "model.reversible = true: " + find_ffn(c.ffns[i].name).not_reversible);
