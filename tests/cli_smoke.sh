@@ -187,5 +187,13 @@ bad "crun/model.safetensors.*2^63" "$L" generate "$dir/crun" --prompt a --max-ne
 
 head -c 100 "$dir/model.bak" > "$dir/run/model.safetensors"
 bad "truncated\|not a valid" "$L" generate "$dir/run" --prompt a --max-new 2
+# bleu: a score with its signature; misaligned files name both files and both counts; a missing file is named.
+printf 'The dog bit the man.\nIt was not unexpected.\n' > "$dir/bleu_ref.txt"
+printf 'The dog bit the man.\nIt was not surprising.\n' > "$dir/bleu_hyp.txt"
+"$L" bleu "$dir/bleu_hyp.txt" "$dir/bleu_ref.txt" | grep -q "nrefs:1|case:mixed|eff:no|tok:13a|smooth:exp" ||
+  { echo "bleu printed no signature"; fail=1; }
+printf 'one line\n' > "$dir/bleu_short.txt"
+bad "bleu_short.txt has 1 lines but .*bleu_hyp.txt has 2" "$L" bleu "$dir/bleu_hyp.txt" "$dir/bleu_short.txt"
+bad "cannot read .*missing" "$L" bleu "$dir/missing.txt" "$dir/bleu_ref.txt"
 if [ $fail -eq 0 ]; then echo "cli smoke: all passed"; fi
 exit $fail

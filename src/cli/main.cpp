@@ -11,6 +11,7 @@
 
 #include "longseq/bench.h"
 #include "longseq/blocks.h"
+#include "longseq/bleu.h"
 #include "longseq/common.h"
 #include "longseq/config.h"
 #include "longseq/generate.h"
@@ -237,6 +238,19 @@ int main(int argc, char** argv) {
   tok->add_option("--out", tok_out, "output prefix (writes PREFIX.model, PREFIX.vocab)")->required();
   tok->add_option("--vocab", tok_vocab, "vocabulary size")->check(number_in(8, 1 << 20));
   tok->add_option("--type", tok_type, "unigram or bpe")->check(CLI::IsMember({"unigram", "bpe"}));
+
+  auto* bleu = app.add_subcommand("bleu", "corpus BLEU of a hypothesis file against reference files, as sacreBLEU "
+                                          "2.6.0 computes it (one sentence per line)");
+  std::string bleu_hyp;
+  std::vector<std::string> bleu_refs;
+  BleuOptions bleu_opts;
+  bleu->add_option("HYP", bleu_hyp, "hypotheses, one per line")->required();
+  bleu->add_option("REF", bleu_refs, "references, one file per reference stream, each line aligned with HYP")->required();
+  bleu->add_option("--tokenize", bleu_opts.tokenize, "13a (sacreBLEU's default) or none")
+      ->check(CLI::IsMember({"13a", "none"}));
+  bleu->add_option("--smooth", bleu_opts.smooth, "exp (default), floor, add-k or none")
+      ->check(CLI::IsMember({"exp", "floor", "add-k", "none"}));
+  bleu->add_flag("--lowercase", bleu_opts.lowercase, "compare lowercased text");
 
   auto* bench = app.add_subcommand("bench", "measure time, memory and quality of mixers versus length");
   BenchOptions bopts;
@@ -472,6 +486,17 @@ int main(int argc, char** argv) {
       auto ids = generate(*run.model, run.tokenizer->encode(prompt), max_new, sopts);
       note_position_limit(run, ids.size(), max_new);
       std::printf("%s%s\n", prompt.c_str(), run.tokenizer->decode(ids).c_str());
+    } else if (*bleu) {
+      const auto hyps = read_bleu_lines(bleu_hyp);
+      std::vector<std::vector<std::string>> refs;
+      for (const auto& f : bleu_refs) {
+        refs.push_back(read_bleu_lines(f));
+        if (refs.back().size() != hyps.size())
+          throw Error("bleu: " + f + " has " + std::to_string(refs.back().size()) + " lines but " + bleu_hyp + " has " +
+                      std::to_string(hyps.size()) + "; the files must be aligned line by line");
+      }
+      const auto r = corpus_bleu(hyps, refs, bleu_opts);
+      std::printf("%s\n%s\n", r.summary().c_str(), r.signature.c_str());
     } else if (*tok) {
       train_sentencepiece(tok_input, tok_out, tok_vocab, tok_type);
       std::printf("wrote %s.model and %s.vocab\n", tok_out.c_str(), tok_out.c_str());
