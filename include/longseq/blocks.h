@@ -38,6 +38,9 @@ struct BlockInfo {
   std::function<double(int64_t B, int64_t T, int64_t C, bool causal, const Json& options)> flops;
 };
 
+// The layer's feed-forward kind (args.ff; null = the dense default), for block kinds that run one.
+FeedForwardKind make_block_ffn(const BlockArgs& args);
+
 const std::vector<BlockInfo>& block_registry();
 const BlockInfo& find_block(const std::string& name);  // throws Error listing names
 

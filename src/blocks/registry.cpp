@@ -8,12 +8,14 @@
 namespace longseq {
 
 BlockInfo standard_block_info();
+BlockInfo post_norm_block_info();
 BlockInfo mega_block_info();
 BlockInfo gss_block_info();
 
 const std::vector<BlockInfo>& block_registry() {
   static const std::vector<BlockInfo> registry = {
       standard_block_info(),
+      post_norm_block_info(),
       mega_block_info(),
       gss_block_info(),
   };

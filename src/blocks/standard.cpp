@@ -4,6 +4,14 @@
 
 namespace longseq {
 
+FeedForwardKind make_block_ffn(const BlockArgs& a) {
+  if (!a.ff) return nullptr;
+  FfnArgs f;
+  f.d_model = a.d_model, f.d_ff = a.d_ff, f.dropout = a.dropout, f.activation = a.ff_activation;
+  f.layer_index = a.layer_index;
+  return make_ffn(*a.ff, f);
+}
+
 BlockInfo standard_block_info() {
   BlockInfo b;
   b.name = "standard";
@@ -14,15 +22,8 @@ BlockInfo standard_block_info() {
   b.uses_mixer = true;
   b.streams = true;  // when its mixer streams
   b.make = [](const BlockArgs& a) -> Layer {
-    FeedForwardKind ff;
-    if (a.ff) {
-      FfnArgs f;
-      f.d_model = a.d_model, f.d_ff = a.d_ff, f.dropout = a.dropout, f.activation = a.ff_activation;
-      f.layer_index = a.layer_index;
-      ff = make_ffn(*a.ff, f);
-    }
     return Block(make_mixer(*a.mixer, a.d_model, a.n_heads, a.layer_index), a.d_model, a.d_ff, a.dropout,
-                 a.ff_activation, ff).ptr();
+                 a.ff_activation, make_block_ffn(a)).ptr();
   };
   return b;
 }
