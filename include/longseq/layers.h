@@ -9,8 +9,8 @@
 
 namespace longseq {
 
-// Dense position-wise feed-forward (the `dense` kind, ffn.h): [B, T, C] -> [B, T, C]. activation: gelu, or
-// squared_relu (relu(x)^2, So et al. 2021; Perceiver AR's MLP).
+// Dense position-wise feed-forward (the `dense` kind, ffn.h): [B, T, C] -> [B, T, C]. activation: gelu, relu (the
+// original Transformer, sec. 3.3), or squared_relu (relu(x)^2, So et al. 2021; Perceiver AR's MLP).
 class FeedForwardImpl : public FeedForwardKindImpl {
  public:
   FeedForwardImpl(int64_t d_model, int64_t d_ff, double dropout, const std::string& activation = "gelu");
@@ -19,7 +19,7 @@ class FeedForwardImpl : public FeedForwardKindImpl {
  private:
   torch::nn::Linear w_in_{nullptr}, w_out_{nullptr};
   double dropout_;
-  bool squared_relu_;
+  bool squared_relu_, relu_;
 };
 TORCH_MODULE(FeedForward);
 

@@ -9,15 +9,15 @@
 namespace longseq {
 
 FeedForwardImpl::FeedForwardImpl(int64_t d_model, int64_t d_ff, double dropout, const std::string& activation)
-    : dropout_(dropout), squared_relu_(activation == "squared_relu") {
-  if (activation != "gelu" && activation != "squared_relu")
-    throw Error("feed-forward activation \"" + activation + "\" is not one of gelu, squared_relu");
+    : dropout_(dropout), squared_relu_(activation == "squared_relu"), relu_(activation == "relu") {
+  if (activation != "gelu" && activation != "squared_relu" && activation != "relu")
+    throw Error("feed-forward activation \"" + activation + "\" is not one of gelu, relu, squared_relu");
   w_in_ = register_module("w_in", torch::nn::Linear(d_model, d_ff));
   w_out_ = register_module("w_out", torch::nn::Linear(d_ff, d_model));
 }
 
 torch::Tensor FeedForwardImpl::forward(const torch::Tensor& x, const torch::Tensor&) {
-  auto h = squared_relu_ ? torch::relu(w_in_(x)).square() : torch::gelu(w_in_(x));
+  auto h = squared_relu_ ? torch::relu(w_in_(x)).square() : relu_ ? torch::relu(w_in_(x)) : torch::gelu(w_in_(x));
   if (dropout_ > 0) h = torch::dropout(h, dropout_, is_training());
   return w_out_(h);
 }

@@ -54,8 +54,9 @@ const Schema& model_schema() {
        "al. 2021, sec. 3.2): the multiplicative dense layer with this many modules of vocab_size / modules logits "
        "(the paper: 4); must divide vocab_size; 0 = the tied or untied dense output", 0, 1 << 20},
       {"ff_activation", OptionType::String, "auto",
-       "feed-forward nonlinearity: gelu, squared_relu (relu(x)^2), or auto = squared_relu for perceiver_ar (the "
-       "paper's MLP), gelu otherwise", -1e300, 1e300, {"auto", "gelu", "squared_relu"}},
+       "feed-forward nonlinearity: gelu, relu (the original Transformer), squared_relu (relu(x)^2), or auto = "
+       "squared_relu for perceiver_ar (the paper's MLP), gelu otherwise", -1e300, 1e300,
+       {"auto", "gelu", "relu", "squared_relu"}},
       {"latents", OptionType::Int, 256,
        "perceiver_ar: N, the final input positions that become latents (each predicts the next token); the loss "
        "covers those positions only; inputs shorter than N use all their positions", 1, 1 << 24},

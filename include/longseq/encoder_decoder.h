@@ -1,0 +1,104 @@
+// The original Transformer's encoder-decoder (Vaswani et al. 2017, sec. 3; ../shared/mechanisms/transformer.md sec. 1):
+// one embedding tied three ways (sec. 3.4), sinusoidal positions (sec. 3.5), an encoder stack of registered block kinds
+// around a bidirectional mixer, and a decoder stack of self-attention (a registered causal mixer), encoder-decoder
+// attention and feed-forward sublayers (sec. 3.1, 3.2.3). Post-norm as published, or pre-norm with final LayerNorms.
+#pragma once
+#include <torch/torch.h>
+
+#include <memory>
+#include <vector>
+
+#include "longseq/layers.h"
+#include "longseq/registry.h"
+#include "longseq/translation.h"
+
+namespace longseq {
+
+struct EncoderDecoderConfig {
+  int64_t vocab_size = 0;  // joint source-target vocabulary (the three-way tie needs one, sec. 3.4)
+  int64_t d_model = 512, n_heads = 8;
+  int64_t n_layers = 6;  // encoder layers and decoder layers each (sec. 3.1: N = 6)
+  int64_t d_ff = 2048;
+  double dropout = 0.1;
+  bool post_norm = true;  // LN(x + Sublayer(x)) as published (sec. 3.1); false: x + Sublayer(LN(x)) + final LNs
+  MixerSpec encoder_mixer{"full", Json::object()};  // run bidirectionally
+  MixerSpec decoder_mixer{"full", Json::object()};  // run causally (sec. 3.2.3 masking)
+  int64_t pad_id = 0, bos_id = 1;
+};
+
+// Throws Error naming the offending field.
+void validate(const EncoderDecoderConfig& cfg);
+
+// Incremental decoding: per decoder layer the self mixer's streaming state and the encoder-decoder attention's keys
+// and values, projected once from the memory; the position of the next target token.
+struct EncoderDecoderState {
+  struct LayerState {
+    std::unique_ptr<MixerState> self;
+    torch::Tensor cross_k, cross_v;  // [B, H, S, D]
+  };
+  std::vector<LayerState> layers;
+  torch::Tensor src_pad;  // [B, S] bool or undefined
+  int64_t offset = 0;
+};
+
+// One decoder layer (sec. 3.1): masked self-attention, encoder-decoder attention, feed-forward.
+class DecoderLayerImpl : public torch::nn::Module {
+ public:
+  DecoderLayerImpl(const EncoderDecoderConfig& cfg, int64_t layer_index);
+  // x [B, T, C]; cross_k, cross_v [B, H, S, D]; ctx carries the causal flag and the self mixer's state and offset.
+  torch::Tensor forward(const torch::Tensor& x, const torch::Tensor& cross_k, const torch::Tensor& cross_v,
+                        const torch::Tensor& src_pad, MixContext& ctx);
+  // memory [B, S, C] -> the encoder-decoder attention's keys and values [B, H, S, D].
+  std::pair<torch::Tensor, torch::Tensor> cross_kv(const torch::Tensor& memory);
+  std::unique_ptr<MixerState> initial_state(int64_t batch) const { return self_->initial_state(batch); }
+
+ private:
+  int64_t heads_;
+  bool post_norm_;
+  double dropout_;
+  Mixer self_;
+  torch::nn::Linear q_{nullptr}, k_{nullptr}, v_{nullptr}, out_{nullptr};
+  FeedForward ff_{nullptr};
+  torch::nn::LayerNorm ln_self_{nullptr}, ln_cross_{nullptr}, ln_ff_{nullptr};
+  torch::Tensor drop(const torch::Tensor& h);
+  torch::Tensor cross(const torch::Tensor& x, const torch::Tensor& k, const torch::Tensor& v,
+                      const torch::Tensor& src_pad);
+};
+TORCH_MODULE(DecoderLayer);
+
+class EncoderDecoderImpl : public torch::nn::Module {
+ public:
+  explicit EncoderDecoderImpl(const EncoderDecoderConfig& cfg);
+  // src [B, S] long, src_pad [B, S] bool (true = pad) or undefined -> memory [B, S, C].
+  torch::Tensor encode(const torch::Tensor& src, const torch::Tensor& src_pad = {});
+  // tgt_in [B, T] long (targets shifted right, starting with bos_id) -> the decoder's last hidden states [B, T, C].
+  // With a state, tgt_in continues the target held in it (memory and src_pad are then taken from the state).
+  torch::Tensor decode_hidden(const torch::Tensor& tgt_in, const torch::Tensor& memory, const torch::Tensor& src_pad,
+                              EncoderDecoderState* state = nullptr);
+  // -> logits [B, T, V] = decode_hidden(...) E^T.
+  torch::Tensor decode(const torch::Tensor& tgt_in, const torch::Tensor& memory, const torch::Tensor& src_pad,
+                       EncoderDecoderState* state = nullptr);
+  torch::Tensor forward(const torch::Tensor& src, const torch::Tensor& tgt_in, const torch::Tensor& src_pad = {});
+  // A fresh decoding state for memory [B, S, C]; throws Error if the decoder mixer cannot stream.
+  EncoderDecoderState initial_state(const torch::Tensor& memory, const torch::Tensor& src_pad = {});
+  torch::nn::Embedding& embedding() { return embed_; }
+  const EncoderDecoderConfig& config() const { return cfg_; }
+
+ private:
+  EncoderDecoderConfig cfg_;
+  torch::nn::Embedding embed_{nullptr};
+  std::vector<Layer> encoder_;
+  std::vector<DecoderLayer> decoder_;
+  torch::nn::LayerNorm enc_final_{nullptr}, dec_final_{nullptr};  // pre-norm only
+  torch::Tensor embed(const torch::Tensor& tokens, int64_t offset);
+};
+TORCH_MODULE(EncoderDecoder);
+
+// A BeamStep over ONE source sentence src ([S] or [1, S] long, no padding): encodes once, then each call recomputes the
+// decoder over every hypothesis's whole prefix. Runs without gradients; put the model in eval mode first.
+BeamStep make_translation_step(EncoderDecoderImpl& model, const torch::Tensor& src);
+// greedy_search / beam_search over make_translation_step; options.bos is replaced by the model's bos_id.
+BeamHypothesis translate_greedy(EncoderDecoderImpl& model, const torch::Tensor& src, BeamOptions options);
+BeamHypothesis translate_beam(EncoderDecoderImpl& model, const torch::Tensor& src, BeamOptions options);
+
+}  // namespace longseq

@@ -1,0 +1,242 @@
+// The original Transformer's encoder-decoder (Vaswani et al. 2017, sec. 3): see longseq/encoder_decoder.h.
+#include "longseq/encoder_decoder.h"
+
+#include <cmath>
+
+#include "longseq/blocks.h"
+#include "longseq/common.h"
+#include "longseq/kernels/flash_attention.h"
+#include "longseq/mixers/heads.h"
+
+namespace longseq {
+
+namespace {
+
+void require(bool ok, const std::string& field, const std::string& what) {
+  if (!ok) throw Error("encoder_decoder." + field + ": " + what);
+}
+
+// The mixer's registry entry with its options checked, errors naming the config field.
+const MixerInfo& checked_mixer(const MixerSpec& spec, const std::string& field) {
+  try {
+    const auto& info = find_mixer(spec.name);
+    validate_options(spec.options, info.schema, field);
+    return info;
+  } catch (const Error& e) {
+    throw Error("encoder_decoder." + field + ": " + e.what());
+  }
+}
+
+}  // namespace
+
+void validate(const EncoderDecoderConfig& c) {
+  require(c.vocab_size >= 3, "vocab_size", "must be at least 3 (pad, bos and one token), got " +
+                                               std::to_string(c.vocab_size));
+  require(c.d_model > 0, "d_model", "must be positive, got " + std::to_string(c.d_model));
+  require(c.n_heads > 0, "n_heads", "must be positive, got " + std::to_string(c.n_heads));
+  require(c.d_model % c.n_heads == 0, "d_model",
+          std::to_string(c.d_model) + " must be a multiple of n_heads " + std::to_string(c.n_heads));
+  require(c.n_layers > 0, "n_layers", "must be positive, got " + std::to_string(c.n_layers));
+  require(c.d_ff > 0, "d_ff", "must be positive, got " + std::to_string(c.d_ff));
+  require(c.dropout >= 0 && c.dropout < 1, "dropout", "must be in [0, 1), got " + std::to_string(c.dropout));
+  require(c.pad_id >= 0 && c.pad_id < c.vocab_size, "pad_id", "must be a token id below vocab_size");
+  require(c.bos_id >= 0 && c.bos_id < c.vocab_size, "bos_id", "must be a token id below vocab_size");
+  require(c.bos_id != c.pad_id, "bos_id", "must differ from pad_id");
+  require(checked_mixer(c.encoder_mixer, "encoder_mixer").supports_bidirectional, "encoder_mixer",
+          "mixer " + c.encoder_mixer.name + " does not support bidirectional mode");
+  require(checked_mixer(c.decoder_mixer, "decoder_mixer").supports_causal, "decoder_mixer",
+          "mixer " + c.decoder_mixer.name + " does not support causal mode");
+  // A mixer whose causal mode lets later tokens decide what earlier ones see would leak the target (DESIGN invariant 2).
+  const auto& dec = checked_mixer(c.decoder_mixer, "decoder_mixer");
+  bool strict = dec.strictly_causal;
+  if (!strict) {  // strict when the spec sets the options that make it so
+    strict = !dec.strictly_causal_options.empty();
+    for (const auto& kv : dec.strictly_causal_options.items())
+      strict = strict && c.decoder_mixer.options.contains(kv.key()) && c.decoder_mixer.options[kv.key()] == kv.value();
+  }
+  require(strict, "decoder_mixer",
+          "mixer " + c.decoder_mixer.name + " is not strictly causal with these options (" +
+              dec.strictly_causal_options.dump() + " makes it so); the decoder must not see later target tokens");
+}
+
+DecoderLayerImpl::DecoderLayerImpl(const EncoderDecoderConfig& c, int64_t layer_index)
+    : heads_(c.n_heads), post_norm_(c.post_norm), dropout_(c.dropout) {
+  self_ = register_module("self", make_mixer(c.decoder_mixer, c.d_model, c.n_heads, layer_index));
+  // Encoder-decoder attention's own projections (sec. 3.2.3); bias-free as in the paper's W^Q, W^K, W^V, W^O.
+  q_ = register_module("cross_q", bias_free_linear(c.d_model, c.d_model));
+  k_ = register_module("cross_k", bias_free_linear(c.d_model, c.d_model));
+  v_ = register_module("cross_v", bias_free_linear(c.d_model, c.d_model));
+  out_ = register_module("cross_out", bias_free_linear(c.d_model, c.d_model));
+  ff_ = register_module("ff", FeedForward(c.d_model, c.d_ff, c.dropout, "relu"));  // sec. 3.3
+  auto ln = [&] { return torch::nn::LayerNorm(torch::nn::LayerNormOptions({c.d_model})); };
+  ln_self_ = register_module("ln_self", ln());
+  ln_cross_ = register_module("ln_cross", ln());
+  ln_ff_ = register_module("ln_ff", ln());
+}
+
+torch::Tensor DecoderLayerImpl::drop(const torch::Tensor& h) {
+  return dropout_ > 0 ? torch::dropout(h, dropout_, is_training()) : h;
+}
+
+std::pair<torch::Tensor, torch::Tensor> DecoderLayerImpl::cross_kv(const torch::Tensor& memory) {
+  return {split_heads(k_(memory), heads_), split_heads(v_(memory), heads_)};
+}
+
+torch::Tensor DecoderLayerImpl::cross(const torch::Tensor& x, const torch::Tensor& k, const torch::Tensor& v,
+                                      const torch::Tensor& src_pad) {
+  // Queries from the decoder, keys and values from the encoder output, source pads masked (sec. 3.2.3).
+  AttentionMask mask{false, src_pad};
+  return out_(merge_heads(exact_attention(split_heads(q_(x), heads_), k, v, mask)));
+}
+
+torch::Tensor DecoderLayerImpl::forward(const torch::Tensor& x, const torch::Tensor& cross_k,
+                                        const torch::Tensor& cross_v, const torch::Tensor& src_pad, MixContext& ctx) {
+  if (post_norm_) {  // LayerNorm(x + Dropout(Sublayer(x))) (sec. 3.1, 5.4)
+    auto y = ln_self_(x + drop(self_->forward(x, ctx)));
+    y = ln_cross_(y + drop(cross(y, cross_k, cross_v, src_pad)));
+    return ln_ff_(y + drop(ff_->forward(y)));
+  }
+  auto y = x + drop(self_->forward(ln_self_(x), ctx));  // pre-norm: x + Dropout(Sublayer(LN(x)))
+  y = y + drop(cross(ln_cross_(y), cross_k, cross_v, src_pad));
+  return y + drop(ff_->forward(ln_ff_(y)));
+}
+
+EncoderDecoderImpl::EncoderDecoderImpl(const EncoderDecoderConfig& cfg) : cfg_(cfg) {
+  validate(cfg_);
+  const int64_t C = cfg_.d_model;
+  embed_ = register_module("embed", torch::nn::Embedding(cfg_.vocab_size, C));
+  {
+    // N(0, d^-0.5) so sqrt(d) E has unit scale; the pad row starts at zero as in tensor2tensor (transformer.md sec. 1).
+    torch::NoGradGuard no_grad;
+    torch::nn::init::normal_(embed_->weight, 0.0, 1.0 / std::sqrt(static_cast<double>(C)));
+    embed_->weight[cfg_.pad_id].zero_();
+  }
+  BlockSpec block;
+  block.name = cfg_.post_norm ? "post_norm" : "standard";
+  for (int64_t i = 0; i < cfg_.n_layers; ++i) {
+    BlockArgs a;
+    a.d_model = C, a.n_heads = cfg_.n_heads, a.d_ff = cfg_.d_ff, a.dropout = cfg_.dropout, a.layer_index = i;
+    a.ff_activation = "relu";  // sec. 3.3: max(0, x W1 + b1) W2 + b2
+    a.mixer = &cfg_.encoder_mixer;
+    encoder_.push_back(register_module("encoder_" + std::to_string(i), make_layer(block, a)));
+  }
+  for (int64_t i = 0; i < cfg_.n_layers; ++i)
+    decoder_.push_back(register_module("decoder_" + std::to_string(i), DecoderLayer(cfg_, i)));
+  if (!cfg_.post_norm) {  // pre-norm leaves each stack's output unnormalised: one final LayerNorm each
+    enc_final_ = register_module("encoder_ln", torch::nn::LayerNorm(torch::nn::LayerNormOptions({C})));
+    dec_final_ = register_module("decoder_ln", torch::nn::LayerNorm(torch::nn::LayerNormOptions({C})));
+  }
+}
+
+torch::Tensor EncoderDecoderImpl::embed(const torch::Tensor& tokens, int64_t offset) {
+  TORCH_CHECK(tokens.dim() == 2, "encoder_decoder: tokens must be [B, T], got ", tokens.sizes());
+  const int64_t T = tokens.size(1), C = cfg_.d_model;
+  auto pos = torch::arange(offset, offset + T, torch::TensorOptions().dtype(torch::kLong).device(tokens.device()));
+  // sqrt(d) on the lookup only, not on the output projection (sec. 3.4); positions from 0 (sec. 3.5).
+  auto x = embed_(tokens) * std::sqrt(static_cast<double>(C)) + sinusoidal_positions(pos, C).unsqueeze(0);
+  return cfg_.dropout > 0 ? torch::dropout(x, cfg_.dropout, is_training()) : x;  // sec. 5.4
+}
+
+torch::Tensor EncoderDecoderImpl::encode(const torch::Tensor& src, const torch::Tensor& src_pad) {
+  MixContext ctx;
+  ctx.causal = false;
+  ctx.padding_mask = src_pad;
+  auto x = embed(src, 0);
+  for (auto& layer : encoder_) x = layer->forward(x, ctx);
+  return enc_final_ ? enc_final_(x) : x;
+}
+
+torch::Tensor EncoderDecoderImpl::decode_hidden(const torch::Tensor& tgt_in, const torch::Tensor& memory,
+                                                const torch::Tensor& src_pad, EncoderDecoderState* state) {
+  TORCH_CHECK(state || memory.defined(), "encoder_decoder: decode needs the memory or a state");
+  TORCH_CHECK(!state || state->layers.size() == decoder_.size(), "encoder_decoder: the state has ",
+              state ? state->layers.size() : 0, " layers, the decoder ", decoder_.size());
+  const int64_t offset = state ? state->offset : 0;
+  const torch::Tensor& pad = state ? state->src_pad : src_pad;
+  auto x = embed(tgt_in, offset);
+  for (size_t i = 0; i < decoder_.size(); ++i) {
+    MixContext ctx;  // one per layer: each layer's self mixer has its own state
+    ctx.causal = true;
+    ctx.offset = offset;
+    torch::Tensor k, v;
+    if (state) {
+      ctx.state = state->layers[i].self.get();
+      k = state->layers[i].cross_k, v = state->layers[i].cross_v;
+    } else {
+      std::tie(k, v) = decoder_[i]->cross_kv(memory);
+    }
+    x = decoder_[i]->forward(x, k, v, pad, ctx);
+  }
+  if (state) state->offset += tgt_in.size(1);
+  return dec_final_ ? dec_final_(x) : x;
+}
+
+torch::Tensor EncoderDecoderImpl::decode(const torch::Tensor& tgt_in, const torch::Tensor& memory,
+                                         const torch::Tensor& src_pad, EncoderDecoderState* state) {
+  // Tied pre-softmax projection: logits = y E^T, no sqrt(d), no bias (sec. 3.4).
+  return torch::matmul(decode_hidden(tgt_in, memory, src_pad, state), embed_->weight.t());
+}
+
+torch::Tensor EncoderDecoderImpl::forward(const torch::Tensor& src, const torch::Tensor& tgt_in,
+                                          const torch::Tensor& src_pad) {
+  return decode(tgt_in, encode(src, src_pad), src_pad);
+}
+
+EncoderDecoderState EncoderDecoderImpl::initial_state(const torch::Tensor& memory, const torch::Tensor& src_pad) {
+  TORCH_CHECK(memory.dim() == 3, "encoder_decoder: memory must be [B, S, C], got ", memory.sizes());
+  EncoderDecoderState state;
+  state.src_pad = src_pad;
+  for (auto& layer : decoder_) {
+    EncoderDecoderState::LayerState s;
+    s.self = layer->initial_state(memory.size(0));
+    if (!s.self) throw Error("encoder_decoder.decoder_mixer: mixer " + cfg_.decoder_mixer.name + " cannot stream");
+    std::tie(s.cross_k, s.cross_v) = layer->cross_kv(memory);  // once per sentence, not per step
+    state.layers.push_back(std::move(s));
+  }
+  return state;
+}
+
+BeamStep make_translation_step(EncoderDecoderImpl& model, const torch::Tensor& src) {
+  TORCH_CHECK(src.dim() == 1 || (src.dim() == 2 && src.size(0) == 1),
+              "translation step: src must be one sentence, [S] or [1, S], got ", src.sizes());
+  auto src2 = src.dim() == 1 ? src.unsqueeze(0) : src;
+  torch::Tensor memory;
+  {
+    torch::NoGradGuard no_grad;
+    memory = model.encode(src2);
+  }
+  // The registry's MixerStates have no interface to reorder rows after beam pruning, so each step recomputes the
+  // decoder over every hypothesis's whole prefix instead of keeping a per-hypothesis cache.
+  auto prefixes = std::make_shared<std::vector<std::vector<int64_t>>>(1);
+  EncoderDecoderImpl* m = &model;
+  return [m, memory, prefixes](const torch::Tensor& parents, const torch::Tensor& tokens) {
+    torch::NoGradGuard no_grad;
+    auto par = parents.to(torch::kCPU).to(torch::kLong).contiguous();
+    auto tok = tokens.to(torch::kCPU).to(torch::kLong).contiguous();
+    const int64_t n = tok.size(0);
+    std::vector<std::vector<int64_t>> next(n);
+    for (int64_t i = 0; i < n; ++i) {
+      next[i] = prefixes->at(par[i].item<int64_t>());
+      next[i].push_back(tok[i].item<int64_t>());
+    }
+    *prefixes = std::move(next);
+    const int64_t L = static_cast<int64_t>(prefixes->front().size());
+    auto tgt = torch::empty({n, L}, torch::kLong);
+    for (int64_t i = 0; i < n; ++i)
+      tgt[i].copy_(torch::tensor((*prefixes)[i], torch::kLong));
+    auto logits = m->decode(tgt.to(memory.device()), memory.expand({n, memory.size(1), memory.size(2)}), {});
+    return torch::log_softmax(logits.select(1, L - 1).to(torch::kDouble), -1);
+  };
+}
+
+BeamHypothesis translate_greedy(EncoderDecoderImpl& model, const torch::Tensor& src, BeamOptions options) {
+  options.bos = model.config().bos_id;  // the decoder input starts with the model's start token
+  return greedy_search(make_translation_step(model, src), options);
+}
+
+BeamHypothesis translate_beam(EncoderDecoderImpl& model, const torch::Tensor& src, BeamOptions options) {
+  options.bos = model.config().bos_id;  // the decoder input starts with the model's start token
+  return beam_search(make_translation_step(model, src), options);
+}
+
+}  // namespace longseq

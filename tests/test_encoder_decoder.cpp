@@ -1,0 +1,208 @@
+// The original Transformer's encoder-decoder (src/models/encoder_decoder.cpp; Vaswani et al. 2017, sec. 3): decoder
+// causality, source padding, streaming == whole decode, the three-way tie (sec. 3.4), post- vs pre-norm (sec. 3.1),
+// greedy == beam 1 over the model, and config errors.
+#include <gtest/gtest.h>
+
+#include <string>
+
+#include "longseq/common.h"
+#include "longseq/encoder_decoder.h"
+
+namespace encoder_decoder_test {
+
+using namespace longseq;
+
+constexpr int64_t kV = 13;
+
+EncoderDecoderConfig small_config(bool post_norm = true) {
+  EncoderDecoderConfig c;
+  c.vocab_size = kV, c.d_model = 16, c.n_heads = 2, c.n_layers = 2, c.d_ff = 32, c.dropout = 0.1;
+  c.post_norm = post_norm;
+  return c;
+}
+
+EncoderDecoder small_model(bool post_norm = true, uint64_t seed = 0) {
+  torch::manual_seed(seed);
+  EncoderDecoder m(small_config(post_norm));
+  m->eval();  // dropout off: the checks compare deterministic outputs
+  return m;
+}
+
+torch::Tensor tokens(int64_t B, int64_t T) { return torch::randint(2, kV, {B, T}, torch::kLong); }
+
+// Source [2, 7] whose second row ends in three pads, and its mask (true = pad).
+std::pair<torch::Tensor, torch::Tensor> padded_source() {
+  auto src = tokens(2, 7);
+  auto pad = torch::zeros({2, 7}, torch::kBool);
+  pad[1].slice(0, 4).fill_(true);
+  src[1].slice(0, 4).fill_(0);
+  return {src, pad};
+}
+
+double max_diff(const torch::Tensor& a, const torch::Tensor& b) { return (a - b).abs().max().item<double>(); }
+
+TEST(EncoderDecoder, DecoderIsCausal) {
+  for (bool post : {true, false}) {
+    auto m = small_model(post, 1);
+    torch::NoGradGuard no_grad;
+    auto [src, pad] = padded_source();
+    auto tgt = tokens(2, 8);
+    auto base = m->forward(src, tgt, pad);
+    for (int64_t t = 0; t + 1 < 8; ++t) {
+      auto changed = tgt.clone();
+      // Every later token moved to a different non-special id: (x - 2 + r) mod (V - 2) + 2 with r in [1, V - 3].
+      auto r = torch::randint(1, kV - 2, {2, 8 - t - 1}, torch::kLong);
+      changed.slice(1, t + 1) = (tgt.slice(1, t + 1) - 2 + r).remainder(kV - 2) + 2;
+      auto out = m->forward(src, changed, pad);
+      EXPECT_LT(max_diff(out.slice(1, 0, t + 1), base.slice(1, 0, t + 1)), 1e-5) << "t " << t << " post " << post;
+      EXPECT_GT(max_diff(out.slice(1, t + 1), base.slice(1, t + 1)), 1e-4) << "t " << t << " post " << post;
+    }
+  }
+}
+
+TEST(EncoderDecoder, SourcePaddingChangesNoLogits) {
+  for (bool post : {true, false}) {
+    auto m = small_model(post, 2);
+    torch::NoGradGuard no_grad;
+    auto [src, pad] = padded_source();
+    auto tgt = tokens(2, 5);
+    auto base = m->forward(src, tgt, pad);
+    auto other = src.clone();
+    other.masked_scatter_(pad, torch::randint(2, kV, {pad.sum().item<int64_t>()}, torch::kLong));
+    ASSERT_GT(max_diff(other.to(torch::kDouble), src.to(torch::kDouble)), 0);
+    EXPECT_LT(max_diff(m->forward(other, tgt, pad), base), 1e-5) << "post " << post;
+    // The real source tokens do reach the decoder through encoder-decoder attention.
+    auto real = src.clone();
+    real[1][0] = real[1][0].item<int64_t>() == 2 ? 3 : 2;
+    EXPECT_GT(max_diff(m->forward(real, tgt, pad)[1], base[1]), 1e-4);
+  }
+}
+
+TEST(EncoderDecoder, StreamingEqualsWholeDecode) {
+  for (bool post : {true, false}) {
+    auto m = small_model(post, 3);
+    torch::NoGradGuard no_grad;
+    auto [src, pad] = padded_source();
+    auto tgt = tokens(2, 9);
+    auto memory = m->encode(src, pad);
+    auto whole = m->decode(tgt, memory, pad);
+    for (int64_t step : {1, 2}) {
+      auto state = m->initial_state(memory, pad);
+      std::vector<torch::Tensor> parts;
+      for (int64_t t = 0; t < 9; t += step) {
+        const int64_t n = std::min<int64_t>(step, 9 - t);
+        parts.push_back(m->decode(tgt.slice(1, t, t + n), {}, {}, &state));
+      }
+      EXPECT_EQ(state.offset, 9);
+      EXPECT_LT(max_diff(torch::cat(parts, 1), whole), 1e-5) << "step " << step << " post " << post;
+    }
+  }
+}
+
+TEST(EncoderDecoder, OneEmbeddingTiedThreeWays) {
+  auto m = small_model(true, 4);
+  int64_t with_vocab = 0;
+  for (const auto& p : m->named_parameters())
+    for (int64_t d = 0; d < p.value().dim(); ++d)
+      if (p.value().size(d) == kV) ++with_vocab;
+  EXPECT_EQ(with_vocab, 1);  // no separate source, target or output matrix
+  auto [src, pad] = padded_source();
+  auto tgt = tokens(2, 5);
+  auto memory = m->encode(src, pad);
+  auto hidden = m->decode_hidden(tgt, memory, pad);
+  auto logits = m->decode(tgt, memory, pad);
+  EXPECT_LT(max_diff(logits, torch::matmul(hidden, m->embedding()->weight.t())), 1e-6);
+  // The one matrix gets gradient from the output projection alone when the inputs do not use a row.
+  m->zero_grad();
+  const int64_t unused = 2;
+  auto s2 = src.masked_fill(src == unused, 3), t2 = tgt.masked_fill(tgt == unused, 3);
+  m->forward(s2, t2, pad).select(2, unused).sum().backward();
+  auto g = m->embedding()->weight.grad();
+  ASSERT_TRUE(g.defined());
+  EXPECT_GT(g[unused].abs().sum().item<double>(), 0);  // through the output projection only
+}
+
+TEST(EncoderDecoder, PostNormAndPreNorm) {
+  auto [src, pad] = padded_source();
+  auto tgt = tokens(2, 5);
+  for (bool post : {true, false}) {
+    auto m = small_model(post, 5);
+    torch::NoGradGuard no_grad;
+    auto logits = m->forward(src, tgt, pad);
+    EXPECT_EQ(logits.sizes(), torch::IntArrayRef({2, 5, kV}));
+    EXPECT_TRUE(torch::isfinite(logits).all().item<bool>());
+    bool has_final = false;
+    for (const auto& p : m->named_parameters()) has_final |= p.key().rfind("encoder_ln", 0) == 0;
+    EXPECT_EQ(has_final, !post);  // sec. 3.1 post-norm needs no final LayerNorm; pre-norm does
+    if (post) {  // the last encoder layer ends in LN(. + FF(.)): unit-variance rows under default affine weights
+      auto memory = m->encode(src, pad);
+      EXPECT_LT(memory.mean(-1).abs().max().item<double>(), 1e-5);
+      EXPECT_LT((memory.var(-1, false) - 1).abs().max().item<double>(), 1e-3);
+    }
+  }
+  // Same seed, both wirings: different functions.
+  auto a = small_model(true, 6), b = small_model(false, 6);
+  torch::NoGradGuard no_grad;
+  EXPECT_GT(max_diff(a->forward(src, tgt, pad), b->forward(src, tgt, pad)), 1e-3);
+}
+
+TEST(EncoderDecoder, GreedyEqualsBeamOne) {
+  for (uint64_t seed : {7, 8}) {
+    auto m = small_model(seed % 2 == 1, seed);
+    auto src = tokens(1, 6)[0];
+    BeamOptions o;
+    o.beam = 1, o.alpha = 0, o.max_len = 8, o.eos = 2;
+    auto greedy = translate_greedy(*m, src, o);
+    auto beam = translate_beam(*m, src, o);
+    EXPECT_EQ(greedy.tokens, beam.tokens) << seed;
+    EXPECT_NEAR(greedy.log_prob, beam.log_prob, 1e-9) << seed;
+    // A wider beam runs on the same recomputing step function.
+    o.beam = 3;
+    auto wide = translate_beam(*m, src, o);
+    EXPECT_FALSE(wide.tokens.empty());
+  }
+}
+
+void expect_error_naming(const EncoderDecoderConfig& c, const std::string& field) {
+  try {
+    validate(c);
+    ADD_FAILURE() << "no error for " << field;
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find(field), std::string::npos) << e.what();
+  }
+}
+
+TEST(EncoderDecoder, ConfigErrorsNameTheField) {
+  EXPECT_NO_THROW(validate(small_config()));
+  auto c = small_config();
+  c.vocab_size = 2;
+  expect_error_naming(c, "vocab_size");
+  c = small_config();
+  c.d_model = 10, c.n_heads = 3;
+  expect_error_naming(c, "d_model");
+  EXPECT_THROW(EncoderDecoder{c}, Error);
+  c = small_config();
+  c.encoder_mixer.name = "no_such_mixer";
+  expect_error_naming(c, "encoder_mixer");
+  c = small_config();
+  c.decoder_mixer.options = Json{{"no_such_option", 1}};
+  expect_error_naming(c, "decoder_mixer");
+  for (const auto& info : mixer_registry()) {
+    if (!info.supports_bidirectional) {
+      c = small_config();
+      c.encoder_mixer = MixerSpec{info.name, Json::object()};
+      expect_error_naming(c, "encoder_mixer");
+    }
+    if (!info.supports_causal || !info.strictly_causal) {  // lsh and routing: later tokens shape the buckets
+      c = small_config();
+      c.decoder_mixer = MixerSpec{info.name, Json::object()};
+      expect_error_naming(c, "decoder_mixer");
+    }
+  }
+  // lsh with the options that make it strictly causal is accepted.
+  c = small_config();
+  c.decoder_mixer = parse_mixer_spec(Json{{"name", "lsh"}, {"chunk_length", 1000000000}}, "test");
+  EXPECT_NO_THROW(validate(c));
+}
+
+}  // namespace encoder_decoder_test
