@@ -3,6 +3,8 @@
 #pragma once
 #include <torch/torch.h>
 
+#include <functional>
+
 #include "longseq/config.h"
 #include "longseq/ffn.h"
 #include "longseq/mixer.h"
@@ -46,14 +48,13 @@ class BlockImpl : public LayerImpl {
   std::unique_ptr<MixerState> initial_state(int64_t batch) const override { return mixer_->initial_state(batch); }
   // The two residual branches: dropout(mixer(LN(x))) and dropout(FF(LN(x))), the latter over `chunks` slices of T.
   torch::Tensor mix_branch(const torch::Tensor& x, MixContext& ctx);
-  torch::Tensor ff_branch(const torch::Tensor& x, int64_t chunks = 1);
+  // padding [B, T] (true = pad) or undefined reaches the feed-forward kind, sliced alike.
+  torch::Tensor ff_branch(const torch::Tensor& x, int64_t chunks = 1, const torch::Tensor& padding = {});
   MixerImpl& mixer() { return *mixer_; }
   const MixerImpl& mixer() const { return *mixer_; }
   std::map<std::string, torch::Tensor> aux_losses() const override { return ff_->aux_losses(); }
   std::map<std::string, double> aux_metrics() const override { return ff_->aux_metrics(); }
   void clear_aux() override { ff_->clear_aux(); }
-  // The padding mask the feed-forward kind sees (set by forward() from the context; reversible stacks pass none).
-  torch::Tensor ff_padding;
 
  private:
   torch::nn::LayerNorm ln_mix_{nullptr}, ln_ff_{nullptr};
@@ -82,6 +83,11 @@ torch::Tensor sinusoidal_positions(const torch::Tensor& positions, int64_t C);
 // `learned`'s rows, an Error past max_len); x itself for none and rotary.
 torch::Tensor add_absolute_positions(const torch::Tensor& x, const ModelConfig& cfg, torch::nn::Embedding& learned,
                                      int64_t offset);
+
+// fn(slice of x, the same slice of padding or undefined) over `chunks` slices of the length, concatenated: a
+// position-wise function computed one slice at a time (Kitaev et al. 2020, Reformer, eq. 10). x: [B, T, ..].
+torch::Tensor over_length_slices(const torch::Tensor& x, int64_t chunks, const torch::Tensor& padding,
+                                 const std::function<torch::Tensor(const torch::Tensor&, const torch::Tensor&)>& fn);
 
 // "mixer <name>" or "block <kind>" for each layer of cfg, for messages.
 std::vector<std::string> layer_names(const ModelConfig& cfg);

@@ -351,10 +351,8 @@ std::string bench_ffn(const Json& s) {
     times.push_back(once());
     roofs.push_back(local_roof());
   }
-  int64_t params = 0;
-  for (const auto& p : ff->parameters()) params += p.numel();
   return Json{{"ok", true}, {"times", times}, {"median_s", median(times)}, {"warmup_s", warm}, {"roofs", roofs},
-              {"roof_gflops", median(roofs)}, {"peak_mib", peak_memory_mib()}, {"params", params}}
+              {"roof_gflops", median(roofs)}, {"peak_mib", peak_memory_mib()}}
       .dump();
 }
 

@@ -21,14 +21,9 @@ class PostNormBlockImpl : public LayerImpl {
 
   torch::Tensor forward(const torch::Tensor& x, MixContext& ctx, int64_t ff_chunks) override {
     auto y = ln_mix_(x + drop(mixer_->forward(x, ctx)));
-    const int64_t T = y.size(1), step = (T + std::max<int64_t>(1, ff_chunks) - 1) / std::max<int64_t>(1, ff_chunks);
-    std::vector<torch::Tensor> parts;  // the feed-forward over slices of the length (model.ff_chunks)
-    for (int64_t t = 0; t < T; t += step) {
-      const int64_t n = std::min(step, T - t);
-      parts.push_back(ff_->forward(y.narrow(1, t, n), ctx.padding_mask.defined() ? ctx.padding_mask.narrow(1, t, n)
-                                                                                   : torch::Tensor()));
-    }
-    return ln_ff_(y + drop(parts.size() == 1 ? parts[0] : torch::cat(parts, 1)));
+    auto f = over_length_slices(y, ff_chunks, ctx.padding_mask,
+                                [&](const torch::Tensor& part, const torch::Tensor& pad) { return ff_->forward(part, pad); });
+    return ln_ff_(y + drop(f));
   }
   std::unique_ptr<MixerState> initial_state(int64_t batch) const override { return mixer_->initial_state(batch); }
   std::map<std::string, torch::Tensor> aux_losses() const override { return ff_->aux_losses(); }

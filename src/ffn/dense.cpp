@@ -13,11 +13,9 @@ class ChunkedFeedForwardImpl : public FeedForwardImpl {
   ChunkedFeedForwardImpl(const FfnArgs& a)
       : FeedForwardImpl(a.d_model, a.d_ff, a.dropout, a.activation), chunks_(a.options["chunks"]) {}
   torch::Tensor forward(const torch::Tensor& x, const torch::Tensor& padding_mask) override {
-    const int64_t T = x.size(1), step = (T + chunks_ - 1) / chunks_;
-    if (chunks_ <= 1 || T <= 1) return FeedForwardImpl::forward(x, padding_mask);
-    std::vector<torch::Tensor> parts;
-    for (int64_t t = 0; t < T; t += step) parts.push_back(FeedForwardImpl::forward(x.narrow(1, t, std::min(step, T - t))));
-    return torch::cat(parts, 1);
+    return over_length_slices(x, chunks_, padding_mask, [&](const torch::Tensor& part, const torch::Tensor& pad) {
+      return FeedForwardImpl::forward(part, pad);
+    });
   }
 
  private:

@@ -37,27 +37,31 @@ torch::Tensor BlockImpl::mix_branch(const torch::Tensor& x, MixContext& ctx) {
   return dropout_ > 0 ? torch::dropout(h, dropout_, is_training()) : h;
 }
 
-torch::Tensor BlockImpl::ff_branch(const torch::Tensor& x, int64_t chunks) {
+torch::Tensor over_length_slices(const torch::Tensor& x, int64_t chunks, const torch::Tensor& padding,
+                                 const std::function<torch::Tensor(const torch::Tensor&, const torch::Tensor&)>& fn) {
   const int64_t T = x.size(1);
-  const bool padded = ff_padding.defined();
-  TORCH_CHECK(!padded || (ff_padding.dim() == 2 && ff_padding.size(1) == T), "block: the padding mask is ",
-              ff_padding.sizes(), " for an input of ", T, " positions");
-  auto run = [&](int64_t t0, int64_t n) {
-    auto part = n == T ? x : x.narrow(1, t0, n);
-    auto f = ff_->forward(ln_ff_(part), padded ? ff_padding.narrow(1, t0, n) : torch::Tensor());
-    return dropout_ > 0 ? torch::dropout(f, dropout_, is_training()) : f;
-  };
-  if (chunks <= 1 || T <= 1) return run(0, T);
+  TORCH_CHECK(!padding.defined() || (padding.dim() == 2 && padding.size(1) == T), "block: the padding mask is ",
+              padding.sizes(), " for an input of ", T, " positions");
+  if (chunks <= 1 || T <= 1) return fn(x, padding);
   std::vector<torch::Tensor> parts;
   const int64_t step = (T + chunks - 1) / chunks;
-  for (int64_t t = 0; t < T; t += step) parts.push_back(run(t, std::min(step, T - t)));
+  for (int64_t t = 0; t < T; t += step) {
+    const int64_t n = std::min(step, T - t);
+    parts.push_back(fn(x.narrow(1, t, n), padding.defined() ? padding.narrow(1, t, n) : torch::Tensor()));
+  }
   return torch::cat(parts, 1);
 }
 
+torch::Tensor BlockImpl::ff_branch(const torch::Tensor& x, int64_t chunks, const torch::Tensor& padding) {
+  return over_length_slices(x, chunks, padding, [&](const torch::Tensor& part, const torch::Tensor& pad) {
+    auto f = ff_->forward(ln_ff_(part), pad);
+    return dropout_ > 0 ? torch::dropout(f, dropout_, is_training()) : f;
+  });
+}
+
 torch::Tensor BlockImpl::forward(const torch::Tensor& x, MixContext& ctx, int64_t ff_chunks) {
-  ff_padding = ctx.padding_mask;
   auto y = x + mix_branch(x, ctx);
-  return y + ff_branch(y, ff_chunks);
+  return y + ff_branch(y, ff_chunks, ctx.padding_mask);
 }
 
 torch::Tensor sinusoidal_positions(const torch::Tensor& positions, int64_t C) {
