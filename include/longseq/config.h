@@ -48,9 +48,16 @@ struct ModelConfig {
   std::string layer_name(size_t i) const { return layers[i].name.empty() ? blocks[i].name : layers[i].name; }
   int64_t num_classes = 2;
   std::string pooling;  // mean | first
+  MixerSpec decoder_mixer;  // encoder_decoder: the decoder's self-attention (model.mixer runs the encoder)
+  bool post_norm = true;    // encoder_decoder: model.norm = post
 
   static ModelConfig from_json(const Json& j);  // j: the "model" section
 };
+
+struct EncoderDecoderConfig;
+// model.type = encoder_decoder: the model's config; the specials follow the tokenizer's `tokenizer_vocab` ids (pad,
+// bos, eos), so model.vocab_size must be tokenizer_vocab + 3 (an Error otherwise).
+EncoderDecoderConfig encoder_decoder_config(const ModelConfig& cfg, int64_t tokenizer_vocab);
 
 // Sets each option of `overrides` ({"mem_len": 3800, ...}) on every layer whose mixer has it, validated by the
 // mixer's schema (Transformer-XL's longer memory at test time). An option no layer's mixer has is an Error.

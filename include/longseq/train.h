@@ -115,7 +115,7 @@ struct TrainOptions {
   bool resume = false;
   bool quiet = false;          // no progress bar
   int64_t stop_after = 0;      // stop after this step without a final checkpoint (tests: a kill)
-  // Tests: replaces each micro-batch's loss before its backward (fault injection).
+  // Tests: replaces each micro-batch's loss (and objective) before its backward (fault injection).
   std::function<torch::Tensor(int64_t step, const torch::Tensor& loss)> loss_hook;
 };
 
@@ -125,7 +125,12 @@ struct TrainResult {
   EvalResult valid;
   bool stopped_by_time = false;
   double tokens_per_s = 0;     // training tokens per second of this call, validation and checkpoints excluded
+  Json valid_fields;           // the final validation's metrics-line fields (translation: valid_bleu, ...)
+  std::string valid_text;      // the final validation, one line for the terminal
 };
+
+// The weights kept by train.keep_checkpoints: (step, path of checkpoints/step_<N>.safetensors), ascending by step.
+std::vector<std::pair<int64_t, std::string>> kept_checkpoints(const std::string& run_dir);
 
 // New run: cfg is the config; resume: cfg is ignored unless set, and must then
 // equal the run's own config. Resuming a run that has a config.json but no

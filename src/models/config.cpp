@@ -6,14 +6,17 @@
 
 #include "longseq/blocks.h"
 #include "longseq/common.h"
+#include "longseq/encoder_decoder.h"
 #include "longseq/registry.h"
 
 namespace longseq {
 
 const Schema& model_schema() {
   static const Schema s = {
-      {"type", OptionType::String, "decoder_lm", "model family", -1e300, 1e300,
-       {"decoder_lm", "perceiver_ar", "encoder_classifier"}},
+      {"type", OptionType::String, "decoder_lm",
+       "model family: decoder_lm, perceiver_ar, encoder_classifier, or encoder_decoder (the original Transformer for "
+       "translation: model.mixer in the encoder, model.decoder_mixer in the decoder)", -1e300, 1e300,
+       {"decoder_lm", "perceiver_ar", "encoder_classifier", "encoder_decoder"}},
       {"vocab_size", OptionType::Int, 256, "vocabulary size (256 for the byte tokenizer)", 2, 1e7},
       {"d_model", OptionType::Int, 256, "model width C", 1, 65536},
       {"n_heads", OptionType::Int, 4, "attention heads H (d_model must be a multiple)", 1, 1024},
@@ -84,6 +87,13 @@ const Schema& model_schema() {
       {"layers", OptionType::Any, Json::array(),
        "per-layer specs, overriding mixer, block and n_layers: a mixer (name or object: a standard block), or "
        "{\"block\": kind, options} for another block kind"},
+      {"decoder_mixer", OptionType::Any, "full",
+       "encoder_decoder: the decoder's self-attention, a strictly causal mixer (name or {\"name\": ..., options}); "
+       "encoder-decoder attention is always exact"},
+      {"norm", OptionType::String, "post",
+       "encoder_decoder: post (LayerNorm(x + Dropout(Sublayer(x))), Vaswani et al. 2017 sec. 3.1) or pre (x + "
+       "Dropout(Sublayer(LN(x))) with a final LayerNorm per stack, tensor2tensor v2+)", -1e300, 1e300,
+       {"post", "pre"}},
       {"num_classes", OptionType::Int, 2, "classes (encoder_classifier)", 2, 1e6},
       {"pooling", OptionType::String, "mean", "how the classifier pools tokens (encoder_classifier)",
        -1e300, 1e300, {"mean", "first"}},
@@ -94,7 +104,8 @@ const Schema& model_schema() {
 const Schema& data_schema() {
   static const Schema s = {
       {"corpus", OptionType::String, "pydoc", "which reader loads the text", -1e300, 1e300,
-       {"pydoc", "text", "enwik8", "text8", "wikitext103", "pg19", "recall", "expressions"}},
+       {"pydoc", "text", "enwik8", "text8", "wikitext103", "pg19", "recall", "expressions", "parallel",
+        "synthetic_translation"}},
       {"path", OptionType::String, "",
        "file or directory of the corpus; empty = the default (pydoc: Debian's python3.11-doc sources)"},
       {"tokenizer", OptionType::String, "byte", "byte (256 symbols) or a SentencePiece model",
@@ -109,6 +120,14 @@ const Schema& data_schema() {
       {"expr_max_depth", OptionType::Int, 6,
        "corpus expressions: nesting depths drawn uniformly from 1 to this (eval reports the answers by depth)", 1, 40},
       {"expr_seed", OptionType::Int, 1, "corpus expressions: seed of the generator", 0, 1e18},
+      {"source_lang", OptionType::String, "de",
+       "corpus parallel: the source side's suffix: data.path holds train.<source_lang>, train.<target_lang>, "
+       "valid.* and optionally test.* (each plain text, one sentence per line, or .sgm / IWSLT .xml)"},
+      {"target_lang", OptionType::String, "en", "corpus parallel: the target side's suffix"},
+      {"pairs", OptionType::Int, 40000,
+       "corpus synthetic_translation: sentence pairs generated (90/5/5 split, held-out sources unseen in training)",
+       100, 1e8},
+      {"pairs_seed", OptionType::Int, 1, "corpus synthetic_translation: seed of the generator", 0, 1e18},
   };
   return s;
 }
@@ -153,10 +172,64 @@ const Schema& train_schema() {
        "stream_reset x seq_len tokens; it also bounds full attention's growing KV cache). Checkpoints fall on "
        "these boundaries, so a resumed run restarts from a fresh state exactly as the original did",
        1, 1e9},
+      {"schedule", OptionType::String, "cosine",
+       "learning rate: cosine (linear warm-up to lr, cosine decay to lr * min_lr_ratio) or noam (Vaswani et al. 2017 "
+       "eq. 3: lr * d_model^-0.5 * min(s^-0.5, s * warmup^-1.5), lr a factor: 1 = the paper, 2 = tensor2tensor v2)",
+       -1e300, 1e300, {"cosine", "noam"}},
+      {"label_smoothing", OptionType::Float, 0.0,
+       "train on cross-entropy against targets smoothed as tensor2tensor does (1 - e on the target, e / (V - 1) on "
+       "the others; the paper: 0.1); the logged loss stays the plain cross-entropy", 0.0, 0.99},
+      {"keep_checkpoints", OptionType::Int, 0,
+       "also keep the weights of the last N checkpoints in checkpoints/step_<N>.safetensors, for `longseq average` "
+       "(the paper averages the last 5); 0 = only the latest", 0, 1e6},
+      {"batch_tokens", OptionType::Int, 4096,
+       "encoder_decoder: sentence pairs of similar length per micro-batch, up to this many padded source + target "
+       "tokens (the paper: about 25000 + 25000 per step over 8 GPUs)", 16, 1e9},
+      {"bleu_sentences", OptionType::Int, 500,
+       "encoder_decoder: validation sentences decoded greedily for valid_bleu at each validation; 0 = all", 0, 1e9},
       {"time_limit", OptionType::Float, 0.0,
        "stop (with a checkpoint) after this many seconds of training; 0 = no limit", 0.0, 1e9},
   };
   return s;
+}
+
+namespace {
+
+// model.type = encoder_decoder builds the paper's fixed layout (Vaswani et al. 2017, sec. 3): the keys that would
+// change it are refused rather than ignored.
+void check_encoder_decoder_keys(const Json& j, const ModelConfig& c) {
+  auto refuse = [](const std::string& key, const std::string& why) {
+    throw Error("model." + key + ": " + why + " (model.type = encoder_decoder)");
+  };
+  if (!j["layers"].empty()) refuse("layers", "not read; model.mixer sets every encoder layer");
+  if (j["block"] != "standard") refuse("block", "not read; model.norm chooses post-norm or pre-norm layers");
+  if (j["ff"] != "dense") refuse("ff", "the feed-forward is the paper's dense ReLU layer (sec. 3.3)");
+  if (j["ff_activation"] != "auto" && j["ff_activation"] != "relu")
+    refuse("ff_activation", "the feed-forward is max(0, x W1 + b1) W2 + b2 (sec. 3.3); use auto or relu");
+  if (c.positions != "sinusoidal") refuse("positions", "the model adds sinusoids (sec. 3.5); use sinusoidal");
+  if (!c.tie_embeddings) refuse("tie_embeddings", "the embedding is shared three ways (sec. 3.4); use true");
+  if (c.reversible || c.recurrence_steps > 0 || c.act || c.ff_chunks > 1)
+    refuse("reversible/recurrence_steps/act/ff_chunks", "not implemented for the encoder-decoder");
+  validate(encoder_decoder_config(c, c.vocab_size - 3));  // the vocabulary is checked against the tokenizer later
+}
+
+}  // namespace
+
+EncoderDecoderConfig encoder_decoder_config(const ModelConfig& c, int64_t tokenizer_vocab) {
+  EncoderDecoderConfig e;
+  e.vocab_size = c.vocab_size;
+  e.d_model = c.d_model, e.n_heads = c.n_heads, e.n_layers = c.n_layers, e.d_ff = c.d_ff;
+  e.dropout = c.dropout;
+  e.post_norm = c.post_norm;
+  e.encoder_mixer = c.layers.at(0);
+  e.decoder_mixer = c.decoder_mixer;
+  // The specials follow the tokenizer's ids (docs/translation.md): pad, bos, eos.
+  e.pad_id = tokenizer_vocab, e.bos_id = tokenizer_vocab + 1;
+  if (tokenizer_vocab + 3 != c.vocab_size)
+    throw Error("model.vocab_size = " + std::to_string(c.vocab_size) + ", but model.type = encoder_decoder needs the "
+                "tokenizer's " + std::to_string(tokenizer_vocab) + " symbols plus pad, bos and eos: set it to " +
+                std::to_string(tokenizer_vocab + 3));
+  return e;
 }
 
 ModelConfig ModelConfig::from_json(const Json& raw) {
@@ -214,6 +287,9 @@ ModelConfig ModelConfig::from_json(const Json& raw) {
   }
   c.num_classes = j["num_classes"];
   c.pooling = j["pooling"];
+  c.decoder_mixer = parse_mixer_spec(j["decoder_mixer"], "model.decoder_mixer");
+  c.post_norm = j["norm"] == "post";
+  if (c.type == "encoder_decoder") check_encoder_decoder_keys(j, c);
   if (c.d_model % c.n_heads != 0)
     throw Error("model.d_model = " + std::to_string(c.d_model) +
                 " must be a multiple of model.n_heads = " + std::to_string(c.n_heads));
@@ -274,7 +350,8 @@ ModelConfig ModelConfig::from_json(const Json& raw) {
                     s.name + " has " + std::to_string(n) + " entries but the model has " +
                     std::to_string(c.layers.size()) + " layers: give one value for every layer, or one per layer");
     }
-  const bool causal = c.type != "encoder_classifier";  // the language models are causal, the classifier not
+  // The language models are causal; the classifier and the translation encoder (model.mixer) are not.
+  const bool causal = c.type != "encoder_classifier" && c.type != "encoder_decoder";
   for (size_t i = 0; i < c.layers.size(); ++i) {
     const auto& block = find_block(c.blocks[i].name);
     const bool ok = block.uses_mixer ? (causal ? find_mixer(c.layers[i].name).supports_causal
@@ -325,11 +402,32 @@ RunConfig RunConfig::from_json(const Json& j) {
   }
   if (c.data["tokenizer"] == "sentencepiece" && c.data["spm_model"].get<std::string>().empty())
     throw Error("data.spm_model must name a SentencePiece .model file when data.tokenizer is sentencepiece");
-  if (c.data["tokenizer"] == "byte" && c.model["vocab_size"].get<int64_t>() != 256)
+  const bool translation = c.model["type"] == "encoder_decoder";
+  const bool parallel_corpus = c.data["corpus"] == "parallel" || c.data["corpus"] == "synthetic_translation";
+  if (translation != parallel_corpus)
+    throw Error(translation ? "model.type = encoder_decoder translates: data.corpus must be parallel or "
+                              "synthetic_translation, got " + c.data["corpus"].get<std::string>()
+                            : "data.corpus = " + c.data["corpus"].get<std::string>() +
+                                  " holds sentence pairs: it needs model.type = encoder_decoder");
+  if (c.data["corpus"] == "synthetic_translation" && !c.data["path"].get<std::string>().empty())
+    throw Error("data.path is not read by data.corpus synthetic_translation (the program generates it); leave it "
+                "empty");
+  if (c.data["corpus"] == "parallel" && c.data["path"].get<std::string>().empty())
+    throw Error("data.corpus parallel needs data.path: a directory with train.<source_lang>, train.<target_lang>, "
+                "valid.<source_lang> and valid.<target_lang>");
+  // The byte tokenizer has 256 symbols; the encoder-decoder adds pad, bos and eos after them.
+  const int64_t byte_vocab = translation ? 259 : 256;
+  if (c.data["tokenizer"] == "byte" && c.model["vocab_size"].get<int64_t>() != byte_vocab)
     throw Error("model.vocab_size = " + std::to_string(c.model["vocab_size"].get<int64_t>()) +
-                ", but data.tokenizer = byte has 256 symbols: set model.vocab_size to 256");
+                ", but data.tokenizer = byte has 256 symbols" + (translation ? " and the translation model adds "
+                "pad, bos and eos" : "") + ": set model.vocab_size to " + std::to_string(byte_vocab));
+  const bool noam = c.train["schedule"] == "noam";
+  if (noam && c.train["lr"].get<double>() < 0.05)
+    throw Error("train.lr = " + json_excerpt(c.train["lr"]) + " with train.schedule = noam: there train.lr is the "
+                "factor on the paper's formula d_model^-0.5 min(s^-0.5, s warmup^-1.5) (1 = the paper, 2 = "
+                "tensor2tensor v2), so this would train at a tiny fraction of it; set train.lr to about 1");
   // A warm-up that lasts the whole run never reaches the cosine, so the final rate would not be lr * min_lr_ratio.
-  if (c.train["warmup"].get<int64_t>() >= c.train["steps"].get<int64_t>())
+  if (!noam && c.train["warmup"].get<int64_t>() >= c.train["steps"].get<int64_t>())
     throw Error("train.warmup = " + std::to_string(c.train["warmup"].get<int64_t>()) +
                 " must be less than train.steps = " + std::to_string(c.train["steps"].get<int64_t>()) +
                 ": the schedule warms up to train.lr, then decays to lr * min_lr_ratio at the last step; "

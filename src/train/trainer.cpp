@@ -9,26 +9,31 @@
 #include <cmath>
 #include <cstdio>
 #include <fstream>
+#include <functional>
 #include <iostream>
 #include <sstream>
 
 #include "longseq/common.h"
 #include "longseq/runtime.h"
 #include "longseq/train.h"
+#include "longseq/train_task.h"
+#include "longseq/translation.h"
 
 namespace longseq {
 
 namespace {
 
-// splitmix64: independent seeds for each (seed, step, micro-batch), so a
-// resumed run draws the same batches and dropout masks without saved RNG state.
-uint64_t mix(uint64_t a, uint64_t b, uint64_t c = 0) {
+}  // namespace
+
+uint64_t mix_seed(uint64_t a, uint64_t b, uint64_t c) {
   uint64_t z = a * 0x9E3779B97F4A7C15ULL ^ (b + 0x632BE59BD9B4E019ULL) * 0xBF58476D1CE4E5B9ULL ^
                (c + 1) * 0x94D049BB133111EBULL;
   z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ULL;
   z = (z ^ (z >> 27)) * 0x94D049BB133111EBULL;
   return z ^ (z >> 31);
 }
+
+namespace {
 
 std::vector<std::pair<std::string, torch::Tensor>> named_params(torch::nn::Module& m) {
   std::vector<std::pair<std::string, torch::Tensor>> out;
@@ -120,7 +125,7 @@ struct Carried {
 
 // model.safetensors first: a kill between the two writes leaves the export copy
 // that eval and generate read ahead of trainer_state, never behind it.
-void save_checkpoint(const std::string& dir, LanguageModelImpl& model, const AdamW& opt, const Carried& c) {
+void save_checkpoint(const std::string& dir, torch::nn::Module& model, const AdamW& opt, const Carried& c) {
   TensorFile weights = module_tensors(model);
   weights.metadata = {{"format", "pt"}, {"step", std::to_string(c.step)}};
   save_safetensors(dir + "/model.safetensors", weights);
@@ -137,7 +142,62 @@ double seconds_since(std::chrono::steady_clock::time_point t) {
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - t).count();
 }
 
+// The learning rate of optimizer update s (1-based).
+using Schedule = std::function<double(int64_t)>;
+Schedule schedule_of(const RunConfig& cfg) {
+  const Json& t = cfg.train;
+  const int64_t steps = t["steps"], warmup = t["warmup"];
+  const double lr = t["lr"], min_ratio = t["min_lr_ratio"];
+  if (t["schedule"] == "noam") {  // Vaswani et al. 2017, sec. 5.3, eq. 3, scaled by train.lr
+    const int64_t d = cfg.model["d_model"];
+    return [=](int64_t s) { return lr * noam_learning_rate(s, d, std::max<int64_t>(warmup, 1)); };
+  }
+  return [=](int64_t s) { return learning_rate(s, steps, warmup, lr, min_ratio); };
+}
+
+// train.keep_checkpoints: the weights of the last `keep` checkpoints as checkpoints/step_<N>.safetensors, for
+// `longseq average` (Vaswani et al. 2017, sec. 6.1: the mean of the last 5 or 20).
+void keep_weights(const std::string& dir, torch::nn::Module& model, int64_t step, int64_t keep) {
+  const std::string sub = dir + "/checkpoints";
+  ::mkdir(sub.c_str(), 0755);
+  TensorFile weights = module_tensors(model);
+  weights.metadata = {{"format", "pt"}, {"step", std::to_string(step)}};
+  save_safetensors(sub + "/step_" + std::to_string(step) + ".safetensors", weights);
+  auto kept = kept_checkpoints(dir);
+  for (size_t i = 0; i + static_cast<size_t>(keep) < kept.size(); ++i) std::remove(kept[i].second.c_str());
+}
+
 }  // namespace
+
+std::vector<std::pair<int64_t, std::string>> kept_checkpoints(const std::string& run_dir) {
+  std::vector<std::pair<int64_t, std::string>> out;
+  const std::string sub = run_dir + "/checkpoints";
+  DIR* d = ::opendir(sub.c_str());
+  if (!d) return out;
+  while (dirent* e = ::readdir(d)) {
+    const std::string name = e->d_name, prefix = "step_", suffix = ".safetensors";
+    if (name.size() <= prefix.size() + suffix.size() || name.compare(0, prefix.size(), prefix) != 0 ||
+        name.compare(name.size() - suffix.size(), suffix.size(), suffix) != 0)
+      continue;
+    const std::string digits = name.substr(prefix.size(), name.size() - prefix.size() - suffix.size());
+    if (digits.empty() || digits.size() > 18 || digits.find_first_not_of("0123456789") != std::string::npos) continue;
+    out.push_back({std::stoll(digits), sub + "/" + name});
+  }
+  ::closedir(d);
+  std::sort(out.begin(), out.end());
+  return out;
+}
+
+std::unique_ptr<TrainTask> make_train_task(const RunConfig& cfg, bool quiet) {
+  const std::string type = cfg.model["type"];
+  if (type == "encoder_decoder") return make_translation_task(cfg, quiet);
+  const auto lm_types = language_model_types();
+  if (std::find(lm_types.begin(), lm_types.end(), type) == lm_types.end())
+    throw Error("train: model.type " + type + " is not trainable by `longseq train` yet (language models: " +
+                join(lm_types) + "; translation: encoder_decoder)");
+  return make_lm_task(cfg, quiet);
+}
+
 
 TrainResult train_run(const RunConfig* given, const TrainOptions& opts) {
   const std::string dir = opts.out_dir;
@@ -160,44 +220,17 @@ TrainResult train_run(const RunConfig* given, const TrainOptions& opts) {
     cfg = *given;
   }
   const Json& t = cfg.train;
-  const int64_t steps = t["steps"], B = t["batch_size"], T = t["seq_len"], accum = t["accum"];
+  const int64_t steps = t["steps"], accum = t["accum"];
   const uint64_t seed = t["seed"];
   const int64_t log_every = t["log_every"], eval_every = t["eval_every"], ckpt_every = t["checkpoint_every"],
-                eval_n = t["eval_batches"], max_nonfinite = t["max_nonfinite_steps"];
+                max_nonfinite = t["max_nonfinite_steps"], keep = t["keep_checkpoints"];
   const double time_limit = t["time_limit"];
+  const Schedule schedule = schedule_of(cfg);
 
   // Everything that can fail on bad input is checked before the run directory is touched.
-  ModelConfig mc = ModelConfig::from_json(cfg.model);
-  const auto lm_types = language_model_types();
-  if (std::find(lm_types.begin(), lm_types.end(), mc.type) == lm_types.end())
-    throw Error("train: model.type " + mc.type + " is not trainable by `longseq train` yet (language models: " +
-                join(lm_types) + ")");
-  auto tokenizer = make_tokenizer(cfg.data);
-  if (tokenizer->vocab_size() > mc.vocab_size)
-    throw Error("model.vocab_size " + std::to_string(mc.vocab_size) + " is smaller than the tokenizer's " +
-                std::to_string(tokenizer->vocab_size()));
-  if (!opts.quiet) std::fprintf(stderr, "reading corpus %s ...\n", cfg.data["corpus"].get<std::string>().c_str());
-  Corpus corpus = tokenize_corpus(read_corpus(cfg.data), *tokenizer);
-  for (const char* split : {"train", "valid"})
-    if (corpus.split(split).tokens.size(0) < T + 1)
-      throw Error(corpus_source(cfg.data) + ": the " + split + " split holds " + std::to_string(corpus.split(split).tokens.size(0)) +
-                  " tokens, fewer than train.seq_len + 1 = " + std::to_string(T + 1));
-
-  torch::manual_seed(seed);
-  LanguageModel model = make_language_model(mc);
-  // Training over a stream: B * accum rows, each its own slice; micro-batch m carries rows [m B, (m + 1) B).
-  const bool stream = t["stream"];
-  const int64_t stream_reset = t["stream_reset"];
-  const int64_t stream_S = stream ? stream_segments(corpus.train.tokens.size(0), B * accum, T) : 0;
-  std::vector<ModelState> states(stream ? accum : 0);
-  if (stream) {
-    try {
-      model->initial_state(B);
-    } catch (const Error& e) {
-      throw Error(std::string("train.stream needs every layer to stream: ") + e.what());
-    }
-  }
-  AdamW opt(named_params(*model), t["beta1"], t["beta2"], t["eps"], t["weight_decay"], decayed_parameters(*model));
+  std::unique_ptr<TrainTask> task = make_train_task(cfg, opts.quiet);
+  torch::nn::Module& model = task->model();
+  AdamW opt(named_params(model), t["beta1"], t["beta2"], t["eps"], t["weight_decay"], decayed_parameters(model));
   Carried carried;
   if (has_checkpoint) {
     TensorFile state = load_safetensors(state_path);
@@ -206,14 +239,15 @@ TrainResult train_run(const RunConfig* given, const TrainOptions& opts) {
     carried.adamw_steps = metadata_count(state, state_path, "adamw_steps", carried.step, "its step", carried.step);
     carried.nonfinite_streak =
         metadata_count(state, state_path, "nonfinite_streak", carried.step, "its step", 0);
-    load_module_tensors(*model, state, state_path, "model.");
+    load_module_tensors(model, state, state_path, "model.");
     opt.load_state(state, "adamw.", carried.adamw_steps, state_path);
   }
   const int64_t start = carried.step;
-  if (stream && start % stream_reset != 0 && start < steps)
-    throw Error("train.stream: the checkpoint in " + dir + " is at step " + std::to_string(start) +
-                ", not a multiple of train.stream_reset = " + std::to_string(stream_reset) +
-                ", where the carried state starts afresh; it cannot be resumed exactly");
+  try {
+    task->begin(start);
+  } catch (const Error& e) {
+    throw Error(std::string(e.what()) + " (run " + dir + ")");
+  }
   if (opts.resume) {
     remove_stale_temporaries(dir);
     truncate_metrics(metrics_path, start);
@@ -231,55 +265,36 @@ TrainResult train_run(const RunConfig* given, const TrainOptions& opts) {
     std::string how;
     if (opts.resume) how = has_checkpoint ? ", resuming at step " + std::to_string(start)
                                           : ", resuming a run that has no checkpoint yet: starting at step 0";
-    std::fprintf(stderr, "model: %lld parameters, %lld layers, train split %lld tokens%s\n",
-                 static_cast<long long>(count_parameters(*model)), static_cast<long long>(mc.n_layers),
-                 static_cast<long long>(corpus.train.tokens.size(0)), how.c_str());
+    std::fprintf(stderr, "model: %lld parameters, %s%s\n", static_cast<long long>(count_parameters(model)),
+                 task->summary().c_str(), how.c_str());
   }
 
-  const double train_tokens_per_byte =
-      static_cast<double>(corpus.train.tokens.size(0)) / static_cast<double>(std::max<int64_t>(corpus.train.bytes, 1));
   TrainResult result;
   result.last_step = start;
   Progress progress("train", steps);
   const auto t0 = std::chrono::steady_clock::now();
   int64_t tokens_done = 0;
-  const int64_t scored = model->scored_positions(T);
   double train_s = 0;  // time in training steps only: validation and checkpoints excluded
-  model->train();
+  model.train();
   for (int64_t step = start + 1; step <= steps; ++step) {
     if (opts.stop_after > 0 && step > opts.stop_after) return result;
     const auto step_t0 = std::chrono::steady_clock::now();
-    torch::manual_seed(mix(seed, static_cast<uint64_t>(step)));
-    const double lr = learning_rate(step, steps, t["warmup"], t["lr"], t["min_lr_ratio"]);
+    torch::manual_seed(mix_seed(seed, static_cast<uint64_t>(step)));
+    // The schedule counts optimizer updates (transformer.md P1), so skipped steps do not advance it.
+    const double lr = schedule(step);
     opt.zero_grad();
-    double loss_sum = 0, ponder_sum = 0;
-    std::map<std::string, double> aux_sums;  // the layers' losses and metrics by name (sparse experts)
+    task->begin_step(step);
+    double loss_sum = 0;
     for (int64_t micro = 0; micro < accum; ++micro) {
-      std::mt19937_64 rng(mix(seed, static_cast<uint64_t>(step), static_cast<uint64_t>(micro) + 1));
-      Batch batch;
-      ModelState* state = nullptr;
-      if (stream) {  // segment (step - 1) mod S of each row; a fresh state every stream_reset segments and at a wrap
-        const int64_t segment = (step - 1) % stream_S;
-        if ((step - 1) % stream_reset == 0 || segment == 0) states[micro] = model->initial_state(B);
-        batch = stream_batch(corpus.train.tokens, B * accum, micro * B, B, T, segment);
-        state = &states[micro];
-      } else {
-        batch = sample_batch(corpus.train.tokens, B, T, rng);
-      }
-      auto logits = model->forward(batch.input, state);  // [B, P, V]: the last P positions (Perceiver AR: latents)
-      auto target = batch.target.narrow(1, T - logits.size(1), logits.size(1));
-      auto loss = torch::nn::functional::cross_entropy(logits.reshape({-1, logits.size(-1)}), target.reshape({-1}));
-      if (opts.loss_hook) loss = opts.loss_hook(step, loss);
-      auto objective = loss;  // the language-model loss, plus the auxiliary losses (ACT's ponder cost, z-loss)
-      if (model->aux_loss().defined()) objective = loss + model->aux_loss();
-      if (model->ponder().defined()) ponder_sum += model->ponder().item<double>() / static_cast<double>(accum);
-      for (const auto& kv : model->aux_metrics()) aux_sums[kv.first] += kv.second / static_cast<double>(accum);
-      (objective / static_cast<double>(accum)).backward();
-      loss_sum += loss.item<double>() / static_cast<double>(accum);
+      const MicroResult m = task->micro_batch(step, micro, accum,
+                                              mix_seed(seed, static_cast<uint64_t>(step), static_cast<uint64_t>(micro) + 1),
+                                              opts.loss_hook);
+      loss_sum += m.loss / static_cast<double>(accum);
+      tokens_done += m.targets;
     }
     const double max_norm = t["grad_clip"];
-    double grad_norm = max_norm > 0 ? torch::nn::utils::clip_grad_norm_(model->parameters(), max_norm)
-                                    : torch::nn::utils::clip_grad_norm_(model->parameters(), 1e30);
+    double grad_norm = max_norm > 0 ? torch::nn::utils::clip_grad_norm_(model.parameters(), max_norm)
+                                    : torch::nn::utils::clip_grad_norm_(model.parameters(), 1e30);
     const bool finite = std::isfinite(loss_sum) && std::isfinite(grad_norm);
     if (finite) {
       opt.step(lr);
@@ -289,14 +304,11 @@ TrainResult train_run(const RunConfig* given, const TrainOptions& opts) {
     }
     carried.step = step;
     carried.adamw_steps = opt.steps();
-    tokens_done += B * scored * accum;  // targets trained on (Perceiver AR: its latents of the T context tokens)
     train_s += seconds_since(step_t0);
     result.losses.push_back(loss_sum);
     result.last_step = step;
     const double elapsed = seconds_since(t0);
-    const double bpb = loss_sum * train_tokens_per_byte / std::log(2.0);
     const double tps = tokens_done / std::max(train_s, 1e-9);
-    const double context_tps = tps * static_cast<double>(T) / static_cast<double>(scored);
     result.tokens_per_s = tps;
     if (!finite) {
       const std::string what = !std::isfinite(loss_sum) ? "loss" : "gradient";
@@ -315,27 +327,27 @@ TrainResult train_run(const RunConfig* given, const TrainOptions& opts) {
                            : "no checkpoint was written") +
                     "; a lower train.lr or a tighter train.grad_clip may help");
       }
-    } else if (step % log_every == 0 || step == 1) {
-      Json line = {{"step", step}, {"loss", loss_sum}, {"bpb", bpb}, {"lr", lr}, {"grad_norm", grad_norm},
-                   {"train_tokens_per_s", tps}, {"train_s", train_s}, {"elapsed_s", elapsed}};
-      if (scored != T) line["context_tokens_per_s"] = context_tps;  // inputs read per second, T per row
-      if (mc.act) line["ponder"] = ponder_sum;  // mean steps N + R per position (the cost's term, before tau)
-      for (const auto& kv : aux_sums) line[kv.first] = kv.second;
-      append_line(metrics_path, line);
     }
+    Json line = {{"step", step}, {"loss", loss_sum}, {"lr", lr}, {"grad_norm", grad_norm},
+                 {"train_tokens_per_s", tps}, {"train_s", train_s}, {"elapsed_s", elapsed}};
+    std::string progress_text;
+    task->step_fields(loss_sum, line, progress_text);
+    if (finite && (step % log_every == 0 || step == 1)) append_line(metrics_path, line);
     if (!opts.quiet) {
-      char fields[160];
-      std::snprintf(fields, sizeof fields, "loss %.4f | bpb %.3f | %.0f tok/s", loss_sum, bpb, tps);
-      progress.update(step, fields);
+      char rate[48];
+      std::snprintf(rate, sizeof rate, " | %.0f tok/s", tps);
+      progress.update(step, progress_text + rate);
     }
-    // A stream run stops for time only where its state starts afresh, so the checkpoint resumes exactly.
-    const bool time_up = time_limit > 0 && elapsed >= time_limit && (!stream || step % stream_reset == 0);
+    const bool time_up = time_limit > 0 && elapsed >= time_limit && task->may_stop_after(step);
     if (eval_every > 0 && step % eval_every == 0 && step != steps && !time_up) {
-      auto v = evaluate_lm(*model, corpus.valid, B, T, eval_n, t["eval_stride"]);
-      append_line(metrics_path,
-                  {{"step", step}, {"valid_loss", v.loss}, {"valid_bpb", v.bpb}, {"valid_eval", v.method()}});
+      Validation v = task->validate(false);
+      v.fields["step"] = step;
+      append_line(metrics_path, v.fields);
     }
-    if (step % ckpt_every == 0 || step == steps || time_up) save_checkpoint(dir, *model, opt, carried);
+    if (step % ckpt_every == 0 || step == steps || time_up) {
+      save_checkpoint(dir, model, opt, carried);
+      if (keep > 0) keep_weights(dir, model, step, keep);
+    }
     if (time_up) {
       result.stopped_by_time = true;
       if (!opts.quiet)
@@ -345,11 +357,14 @@ TrainResult train_run(const RunConfig* given, const TrainOptions& opts) {
     }
   }
   if (!opts.quiet) progress.finish();
-  result.valid = evaluate_lm(*model, corpus.valid, B, T, eval_n, t["eval_stride"]);
+  Validation v = task->validate(true);
+  result.valid = v.result;
+  result.valid_fields = v.fields;
+  result.valid_text = v.text;
   // A finished run that is resumed again already holds its final validation line.
   if (start == steps && has_validation_at(metrics_path, steps)) return result;
-  append_line(metrics_path, {{"step", result.last_step}, {"valid_loss", result.valid.loss},
-                             {"valid_bpb", result.valid.bpb}, {"valid_eval", result.valid.method()}});
+  v.fields["step"] = result.last_step;
+  append_line(metrics_path, v.fields);
   return result;
 }
 
