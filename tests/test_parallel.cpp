@@ -135,6 +135,8 @@ TEST(ParallelWmtXml, MalformedXmlNamesFileAndLine) {
   write_text(dir + "/id.xml", "<dataset><doc id=\"a\"><src><seg id=\"x1\">x</seg></src></doc></dataset>");
   EXPECT_TRUE(contains(error_of([&] { read_wmt_xml(dir + "/id.xml"); }), "x1"));
   EXPECT_TRUE(contains(error_of([&] { read_wmt_xml(dir + "/none.xml"); }), dir + "/none.xml"));
+  EXPECT_TRUE(contains(error_of([&] { read_wmt_xml(dir); }), "is a directory"));
+  EXPECT_TRUE(contains(error_of([&] { read_parallel_auto(dir + "/id.xml", dir + "/other.xml"); }), "both sides"));
 }
 
 TEST(ParallelIwslt, DropsMetadataAndKeepsTitles) {
@@ -162,7 +164,8 @@ std::vector<TranslationExample> random_examples(int64_t n, uint64_t seed) {
   std::mt19937_64 rng(seed);
   std::vector<TranslationExample> ex(static_cast<size_t>(n));
   for (auto& e : ex) {
-    const int64_t s = static_cast<int64_t>(rng() % 60), t = std::max<int64_t>(0, s + static_cast<int64_t>(rng() % 9) - 4);
+    const int64_t s = static_cast<int64_t>(rng() % 60);
+    const int64_t t = std::max<int64_t>(0, s + static_cast<int64_t>(rng() % 9) - 4);
     e.source.assign(static_cast<size_t>(s), 7);
     e.target.assign(static_cast<size_t>(t), 8);
   }

@@ -19,10 +19,14 @@ namespace longseq {
 namespace {
 
 // read_bleu_lines reads as sacreBLEU does (P4a); the existence check gives a message naming the role of the file.
-std::vector<std::string> read_lines(const std::string& path, const std::string& role) {
+void require_file(const std::string& path, const std::string& role) {
   std::error_code ec;
   if (!std::filesystem::exists(path, ec)) throw Error(role + " file " + path + " does not exist");
   if (std::filesystem::is_directory(path, ec)) throw Error(role + " file " + path + " is a directory");
+}
+
+std::vector<std::string> read_lines(const std::string& path, const std::string& role) {
+  require_file(path, role);
   return read_bleu_lines(path);
 }
 
@@ -137,7 +141,7 @@ std::vector<std::string> read_sgm_segments(const std::string& path) {
 }
 
 XmlTestSet read_wmt_xml(const std::string& path, const std::string& translator) {
-  if (!path_exists(path)) throw Error("wmt xml file " + path + " does not exist");
+  require_file(path, "wmt xml");
   const std::string text = read_file(path);
   pugi::xml_document xml;
   const auto parsed = xml.load_buffer(text.data(), text.size());
@@ -222,7 +226,7 @@ ParallelText read_iwslt_tags(const std::string& source_path, const std::string& 
 ParallelText read_parallel_auto(const std::string& source_path, const std::string& target_path) {
   const std::string ext = path_extension(source_path);
   if (ext == ".xml" && (target_path.empty() || target_path == source_path)) {
-    if (!path_exists(source_path)) throw Error("source file " + source_path + " does not exist");
+    require_file(source_path, "source");
     if (!is_wmt_xml(read_file(source_path)))
       throw Error(source_path + " is not a WMT >= 2021 XML test set (no <dataset> root): give the target file too");
     auto set = read_wmt_xml(source_path);
@@ -230,6 +234,10 @@ ParallelText read_parallel_auto(const std::string& source_path, const std::strin
   }
   if (target_path.empty()) throw Error("parallel text " + source_path + ": the target file is missing");
   if (ext == ".sgm" || ext == ".xml") {
+    require_file(source_path, "source");
+    if (ext == ".xml" && is_wmt_xml(read_file(source_path)))
+      throw Error(source_path + " is a WMT >= 2021 XML test set holding both sides: give it as the source with an"
+                  " empty target (or the same path twice), not with " + target_path);
     if (path_extension(target_path) != ext)
       throw Error("parallel text: source " + source_path + " and target " + target_path + " differ in format");
     return align_pairs(read_sgm_segments(source_path), read_sgm_segments(target_path), source_path, target_path,
@@ -270,7 +278,8 @@ std::vector<std::vector<int64_t>> length_batches(const std::vector<TranslationEx
   const int64_t n = static_cast<int64_t>(examples.size());
   int64_t total_cost = 0;
   for (int64_t i = 0; i < n; ++i) {
-    const int64_t s = static_cast<int64_t>(examples[i].source.size()), t = static_cast<int64_t>(examples[i].target.size());
+    const int64_t s = static_cast<int64_t>(examples[i].source.size());
+    const int64_t t = static_cast<int64_t>(examples[i].target.size());
     if (padded_cost(1, s, t) > max_tokens)
       throw Error("length_batches: pair " + std::to_string(i) + " (source " + std::to_string(s) + " tokens, target " +
                   std::to_string(t) + ") needs " + std::to_string(padded_cost(1, s, t)) +
@@ -331,7 +340,8 @@ TranslationBatch make_translation_batch(const std::vector<TranslationExample>& e
   b.src = torch::full({B, S}, pad_id, torch::kLong);
   b.tgt_in = torch::full({B, T}, pad_id, torch::kLong);
   b.tgt_out = torch::full({B, T}, pad_id, torch::kLong);
-  auto src = b.src.accessor<int64_t, 2>(), tin = b.tgt_in.accessor<int64_t, 2>(), tout = b.tgt_out.accessor<int64_t, 2>();
+  auto src = b.src.accessor<int64_t, 2>(), tin = b.tgt_in.accessor<int64_t, 2>();
+  auto tout = b.tgt_out.accessor<int64_t, 2>();
   b.src_pad = torch::ones({B, S}, torch::kBool);
   b.tgt_pad = torch::ones({B, T}, torch::kBool);
   auto spad = b.src_pad.accessor<bool, 2>(), tpad = b.tgt_pad.accessor<bool, 2>();

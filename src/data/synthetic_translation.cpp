@@ -117,7 +117,8 @@ constexpr size_t count_of(const T (&)[N]) {
 }
 
 const char* const kSynDefinite[3][3] = {{"der", "die", "das"}, {"den", "die", "das"}, {"dem", "der", "dem"}};
-const char* const kSynIndefinite[3][3] = {{"ein", "eine", "ein"}, {"einen", "eine", "ein"}, {"einem", "einer", "einem"}};
+const char* const kSynIndefinite[3][3] = {
+    {"ein", "eine", "ein"}, {"einen", "eine", "ein"}, {"einem", "einer", "einem"}};
 // Weak endings after the definite article, mixed endings after the indefinite one: [case][gender].
 const char* const kSynWeakEnding[3][3] = {{"e", "e", "e"}, {"en", "e", "e"}, {"en", "en", "en"}};
 const char* const kSynMixedEnding[3][3] = {{"er", "e", "es"}, {"en", "e", "es"}, {"en", "en", "en"}};
