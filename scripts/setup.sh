@@ -10,6 +10,7 @@ packages=(
   nlohmann-json3-dev       # configs, metrics, safetensors headers
   libcli11-dev             # command line
   libsentencepiece-dev     # subword tokenizers
+  libpugixml-dev           # XML parser for WMT >= 2021 test sets
   libgtest-dev             # tests
   libbenchmark-dev         # micro-benchmarks
   clang-14                 # the fuzz targets (fuzz/): libFuzzer comes with clang
