@@ -28,6 +28,9 @@ std::unique_ptr<Tokenizer> load_sentencepiece(const std::string& model_path);
 // Trains a SentencePiece model on a text file; writes PREFIX.model and PREFIX.vocab.
 void train_sentencepiece(const std::string& input_file, const std::string& model_prefix,
                          int64_t vocab_size, const std::string& model_type = "unigram");
+// One vocabulary over several files (the joint source-target vocabulary of translation, Vaswani et al. 2017 sec. 5.1).
+void train_sentencepiece(const std::vector<std::string>& input_files, const std::string& model_prefix,
+                         int64_t vocab_size, const std::string& model_type = "unigram");
 // The tokenizer a config's data section asks for.
 std::unique_ptr<Tokenizer> make_tokenizer(const Json& data_cfg);
 

@@ -9,6 +9,7 @@
 #include <iostream>
 #include <thread>
 
+#include "commands.h"
 #include "longseq/bench.h"
 #include "longseq/blocks.h"
 #include "longseq/bleu.h"
@@ -169,7 +170,8 @@ int main(int argc, char** argv) {
 
   auto* config = app.add_subcommand("config", "print the embedded default config (the README's main job)");
 
-  auto* train = app.add_subcommand("train", "train a decoder LM; writes a run directory");
+  auto* train = app.add_subcommand("train", "train a language model or a translation model (by model.type); writes a "
+                                            "run directory");
   std::string config_path, out_dir;
   std::vector<std::string> sets;
   bool resume = false, quiet = false;
@@ -179,7 +181,8 @@ int main(int argc, char** argv) {
   train->add_option("--set", sets, "override a config key: section.key=value (repeatable)");
   train->add_flag("--resume", resume, "continue the run in --out from its last checkpoint");
   train->add_flag("--quiet", quiet, "no progress display");
-  train->add_option("--sample", sample_len, "bytes of text to generate after training (0 = none)")
+  train->add_option("--sample", sample_len, "bytes of text to generate after training (0 = none; a translation run "
+                                            "shows three validation sentences translated instead)")
       ->check(number_in(0, 1e9));
 
   auto* eval = app.add_subcommand("eval", "evaluate a run: loss, bits per byte, perplexity");
@@ -216,6 +219,40 @@ int main(int argc, char** argv) {
       "mem_len=3800 for Transformer-XL's longer memory at test time; options that change the weights fail to load";
   eval->add_option("--mixer-option", mixer_sets, mixer_set_help);
 
+  DecodeOptions decode;
+  int64_t bleu_sentences = 0;
+  std::string hyp_out;
+  auto add_decode_options = [&](CLI::App* cmd) {
+    cmd->add_option("--beam", decode.beam, "translation: beam size (1 = greedy; the paper: 4)")->check(number_in(1, 1024));
+    cmd->add_option("--alpha", decode.alpha, "translation: GNMT length penalty exponent (the paper: 0.6)")
+        ->check(number_in(0, 100));
+    cmd->add_option("--extra-len", decode.extra_len, "translation: at most source tokens + this many target tokens")
+        ->check(number_in(1, 1e6));
+    cmd->add_option("--decode-batch", decode.batch, "translation, greedy: sentences decoded together")
+        ->check(number_in(1, 1 << 20));
+  };
+  add_decode_options(eval);
+  eval->add_option("--bleu-sentences", bleu_sentences, "translation: score the first N sentences (0 = all)")
+      ->check(number_in(0, 1e9));
+  eval->add_option("--hypotheses", hyp_out, "translation: write the decoded sentences to this file");
+
+  auto* translate = app.add_subcommand("translate", "translate sentences with a translation run (one per line)");
+  std::string tr_input, tr_output;
+  translate->add_option("run", run_dir, "run directory")->required();
+  translate->add_option("--input", tr_input, "file of source sentences, one per line (default or -: stdin)");
+  translate->add_option("--output", tr_output, "file to write the translations to (default or -: stdout)");
+  translate->add_flag("--quiet", quiet, "no progress display");
+  add_decode_options(translate);
+
+  auto* average = app.add_subcommand("average", "average the weights of a run's last checkpoints into a new run "
+                                                "directory (Vaswani et al. 2017, sec. 6.1)");
+  int64_t avg_last = 5;
+  std::string avg_out;
+  average->add_option("run", run_dir, "run directory trained with train.keep_checkpoints > 0")->required();
+  average->add_option("--last", avg_last, "average the last K kept checkpoints (the paper: 5)")
+      ->check(number_in(1, 1e6));
+  average->add_option("--out", avg_out, "new run directory to write")->required();
+
   auto* gen = app.add_subcommand("generate", "generate text from a run");
   std::string prompt;
   int64_t max_new = 200;
@@ -232,9 +269,11 @@ int main(int argc, char** argv) {
   gen->add_option("--mixer-option", mixer_sets, mixer_set_help);
 
   auto* tok = app.add_subcommand("tokenizer", "train a SentencePiece model");
-  std::string tok_input, tok_out, tok_type = "unigram";
+  std::vector<std::string> tok_inputs;
+  std::string tok_out, tok_type = "unigram";
   int64_t tok_vocab = 4096;
-  tok->add_option("--input", tok_input, "text file to train on")->required();
+  tok->add_option("--input", tok_inputs, "text file to train on; repeat it for one joint vocabulary over several "
+                                         "files (translation: both sides)")->required();
   tok->add_option("--out", tok_out, "output prefix (writes PREFIX.model, PREFIX.vocab)")->required();
   tok->add_option("--vocab", tok_vocab, "vocabulary size")->check(number_in(8, 1 << 20));
   tok->add_option("--type", tok_type, "unigram or bpe")->check(CLI::IsMember({"unigram", "bpe"}));
@@ -375,6 +414,20 @@ int main(int argc, char** argv) {
       opts.resume = resume;
       opts.quiet = quiet;
       auto r = train_run(use_given ? &cfg : nullptr, opts);
+      if (is_translation_run(out_dir)) {
+        std::printf("step %lld: %s\n", static_cast<long long>(r.last_step), r.valid_text.c_str());
+        if (sample_len > 0) {
+          auto run = load_translation_run(out_dir);
+          const auto valid = read_translation_corpus(run.config.data).valid;
+          const size_t n = std::min<size_t>(3, valid.source.size());
+          const std::vector<std::string> src(valid.source.begin(), valid.source.begin() + static_cast<long>(n));
+          const auto hyp = translate_sentences(*run.model, *run.tokenizer, run.ids, src, DecodeOptions{});
+          for (size_t i = 0; i < n; ++i)
+            std::printf("source:      %s\nreference:   %s\ntranslation: %s (beam 4)\n", src[i].c_str(),
+                        valid.target[i].c_str(), hyp[i].c_str());
+        }
+        return 0;
+      }
       std::printf("step %lld: validation loss %.4f nats/token, %.4f bits per byte, perplexity %.3f\n(%s)\n",
                   static_cast<long long>(r.last_step), r.valid.loss, r.valid.bpb, r.valid.ppl,
                   r.valid.method().c_str());
@@ -388,6 +441,16 @@ int main(int argc, char** argv) {
         note_position_limit(run, ids.size(), sample_len);
         std::printf("sample:\n%s%s\n", p.c_str(), run.tokenizer->decode(ids).c_str());
       }
+    } else if (*eval && is_translation_run(run_dir)) {
+      if (eval_stream || eval_len > 0 || eval_stride > 0 || eval_batch > 0 || eval_max > 0 || !mixer_sets.empty())
+        throw Error("eval: --stream, --seq-len, --stride, --batch-size, --max-batches and --mixer-option apply to "
+                    "language-model runs; " + run_dir + " holds a translation model (use --beam, --alpha, "
+                    "--bleu-sentences)");
+      eval_translation(run_dir, split, bleu_sentences, decode, as_json, hyp_out);
+    } else if (*translate) {
+      translate_command(run_dir, tr_input, tr_output, decode, quiet);
+    } else if (*average) {
+      average_command(run_dir, avg_last, avg_out);
     } else if (*eval) {
       auto run = load_run(run_dir, mixer_overrides(mixer_sets));
       auto text = read_corpus(run.config.data);
@@ -498,7 +561,7 @@ int main(int argc, char** argv) {
       const auto r = corpus_bleu(hyps, refs, bleu_opts);
       std::printf("%s\n%s\n", r.summary().c_str(), r.signature.c_str());
     } else if (*tok) {
-      train_sentencepiece(tok_input, tok_out, tok_vocab, tok_type);
+      train_sentencepiece(tok_inputs, tok_out, tok_vocab, tok_type);
       std::printf("wrote %s.model and %s.vocab\n", tok_out.c_str(), tok_out.c_str());
     }
   } catch (const Error& e) {

@@ -141,7 +141,20 @@ std::unique_ptr<Tokenizer> load_sentencepiece(const std::string& model_path) {
 
 void train_sentencepiece(const std::string& input_file, const std::string& model_prefix,
                          int64_t vocab_size, const std::string& model_type) {
-  if (!path_exists(input_file)) throw Error("SentencePiece training input " + input_file + " does not exist");
+  train_sentencepiece(std::vector<std::string>{input_file}, model_prefix, vocab_size, model_type);
+}
+
+void train_sentencepiece(const std::vector<std::string>& inputs, const std::string& model_prefix, int64_t vocab_size,
+                         const std::string& model_type) {
+  if (inputs.empty()) throw Error("SentencePiece training needs at least one input file");
+  std::string input_file;  // SentencePiece's --input takes a comma-separated list: one vocabulary over all files
+  for (const auto& f : inputs) {
+    if (!path_exists(f)) throw Error("SentencePiece training input " + f + " does not exist");
+    if (f.find_first_of(", \t\n") != std::string::npos)
+      throw Error("SentencePiece training input \"" + f + "\": a path with a comma or whitespace cannot be passed "
+                  "to SentencePiece's trainer; rename or link it");
+    input_file += (input_file.empty() ? "" : ",") + f;
+  }
   // Lossless: decode(encode(text)) == text for valid UTF-8, so bits per byte
   // counts every byte of the text and generated text keeps its layout. The
   // identity rule keeps NFKC from rewriting characters; spaces are neither

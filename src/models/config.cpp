@@ -289,7 +289,6 @@ ModelConfig ModelConfig::from_json(const Json& raw) {
   c.pooling = j["pooling"];
   c.decoder_mixer = parse_mixer_spec(j["decoder_mixer"], "model.decoder_mixer");
   c.post_norm = j["norm"] == "post";
-  if (c.type == "encoder_decoder") check_encoder_decoder_keys(j, c);
   if (c.d_model % c.n_heads != 0)
     throw Error("model.d_model = " + std::to_string(c.d_model) +
                 " must be a multiple of model.n_heads = " + std::to_string(c.n_heads));
@@ -378,6 +377,7 @@ ModelConfig ModelConfig::from_json(const Json& raw) {
       throw Error("model layer " + std::to_string(i) + ": model.type = perceiver_ar builds its latent layers as "
                   "standard blocks; block " + block.name + " is not one");
   }
+  if (c.type == "encoder_decoder") check_encoder_decoder_keys(j, c);
   return c;
 }
 

@@ -10,6 +10,9 @@ LoadedRun load_run(const std::string& dir, const Json& mixer_overrides) {
   if (!path_exists(config_path)) throw Error(dir + " is not a run directory: it has no config.json");
   LoadedRun run;
   run.config = load_run_config(config_path);
+  if (run.config.model["type"] == "encoder_decoder")
+    throw Error(dir + " holds a translation model (model.type encoder_decoder): use `longseq translate` or `longseq "
+                "eval` on it");
   run.model_config = ModelConfig::from_json(run.config.model);
   if (!mixer_overrides.empty()) override_mixer_options(run.model_config, mixer_overrides, "--mixer-option");
   if (run.config.data["tokenizer"] == "sentencepiece") run.tokenizer = load_sentencepiece(dir + "/tokenizer.model");
