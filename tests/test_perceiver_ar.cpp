@@ -327,6 +327,26 @@ TEST(PerceiverAR, TheUntiedHeadStartsAtZeroAndEvaluationScoresTheLatentTargets) 
   EXPECT_NEAR(r.loss, expect, 1e-5);
 }
 
+// ModelState::reorder (a beam's pruning) reorders the cross cache, the token window and the latent layers' states: the
+// continuation equals decoding the selected rows from scratch, across refills.
+TEST(PerceiverAR, ReorderedStateContinuesTheSelectedRows) {
+  torch::manual_seed(15);
+  auto j = model_json(8);
+  j["reset_latents"] = 3;
+  auto m = make(j);
+  m->eval();
+  torch::NoGradGuard ng;
+  auto seq = torch::randint(kV, {3, 10}, torch::kLong), next = torch::randint(kV, {4, 8}, torch::kLong);
+  const auto index = torch::tensor({2, 0, 0, 1}, torch::kLong);
+  ModelState st = m->initial_state(3), ref = m->initial_state(4);
+  m->forward(seq, &st);
+  EXPECT_THROW(st.reorder(torch::tensor({3}, torch::kLong)), Error);
+  st.reorder(index);
+  m->forward(seq.index_select(0, index), &ref);
+  for (int64_t t = 0; t < 8; ++t)  // past 8 latents: refills
+    EXPECT_LT(max_diff(m->forward(next.narrow(1, t, 1), &st), m->forward(next.narrow(1, t, 1), &ref)), 1e-6) << t;
+}
+
 TEST(PerceiverAR, DecodingPastMaxLenReadsTheLastMaxLenInputsAtEachRefill) {
   torch::manual_seed(14);
   auto j = model_json(8);
