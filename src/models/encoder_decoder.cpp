@@ -2,6 +2,8 @@
 #include "longseq/encoder_decoder.h"
 
 #include <cmath>
+#include <memory>
+#include <string>
 
 #include "longseq/blocks.h"
 #include "longseq/common.h"
@@ -196,27 +198,71 @@ EncoderDecoderState EncoderDecoderImpl::initial_state(const torch::Tensor& memor
   return state;
 }
 
-BeamStep make_translation_step(EncoderDecoderImpl& model, const torch::Tensor& src) {
+void EncoderDecoderState::reorder(const torch::Tensor& index) {
+  const int64_t rows = layers.empty() ? rows_of({src_pad}) : rows_of({layers.front().cross_k, src_pad});
+  auto i = reorder_index(index, rows, "encoder_decoder state");
+  for (auto& l : layers) {
+    l.self->reorder(i);
+    l.cross_k = select_rows(l.cross_k, i), l.cross_v = select_rows(l.cross_v, i);
+  }
+  src_pad = select_rows(src_pad, i);
+}
+
+namespace {
+
+// The memory [1, S, C] of one sentence src ([S] or [1, S]), encoded without gradients.
+torch::Tensor encode_one(EncoderDecoderImpl& model, const torch::Tensor& src) {
   TORCH_CHECK(src.dim() == 1 || (src.dim() == 2 && src.size(0) == 1),
               "translation step: src must be one sentence, [S] or [1, S], got ", src.sizes());
-  auto src2 = src.dim() == 1 ? src.unsqueeze(0) : src;
-  torch::Tensor memory;
-  {
-    torch::NoGradGuard no_grad;
-    memory = model.encode(src2);
+  torch::NoGradGuard no_grad;
+  return model.encode(src.dim() == 1 ? src.unsqueeze(0) : src);
+}
+
+// A fresh state for memory that can reorder its rows, or none (the decoder mixer does not stream, or a state refuses
+// reorder): probing with row 0 of the fresh state changes nothing.
+std::shared_ptr<EncoderDecoderState> reorderable_state(EncoderDecoderImpl& model, const torch::Tensor& memory,
+                                                       std::string* why) {
+  try {
+    auto st = std::make_shared<EncoderDecoderState>(model.initial_state(memory));
+    st->reorder(torch::zeros({memory.size(0)}, torch::kLong));
+    return st;
+  } catch (const Error& e) {
+    if (why) *why = e.what();
+    return nullptr;
   }
-  // The registry's MixerStates have no interface to reorder rows after beam pruning, so each step recomputes the
-  // decoder over every hypothesis's whole prefix instead of keeping a per-hypothesis cache.
+}
+
+// The cached step: the state's rows follow the parents, then one token per hypothesis.
+BeamStep cached_translation_step(EncoderDecoderImpl& model, std::shared_ptr<EncoderDecoderState> state) {
+  EncoderDecoderImpl* m = &model;
+  const auto device = state->layers.front().cross_k.device();
+  return [m, state, device](const torch::Tensor& parents, const torch::Tensor& tokens) {
+    torch::NoGradGuard no_grad;
+    TORCH_CHECK(parents.dim() == 1 && tokens.dim() == 1 && parents.size(0) == tokens.size(0),
+                "translation step: parents and tokens must be [n] each, got ", parents.sizes(), " and ", tokens.sizes());
+    state->reorder(parents);
+    auto logits = m->decode(tokens.to(device, torch::kLong).unsqueeze(1), {}, {}, state.get());  // [n, 1, V]
+    return torch::log_softmax(logits.select(1, 0).to(torch::kDouble), -1);
+  };
+}
+
+// The recomputing step: every hypothesis's whole prefix through the decoder, each call.
+BeamStep recomputing_translation_step(EncoderDecoderImpl& model, const torch::Tensor& memory) {
   auto prefixes = std::make_shared<std::vector<std::vector<int64_t>>>(1);
   EncoderDecoderImpl* m = &model;
   return [m, memory, prefixes](const torch::Tensor& parents, const torch::Tensor& tokens) {
     torch::NoGradGuard no_grad;
     auto par = parents.to(torch::kCPU).to(torch::kLong).contiguous();
     auto tok = tokens.to(torch::kCPU).to(torch::kLong).contiguous();
-    const int64_t n = tok.size(0);
+    const int64_t n = tok.size(0), rows = static_cast<int64_t>(prefixes->size());
+    TORCH_CHECK(par.dim() == 1 && par.size(0) == n, "translation step: parents and tokens must be [n] each");
     std::vector<std::vector<int64_t>> next(n);
     for (int64_t i = 0; i < n; ++i) {
-      next[i] = prefixes->at(par[i].item<int64_t>());
+      const int64_t p = par[i].item<int64_t>();
+      if (p < 0 || p >= rows)
+        throw Error("translation step: parent " + std::to_string(p) + " is out of range for " + std::to_string(rows) +
+                    " hypotheses");
+      next[i] = (*prefixes)[p];
       next[i].push_back(tok[i].item<int64_t>());
     }
     *prefixes = std::move(next);
@@ -229,14 +275,37 @@ BeamStep make_translation_step(EncoderDecoderImpl& model, const torch::Tensor& s
   };
 }
 
-BeamHypothesis translate_greedy(EncoderDecoderImpl& model, const torch::Tensor& src, BeamOptions options) {
-  options.bos = model.config().bos_id;  // the decoder input starts with the model's start token
-  return greedy_search(make_translation_step(model, src), options);
+}  // namespace
+
+bool translation_can_cache(EncoderDecoderImpl& model) {
+  torch::NoGradGuard no_grad;
+  auto memory = torch::zeros({1, 1, model.config().d_model}, model.embedding()->weight.options());
+  return reorderable_state(model, memory, nullptr) != nullptr;
 }
 
-BeamHypothesis translate_beam(EncoderDecoderImpl& model, const torch::Tensor& src, BeamOptions options) {
+BeamStep make_translation_step(EncoderDecoderImpl& model, const torch::Tensor& src, TranslationDecoding how) {
+  auto memory = encode_one(model, src);
+  if (how != TranslationDecoding::kRecompute) {
+    std::string why;
+    torch::NoGradGuard no_grad;
+    if (auto state = reorderable_state(model, memory, &why)) return cached_translation_step(model, state);
+    if (how == TranslationDecoding::kCached)
+      throw Error("translation step: cannot decode mixer " + model.config().decoder_mixer.name +
+                  " with a cache: " + why);
+  }
+  return recomputing_translation_step(model, memory);
+}
+
+BeamHypothesis translate_greedy(EncoderDecoderImpl& model, const torch::Tensor& src, BeamOptions options,
+                                TranslationDecoding how) {
   options.bos = model.config().bos_id;  // the decoder input starts with the model's start token
-  return beam_search(make_translation_step(model, src), options);
+  return greedy_search(make_translation_step(model, src, how), options);
+}
+
+BeamHypothesis translate_beam(EncoderDecoderImpl& model, const torch::Tensor& src, BeamOptions options,
+                              TranslationDecoding how) {
+  options.bos = model.config().bos_id;  // the decoder input starts with the model's start token
+  return beam_search(make_translation_step(model, src, how), options);
 }
 
 }  // namespace longseq
