@@ -211,6 +211,27 @@ TEST(EncoderDecoder, CachedBeamEqualsRecomputingBeam) {
   }
 }
 
+// Sentences of different lengths translated together (padded source, one decoder call per position) give what each
+// gives alone, cached and recomputing.
+TEST(EncoderDecoder, BatchedTranslationEqualsEachSentenceAlone) {
+  for (const Json& mixer : {Json{{"name", "full"}}, Json{{"name", "routing"}, {"clusters", 1}}}) {
+    auto m = model_with_decoder(mixer, 10);
+    std::vector<torch::Tensor> sources = {tokens(1, 6)[0], tokens(1, 3)[0], tokens(1, 8)[0]};
+    BeamOptions o;
+    o.beam = 3, o.alpha = 0.6, o.max_len = 9, o.eos = 2;
+    auto got = translate_batch(*m, sources, o);
+    ASSERT_EQ(got.size(), sources.size());
+    for (size_t s = 0; s < sources.size(); ++s) {
+      auto want = translate_beam(*m, sources[s], o);
+      EXPECT_EQ(got[s].tokens, want.tokens) << mixer.dump() << " sentence " << s;
+      EXPECT_NEAR(got[s].score, want.score, 1e-4) << mixer.dump() << " sentence " << s;
+    }
+  }
+  auto m = small_model(true, 11);
+  EXPECT_THROW(translate_batch(*m, {}, BeamOptions{}), Error);
+  EXPECT_THROW(translate_batch(*m, {tokens(2, 3)}, BeamOptions{}), Error);
+}
+
 TEST(EncoderDecoder, CachedGreedyEqualsBeamOne) {
   auto m = small_model(false, 9);
   auto src = tokens(1, 6)[0];

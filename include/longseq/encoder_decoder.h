@@ -115,5 +115,10 @@ BeamHypothesis translate_greedy(EncoderDecoderImpl& model, const torch::Tensor& 
                                 TranslationDecoding how = TranslationDecoding::kAuto);
 BeamHypothesis translate_beam(EncoderDecoderImpl& model, const torch::Tensor& src, BeamOptions options,
                               TranslationDecoding how = TranslationDecoding::kAuto);
+// Beam search over several sentences at once (each [S_i] long, no padding): one padded encoder pass, then one decoder
+// call per position for every sentence still searching (beam_search_batch); each result is what translate_beam
+// gives that sentence alone, up to float round-off of the batched, padded computation.
+std::vector<BeamHypothesis> translate_batch(EncoderDecoderImpl& model, const std::vector<torch::Tensor>& sources,
+                                            BeamOptions options, TranslationDecoding how = TranslationDecoding::kAuto);
 
 }  // namespace longseq

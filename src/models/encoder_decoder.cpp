@@ -1,6 +1,7 @@
 // The original Transformer's encoder-decoder (Vaswani et al. 2017, sec. 3): see longseq/encoder_decoder.h.
 #include "longseq/encoder_decoder.h"
 
+#include <algorithm>
 #include <cmath>
 #include <memory>
 #include <string>
@@ -218,13 +219,13 @@ torch::Tensor encode_one(EncoderDecoderImpl& model, const torch::Tensor& src) {
   return model.encode(src.dim() == 1 ? src.unsqueeze(0) : src);
 }
 
-// A fresh state for memory that can reorder its rows, or none (the decoder mixer does not stream, or a state refuses
-// reorder): probing with row 0 of the fresh state changes nothing.
+// A fresh state for memory [N, S, C] and src_pad that can reorder its rows, or none (the decoder mixer does not stream,
+// or a state refuses reorder): probing with the identity changes nothing.
 std::shared_ptr<EncoderDecoderState> reorderable_state(EncoderDecoderImpl& model, const torch::Tensor& memory,
-                                                       std::string* why) {
+                                                       const torch::Tensor& src_pad, std::string* why) {
   try {
-    auto st = std::make_shared<EncoderDecoderState>(model.initial_state(memory));
-    st->reorder(torch::zeros({memory.size(0)}, torch::kLong));
+    auto st = std::make_shared<EncoderDecoderState>(model.initial_state(memory, src_pad));
+    st->reorder(torch::arange(memory.size(0), torch::kLong));
     return st;
   } catch (const Error& e) {
     if (why) *why = e.what();
@@ -246,33 +247,57 @@ BeamStep cached_translation_step(EncoderDecoderImpl& model, std::shared_ptr<Enco
   };
 }
 
-// The recomputing step: every hypothesis's whole prefix through the decoder, each call.
-BeamStep recomputing_translation_step(EncoderDecoderImpl& model, const torch::Tensor& memory) {
-  auto prefixes = std::make_shared<std::vector<std::vector<int64_t>>>(1);
+// The recomputing step: every hypothesis's whole prefix through the decoder, each call, against its sentence's
+// memory row (memory [N, S, C], src_pad [N, S] or undefined; the start state has one row per sentence).
+BeamStep recomputing_translation_step(EncoderDecoderImpl& model, const torch::Tensor& memory,
+                                      const torch::Tensor& src_pad) {
+  struct Rows {
+    std::vector<std::vector<int64_t>> prefixes;
+    std::vector<int64_t> sentence;  // the memory row of each hypothesis
+  };
+  auto rows = std::make_shared<Rows>();
+  rows->prefixes.resize(memory.size(0));
+  for (int64_t s = 0; s < memory.size(0); ++s) rows->sentence.push_back(s);
   EncoderDecoderImpl* m = &model;
-  return [m, memory, prefixes](const torch::Tensor& parents, const torch::Tensor& tokens) {
+  return [m, memory, src_pad, rows](const torch::Tensor& parents, const torch::Tensor& tokens) {
     torch::NoGradGuard no_grad;
     auto par = parents.to(torch::kCPU).to(torch::kLong).contiguous();
     auto tok = tokens.to(torch::kCPU).to(torch::kLong).contiguous();
-    const int64_t n = tok.size(0), rows = static_cast<int64_t>(prefixes->size());
-    TORCH_CHECK(par.dim() == 1 && par.size(0) == n, "translation step: parents and tokens must be [n] each");
-    std::vector<std::vector<int64_t>> next(n);
+    TORCH_CHECK(par.dim() == 1 && tok.dim() == 1 && par.size(0) == tok.size(0),
+                "translation step: parents and tokens must be [n] each, got ", par.sizes(), " and ", tok.sizes());
+    const int64_t n = tok.size(0), held = static_cast<int64_t>(rows->prefixes.size());
+    Rows next;
     for (int64_t i = 0; i < n; ++i) {
       const int64_t p = par[i].item<int64_t>();
-      if (p < 0 || p >= rows)
-        throw Error("translation step: parent " + std::to_string(p) + " is out of range for " + std::to_string(rows) +
+      if (p < 0 || p >= held)
+        throw Error("translation step: parent " + std::to_string(p) + " is out of range for " + std::to_string(held) +
                     " hypotheses");
-      next[i] = (*prefixes)[p];
-      next[i].push_back(tok[i].item<int64_t>());
+      next.prefixes.push_back(rows->prefixes[p]);
+      next.prefixes.back().push_back(tok[i].item<int64_t>());
+      next.sentence.push_back(rows->sentence[p]);
     }
-    *prefixes = std::move(next);
-    const int64_t L = static_cast<int64_t>(prefixes->front().size());
+    *rows = std::move(next);
+    const int64_t L = static_cast<int64_t>(rows->prefixes.front().size());
     auto tgt = torch::empty({n, L}, torch::kLong);
-    for (int64_t i = 0; i < n; ++i)
-      tgt[i].copy_(torch::tensor((*prefixes)[i], torch::kLong));
-    auto logits = m->decode(tgt.to(memory.device()), memory.expand({n, memory.size(1), memory.size(2)}), {});
+    for (int64_t i = 0; i < n; ++i) tgt[i].copy_(torch::tensor(rows->prefixes[i], torch::kLong));
+    auto which = torch::tensor(rows->sentence, torch::kLong);
+    auto logits = m->decode(tgt.to(memory.device()), select_rows(memory, which), select_rows(src_pad, which));
     return torch::log_softmax(logits.select(1, L - 1).to(torch::kDouble), -1);
   };
+}
+
+// The step over memory [N, S, C] and src_pad, decoding as `how` says.
+BeamStep translation_step_over(EncoderDecoderImpl& model, const torch::Tensor& memory, const torch::Tensor& src_pad,
+                               TranslationDecoding how) {
+  if (how != TranslationDecoding::kRecompute) {
+    std::string why;
+    torch::NoGradGuard no_grad;
+    if (auto state = reorderable_state(model, memory, src_pad, &why)) return cached_translation_step(model, state);
+    if (how == TranslationDecoding::kCached)
+      throw Error("translation step: cannot decode mixer " + model.config().decoder_mixer.name +
+                  " with a cache: " + why);
+  }
+  return recomputing_translation_step(model, memory, src_pad);
 }
 
 }  // namespace
@@ -280,20 +305,39 @@ BeamStep recomputing_translation_step(EncoderDecoderImpl& model, const torch::Te
 bool translation_can_cache(EncoderDecoderImpl& model) {
   torch::NoGradGuard no_grad;
   auto memory = torch::zeros({1, 1, model.config().d_model}, model.embedding()->weight.options());
-  return reorderable_state(model, memory, nullptr) != nullptr;
+  return reorderable_state(model, memory, {}, nullptr) != nullptr;
 }
 
 BeamStep make_translation_step(EncoderDecoderImpl& model, const torch::Tensor& src, TranslationDecoding how) {
-  auto memory = encode_one(model, src);
-  if (how != TranslationDecoding::kRecompute) {
-    std::string why;
-    torch::NoGradGuard no_grad;
-    if (auto state = reorderable_state(model, memory, &why)) return cached_translation_step(model, state);
-    if (how == TranslationDecoding::kCached)
-      throw Error("translation step: cannot decode mixer " + model.config().decoder_mixer.name +
-                  " with a cache: " + why);
+  return translation_step_over(model, encode_one(model, src), {}, how);
+}
+
+std::vector<BeamHypothesis> translate_batch(EncoderDecoderImpl& model, const std::vector<torch::Tensor>& sources,
+                                            BeamOptions options, TranslationDecoding how) {
+  if (sources.empty()) throw Error("translate_batch: no source sentences");
+  int64_t S = 0;
+  for (size_t i = 0; i < sources.size(); ++i) {
+    if (sources[i].dim() != 1 || sources[i].numel() < 1)
+      throw Error("translate_batch: source " + std::to_string(i) + " must be a non-empty [S] of token ids, got " +
+                  c10::str(sources[i].sizes()));
+    S = std::max(S, sources[i].size(0));
   }
-  return recomputing_translation_step(model, memory);
+  const int64_t N = static_cast<int64_t>(sources.size());
+  const auto device = model.embedding()->weight.device();
+  auto src = torch::full({N, S}, model.config().pad_id, torch::TensorOptions().dtype(torch::kLong).device(device));
+  auto pad = torch::ones({N, S}, torch::TensorOptions().dtype(torch::kBool).device(device));
+  for (int64_t i = 0; i < N; ++i) {  // right padding, masked in the encoder and in the cross-attention
+    const int64_t n = sources[i].size(0);
+    src[i].narrow(0, 0, n).copy_(sources[i]);
+    pad[i].narrow(0, 0, n).fill_(false);
+  }
+  torch::Tensor memory;
+  {
+    torch::NoGradGuard no_grad;
+    memory = model.encode(src, pad);
+  }
+  options.bos = model.config().bos_id;  // the decoder input starts with the model's start token
+  return beam_search_batch(translation_step_over(model, memory, pad, how), N, options);
 }
 
 BeamHypothesis translate_greedy(EncoderDecoderImpl& model, const torch::Tensor& src, BeamOptions options,
