@@ -245,9 +245,14 @@ TEST_P(MixerInvariants, StreamingInChunksEqualsWhole) {
 
 // A state reordered to rows `index` (a beam's pruning: more rows than before, one repeated, one dropped) continues
 // as the streams of the selected rows' prefixes from scratch do; at prefix 0 the state holds nothing yet.
-// `run(x, pad, state, offset)` -> [B, T, C]; `fresh(B)` -> a state for B rows.
-template <typename Run, typename Fresh>
-void expect_reorder_continues_selected_rows(Run run, Fresh fresh) {
+// `m`: a mixer or a layer (forward(x, ctx) -> [B, T, C], initial_state(B)).
+template <typename Module>
+void expect_reorder_continues_selected_rows(const Module& m) {
+  auto run = [&](const torch::Tensor& x, const torch::Tensor& pad, MixerState* st, int64_t offset) {
+    MixContext ctx;
+    ctx.causal = true, ctx.padding_mask = pad, ctx.state = st, ctx.offset = offset;
+    return m->forward(x, ctx);
+  };
   const auto index = torch::tensor({2, 0, 0, 1}, torch::kLong);
   for (int64_t prefix : {0, 8}) {
     auto x = torch::randn({3, prefix, kC}, torch::kDouble);
@@ -265,7 +270,7 @@ void expect_reorder_continues_selected_rows(Run run, Fresh fresh) {
       }
       return torch::cat(parts, 1);
     };
-    auto st = fresh(3);
+    auto st = m->initial_state(3);
     ASSERT_TRUE(st);
     if (prefix > 0) run(x, pad, st.get(), 0);
     if (prefix > 0) EXPECT_THROW(st->reorder(torch::tensor({0, 3}, torch::kLong)), Error) << "row 3 of 3";
@@ -273,25 +278,19 @@ void expect_reorder_continues_selected_rows(Run run, Fresh fresh) {
     EXPECT_THROW(st->reorder(torch::zeros({2, 2}, torch::kLong)), Error);
     st->reorder(index);
     torch::Tensor got = continue_from(st.get());
-    auto ref = fresh(4);
+    auto ref = m->initial_state(4);
     if (prefix > 0) run(x.index_select(0, index), pad.index_select(0, index), ref.get(), 0);
     torch::Tensor want = continue_from(ref.get());
     auto real = ~next_pad;
     EXPECT_TRUE(close(real_rows(got, real), real_rows(want, real)))
-        << "prefix " << prefix << ": differs by " << (real_rows(got, real) - real_rows(want, real)).abs().max().item<double>();
+        << "prefix " << prefix << ": differs by "
+        << (real_rows(got, real) - real_rows(want, real)).abs().max().item<double>();
   }
 }
 
 TEST_P(MixerInvariants, ReorderedStateContinuesTheSelectedRows) {
   if (!info().streams) GTEST_SKIP() << "does not stream";
-  auto m = build(false);
-  expect_reorder_continues_selected_rows(
-      [&](const torch::Tensor& x, const torch::Tensor& pad, MixerState* st, int64_t offset) {
-        MixContext ctx;
-        ctx.causal = true, ctx.padding_mask = pad, ctx.state = st, ctx.offset = offset;
-        return m->forward(x, ctx);
-      },
-      [&](int64_t B) { return m->initial_state(B); });
+  expect_reorder_continues_selected_rows(build(false));
 }
 
 // The same for the block kinds with a state of their own (gss, mega), at their defaults.
@@ -307,13 +306,7 @@ TEST(BlockInvariants, ReorderedStateContinuesTheSelectedRows) {
     auto layer = make_layer(parse_block_spec(Json{{"name", b.name}}, "test"), a);
     layer->to(torch::kDouble);
     layer->eval();
-    expect_reorder_continues_selected_rows(
-        [&](const torch::Tensor& x, const torch::Tensor& pad, MixerState* st, int64_t offset) {
-          MixContext ctx;
-          ctx.causal = true, ctx.padding_mask = pad, ctx.state = st, ctx.offset = offset;
-          return layer->forward(x, ctx);
-        },
-        [&](int64_t B) { return layer->initial_state(B); });
+    expect_reorder_continues_selected_rows(layer);
   }
   EXPECT_GE(tested, 2) << "gss and mega stream with states of their own";
 }

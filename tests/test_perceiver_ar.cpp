@@ -27,6 +27,16 @@ Json model_json(int64_t latents, int64_t layers = 2) {
 
 PerceiverAR make(const Json& j) { return PerceiverAR(ModelConfig::from_json(j)); }
 
+// A decoding model in eval mode: `latents` latents, refills with 3 (App. E.3).
+PerceiverAR decoding_model(uint64_t seed, int64_t latents = 8) {
+  torch::manual_seed(seed);
+  auto j = model_json(latents);
+  j["reset_latents"] = 3;
+  auto m = make(j);
+  m->eval();
+  return m;
+}
+
 torch::Tensor param(torch::nn::Module& m, const std::string& name) {
   for (const auto& p : m.named_parameters())
     if (p.key() == name) return p.value();
@@ -242,11 +252,7 @@ TEST(PerceiverAR, RotaryMatchesItsDefinitionAndDependsOnPositionDifferencesOnly)
 }
 
 TEST(PerceiverAR, CachedDecodingAfterAResetEqualsAFreshPassWithFPlusKLatents) {  // case 4
-  torch::manual_seed(6);
-  auto j = model_json(8);
-  j["reset_latents"] = 3;
-  auto m = make(j);
-  m->eval();
+  auto m = decoding_model(6);
   torch::NoGradGuard ng;
   auto seq = torch::randint(kV, {1, 30}, torch::kLong);
   ModelState st = m->initial_state(1);
@@ -330,11 +336,7 @@ TEST(PerceiverAR, TheUntiedHeadStartsAtZeroAndEvaluationScoresTheLatentTargets) 
 // ModelState::reorder (a beam's pruning) reorders the cross cache, the token window and the latent layers' states: the
 // continuation equals decoding the selected rows from scratch, across refills.
 TEST(PerceiverAR, ReorderedStateContinuesTheSelectedRows) {
-  torch::manual_seed(15);
-  auto j = model_json(8);
-  j["reset_latents"] = 3;
-  auto m = make(j);
-  m->eval();
+  auto m = decoding_model(15);
   torch::NoGradGuard ng;
   auto seq = torch::randint(kV, {3, 10}, torch::kLong), next = torch::randint(kV, {4, 8}, torch::kLong);
   const auto index = torch::tensor({2, 0, 0, 1}, torch::kLong);

@@ -27,8 +27,9 @@ std::string mixer_state_class_name(const MixerState& s) {
 
 void MixerState::reorder(const torch::Tensor& index) {
   (void)index;
-  throw Error("streaming state " + mixer_state_class_name(*this) + " cannot reorder its batch rows (it does not implement "
-              "MixerState::reorder); decode without a per-row cache instead");
+  throw Error("streaming state " + mixer_state_class_name(*this) +
+              " cannot reorder its batch rows (it does not implement MixerState::reorder); decode without a per-row "
+              "cache instead");
 }
 
 torch::Tensor reorder_index(const torch::Tensor& index, int64_t rows, const std::string& what) {

@@ -240,7 +240,8 @@ BeamStep cached_translation_step(EncoderDecoderImpl& model, std::shared_ptr<Enco
   return [m, state, device](const torch::Tensor& parents, const torch::Tensor& tokens) {
     torch::NoGradGuard no_grad;
     TORCH_CHECK(parents.dim() == 1 && tokens.dim() == 1 && parents.size(0) == tokens.size(0),
-                "translation step: parents and tokens must be [n] each, got ", parents.sizes(), " and ", tokens.sizes());
+                "translation step: parents and tokens must be [n] each, got ", parents.sizes(), " and ",
+                tokens.sizes());
     state->reorder(parents);
     auto logits = m->decode(tokens.to(device, torch::kLong).unsqueeze(1), {}, {}, state.get());  // [n, 1, V]
     return torch::log_softmax(logits.select(1, 0).to(torch::kDouble), -1);
