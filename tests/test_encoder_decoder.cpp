@@ -1,6 +1,6 @@
 // The original Transformer's encoder-decoder (src/models/encoder_decoder.cpp; Vaswani et al. 2017, sec. 3): decoder
 // causality, source padding, streaming == whole decode, the three-way tie (sec. 3.4), post- vs pre-norm (sec. 3.1),
-// greedy == beam 1 over the model, and config errors.
+// greedy == beam 1 over the model, the reordered decoding state, cached == recomputing translation, and config errors.
 #include <gtest/gtest.h>
 
 #include <string>
@@ -156,10 +156,111 @@ TEST(EncoderDecoder, GreedyEqualsBeamOne) {
     auto beam = translate_beam(*m, src, o);
     EXPECT_EQ(greedy.tokens, beam.tokens) << seed;
     EXPECT_NEAR(greedy.log_prob, beam.log_prob, 1e-9) << seed;
-    // A wider beam runs on the same recomputing step function.
+    // A wider beam runs too.
     o.beam = 3;
     auto wide = translate_beam(*m, src, o);
     EXPECT_FALSE(wide.tokens.empty());
+  }
+}
+
+EncoderDecoder model_with_decoder(const Json& mixer, uint64_t seed) {
+  auto c = small_config(seed % 2 == 0);
+  c.decoder_mixer = parse_mixer_spec(mixer, "test");
+  torch::manual_seed(seed);
+  EncoderDecoder m(c);
+  m->eval();
+  return m;
+}
+
+// A state reordered to rows `index` continues as the selected sentences' decodes from scratch (the source padding and
+// the cross keys follow the rows).
+TEST(EncoderDecoder, ReorderedStateContinuesTheSelectedSentences) {
+  auto m = small_model(true, 4);
+  torch::NoGradGuard no_grad;
+  auto [src, pad] = padded_source();
+  auto tgt = tokens(2, 5), next = tokens(3, 2);
+  const auto index = torch::tensor({1, 0, 1}, torch::kLong);
+  auto memory = m->encode(src, pad);
+  auto state = m->initial_state(memory, pad);
+  m->decode(tgt, {}, {}, &state);
+  EXPECT_THROW(state.reorder(torch::tensor({2}, torch::kLong)), Error);
+  state.reorder(index);
+  auto got = m->decode(next, {}, {}, &state);
+  auto whole = m->decode(torch::cat({tgt.index_select(0, index), next}, 1), memory.index_select(0, index),
+                         pad.index_select(0, index));
+  EXPECT_LT(max_diff(got, whole.narrow(1, 5, 2)), 1e-5);
+}
+
+// The cached step (one token per hypothesis, the state reordered by the parents) finds what recomputing every prefix
+// finds, for full attention and for a streaming linear-time decoder mixer.
+TEST(EncoderDecoder, CachedBeamEqualsRecomputingBeam) {
+  for (const Json& mixer : {Json{{"name", "full"}}, Json{{"name", "linear"}}}) {
+    auto m = model_with_decoder(mixer, 5);
+    EXPECT_TRUE(translation_can_cache(*m));
+    for (int64_t s = 0; s < 3; ++s) {
+      auto src = tokens(1, 5 + s)[0];
+      BeamOptions o;
+      o.beam = 4, o.alpha = 0.6, o.max_len = 10, o.eos = 2;
+      auto cached = translate_beam(*m, src, o, TranslationDecoding::kCached);
+      auto recomputed = translate_beam(*m, src, o, TranslationDecoding::kRecompute);
+      EXPECT_EQ(cached.tokens, recomputed.tokens) << mixer.dump() << " sentence " << s;
+      EXPECT_NEAR(cached.score, recomputed.score, 1e-4) << mixer.dump() << " sentence " << s;
+      EXPECT_NEAR(cached.log_prob, recomputed.log_prob, 1e-4) << mixer.dump() << " sentence " << s;
+      EXPECT_EQ(translate_beam(*m, src, o).tokens, cached.tokens) << "kAuto takes the cache";
+    }
+  }
+}
+
+// Sentences of different lengths translated together (padded source, one decoder call per position) give what each
+// gives alone, cached and recomputing.
+TEST(EncoderDecoder, BatchedTranslationEqualsEachSentenceAlone) {
+  for (const Json& mixer : {Json{{"name", "full"}}, Json{{"name", "routing"}, {"clusters", 1}}}) {
+    auto m = model_with_decoder(mixer, 10);
+    std::vector<torch::Tensor> sources = {tokens(1, 6)[0], tokens(1, 3)[0], tokens(1, 8)[0]};
+    BeamOptions o;
+    o.beam = 3, o.alpha = 0.6, o.max_len = 9, o.eos = 2;
+    auto got = translate_batch(*m, sources, o);
+    ASSERT_EQ(got.size(), sources.size());
+    for (size_t s = 0; s < sources.size(); ++s) {
+      auto want = translate_beam(*m, sources[s], o);
+      EXPECT_EQ(got[s].tokens, want.tokens) << mixer.dump() << " sentence " << s;
+      EXPECT_NEAR(got[s].score, want.score, 1e-4) << mixer.dump() << " sentence " << s;
+    }
+  }
+  auto m = small_model(true, 11);
+  EXPECT_THROW(translate_batch(*m, {}, BeamOptions{}), Error);
+  EXPECT_THROW(translate_batch(*m, {tokens(2, 3)}, BeamOptions{}), Error);
+}
+
+TEST(EncoderDecoder, CachedGreedyEqualsBeamOne) {
+  auto m = small_model(false, 9);
+  auto src = tokens(1, 6)[0];
+  BeamOptions o;
+  o.beam = 1, o.alpha = 0, o.max_len = 8, o.eos = 2;
+  auto greedy = translate_greedy(*m, src, o, TranslationDecoding::kCached);
+  auto beam = translate_beam(*m, src, o, TranslationDecoding::kCached);
+  EXPECT_EQ(greedy.tokens, beam.tokens);
+  EXPECT_NEAR(greedy.log_prob, beam.log_prob, 1e-9);
+  EXPECT_EQ(greedy.tokens, translate_greedy(*m, src, o, TranslationDecoding::kRecompute).tokens);
+}
+
+// routing with one cluster is a strictly causal decoder mixer without a streaming state: kAuto recomputes, silently;
+// kCached says why it cannot.
+TEST(EncoderDecoder, DecoderMixerThatCannotStreamStillTranslates) {
+  auto m = model_with_decoder(Json{{"name", "routing"}, {"clusters", 1}}, 6);
+  EXPECT_FALSE(translation_can_cache(*m));
+  auto src = tokens(1, 6)[0];
+  BeamOptions o;
+  o.beam = 3, o.max_len = 6, o.eos = 2;
+  auto autod = translate_beam(*m, src, o);
+  auto recomputed = translate_beam(*m, src, o, TranslationDecoding::kRecompute);
+  EXPECT_FALSE(autod.tokens.empty());
+  EXPECT_EQ(autod.tokens, recomputed.tokens);
+  try {
+    translate_beam(*m, src, o, TranslationDecoding::kCached);
+    ADD_FAILURE() << "kCached decoded a mixer that cannot stream";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("routing"), std::string::npos) << e.what();
   }
 }
 

@@ -6,6 +6,8 @@
 #include <gtest/gtest.h>
 
 #include "helpers.h"
+#include "longseq/blocks.h"
+#include "longseq/common.h"
 #include "longseq/registry.h"
 
 using namespace longseq;
@@ -238,6 +240,86 @@ TEST_P(MixerInvariants, StreamingInChunksEqualsWhole) {
       at += len;
     }
     ASSERT_EQ(at, T);
+  }
+}
+
+// A state reordered to rows `index` (a beam's pruning: more rows than before, one repeated, one dropped) continues
+// as the streams of the selected rows' prefixes from scratch do; at prefix 0 the state holds nothing yet.
+// `m`: a mixer or a layer (forward(x, ctx) -> [B, T, C], initial_state(B)).
+template <typename Module>
+void expect_reorder_continues_selected_rows(const Module& m) {
+  auto run = [&](const torch::Tensor& x, const torch::Tensor& pad, MixerState* st, int64_t offset) {
+    MixContext ctx;
+    ctx.causal = true, ctx.padding_mask = pad, ctx.state = st, ctx.offset = offset;
+    return m->forward(x, ctx);
+  };
+  const auto index = torch::tensor({2, 0, 0, 1}, torch::kLong);
+  for (int64_t prefix : {0, 8}) {
+    auto x = torch::randn({3, prefix, kC}, torch::kDouble);
+    auto pad = torch::zeros({3, prefix}, torch::kBool);
+    if (prefix > 0) pad[1].narrow(0, 0, 3).fill_(true);  // left padding in a row that is kept
+    auto next = torch::randn({4, 5, kC}, torch::kDouble);
+    auto next_pad = torch::zeros({4, 5}, torch::kBool);
+    next_pad[1][4] = true;  // right padding after the reorder
+    auto continue_from = [&](MixerState* st) {
+      std::vector<torch::Tensor> parts;
+      int64_t at = 0;
+      for (int64_t len : {1, 4}) {
+        parts.push_back(run(next.narrow(1, at, len), next_pad.narrow(1, at, len), st, prefix + at));
+        at += len;
+      }
+      return torch::cat(parts, 1);
+    };
+    auto st = m->initial_state(3);
+    ASSERT_TRUE(st);
+    if (prefix > 0) run(x, pad, st.get(), 0);
+    if (prefix > 0) EXPECT_THROW(st->reorder(torch::tensor({0, 3}, torch::kLong)), Error) << "row 3 of 3";
+    EXPECT_THROW(st->reorder(torch::tensor({-1}, torch::kLong)), Error);
+    EXPECT_THROW(st->reorder(torch::zeros({2, 2}, torch::kLong)), Error);
+    st->reorder(index);
+    torch::Tensor got = continue_from(st.get());
+    auto ref = m->initial_state(4);
+    if (prefix > 0) run(x.index_select(0, index), pad.index_select(0, index), ref.get(), 0);
+    torch::Tensor want = continue_from(ref.get());
+    auto real = ~next_pad;
+    EXPECT_TRUE(close(real_rows(got, real), real_rows(want, real)))
+        << "prefix " << prefix << ": differs by "
+        << (real_rows(got, real) - real_rows(want, real)).abs().max().item<double>();
+  }
+}
+
+TEST_P(MixerInvariants, ReorderedStateContinuesTheSelectedRows) {
+  if (!info().streams) GTEST_SKIP() << "does not stream";
+  expect_reorder_continues_selected_rows(build(false));
+}
+
+// The same for the block kinds with a state of their own (gss, mega), at their defaults.
+TEST(BlockInvariants, ReorderedStateContinuesTheSelectedRows) {
+  int tested = 0;
+  for (const auto& b : block_registry()) {
+    if (!b.streams || b.uses_mixer) continue;
+    ++tested;
+    SCOPED_TRACE("block " + b.name);
+    torch::manual_seed(7);
+    BlockArgs a;
+    a.d_model = kC, a.n_heads = kH, a.d_ff = 2 * kC;
+    auto layer = make_layer(parse_block_spec(Json{{"name", b.name}}, "test"), a);
+    layer->to(torch::kDouble);
+    layer->eval();
+    expect_reorder_continues_selected_rows(layer);
+  }
+  EXPECT_GE(tested, 2) << "gss and mega stream with states of their own";
+}
+
+// A state without reorder refuses with an Error naming it.
+TEST(MixerStateReorder, DefaultRefusesNamingTheState) {
+  struct OpaqueState : MixerState {};
+  OpaqueState st;
+  try {
+    st.reorder(torch::zeros({1}, torch::kLong));
+    ADD_FAILURE() << "no error";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("OpaqueState"), std::string::npos) << e.what();
   }
 }
 

@@ -27,6 +27,16 @@ Json model_json(int64_t latents, int64_t layers = 2) {
 
 PerceiverAR make(const Json& j) { return PerceiverAR(ModelConfig::from_json(j)); }
 
+// A decoding model in eval mode: `latents` latents, refills with 3 (App. E.3).
+PerceiverAR decoding_model(uint64_t seed, int64_t latents = 8) {
+  torch::manual_seed(seed);
+  auto j = model_json(latents);
+  j["reset_latents"] = 3;
+  auto m = make(j);
+  m->eval();
+  return m;
+}
+
 torch::Tensor param(torch::nn::Module& m, const std::string& name) {
   for (const auto& p : m.named_parameters())
     if (p.key() == name) return p.value();
@@ -242,11 +252,7 @@ TEST(PerceiverAR, RotaryMatchesItsDefinitionAndDependsOnPositionDifferencesOnly)
 }
 
 TEST(PerceiverAR, CachedDecodingAfterAResetEqualsAFreshPassWithFPlusKLatents) {  // case 4
-  torch::manual_seed(6);
-  auto j = model_json(8);
-  j["reset_latents"] = 3;
-  auto m = make(j);
-  m->eval();
+  auto m = decoding_model(6);
   torch::NoGradGuard ng;
   auto seq = torch::randint(kV, {1, 30}, torch::kLong);
   ModelState st = m->initial_state(1);
@@ -325,6 +331,22 @@ TEST(PerceiverAR, TheUntiedHeadStartsAtZeroAndEvaluationScoresTheLatentTargets) 
   auto logits = tied->forward(seq.narrow(0, 0, kT).unsqueeze(0))[0];  // [4, V] for inputs kT-4 .. kT-1
   auto expect = torch::nn::functional::cross_entropy(logits, seq.narrow(0, kT - 3, 4)).item<double>();
   EXPECT_NEAR(r.loss, expect, 1e-5);
+}
+
+// ModelState::reorder (a beam's pruning) reorders the cross cache, the token window and the latent layers' states: the
+// continuation equals decoding the selected rows from scratch, across refills.
+TEST(PerceiverAR, ReorderedStateContinuesTheSelectedRows) {
+  auto m = decoding_model(15);
+  torch::NoGradGuard ng;
+  auto seq = torch::randint(kV, {3, 10}, torch::kLong), next = torch::randint(kV, {4, 8}, torch::kLong);
+  const auto index = torch::tensor({2, 0, 0, 1}, torch::kLong);
+  ModelState st = m->initial_state(3), ref = m->initial_state(4);
+  m->forward(seq, &st);
+  EXPECT_THROW(st.reorder(torch::tensor({3}, torch::kLong)), Error);
+  st.reorder(index);
+  m->forward(seq.index_select(0, index), &ref);
+  for (int64_t t = 0; t < 8; ++t)  // past 8 latents: refills
+    EXPECT_LT(max_diff(m->forward(next.narrow(1, t, 1), &st), m->forward(next.narrow(1, t, 1), &ref)), 1e-6) << t;
 }
 
 TEST(PerceiverAR, DecodingPastMaxLenReadsTheLastMaxLenInputsAtEachRefill) {

@@ -120,6 +120,41 @@ TEST(Translation, EarlyStopChangesNoResult) {  // the bound log_prob / lp(max_le
   EXPECT_EQ(differ_if_stopped_at_current_length, 0);
 }
 
+// Several sentences searched at once, each with its own Toy law: every result equals the sentence's search alone, as
+// sentences end at different steps and leave the batch.
+TEST(Translation, BatchedSearchEqualsEachSentenceAlone) {
+  const std::vector<uint64_t> seeds = {40, 41, 42, 43};
+  for (int64_t beam : {1, 3}) {
+    BeamOptions o;
+    o.beam = beam, o.alpha = 0.6, o.max_len = 10, o.bos = 0, o.eos = 1;
+    std::vector<Toy> toys;
+    for (uint64_t seed : seeds) toys.emplace_back(5, 17, seed);
+    auto state = torch::zeros({4}, torch::kLong), sentence = torch::arange(4, torch::kLong);
+    std::vector<int64_t> rows_per_call;
+    auto got = beam_search_batch(
+        [&](const torch::Tensor& p, const torch::Tensor& t) {
+          state = (state.index_select(0, p) * 7 + t + 1) % 17, sentence = sentence.index_select(0, p);
+          rows_per_call.push_back(p.size(0));
+          auto out = torch::empty({p.size(0), 5}, torch::kDouble);
+          for (int64_t i = 0; i < p.size(0); ++i)
+            out[i] = toys[sentence[i].item<int64_t>()].table[state[i].item<int64_t>()];
+          return out;
+        },
+        4, o);
+    ASSERT_EQ(got.size(), 4u);
+    for (size_t s = 0; s < seeds.size(); ++s) {
+      Toy alone(5, 17, seeds[s]);
+      auto want = beam_search([&](const torch::Tensor& p, const torch::Tensor& t) { return alone.step(p, t); }, o);
+      EXPECT_EQ(got[s].tokens, want.tokens) << "beam " << beam << " sentence " << s;
+      EXPECT_NEAR(got[s].score, want.score, 1e-12) << "beam " << beam << " sentence " << s;
+    }
+    EXPECT_LT(rows_per_call.back(), 4 * beam) << "finished sentences leave the batch";
+  }
+  EXPECT_THROW(beam_search_batch([](const torch::Tensor&, const torch::Tensor&) { return torch::zeros({1, 2}); }, 0,
+                                 BeamOptions{}),
+               Error);
+}
+
 TEST(Translation, GreedyIsBeamOneWithoutLengthPenalty) {
   for (uint64_t seed = 10; seed < 20; ++seed) {
     BeamOptions o;

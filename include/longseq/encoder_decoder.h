@@ -39,6 +39,10 @@ struct EncoderDecoderState {
   std::vector<LayerState> layers;
   torch::Tensor src_pad;  // [B, S] bool or undefined
   int64_t offset = 0;
+  // Keeps batch rows `index` ([n] long, n may differ from B, rows may repeat; a beam's parents): each layer's self
+  // state (MixerState::reorder, an Error naming a state that cannot; the state is then unusable), the cross keys
+  // and values, the source padding. The offset is shared by all rows.
+  void reorder(const torch::Tensor& index);
 };
 
 // One decoder layer (sec. 3.1): masked self-attention, encoder-decoder attention, feed-forward.
@@ -94,11 +98,27 @@ class EncoderDecoderImpl : public torch::nn::Module {
 };
 TORCH_MODULE(EncoderDecoder);
 
-// A BeamStep over ONE source sentence src ([S] or [1, S] long, no padding): encodes once, then each call recomputes the
-// decoder over every hypothesis's whole prefix. Runs without gradients; put the model in eval mode first.
-BeamStep make_translation_step(EncoderDecoderImpl& model, const torch::Tensor& src);
+// How a translation step runs the decoder. kCached keeps an EncoderDecoderState for the alive hypotheses, reorders
+// it by the parents and feeds one token per hypothesis (O(L) per step, transformer.md sec. 5); an Error when the
+// decoder mixer cannot stream or its state cannot reorder rows. kRecompute runs the decoder over every hypothesis's
+// whole prefix (O(L^2) per step; any causal mixer). kAuto: kCached when it can, else kRecompute, silently.
+enum class TranslationDecoding { kAuto, kCached, kRecompute };
+
+// A BeamStep over ONE source sentence src ([S] or [1, S] long, no padding): encodes once, then decodes as `how`
+// says. Runs without gradients; put the model in eval mode first.
+BeamStep make_translation_step(EncoderDecoderImpl& model, const torch::Tensor& src,
+                               TranslationDecoding how = TranslationDecoding::kAuto);
+// Whether kAuto decodes `model` with the cache (its decoder mixer streams and its state reorders rows).
+bool translation_can_cache(EncoderDecoderImpl& model);
 // greedy_search / beam_search over make_translation_step; options.bos is replaced by the model's bos_id.
-BeamHypothesis translate_greedy(EncoderDecoderImpl& model, const torch::Tensor& src, BeamOptions options);
-BeamHypothesis translate_beam(EncoderDecoderImpl& model, const torch::Tensor& src, BeamOptions options);
+BeamHypothesis translate_greedy(EncoderDecoderImpl& model, const torch::Tensor& src, BeamOptions options,
+                                TranslationDecoding how = TranslationDecoding::kAuto);
+BeamHypothesis translate_beam(EncoderDecoderImpl& model, const torch::Tensor& src, BeamOptions options,
+                              TranslationDecoding how = TranslationDecoding::kAuto);
+// Beam search over several sentences at once (each [S_i] long, no padding): one padded encoder pass, then one decoder
+// call per position for every sentence still searching (beam_search_batch); each result is what translate_beam
+// gives that sentence alone, up to float round-off of the batched, padded computation.
+std::vector<BeamHypothesis> translate_batch(EncoderDecoderImpl& model, const std::vector<torch::Tensor>& sources,
+                                            BeamOptions options, TranslationDecoding how = TranslationDecoding::kAuto);
 
 }  // namespace longseq

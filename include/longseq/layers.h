@@ -101,6 +101,9 @@ struct ModelState {
   std::vector<std::unique_ptr<MixerState>> layers;
   int64_t offset = 0;
   std::unique_ptr<MixerState> own;  // what a model kind keeps beside its layers' states (Perceiver AR's caches)
+  // Keeps batch rows `index` ([n] long, rows may repeat) of every layer's state and of `own` (MixerState::reorder:
+  // an Error naming a state that cannot); the offset is shared by all rows.
+  void reorder(const torch::Tensor& index);
 };
 
 // Token embedding, absolute positions, the blocks and the final LayerNorm.

@@ -7,6 +7,7 @@
 #include <map>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "longseq/rotary.h"
 
@@ -18,7 +19,19 @@ struct MixerState {
   virtual ~MixerState() = default;
   // What the state holds, by name (for tests and inspection); empty when the mixer names nothing.
   virtual std::map<std::string, torch::Tensor> tensors() const { return {}; }
+  // Keeps batch rows `index` ([n] long; n may differ from the current batch, rows may repeat), as a beam search
+  // does after pruning. The default throws an Error naming the state: a state must opt in.
+  virtual void reorder(const torch::Tensor& index);
 };
+
+// Helpers of reorder implementations (src/mixers/mixer_state.cpp).
+// `index` checked as [n >= 1] integers in [0, rows) (rows < 0: not known yet, only >= 0) -> [n] long on the CPU;
+// errors name `what`.
+torch::Tensor reorder_index(const torch::Tensor& index, int64_t rows, const std::string& what);
+// t.index_select(dim, index) on t's device; an undefined t stays undefined (nothing streamed yet).
+torch::Tensor select_rows(const torch::Tensor& t, const torch::Tensor& index, int64_t dim = 0);
+// size(0) of the first defined tensor, or -1 when none is defined.
+int64_t rows_of(const std::vector<torch::Tensor>& tensors);
 
 struct MixContext {
   bool causal = false;

@@ -50,6 +50,12 @@ using BeamStep = std::function<torch::Tensor(const torch::Tensor& parents, const
 // one if none.
 BeamHypothesis beam_search(const BeamStep& step, const BeamOptions& options);
 
+// beam_search over `sentences` sentences with one batched step per position: at each call the sentences still
+// searching own k consecutive rows each, in order (parents index the previous call's rows; at the first call
+// sentence s's rows all name row s, its start state); a sentence whose search ended leaves the later calls. Each
+// sentence's result is what beam_search gives it alone.
+std::vector<BeamHypothesis> beam_search_batch(const BeamStep& step, int64_t sentences, const BeamOptions& options);
+
 // Argmax decoding until EOS or max_len; equal to beam_search with beam 1 when alpha = 0.
 BeamHypothesis greedy_search(const BeamStep& step, const BeamOptions& options);
 

@@ -23,6 +23,10 @@ struct GssState : MixerState {
   torch::Tensor s_re, s_im;  // [B, H, N]: the state after the tokens seen
   int64_t length = 0;
   std::map<std::string, torch::Tensor> tensors() const override { return {{"s_re", s_re}, {"s_im", s_im}}; }
+  void reorder(const torch::Tensor& index) override {
+    auto i = reorder_index(index, rows_of({s_re}), "block gss");
+    s_re = select_rows(s_re, i), s_im = select_rows(s_im, i);
+  }
 };
 
 // Real and imaginary parts of e^{k lambda_n} for the exponents k [K] (double): [N, K] each.

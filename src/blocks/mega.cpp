@@ -37,6 +37,10 @@ struct MegaState : MixerState {
     if (k.defined()) out["k"] = k, out["v"] = v, out["key_pad"] = key_pad;
     return out;
   }
+  void reorder(const torch::Tensor& index) override {
+    auto i = reorder_index(index, rows_of({h, k}), "block mega");
+    h = select_rows(h, i), k = select_rows(k, i), v = select_rows(v, i), key_pad = select_rows(key_pad, i);
+  }
 };
 
 // Layer norm, Mega's scalenorm g x / sqrt(mean(x^2) + eps) with one scalar g (pitfall 11), or RMSNorm: [.., C].

@@ -195,6 +195,12 @@ std::vector<std::unique_ptr<MixerState>> block_states(const std::vector<Layer>& 
   return out;
 }
 
+void ModelState::reorder(const torch::Tensor& index) {
+  for (auto& s : layers)
+    if (s) s->reorder(index);
+  if (own) own->reorder(index);
+}
+
 std::vector<std::string> layer_names(const ModelConfig& cfg) {
   std::vector<std::string> out;
   for (size_t i = 0; i < cfg.layers.size(); ++i)

@@ -104,6 +104,18 @@ namespace {
 struct BigBirdCache : MixerState {
   std::vector<GrowingCache> k, v;  // [1, H, n_b, D] per row b
   std::vector<int64_t> length;     // n_b: real tokens of row b so far
+  void reorder(const torch::Tensor& index) override {
+    auto i = reorder_index(index, static_cast<int64_t>(length.size()), "bigbird");
+    const auto row = torch::zeros({1}, torch::kLong);
+    std::vector<GrowingCache> nk, nv;
+    std::vector<int64_t> nl;
+    for (int64_t r = 0; r < i.size(0); ++r) {
+      const int64_t from = i[r].item<int64_t>();
+      nk.push_back(k[from]), nv.push_back(v[from]), nl.push_back(length[from]);
+      nk.back().reorder(row), nv.back().reorder(row);  // own buffers: a repeated row must not share its copy's
+    }
+    k = std::move(nk), v = std::move(nv), length = std::move(nl);
+  }
 };
 
 class BigBirdImpl : public MixerImpl {

@@ -46,6 +46,12 @@ struct BlockRecurrentState : MixerState {
   int64_t pos = 0;      // tokens consumed
   bool started = false;
   std::map<std::string, torch::Tensor> tensors() const override { return {{"k", k}, {"v", v}, {"s", s}}; }
+  // first and pos are shared by all rows; an undefined s (s_0, broadcast) stays undefined.
+  void reorder(const torch::Tensor& index) override {
+    auto i = reorder_index(index, rows_of({k, s, s_proj}), "block_recurrent");
+    k = select_rows(k, i), v = select_rows(v, i), pad = select_rows(pad, i);
+    s = select_rows(s, i), s_proj = select_rows(s_proj, i);
+  }
 };
 
 // T5's unidirectional bucket of a distance n >= 0 (Raffel et al. 2020): exact below buckets / 2, then logarithmic up

@@ -41,6 +41,15 @@ struct InfinityMemory : MixerState {
   int64_t ltm_version = -1;
   int64_t first = 0, pos = 0;
   std::map<std::string, torch::Tensor> tensors() const override { return {{"mem", mem}, {"coeff", coeff}}; }
+  // Positions (first, pos) are shared by all rows; the long-term K/V cache is keyed by coeff's storage, so it is
+  // dropped and recomputed from the reordered coefficients.
+  void reorder(const torch::Tensor& index) override {
+    auto i = reorder_index(index, rows_of({mem, coeff, mass}), "infinity_former");
+    mem = select_rows(mem, i), pad = select_rows(pad, i), k = select_rows(k, i), v = select_rows(v, i);
+    coeff = select_rows(coeff, i), mass = select_rows(mass, i);
+    ltm_k = ltm_v = ltm_of = torch::Tensor();
+    ltm_version = -1;
+  }
 };
 
 class InfinityFormerImpl : public MixerImpl {

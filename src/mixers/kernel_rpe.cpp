@@ -97,6 +97,11 @@ struct KernelRpeState : MixerState {
   torch::Tensor win_k;    // [B, H, W, M]: features of the last W <= R positions
   torch::Tensor win_v;    // [B, H, W, D + 1]
   torch::Tensor key_max;  // [B, H]: the key stabilizer all three are scaled by (-inf: no real key yet)
+  void reorder(const torch::Tensor& index) override {
+    auto i = reorder_index(index, rows_of({key_max}), "kernel_rpe");
+    far = select_rows(far, i), win_k = select_rows(win_k, i), win_v = select_rows(win_v, i);
+    key_max = select_rows(key_max, i);
+  }
 };
 
 // Queries per streamed piece: bounds the [piece, R + piece] weight matrix of a long prefill.

@@ -28,7 +28,11 @@ namespace {
 
 struct LearnedKernelState : MixerState {
   LinearAttentionState sums;
-  torch::Tensor key_max;  // gmm_prf: the stabilizer the sums are scaled by
+  torch::Tensor key_max;  // gmm_prf: the stabilizer the sums are scaled by ([B, H])
+  void reorder(const torch::Tensor& index) override {
+    auto i = reorder_index(index, rows_of({sums.S, key_max}), "learned_kernel");
+    sums.reorder(i), key_max = select_rows(key_max, i);
+  }
 };
 
 class LearnedKernelImpl : public MixerImpl {

@@ -18,6 +18,7 @@ namespace {
 
 struct LinearState : MixerState {
   LinearAttentionState sums;  // S = sum of phi(k) v^T so far, z = sum of phi(k)
+  void reorder(const torch::Tensor& index) override { sums.reorder(reorder_index(index, rows_of({sums.S}), "linear")); }
 };
 
 class LinearImpl : public MixerImpl {

@@ -35,6 +35,11 @@ struct WindowCache : MixerState {
   torch::Tensor key_padding;  // [B, S] or undefined
   int64_t length = 0;         // positions consumed so far
   torch::Tensor x, pad;       // with configured global tokens: the whole prefix [B, S, C] and its padding [B, S]
+  void reorder(const torch::Tensor& index) override {
+    auto i = reorder_index(index, rows_of({k, x}), "longformer");
+    k = select_rows(k, i), v = select_rows(v, i), key_padding = select_rows(key_padding, i);
+    x = select_rows(x, i), pad = select_rows(pad, i);
+  }
 };
 
 class LongformerImpl : public MixerImpl {

@@ -59,6 +59,10 @@ namespace {
 struct LshCache : MixerState {
   torch::Tensor q, v;  // [B, H, S, D] projections of the prefix
   torch::Tensor pad;   // [B, S]
+  void reorder(const torch::Tensor& index) override {
+    auto i = reorder_index(index, rows_of({q}), "lsh");
+    q = select_rows(q, i), v = select_rows(v, i), pad = select_rows(pad, i);
+  }
 };
 
 class LshImpl : public MixerImpl {

@@ -29,6 +29,10 @@ struct LunaState : MixerState {
   torch::Tensor logit_sums;  // [B, H, D, l]: sum of k_j w_j^T
   torch::Tensor value_sums;  // [B, H, l, D]: sum of w_j v_j^T
   torch::Tensor count;       // [B]: real tokens so far
+  void reorder(const torch::Tensor& index) override {
+    auto i = reorder_index(index, rows_of({logit_sums, value_sums, count}), "luna");
+    logit_sums = select_rows(logit_sums, i), value_sums = select_rows(value_sums, i), count = select_rows(count, i);
+  }
 };
 
 torch::nn::Linear linear(int64_t C, bool bias) { return torch::nn::Linear(torch::nn::LinearOptions(C, C).bias(bias)); }

@@ -31,6 +31,10 @@ struct MgkState : MixerState {
   GrowingCache k, v;                // softmax: augmented keys [B, H, K*S, D'] and values
   torch::Tensor key_padding;        // [B, K*S]
   int64_t length = 0;               // positions cached
+  void reorder(const torch::Tensor& index) override {
+    auto i = reorder_index(index, k.rows() >= 0 ? k.rows() : rows_of({sums.S, key_padding}), "mgk");
+    sums.reorder(i), k.reorder(i), v.reorder(i), key_padding = select_rows(key_padding, i);
+  }
 };
 
 class MgkImpl : public MixerImpl {

@@ -30,6 +30,10 @@ constexpr double kReluFeatureFloor = 1e-3;  // the official generalized kernel's
 struct PerformerState : MixerState {
   LinearAttentionState sums;
   torch::Tensor key_max;  // [B, H]: the stabilizer the sums are scaled by
+  void reorder(const torch::Tensor& index) override {
+    auto i = reorder_index(index, rows_of({sums.S, key_max}), "performer");
+    sums.reorder(i), key_max = select_rows(key_max, i);
+  }
 };
 
 class PerformerImpl : public MixerImpl {

@@ -32,6 +32,10 @@ struct SparseQkvState : MixerState {
   std::map<std::string, torch::Tensor> tensors() const override {
     return {{"p_tail", p_tail}, {"k", k.view()}, {"v", v.view()}};
   }
+  void reorder(const torch::Tensor& index) override {
+    auto i = reorder_index(index, k.rows() >= 0 ? k.rows() : rows_of({p_tail, key_padding}), "sparse_qkv");
+    p_tail = select_rows(p_tail, i), k.reorder(i), v.reorder(i), key_padding = select_rows(key_padding, i);
+  }
 };
 
 // A conv kernel [kt, km, M in, M out], Glorot uniform with fans counting the receptive field (as trax's Conv).

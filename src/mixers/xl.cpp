@@ -40,6 +40,10 @@ struct XlMemory : MixerState {
     if (length == 0) return {};
     return {{"mem", memory()}};
   }
+  void reorder(const torch::Tensor& index) override {
+    auto i = reorder_index(index, length > 0 ? mem.rows() : -1, "xl");
+    mem.reorder(i), k.reorder(i), v.reorder(i), pad = select_rows(pad, i);
+  }
 };
 
 class XlAttentionImpl : public MixerImpl {

@@ -1,7 +1,10 @@
 // The original Transformer's encoder-decoder (Vaswani et al. 2017, sec. 3): see longseq/encoder_decoder.h.
 #include "longseq/encoder_decoder.h"
 
+#include <algorithm>
 #include <cmath>
+#include <memory>
+#include <string>
 
 #include "longseq/blocks.h"
 #include "longseq/common.h"
@@ -196,47 +199,158 @@ EncoderDecoderState EncoderDecoderImpl::initial_state(const torch::Tensor& memor
   return state;
 }
 
-BeamStep make_translation_step(EncoderDecoderImpl& model, const torch::Tensor& src) {
+void EncoderDecoderState::reorder(const torch::Tensor& index) {
+  const int64_t rows = layers.empty() ? rows_of({src_pad}) : rows_of({layers.front().cross_k, src_pad});
+  auto i = reorder_index(index, rows, "encoder_decoder state");
+  for (auto& l : layers) {
+    l.self->reorder(i);
+    l.cross_k = select_rows(l.cross_k, i), l.cross_v = select_rows(l.cross_v, i);
+  }
+  src_pad = select_rows(src_pad, i);
+}
+
+namespace {
+
+// The memory [1, S, C] of one sentence src ([S] or [1, S]), encoded without gradients.
+torch::Tensor encode_one(EncoderDecoderImpl& model, const torch::Tensor& src) {
   TORCH_CHECK(src.dim() == 1 || (src.dim() == 2 && src.size(0) == 1),
               "translation step: src must be one sentence, [S] or [1, S], got ", src.sizes());
-  auto src2 = src.dim() == 1 ? src.unsqueeze(0) : src;
-  torch::Tensor memory;
-  {
-    torch::NoGradGuard no_grad;
-    memory = model.encode(src2);
+  torch::NoGradGuard no_grad;
+  return model.encode(src.dim() == 1 ? src.unsqueeze(0) : src);
+}
+
+// A fresh state for memory [N, S, C] and src_pad that can reorder its rows, or none (the decoder mixer does not stream,
+// or a state refuses reorder): probing with the identity changes nothing.
+std::shared_ptr<EncoderDecoderState> reorderable_state(EncoderDecoderImpl& model, const torch::Tensor& memory,
+                                                       const torch::Tensor& src_pad, std::string* why) {
+  try {
+    auto st = std::make_shared<EncoderDecoderState>(model.initial_state(memory, src_pad));
+    st->reorder(torch::arange(memory.size(0), torch::kLong));
+    return st;
+  } catch (const Error& e) {
+    if (why) *why = e.what();
+    return nullptr;
   }
-  // The registry's MixerStates have no interface to reorder rows after beam pruning, so each step recomputes the
-  // decoder over every hypothesis's whole prefix instead of keeping a per-hypothesis cache.
-  auto prefixes = std::make_shared<std::vector<std::vector<int64_t>>>(1);
+}
+
+// The cached step: the state's rows follow the parents, then one token per hypothesis.
+BeamStep cached_translation_step(EncoderDecoderImpl& model, std::shared_ptr<EncoderDecoderState> state) {
   EncoderDecoderImpl* m = &model;
-  return [m, memory, prefixes](const torch::Tensor& parents, const torch::Tensor& tokens) {
+  const auto device = state->layers.front().cross_k.device();
+  return [m, state, device](const torch::Tensor& parents, const torch::Tensor& tokens) {
+    torch::NoGradGuard no_grad;
+    TORCH_CHECK(parents.dim() == 1 && tokens.dim() == 1 && parents.size(0) == tokens.size(0),
+                "translation step: parents and tokens must be [n] each, got ", parents.sizes(), " and ",
+                tokens.sizes());
+    state->reorder(parents);
+    auto logits = m->decode(tokens.to(device, torch::kLong).unsqueeze(1), {}, {}, state.get());  // [n, 1, V]
+    return torch::log_softmax(logits.select(1, 0).to(torch::kDouble), -1);
+  };
+}
+
+// The recomputing step: every hypothesis's whole prefix through the decoder, each call, against its sentence's
+// memory row (memory [N, S, C], src_pad [N, S] or undefined; the start state has one row per sentence).
+BeamStep recomputing_translation_step(EncoderDecoderImpl& model, const torch::Tensor& memory,
+                                      const torch::Tensor& src_pad) {
+  struct Rows {
+    std::vector<std::vector<int64_t>> prefixes;
+    std::vector<int64_t> sentence;  // the memory row of each hypothesis
+  };
+  auto rows = std::make_shared<Rows>();
+  rows->prefixes.resize(memory.size(0));
+  for (int64_t s = 0; s < memory.size(0); ++s) rows->sentence.push_back(s);
+  EncoderDecoderImpl* m = &model;
+  return [m, memory, src_pad, rows](const torch::Tensor& parents, const torch::Tensor& tokens) {
     torch::NoGradGuard no_grad;
     auto par = parents.to(torch::kCPU).to(torch::kLong).contiguous();
     auto tok = tokens.to(torch::kCPU).to(torch::kLong).contiguous();
-    const int64_t n = tok.size(0);
-    std::vector<std::vector<int64_t>> next(n);
+    TORCH_CHECK(par.dim() == 1 && tok.dim() == 1 && par.size(0) == tok.size(0),
+                "translation step: parents and tokens must be [n] each, got ", par.sizes(), " and ", tok.sizes());
+    const int64_t n = tok.size(0), held = static_cast<int64_t>(rows->prefixes.size());
+    Rows next;
     for (int64_t i = 0; i < n; ++i) {
-      next[i] = prefixes->at(par[i].item<int64_t>());
-      next[i].push_back(tok[i].item<int64_t>());
+      const int64_t p = par[i].item<int64_t>();
+      if (p < 0 || p >= held)
+        throw Error("translation step: parent " + std::to_string(p) + " is out of range for " + std::to_string(held) +
+                    " hypotheses");
+      next.prefixes.push_back(rows->prefixes[p]);
+      next.prefixes.back().push_back(tok[i].item<int64_t>());
+      next.sentence.push_back(rows->sentence[p]);
     }
-    *prefixes = std::move(next);
-    const int64_t L = static_cast<int64_t>(prefixes->front().size());
+    *rows = std::move(next);
+    const int64_t L = static_cast<int64_t>(rows->prefixes.front().size());
     auto tgt = torch::empty({n, L}, torch::kLong);
-    for (int64_t i = 0; i < n; ++i)
-      tgt[i].copy_(torch::tensor((*prefixes)[i], torch::kLong));
-    auto logits = m->decode(tgt.to(memory.device()), memory.expand({n, memory.size(1), memory.size(2)}), {});
+    for (int64_t i = 0; i < n; ++i) tgt[i].copy_(torch::tensor(rows->prefixes[i], torch::kLong));
+    auto which = torch::tensor(rows->sentence, torch::kLong);
+    auto logits = m->decode(tgt.to(memory.device()), select_rows(memory, which), select_rows(src_pad, which));
     return torch::log_softmax(logits.select(1, L - 1).to(torch::kDouble), -1);
   };
 }
 
-BeamHypothesis translate_greedy(EncoderDecoderImpl& model, const torch::Tensor& src, BeamOptions options) {
-  options.bos = model.config().bos_id;  // the decoder input starts with the model's start token
-  return greedy_search(make_translation_step(model, src), options);
+// The step over memory [N, S, C] and src_pad, decoding as `how` says.
+BeamStep translation_step_over(EncoderDecoderImpl& model, const torch::Tensor& memory, const torch::Tensor& src_pad,
+                               TranslationDecoding how) {
+  if (how != TranslationDecoding::kRecompute) {
+    std::string why;
+    torch::NoGradGuard no_grad;
+    if (auto state = reorderable_state(model, memory, src_pad, &why)) return cached_translation_step(model, state);
+    if (how == TranslationDecoding::kCached)
+      throw Error("translation step: cannot decode mixer " + model.config().decoder_mixer.name +
+                  " with a cache: " + why);
+  }
+  return recomputing_translation_step(model, memory, src_pad);
 }
 
-BeamHypothesis translate_beam(EncoderDecoderImpl& model, const torch::Tensor& src, BeamOptions options) {
+}  // namespace
+
+bool translation_can_cache(EncoderDecoderImpl& model) {
+  torch::NoGradGuard no_grad;
+  auto memory = torch::zeros({1, 1, model.config().d_model}, model.embedding()->weight.options());
+  return reorderable_state(model, memory, {}, nullptr) != nullptr;
+}
+
+BeamStep make_translation_step(EncoderDecoderImpl& model, const torch::Tensor& src, TranslationDecoding how) {
+  return translation_step_over(model, encode_one(model, src), {}, how);
+}
+
+std::vector<BeamHypothesis> translate_batch(EncoderDecoderImpl& model, const std::vector<torch::Tensor>& sources,
+                                            BeamOptions options, TranslationDecoding how) {
+  if (sources.empty()) throw Error("translate_batch: no source sentences");
+  int64_t S = 0;
+  for (size_t i = 0; i < sources.size(); ++i) {
+    if (sources[i].dim() != 1 || sources[i].numel() < 1)
+      throw Error("translate_batch: source " + std::to_string(i) + " must be a non-empty [S] of token ids, got " +
+                  c10::str(sources[i].sizes()));
+    S = std::max(S, sources[i].size(0));
+  }
+  const int64_t N = static_cast<int64_t>(sources.size());
+  const auto device = model.embedding()->weight.device();
+  auto src = torch::full({N, S}, model.config().pad_id, torch::TensorOptions().dtype(torch::kLong).device(device));
+  auto pad = torch::ones({N, S}, torch::TensorOptions().dtype(torch::kBool).device(device));
+  for (int64_t i = 0; i < N; ++i) {  // right padding, masked in the encoder and in the cross-attention
+    const int64_t n = sources[i].size(0);
+    src[i].narrow(0, 0, n).copy_(sources[i]);
+    pad[i].narrow(0, 0, n).fill_(false);
+  }
+  torch::Tensor memory;
+  {
+    torch::NoGradGuard no_grad;
+    memory = model.encode(src, pad);
+  }
   options.bos = model.config().bos_id;  // the decoder input starts with the model's start token
-  return beam_search(make_translation_step(model, src), options);
+  return beam_search_batch(translation_step_over(model, memory, pad, how), N, options);
+}
+
+BeamHypothesis translate_greedy(EncoderDecoderImpl& model, const torch::Tensor& src, BeamOptions options,
+                                TranslationDecoding how) {
+  options.bos = model.config().bos_id;  // the decoder input starts with the model's start token
+  return greedy_search(make_translation_step(model, src, how), options);
+}
+
+BeamHypothesis translate_beam(EncoderDecoderImpl& model, const torch::Tensor& src, BeamOptions options,
+                              TranslationDecoding how) {
+  options.bos = model.config().bos_id;  // the decoder input starts with the model's start token
+  return beam_search(make_translation_step(model, src, how), options);
 }
 
 }  // namespace longseq

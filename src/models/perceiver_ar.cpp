@@ -22,6 +22,10 @@ struct PerceiverCache : MixerState {
   std::map<std::string, torch::Tensor> tensors() const override {
     return {{"tokens", tokens}, {"cross_k", k.view()}, {"cross_v", v.view()}};
   }
+  void reorder(const torch::Tensor& index) override {
+    auto i = reorder_index(index, rows_of({tokens}), "perceiver_ar");
+    tokens = select_rows(tokens, i), k.reorder(i), v.reorder(i), key_padding = select_rows(key_padding, i);
+  }
 };
 
 torch::Tensor positions_from(int64_t first, int64_t n, const torch::Device& device) {

@@ -46,59 +46,112 @@ void check(const BeamOptions& o) {
 
 }  // namespace
 
-BeamHypothesis beam_search(const BeamStep& step, const BeamOptions& o) {
-  check(o);
-  const int64_t k = o.beam;
-  std::vector<BeamHypothesis> alive(k), finished;
-  for (int64_t b = 1; b < k; ++b) alive[b].log_prob = kNegInf;  // step 1 expands the start state once
-  auto parents = torch::zeros({k}, torch::kLong);
-  auto tokens = torch::full({k}, o.bos, torch::kLong);
-  for (int64_t i = 0; i < o.max_len; ++i) {
-    auto logp = step(parents, tokens).to(torch::kDouble).contiguous();  // [k, V]
-    const int64_t V = logp.size(1);
-    std::vector<double> base(k);
-    for (int64_t b = 0; b < k; ++b) base[b] = alive[b].log_prob;
-    auto cand = (logp + torch::tensor(base, torch::kDouble).unsqueeze(1)).flatten();  // [k V]
-    const double lp = gnmt_length_penalty(i + 1, o.alpha);
-    auto top = torch::topk(cand, std::min<int64_t>(2 * k, k * V));
-    auto vals = std::get<0>(top), idx = std::get<1>(top);
-    std::vector<BeamHypothesis> next;
-    std::vector<int64_t> next_parents, next_tokens;
-    for (int64_t c = 0; c < vals.size(0); ++c) {
-      const double v = vals[c].item<double>();
-      if (v == kNegInf) break;
-      const int64_t flat = idx[c].item<int64_t>(), parent = flat / V, token = flat % V;
-      BeamHypothesis h = alive[parent];
-      h.tokens.push_back(token);
-      h.log_prob = v, h.score = v / lp;
-      if (token == o.eos) {
-        h.finished = true;
-        if (c < k) finished.push_back(h);  // only EOS candidates within the top k finish, so beam 1 is greedy
-      } else if (static_cast<int64_t>(next.size()) < k) {  // the best k non-EOS candidates stay alive
-        next.push_back(h);
-        next_parents.push_back(parent), next_tokens.push_back(token);
-      }
+namespace {
+
+// One sentence's search: its alive and finished hypotheses, and what its rows feed next (parents are its own rows of
+// the previous call, 0 .. k-1).
+struct SentenceBeam {
+  std::vector<BeamHypothesis> alive, finished;
+  std::vector<int64_t> parents, tokens;
+  bool done = false;
+};
+
+SentenceBeam start_sentence_beam(const BeamOptions& o) {
+  SentenceBeam s;
+  s.alive.resize(o.beam);
+  for (int64_t b = 1; b < o.beam; ++b) s.alive[b].log_prob = kNegInf;  // step 1 expands the start state once
+  s.parents.assign(o.beam, 0);
+  s.tokens.assign(o.beam, o.bos);
+  return s;
+}
+
+// Step i (0-based) of one sentence from its rows' log-probabilities logp [k, V].
+void advance_sentence_beam(SentenceBeam& s, const torch::Tensor& logp, int64_t i, const BeamOptions& o) {
+  const int64_t k = o.beam, V = logp.size(1);
+  std::vector<double> base(k);
+  for (int64_t b = 0; b < k; ++b) base[b] = s.alive[b].log_prob;
+  auto cand = (logp + torch::tensor(base, torch::kDouble).unsqueeze(1)).flatten();  // [k V]
+  const double lp = gnmt_length_penalty(i + 1, o.alpha);
+  auto top = torch::topk(cand, std::min<int64_t>(2 * k, k * V));
+  auto vals = std::get<0>(top), idx = std::get<1>(top);
+  std::vector<BeamHypothesis> next;
+  std::vector<int64_t> next_parents, next_tokens;
+  for (int64_t c = 0; c < vals.size(0); ++c) {
+    const double v = vals[c].item<double>();
+    if (v == kNegInf) break;
+    const int64_t flat = idx[c].item<int64_t>(), parent = flat / V, token = flat % V;
+    BeamHypothesis h = s.alive[parent];
+    h.tokens.push_back(token);
+    h.log_prob = v, h.score = v / lp;
+    if (token == o.eos) {
+      h.finished = true;
+      if (c < k) s.finished.push_back(h);  // only EOS candidates within the top k finish, so beam 1 is greedy
+    } else if (static_cast<int64_t>(next.size()) < k) {  // the best k non-EOS candidates stay alive
+      next.push_back(h);
+      next_parents.push_back(parent), next_tokens.push_back(token);
     }
-    std::stable_sort(finished.begin(), finished.end(),
-                     [](const BeamHypothesis& a, const BeamHypothesis& b) { return a.score > b.score; });
-    if (static_cast<int64_t>(finished.size()) > k) finished.resize(k);
-    if (next.empty()) break;
-    while (static_cast<int64_t>(next.size()) < k) {  // fewer than k live candidates: pad with dead copies
-      next.push_back(next.back());
-      next.back().log_prob = kNegInf;
-      next_parents.push_back(next_parents.back()), next_tokens.push_back(next_tokens.back());
-    }
-    alive = next;
-    parents = torch::tensor(next_parents, torch::kLong), tokens = torch::tensor(next_tokens, torch::kLong);
-    if (o.stop_early && !finished.empty() &&
-        finished.front().score > alive.front().log_prob / gnmt_length_penalty(o.max_len, o.alpha))
-      break;  // an extension's score is at most its log-prob (<= now) over lp(max_len) (>= its own lp)
   }
-  if (!finished.empty()) return finished.front();
-  BeamHypothesis best = alive.front();
+  std::stable_sort(s.finished.begin(), s.finished.end(),
+                   [](const BeamHypothesis& a, const BeamHypothesis& b) { return a.score > b.score; });
+  if (static_cast<int64_t>(s.finished.size()) > k) s.finished.resize(k);
+  if (next.empty()) {
+    s.done = true;
+    return;
+  }
+  while (static_cast<int64_t>(next.size()) < k) {  // fewer than k live candidates: pad with dead copies
+    next.push_back(next.back());
+    next.back().log_prob = kNegInf;
+    next_parents.push_back(next_parents.back()), next_tokens.push_back(next_tokens.back());
+  }
+  s.alive = next;
+  s.parents = next_parents, s.tokens = next_tokens;
+  // An extension's score is at most its log-prob (<= now) over lp(max_len) (>= its own lp).
+  if (o.stop_early && !s.finished.empty() &&
+      s.finished.front().score > s.alive.front().log_prob / gnmt_length_penalty(o.max_len, o.alpha))
+    s.done = true;
+}
+
+BeamHypothesis best_of_sentence_beam(const SentenceBeam& s, const BeamOptions& o) {
+  if (!s.finished.empty()) return s.finished.front();
+  BeamHypothesis best = s.alive.front();
   best.score = best.log_prob / gnmt_length_penalty(static_cast<int64_t>(best.tokens.size()), o.alpha);
   return best;
 }
+
+}  // namespace
+
+std::vector<BeamHypothesis> beam_search_batch(const BeamStep& step, int64_t sentences, const BeamOptions& o) {
+  check(o);
+  if (sentences < 1) throw Error("beam search: needs at least one sentence, got " + std::to_string(sentences));
+  const int64_t k = o.beam;
+  std::vector<SentenceBeam> beams(sentences, start_sentence_beam(o));
+  std::vector<int64_t> active(sentences), first_row(sentences);  // first_row: the sentence's row 0 in the last call
+  for (int64_t s = 0; s < sentences; ++s) active[s] = s, first_row[s] = s;  // the start state: one row per sentence
+  for (int64_t i = 0; i < o.max_len && !active.empty(); ++i) {
+    std::vector<int64_t> parents, tokens;
+    for (int64_t s : active)
+      for (int64_t r = 0; r < k; ++r)
+        parents.push_back(first_row[s] + beams[s].parents[r]), tokens.push_back(beams[s].tokens[r]);
+    auto logp = step(torch::tensor(parents, torch::kLong), torch::tensor(tokens, torch::kLong))
+                    .to(torch::kDouble)
+                    .contiguous();  // [active k, V]
+    TORCH_CHECK(logp.dim() == 2 && logp.size(0) == static_cast<int64_t>(parents.size()),
+                "beam search: the step must return [", parents.size(), ", V] log-probabilities, got ", logp.sizes());
+    std::vector<int64_t> still;
+    for (size_t a = 0; a < active.size(); ++a) {
+      const int64_t s = active[a];
+      advance_sentence_beam(beams[s], logp.narrow(0, static_cast<int64_t>(a) * k, k), i, o);
+      first_row[s] = static_cast<int64_t>(a) * k;
+      if (!beams[s].done) still.push_back(s);  // a finished sentence's rows leave the next calls
+    }
+    active = still;
+  }
+  std::vector<BeamHypothesis> out;
+  for (const auto& b : beams) out.push_back(best_of_sentence_beam(b, o));
+  return out;
+}
+
+BeamHypothesis beam_search(const BeamStep& step, const BeamOptions& o) { return beam_search_batch(step, 1, o).front(); }
 
 BeamHypothesis greedy_search(const BeamStep& step, const BeamOptions& o) {
   check(o);

@@ -50,6 +50,15 @@ class GrowingCache {
 
   void clear() { start_ = length_ = 0; }
 
+  // Keeps batch rows `index` ([n] long, checked by the caller) in a fresh buffer, so repeated rows never share
+  // storage that a later append writes into.
+  void reorder(const torch::Tensor& index) {
+    if (buffer_.defined()) buffer_ = buffer_.index_select(0, index.to(buffer_.device()));
+  }
+
+  // Batch rows of the buffer, or -1 before the first append.
+  int64_t rows() const { return buffer_.defined() ? buffer_.size(0) : -1; }
+
   int64_t length() const { return length_; }
 
  private:

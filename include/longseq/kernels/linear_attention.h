@@ -14,6 +14,11 @@ namespace longseq {
 // Running sums of a causal stream: S [B, H, M, D], z [B, H, M]; undefined = empty.
 struct LinearAttentionState {
   torch::Tensor S, z;
+  // Keeps batch rows `index` ([n] long, checked by the caller).
+  void reorder(const torch::Tensor& index) {
+    if (S.defined()) S = S.index_select(0, index.to(S.device()));
+    if (z.defined()) z = z.index_select(0, index.to(z.device()));
+  }
 };
 
 // fq, fk: [B, H, T, M] features; v: [B, H, T, D] -> [B, H, T, D]. O(T M D).
