@@ -51,7 +51,7 @@ struct DecodeOptions {
   int64_t beam = 4;         // 1 = greedy
   double alpha = 0.6;       // GNMT length penalty (beam > 1)
   int64_t extra_len = 50;   // at most source tokens + extra_len target tokens (Vaswani et al. 2017, sec. 6.1)
-  int64_t batch = 32;       // greedy decoding: sentences decoded together
+  int64_t batch = 32;       // sentences decoded together (beam search: the batch's longest source sets the limit)
 };
 // Source sentences -> detokenized translations, one per sentence (an empty source gives ""). progress(done) is
 // called as sentences finish, when given.

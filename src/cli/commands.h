@@ -15,6 +15,8 @@ void translate_command(const std::string& run_dir, const std::string& input, con
                        const DecodeOptions& decode, bool quiet);
 // `longseq average RUN --last K --out DIR`: a new run directory with the mean of the run's last K kept checkpoints.
 void average_command(const std::string& run_dir, int64_t last, const std::string& out_dir);
+// `longseq corpus synthetic_translation --out DIR`: the generated splits as DIR/{train,valid,test}.{de,en}.
+void write_translation_corpus(const Json& data_cfg, const std::string& out_dir);
 // Whether a run directory holds a translation model (its config's model.type).
 bool is_translation_run(const std::string& run_dir);
 

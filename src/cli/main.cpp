@@ -228,7 +228,7 @@ int main(int argc, char** argv) {
         ->check(number_in(0, 100));
     cmd->add_option("--extra-len", decode.extra_len, "translation: at most source tokens + this many target tokens")
         ->check(number_in(1, 1e6));
-    cmd->add_option("--decode-batch", decode.batch, "translation, greedy: sentences decoded together")
+    cmd->add_option("--decode-batch", decode.batch, "translation: sentences decoded together (sorted by length)")
         ->check(number_in(1, 1 << 20));
   };
   add_decode_options(eval);
@@ -243,6 +243,16 @@ int main(int argc, char** argv) {
   translate->add_option("--output", tr_output, "file to write the translations to (default or -: stdout)");
   translate->add_flag("--quiet", quiet, "no progress display");
   add_decode_options(translate);
+
+  auto* corpus_cmd = app.add_subcommand("corpus", "write a generated corpus to files (synthetic_translation: "
+                                                   "train/valid/test .de and .en, the layout data.corpus parallel reads)");
+  std::string corpus_kind, corpus_out;
+  int64_t corpus_pairs = 40000, corpus_seed = 1;
+  corpus_cmd->add_option("kind", corpus_kind, "synthetic_translation")->required()
+      ->check(CLI::IsMember({"synthetic_translation"}));
+  corpus_cmd->add_option("--out", corpus_out, "directory to create")->required();
+  corpus_cmd->add_option("--pairs", corpus_pairs, "sentence pairs generated (90/5/5 split)")->check(number_in(100, 1e8));
+  corpus_cmd->add_option("--seed", corpus_seed, "seed of the generator")->check(number_in(0, 1e18));
 
   auto* average = app.add_subcommand("average", "average the weights of a run's last checkpoints into a new run "
                                                 "directory (Vaswani et al. 2017, sec. 6.1)");
@@ -451,6 +461,9 @@ int main(int argc, char** argv) {
       translate_command(run_dir, tr_input, tr_output, decode, quiet);
     } else if (*average) {
       average_command(run_dir, avg_last, avg_out);
+    } else if (*corpus_cmd) {
+      write_translation_corpus(Json{{"corpus", corpus_kind}, {"pairs", corpus_pairs}, {"pairs_seed", corpus_seed}},
+                               corpus_out);
     } else if (*eval) {
       auto run = load_run(run_dir, mixer_overrides(mixer_sets));
       auto text = read_corpus(run.config.data);

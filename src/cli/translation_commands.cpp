@@ -13,6 +13,23 @@
 
 namespace longseq {
 
+void write_translation_corpus(const Json& data_cfg, const std::string& out_dir) {
+  Json d = validate_options(data_cfg, data_schema(), "data");
+  const TranslationSplits s = read_translation_corpus(d);
+  if (path_exists(out_dir)) throw Error("corpus: " + out_dir + " already exists; choose a new --out");
+  if (::mkdir(out_dir.c_str(), 0755) != 0) throw Error("corpus: cannot create " + out_dir);
+  auto write = [&](const std::string& split, const ParallelText& p) {
+    std::string src, tgt;
+    for (size_t i = 0; i < p.source.size(); ++i) src += p.source[i] + "\n", tgt += p.target[i] + "\n";
+    write_file_atomic(out_dir + "/" + split + "." + d["source_lang"].get<std::string>(), src);
+    write_file_atomic(out_dir + "/" + split + "." + d["target_lang"].get<std::string>(), tgt);
+    std::printf("%s: %zu pairs\n", split.c_str(), p.source.size());
+  };
+  write("train", s.train);
+  write("valid", s.valid);
+  write("test", s.test);
+}
+
 bool is_translation_run(const std::string& run_dir) {
   const std::string config_path = run_dir + "/config.json";
   if (!path_exists(config_path)) return false;

@@ -155,17 +155,31 @@ std::vector<std::string> translate_sentences(EncoderDecoderImpl& model, const To
       batched = false;  // a decoder mixer without a streaming state: one sentence at a time, recomputed
     }
   }
-  if (!batched) {
+  // Sentences of similar length together, so little of each batch is padding.
+  std::vector<size_t> order(sources.size());
+  for (size_t i = 0; i < order.size(); ++i) order[i] = i;
+  std::stable_sort(order.begin(), order.end(), [&](size_t a, size_t b) { return src[a].size() < src[b].size(); });
+  if (o.beam > 1) {
+    // Beam search over o.batch sentences at once (translate_batch); the length limit is the batch's longest source
+    // + extra_len, sentences being sorted by length so that it is close to each one's own.
+    for (size_t first = 0; first < order.size(); first += static_cast<size_t>(o.batch)) {
+      const size_t n = std::min(order.size() - first, static_cast<size_t>(o.batch));
+      std::vector<torch::Tensor> batch;
+      int64_t longest = 0;
+      for (size_t k = 0; k < n; ++k) {
+        batch.push_back(torch::tensor(src[order[first + k]], torch::kLong));
+        longest = std::max<int64_t>(longest, static_cast<int64_t>(src[order[first + k]].size()));
+      }
+      bo.max_len = longest + o.extra_len;
+      const auto hyps = translate_batch(model, batch, bo);
+      for (size_t k = 0; k < n; ++k) finish(order[first + k], hyps[k].tokens);
+    }
+  } else if (!batched) {
     for (size_t i = 0; i < sources.size(); ++i) {
       bo.max_len = static_cast<int64_t>(src[i].size()) + o.extra_len;
-      auto s = torch::tensor(src[i], torch::kLong);
-      finish(i, (o.beam == 1 ? translate_greedy(model, s, bo) : translate_beam(model, s, bo)).tokens);
+      finish(i, translate_greedy(model, torch::tensor(src[i], torch::kLong), bo).tokens);
     }
   } else {
-    // Sentences of similar length together, so little of each batch is padding.
-    std::vector<size_t> order(sources.size());
-    for (size_t i = 0; i < order.size(); ++i) order[i] = i;
-    std::stable_sort(order.begin(), order.end(), [&](size_t a, size_t b) { return src[a].size() < src[b].size(); });
     for (size_t first = 0; first < order.size(); first += static_cast<size_t>(o.batch)) {
       const size_t n = std::min(order.size() - first, static_cast<size_t>(o.batch));
       int64_t S = 0;
