@@ -195,5 +195,36 @@ printf 'The dog bit the man.\nIt was not surprising.\n' > "$dir/bleu_hyp.txt"
 printf 'one line\n' > "$dir/bleu_short.txt"
 bad "bleu_short.txt has 1 lines but .*bleu_hyp.txt has 2" "$L" bleu "$dir/bleu_hyp.txt" "$dir/bleu_short.txt"
 bad "cannot read .*missing" "$L" bleu "$dir/missing.txt" "$dir/bleu_ref.txt"
+# Translation end to end: a generated corpus, a joint vocabulary, train with kept checkpoints, average, eval, translate.
+ok "$L" corpus synthetic_translation --out "$dir/tcorpus" --pairs 300
+for f in train valid test; do [ -s "$dir/tcorpus/$f.de" ] && [ -s "$dir/tcorpus/$f.en" ] || { echo "corpus lacks $f"; fail=1; }; done
+bad "already exists" "$L" corpus synthetic_translation --out "$dir/tcorpus" --pairs 300
+ok "$L" tokenizer --input "$dir/tcorpus/train.de" --input "$dir/tcorpus/train.en" --out "$dir/tsp" --vocab 400
+tr=(--set model.type=encoder_decoder --set model.vocab_size=403 --set model.d_model=32 --set model.n_layers=1
+    --set model.d_ff=64 --set data.corpus=parallel --set data.path="$dir/tcorpus" --set data.tokenizer=sentencepiece
+    --set data.spm_model="$dir/tsp.model" --set train.steps=6 --set train.batch_tokens=400 --set train.seq_len=60
+    --set train.checkpoint_every=2 --set train.keep_checkpoints=3 --set train.bleu_sentences=5
+    --set train.schedule=noam --set train.lr=1 --set train.label_smoothing=0.1)
+ok "$L" train --out "$dir/trun" "${tr[@]}" --quiet --sample 1
+grep -q "BLEU" "$dir/out" && grep -q "translation:" "$dir/out" || { echo "translation train prints no BLEU or sample"; fail=1; }
+grep -q '"valid_bleu"' "$dir/trun/metrics.jsonl" || { echo "translation metrics lack valid_bleu"; fail=1; }
+ok "$L" average "$dir/trun" --last 3 --out "$dir/tavg"; grep -q "steps 2,4,6" "$dir/out" || { echo "average: wrong steps"; fail=1; }
+ok "$L" eval "$dir/tavg" --split test --beam 2 --json --hypotheses "$dir/thyp.txt"
+grep -q '"bleu_signature"' "$dir/out" || { echo "translation eval prints no BLEU"; fail=1; }
+[ "$(wc -l < "$dir/thyp.txt")" -eq "$(wc -l < "$dir/tcorpus/test.de")" ] || { echo "eval --hypotheses: line count"; fail=1; }
+head -3 "$dir/tcorpus/test.de" > "$dir/tsrc.txt"
+ok "$L" translate "$dir/tavg" --input "$dir/tsrc.txt" --output "$dir/tout.txt" --quiet
+[ "$(wc -l < "$dir/tout.txt")" -eq 3 ] || { echo "translate: not one line per sentence"; fail=1; }
+printf 'Der Hund schläft.\n' | "$L" translate "$dir/tavg" --beam 1 --quiet > "$dir/out" 2>"$dir/err" ||
+  { echo "translate from stdin failed"; cat "$dir/err"; fail=1; }
+bad "fewer than --last 4" "$L" average "$dir/trun" --last 4 --out "$dir/tavg2"
+[ -e "$dir/tavg2" ] && { echo "a failed average left a directory"; fail=1; }
+bad "holds a translation model" "$L" generate "$dir/trun" --prompt a --max-new 2
+bad "apply to language-model runs" "$L" eval "$dir/trun" --stream
+bad "not a translation model" "$L" translate "$dir/run" --input "$dir/tsrc.txt"
+bad "model.vocab_size to 259" "$L" train --out "$dir/tx1" "${tr[@]}" --set data.tokenizer=byte --set data.spm_model=
+bad "set it to 403" "$L" train --out "$dir/tx2" "${tr[@]}" --set model.vocab_size=300
+bad "lacks train.de" "$L" train --out "$dir/tx3" "${tr[@]}" --set data.path="$dir"
+for x in tx1 tx2 tx3; do [ -e "$dir/$x" ] && { echo "a failed translation train left $x"; fail=1; }; done
 if [ $fail -eq 0 ]; then echo "cli smoke: all passed"; fi
 exit $fail

@@ -44,11 +44,11 @@ void eval_translation(const std::string& run_dir, const std::string& split, int6
   if (pairs.source.empty())
     throw Error("eval: the " + split + " split of " + run_dir + "'s corpus is empty (data.corpus parallel reads "
                 "test.<lang> from data.path when it exists)");
-  Progress progress("decode", bleu_sentences > 0 ? std::min<int64_t>(bleu_sentences, pairs.source.size())
-                                                 : static_cast<int64_t>(pairs.source.size()));
+  std::fprintf(stderr, "decoding %zu sentences of the %s split ...\n",
+               bleu_sentences > 0 ? std::min<size_t>(bleu_sentences, pairs.source.size()) : pairs.source.size(),
+               split.c_str());
   const TranslationEval e = evaluate_translation(*run.model, *run.tokenizer, run.ids, pairs,
                                                  run.config.train["batch_tokens"], bleu_sentences, decode);
-  progress.finish();
   if (!hypotheses_out.empty()) {
     std::string text;
     for (const auto& h : e.hypotheses) text += h + "\n";

@@ -18,6 +18,11 @@ const std::vector<ModelKindInfo>& model_kind_registry() {
        true},
       {"encoder_classifier", "bidirectional encoder with mean or first-token pooling and a linear classifier",
        "Devlin et al. 2019; Tay et al. 2021 (LRA)", {"num_classes", "pooling"}, false},
+      {"encoder_decoder",
+       "the original Transformer for translation: encoder of model.mixer, decoder of model.decoder_mixer with exact "
+       "encoder-decoder attention, three-way tied embedding, post- or pre-norm; trained on sentence pairs, decoded "
+       "by beam search (`longseq translate`, docs/translation.md)",
+       "Vaswani et al. 2017, Attention Is All You Need, sec. 3 and 5", {"decoder_mixer", "norm"}, false},
       {"universal_transformer (decoder_lm, encoder_classifier)",
        "depth recurrence: the n_layers blocks, one set of weights, applied recurrence_steps times with the "
        "coordinate embedding before each step; with act, adaptive halting per position and the ponder cost",
