@@ -36,6 +36,8 @@ grep -q '"stateful"' "$dir/out" && grep -q '"stateless"' "$dir/out" || { echo "e
 ok "$L" generate "$dir/run" --prompt "line 1" --max-new 10 --temperature 0
 ok "$L" generate "$dir/run" --prompt "line 1" --max-new 10 --top-k 5 --top-p 0.9 --seed 3
 ok "$L" train --out "$dir/run" --resume --quiet --sample 0
+ok "$L" plot "$dir/run"; grep -q 'class="series"' "$dir/run/curves.svg" || { echo "plot drew no series"; fail=1; }
+bad "has no metrics.jsonl" "$L" plot "$dir"
 # A kernelized mixer end to end: train, then generate through its streaming state and by recomputation.
 ok "$L" train --out "$dir/prun" "${common[@]}" --set model.mixer=performer --quiet --sample 0
 ok "$L" generate "$dir/prun" --prompt "line 1" --max-new 8 --temperature 0; cp "$dir/out" "$dir/gen_cached"

@@ -236,3 +236,38 @@ TEST(Batching, SlidingWindowContextMatchesBruteForce) {
 }
 
 }  // namespace data_test
+
+namespace data_test {
+
+TEST(Readers, InterleavedSplitSamplesTheWholeTextAtLineBoundaries) {
+  std::string text;
+  for (int i = 0; i < 4000; ++i) text += "line " + std::to_string(i) + " of the corpus\n";
+  auto s = longseq::split_interleaved(text, 1000);
+  EXPECT_EQ(s.train.size() + s.valid.size() + s.test.size(), text.size());
+  const double n = static_cast<double>(text.size());
+  EXPECT_NEAR(static_cast<double>(s.valid.size()) / n, 0.05, 0.01);
+  EXPECT_NEAR(static_cast<double>(s.test.size()) / n, 0.05, 0.01);
+  for (const auto* part : {&s.train, &s.valid, &s.test}) {
+    ASSERT_FALSE(part->empty());
+    EXPECT_EQ(part->back(), '\n');  // whole lines only
+    EXPECT_EQ(part->compare(0, 5, "line "), 0);
+  }
+  // Validation holds lines from the first quarter of the text and from the last, not only from its end.
+  auto line_numbers = [](const std::string& part) {
+    std::vector<int> n;
+    for (size_t at = part.find("line "); at != std::string::npos; at = part.find("line ", at + 1))
+      n.push_back(std::stoi(part.substr(at + 5)));
+    return n;
+  };
+  const auto valid = line_numbers(s.valid);
+  EXPECT_LT(*std::min_element(valid.begin(), valid.end()), 1000);
+  EXPECT_GT(*std::max_element(valid.begin(), valid.end()), 3000);
+  auto tail = line_numbers(longseq::split_by_fraction(text, 0.05, 0.05).valid);
+  tail.pop_back();  // a byte split may cut its last line's number short
+  EXPECT_GT(*std::min_element(tail.begin(), tail.end()), 3000);  // the tail split's: its end only
+  EXPECT_THROW(longseq::split_interleaved(text, 0), longseq::Error);
+  Json cfg = {{"corpus", "enwik8"}, {"path", "/nonexistent"}, {"split", "interleaved"}};
+  EXPECT_THROW(longseq::read_corpus(cfg), longseq::Error);
+}
+
+}  // namespace data_test

@@ -289,8 +289,10 @@ TEST(Train, ModelFileIsNeverBehindTrainerState) {
 
 TEST(Train, TokensPerSecondCountsTrainingTimeOnly) {
   auto dir = longseq_test::scratch_dir("train_tps");
+  // A validation split of 20000 bytes, so its 300 batches take many times a step even on a busy machine.
+  longseq_test::write_text(dir + "/big.txt", longseq_test::sample_text(400000));
   Json j = {{"model", {{"d_model", 16}, {"n_heads", 2}, {"n_layers", 1}, {"d_ff", 32}}},
-            {"data", {{"corpus", "text"}, {"path", corpus(dir)}}},
+            {"data", {{"corpus", "text"}, {"path", dir + "/big.txt"}}},
             {"train", {{"steps", 4}, {"batch_size", 1}, {"seq_len", 32}, {"warmup", 1}, {"eval_every", 1},
                        {"eval_batches", 300}, {"log_every", 1}, {"checkpoint_every", 1}}}};
   auto cfg = RunConfig::from_json(j);

@@ -42,6 +42,9 @@ struct TextSplits {
 std::string read_text_path(const std::string& path);
 // First (1 - valid - test) of the text for training, then valid, then test.
 TextSplits split_by_fraction(const std::string& text, double valid, double test);
+// Blocks of about `block` bytes, each extended to the end of its line; of every 20 consecutive blocks the 19th goes
+// to valid and the 20th to test (5% each), so both sample the whole text rather than its end.
+TextSplits split_interleaved(const std::string& text, int64_t block);
 // enwik8 / text8: the first 90%, next 5% and last 5% (90M/5M/5M of the 10^8-byte files).
 TextSplits read_enwik8(const std::string& file);
 // WikiText-103: a directory with wiki.{train,valid,test}.tokens (or .raw).
@@ -50,7 +53,8 @@ TextSplits read_wikitext103(const std::string& dir);
 TextSplits read_pg19(const std::string& dir);
 // The embedded default corpus: Python's documentation sources (Debian's python3.11-doc).
 std::string default_pydoc_path();
-TextSplits read_pydoc(const std::string& dir);
+// block > 0: split_interleaved (the default, data.split auto); 0: split_by_fraction.
+TextSplits read_pydoc(const std::string& dir, int64_t block = 65536);
 // The memory task (data.corpus recall): episodes "#kkkk=dddd;" <filler of about `gap` bytes> "?kkkk=dddd;\n",
 // random lowercase keys and digit values, filler of lowercase words with none of "#?=;". The value after the
 // question can only be predicted from the fact `gap` bytes back. Deterministic in `seed`.

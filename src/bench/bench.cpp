@@ -7,6 +7,7 @@
 // lengths. Children inherit the parent's allocation policy unless a row asks
 // for glibc's default, and the policy is printed with the results.
 #include "longseq/bench.h"
+#include "longseq/plot.h"
 
 #include <signal.h>
 #include <spawn.h>
@@ -506,57 +507,49 @@ std::string fmt(double v, int prec) {
   return b;
 }
 
+// One panel per (pass, mode) for time and one for memory; a colour per mechanism, a dash per variant (the part of
+// the series name in parentheses, and the allocator policy), an x at the top where a length was not measured.
 void write_svg(const std::string& path, const std::vector<Row>& rows) {
-  std::map<std::string, std::vector<const Row*>> series;
+  std::vector<std::pair<std::string, std::string>> cells;  // (pass, mode) in order of appearance
   for (const auto& r : rows)
-    if (r.status == "ok") series[r.series + " " + r.mode + " " + r.pass + (r.policy == "glibc default" ? " (glibc default)" : "")].push_back(&r);
-  const double W = 520, Hh = 360, L = 70, R = 20, Tm = 30, Bm = 50;
-  double tmin = 1e300, tmax = 0, ymin[2] = {1e300, 1e300}, ymax[2] = {0, 0};
-  for (const auto& kv : series)
-    for (const auto* r : kv.second) {
-      tmin = std::min<double>(tmin, r->T), tmax = std::max<double>(tmax, r->T);
-      ymin[0] = std::min(ymin[0], r->median_s), ymax[0] = std::max(ymax[0], r->median_s);
-      ymin[1] = std::min(ymin[1], r->peak_mib), ymax[1] = std::max(ymax[1], r->peak_mib);
+    if (std::find(cells.begin(), cells.end(), std::make_pair(r.pass, r.mode)) == cells.end())
+      cells.push_back({r.pass, r.mode});
+  double roof = 0;
+  for (const auto& r : rows) roof = std::max(roof, r.roof_gflops);
+  std::vector<PlotPanel> panels;
+  for (int memory = 0; memory < 2; ++memory)
+    for (const auto& cell : cells) {
+      PlotPanel p;
+      p.title = (memory ? "peak memory, " : "time per call, ") + cell.first + ", " + cell.second;
+      p.x_label = "sequence length T";
+      p.y_label = memory ? "peak resident MiB" : "seconds";
+      p.log_x = p.log_y = true;
+      std::map<std::string, size_t> index;
+      for (const auto& r : rows) {
+        if (r.pass != cell.first || r.mode != cell.second) continue;
+        const std::string name = r.series + (r.policy == "glibc default" ? " (glibc default)" : "");
+        if (!index.count(name)) {
+          index[name] = p.series.size();
+          PlotSeries s;
+          s.label = name;
+          const auto space = r.series.find(' ');  // "full core (fused)": mechanism "full", variant "core (fused)"
+          s.group = r.series.substr(0, space);
+          s.kind = (space == std::string::npos ? std::string() : r.series.substr(space + 1)) +
+                   (r.policy == "glibc default" ? " glibc" : "");
+          p.series.push_back(s);
+        }
+        PlotSeries& s = p.series[index[name]];
+        if (std::find(p.x_ticks.begin(), p.x_ticks.end(), static_cast<double>(r.T)) == p.x_ticks.end())
+          p.x_ticks.push_back(static_cast<double>(r.T));  // ticks at the lengths measured
+        if (r.status == "ok") s.points.push_back({static_cast<double>(r.T), memory ? r.peak_mib : r.median_s});
+        else if (r.status != "skipped") s.unmeasured.push_back({static_cast<double>(r.T), r.status});
+      }
+      std::sort(p.x_ticks.begin(), p.x_ticks.end());
+      panels.push_back(p);
     }
-  if (series.empty()) tmin = 1, tmax = 2, ymin[0] = ymin[1] = 1, ymax[0] = ymax[1] = 2;
-  auto lx = [&](double t) { return L + (std::log(t) - std::log(tmin)) / std::max(1e-9, std::log(tmax) - std::log(tmin)) * (W - L - R); };
-  auto ly = [&](int p, double y) {
-    return Tm + (1 - (std::log(y) - std::log(ymin[p])) / std::max(1e-9, std::log(ymax[p]) - std::log(ymin[p]))) * (Hh - Tm - Bm);
-  };
-  const char* colors[] = {"#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#7f7f7f", "#bcbd22"};
-  std::ostringstream os;
-  const double legend_h = 18.0 * series.size() + 20;
-  os << "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"" << 2 * W << "\" height=\"" << Hh + legend_h
-     << "\" font-family=\"sans-serif\" font-size=\"12\">\n<rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n";
-  const char* titles[] = {"time per call (s), log-log", "peak resident memory (MiB), log-log"};
-  for (int p = 0; p < 2; ++p) {
-    const double ox = p * W;
-    os << "<g transform=\"translate(" << ox << ",0)\">\n<text x=\"" << L << "\" y=\"18\">" << titles[p] << "</text>\n";
-    os << "<line x1=\"" << L << "\" y1=\"" << Hh - Bm << "\" x2=\"" << W - R << "\" y2=\"" << Hh - Bm << "\" stroke=\"black\"/>\n";
-    os << "<line x1=\"" << L << "\" y1=\"" << Tm << "\" x2=\"" << L << "\" y2=\"" << Hh - Bm << "\" stroke=\"black\"/>\n";
-    for (double t = tmin; t <= tmax * 1.001; t *= 2)
-      os << "<text x=\"" << lx(t) << "\" y=\"" << Hh - Bm + 16 << "\" text-anchor=\"middle\">" << (t >= 1024 ? fmt(t / 1024, 0) + "K" : fmt(t, 0)) << "</text>\n";
-    os << "<text x=\"" << (L + W - R) / 2 << "\" y=\"" << Hh - 12 << "\" text-anchor=\"middle\">sequence length T</text>\n";
-    for (int i = 0; i <= 4; ++i) {
-      const double y = std::exp(std::log(ymin[p]) + i / 4.0 * (std::log(ymax[p]) - std::log(ymin[p])));
-      os << "<text x=\"" << L - 6 << "\" y=\"" << ly(p, y) + 4 << "\" text-anchor=\"end\">" << (y < 0.01 ? fmt(y * 1000, 2) + "m" : fmt(y, y < 10 ? 2 : 0)) << "</text>\n";
-    }
-    int c = 0;
-    for (const auto& kv : series) {
-      os << "<polyline fill=\"none\" stroke-width=\"2\" stroke=\"" << colors[c++ % 10] << "\" points=\"";
-      for (const auto* r : kv.second) os << lx(r->T) << "," << ly(p, p == 0 ? r->median_s : r->peak_mib) << " ";
-      os << "\"/>\n";
-    }
-    os << "</g>\n";
-  }
-  int c = 0;
-  for (const auto& kv : series) {
-    const double y = Hh + 14 + 18.0 * c;
-    os << "<rect x=\"" << L << "\" y=\"" << y - 9 << "\" width=\"14\" height=\"4\" fill=\"" << colors[c++ % 10] << "\"/>"
-       << "<text x=\"" << L + 20 << "\" y=\"" << y << "\">" << kv.first << "</text>\n";
-  }
-  os << "</svg>\n";
-  write_file_atomic(path, os.str());
+  write_file_atomic(path, svg_figure("longseq bench: SGEMM roof " + fmt(roof, 0) + " GFLOP/s on this machine, " +
+                                         std::to_string(rows.size()) + " configurations of one run",
+                                     panels, static_cast<int>(std::max<size_t>(cells.size(), 1))));
 }
 
 }  // namespace

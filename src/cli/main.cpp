@@ -16,6 +16,7 @@
 #include "longseq/common.h"
 #include "longseq/config.h"
 #include "longseq/generate.h"
+#include "longseq/plot.h"
 #include "longseq/registry.h"
 #include "longseq/runtime.h"
 #include "longseq/train.h"
@@ -244,6 +245,11 @@ int main(int argc, char** argv) {
   translate->add_flag("--quiet", quiet, "no progress display");
   add_decode_options(translate);
 
+  auto* plot = app.add_subcommand("plot", "draw a run's training and validation curves as SVG");
+  std::string plot_out;
+  plot->add_option("run", run_dir, "run directory")->required();
+  plot->add_option("--out", plot_out, "SVG file to write (default: RUN/curves.svg)");
+
   auto* corpus_cmd = app.add_subcommand("corpus", "write a generated corpus to files (synthetic_translation: "
                                                    "train/valid/test .de and .en, the layout data.corpus parallel reads)");
   std::string corpus_kind, corpus_out;
@@ -461,6 +467,11 @@ int main(int argc, char** argv) {
       translate_command(run_dir, tr_input, tr_output, decode, quiet);
     } else if (*average) {
       average_command(run_dir, avg_last, avg_out);
+    } else if (*plot) {
+      const std::string svg = plot_run_svg(run_dir);
+      const std::string out = plot_out.empty() ? run_dir + "/curves.svg" : plot_out;
+      write_file_atomic(out, svg);
+      std::printf("wrote %s\n", out.c_str());
     } else if (*corpus_cmd) {
       write_translation_corpus(Json{{"corpus", corpus_kind}, {"pairs", corpus_pairs}, {"pairs_seed", corpus_seed}},
                                corpus_out);

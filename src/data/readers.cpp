@@ -51,6 +51,24 @@ TextSplits split_by_fraction(const std::string& text, double valid, double test)
   return {text.substr(0, n_train), text.substr(n_train, n_valid), text.substr(n_train + n_valid)};
 }
 
+TextSplits split_interleaved(const std::string& text, int64_t block) {
+  if (block < 1) throw Error("data.split_block must be at least 1, got " + std::to_string(block));
+  TextSplits s;
+  size_t start = 0;
+  for (int64_t i = 0; start < text.size(); ++i) {
+    // Each block ends after the first newline at or past `block` bytes, so no line is cut between splits.
+    size_t end = std::min(text.size(), start + static_cast<size_t>(block));
+    if (end < text.size()) {
+      const size_t nl = text.find('\n', end - 1);
+      end = nl == std::string::npos ? text.size() : nl + 1;
+    }
+    std::string& to = i % 20 == 18 ? s.valid : i % 20 == 19 ? s.test : s.train;
+    to.append(text, start, end - start);
+    start = end;
+  }
+  return s;
+}
+
 TextSplits read_enwik8(const std::string& file) {
   std::error_code ec;
   if (fs::is_directory(file, ec)) throw Error("enwik8/text8: " + file + " is a directory; give the file");
@@ -85,12 +103,13 @@ TextSplits read_pg19(const std::string& dir) {
 
 std::string default_pydoc_path() { return "/usr/share/doc/python3.11/html/_sources"; }
 
-TextSplits read_pydoc(const std::string& dir) {
+TextSplits read_pydoc(const std::string& dir, int64_t block) {
   if (!path_exists(dir))
     throw Error("the default corpus " + dir +
                 " is missing: install it with `apt-get install python3.11-doc` (scripts/setup.sh does),"
                 " or set data.path");
-  return split_by_fraction(read_text_path(dir), 0.05, 0.05);
+  // The sorted files end with whatsnew/ changelogs, unlike the rest: a tail split would validate on those alone.
+  return block > 0 ? split_interleaved(read_text_path(dir), block) : split_by_fraction(read_text_path(dir), 0.05, 0.05);
 }
 
 std::string corpus_source(const Json& cfg) {
@@ -201,9 +220,15 @@ TextSplits read_corpus(const Json& cfg) {
     return {expressions_text(bytes * 9 / 10, depth, seed * 3 + 1), expressions_text(bytes / 20, depth, seed * 3 + 2),
             expressions_text(bytes / 20, depth, seed * 3 + 3)};
   }
-  if (corpus == "pydoc") return read_pydoc(path.empty() ? default_pydoc_path() : path);
+  const std::string split = cfg.value("split", std::string("auto"));
+  const int64_t block = cfg.value("split_block", int64_t{65536});
+  const bool interleaved = split == "interleaved" || (split == "auto" && corpus == "pydoc");
+  if (split == "interleaved" && corpus != "pydoc" && corpus != "text")
+    throw Error("data.split interleaved applies to data.corpus pydoc and text; " + corpus + " has its own splits");
+  if (corpus == "pydoc") return read_pydoc(path.empty() ? default_pydoc_path() : path, interleaved ? block : 0);
   if (path.empty()) throw Error("data.path must name the " + corpus + " corpus");
-  if (corpus == "text") return split_by_fraction(read_text_path(path), 0.05, 0.05);
+  if (corpus == "text")
+    return interleaved ? split_interleaved(read_text_path(path), block) : split_by_fraction(read_text_path(path), 0.05, 0.05);
   if (corpus == "enwik8" || corpus == "text8") return read_enwik8(path);
   if (corpus == "wikitext103") return read_wikitext103(path);
   if (corpus == "pg19") return read_pg19(path);

@@ -108,6 +108,13 @@ const Schema& data_schema() {
         "synthetic_translation"}},
       {"path", OptionType::String, "",
        "file or directory of the corpus; empty = the default (pydoc: Debian's python3.11-doc sources)"},
+      {"split", OptionType::String, "auto",
+       "how pydoc and text are split: tail (the first 90% train, then 5% valid, 5% test) or interleaved (blocks of "
+       "split_block bytes ended at a newline, every 19th of 20 to valid and every 20th to test, so both sample the "
+       "whole corpus); auto = interleaved for pydoc (its sorted files end with changelogs), tail for text",
+       -1e300, 1e300, {"auto", "tail", "interleaved"}},
+      {"split_block", OptionType::Int, 65536, "data.split interleaved: bytes per block (then to the line's end)", 1,
+       1e12},
       {"tokenizer", OptionType::String, "byte", "byte (256 symbols) or a SentencePiece model",
        -1e300, 1e300, {"byte", "sentencepiece"}},
       {"spm_model", OptionType::String, "", "SentencePiece .model file (tokenizer = sentencepiece)"},
