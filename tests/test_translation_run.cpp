@@ -63,6 +63,9 @@ TEST(TranslationConfig, BadCombinationsNameTheKey) {
   j["model"]["mixer"] = "xl";  // causal only: no bidirectional encoder
   expect_config_error(j, "bidirectional");
   j = tiny_translation(4);
+  j["train"]["stream"] = true;
+  expect_config_error(j, "train.stream");
+  j = tiny_translation(4);
   j["train"]["schedule"] = "noam";  // lr 3e-3 as a factor on the paper's formula
   expect_config_error(j, "train.lr");
   j["train"]["lr"] = 1.0;

@@ -191,7 +191,8 @@ const Schema& train_schema() {
        "(the paper averages the last 5); 0 = only the latest", 0, 1e6},
       {"batch_tokens", OptionType::Int, 4096,
        "encoder_decoder: sentence pairs of similar length per micro-batch, up to this many padded source + target "
-       "tokens (the paper: about 25000 + 25000 per step over 8 GPUs)", 16, 1e9},
+       "tokens (the paper: about 25000 + 25000 per step over 8 GPUs); it replaces batch_size there, and seq_len is "
+       "the longest side in tokens a training pair may have", 16, 1e9},
       {"bleu_sentences", OptionType::Int, 500,
        "encoder_decoder: validation sentences decoded greedily for valid_bleu at each validation; 0 = all", 0, 1e9},
       {"time_limit", OptionType::Float, 0.0,
@@ -416,6 +417,9 @@ RunConfig RunConfig::from_json(const Json& j) {
                               "synthetic_translation, got " + c.data["corpus"].get<std::string>()
                             : "data.corpus = " + c.data["corpus"].get<std::string>() +
                                   " holds sentence pairs: it needs model.type = encoder_decoder");
+  if (translation && c.train["stream"].get<bool>())
+    throw Error("train.stream carries a language model's state along a stream of text; model.type = encoder_decoder "
+                "trains on independent sentence pairs: set train.stream to false");
   if (c.data["corpus"] == "synthetic_translation" && !c.data["path"].get<std::string>().empty())
     throw Error("data.path is not read by data.corpus synthetic_translation (the program generates it); leave it "
                 "empty");
