@@ -989,6 +989,7 @@ void run_bench(const BenchOptions& o) {
       Json mixer = o.mixer_options.value(m, Json::object());
       mixer["name"] = m;
       raw["model"][find_unit(m).block ? "block" : "mixer"] = mixer;  // a block kind replaces every layer
+      if (!find_unit(m).block) raw["model"]["block"] = "standard";  // a mixer runs in standard blocks, whatever the default
       train_one(m, raw);
     }
     // Models at the default config's width and depth (one block applied as often, for the Universal Transformer).
