@@ -160,63 +160,32 @@ Json tiny_listops(int64_t steps) {
                      {"accum", 2}}}};
 }
 
-void expect_config_error(const Json& j, const std::string& needle) {
-  try {
-    RunConfig::from_json(j);
-    ADD_FAILURE() << "no error; expected one containing \"" << needle << "\"";
-  } catch (const Error& e) {
-    EXPECT_NE(std::string(e.what()).find(needle), std::string::npos) << e.what();
-  }
-}
-
 TEST(ClassificationConfig, BadCombinationsNameTheKey) {
-  Json j = tiny_listops(4);
-  RunConfig::from_json(j);  // the base is valid
-  j = tiny_listops(4);
-  j["data"] = {{"corpus", "pydoc"}};
-  expect_config_error(j, "data.corpus must be a classification corpus");
-  j = tiny_listops(4);
-  j["model"]["type"] = "decoder_lm";
-  expect_config_error(j, "it needs model.type = encoder_classifier");
-  j = tiny_listops(4);
-  j["model"]["vocab_size"] = 256;
-  expect_config_error(j, "set model.vocab_size to 17");
-  j = tiny_listops(4);
-  j["model"]["num_classes"] = 2;
-  expect_config_error(j, "set model.num_classes to 10");
-  j = tiny_listops(4);
-  j["train"]["seq_len"] = 3;
-  expect_config_error(j, "train.seq_len = 3 would truncate");
-  j = tiny_listops(4);
-  j["data"]["listops_min_length"] = 7;
-  expect_config_error(j, "data.listops_min_length");
-  j = tiny_listops(4);
-  j["data"]["tokenizer"] = "sentencepiece";
-  j["data"]["spm_model"] = "x.model";
-  expect_config_error(j, "data.tokenizer is not read");
-  j = tiny_listops(4);
-  j["model"]["positions"] = "learned";
-  j["model"]["max_len"] = 7;
-  expect_config_error(j, "model.pooling = cls prepends one position");
-  j = tiny_listops(4);
-  j["model"]["pooling"] = "max";
-  expect_config_error(j, "model.pooling");
+  RunConfig::from_json(tiny_listops(4));  // the base is valid
+  // Each case: a merge patch on the base, and what its error must say.
+  const std::vector<std::pair<Json, std::string>> cases = {
+      {{{"data", {{"corpus", "pydoc"}}}}, "data.corpus must be a classification corpus"},
+      {{{"model", {{"type", "decoder_lm"}}}}, "it needs model.type = encoder_classifier"},
+      {{{"model", {{"vocab_size", 256}}}}, "set model.vocab_size to 17"},
+      {{{"model", {{"num_classes", 2}}}}, "set model.num_classes to 10"},
+      {{{"model", {{"pooling", "max"}}}}, "model.pooling"},
+      {{{"train", {{"seq_len", 3}}}}, "train.seq_len = 3 would truncate"},
+      {{{"data", {{"listops_min_length", 7}}}}, "data.listops_min_length"},
+      {{{"data", {{"tokenizer", "sentencepiece"}, {"spm_model", "x.model"}}}}, "data.tokenizer is not read"},
+      {{{"model", {{"positions", "learned"}, {"max_len", 7}}}}, "model.pooling = cls prepends one position"},
+  };
+  for (const auto& c : cases) {
+    Json j = tiny_listops(4);
+    j.merge_patch(c.first);
+    longseq_test::expect_config_error(j, c.second);
+  }
 }
 
 TEST(ClassificationRun, ResumeAfterKillReproducesLossesBitForBit) {
   const auto dir = longseq_test::scratch_dir("lra_resume");
   auto cfg = RunConfig::from_json(tiny_listops(14));
-  auto whole = train_run(&cfg, longseq_test::quiet(dir + "/whole"));
-  auto opts = longseq_test::quiet(dir + "/killed");
-  opts.stop_after = 10;  // its last checkpoint is step 8; 14 steps x 2 x 16 examples run past one epoch (288)
-  train_run(&cfg, opts);
-  auto resumed = train_run(nullptr, longseq_test::quiet(dir + "/killed", true));
-  EXPECT_EQ(resumed.losses.size(), 6u);
-  auto a = longseq_test::logged_losses(dir + "/whole"), b = longseq_test::logged_losses(dir + "/killed");
-  ASSERT_EQ(a.size(), 14u);
-  ASSERT_EQ(b.size(), 14u);
-  for (const auto& kv : a) EXPECT_EQ(kv.second, b.at(kv.first)) << "step " << kv.first;
-  EXPECT_EQ(read_file(dir + "/whole/model.safetensors"), read_file(dir + "/killed/model.safetensors"));
+  // The killed run's last checkpoint is step 8; 14 steps x 2 x 16 examples run past one epoch (288).
+  auto whole = longseq_test::expect_exact_resume(cfg, dir, 10);
   EXPECT_TRUE(whole.valid_fields.contains("valid_accuracy"));
   EXPECT_EQ(whole.valid_fields["valid_examples"], 6);  // the final validation covers the whole split
   const std::string metrics = read_file(dir + "/whole/metrics.jsonl");
