@@ -228,5 +228,37 @@ bad "model.vocab_size to 259" "$L" train --out "$dir/tx1" "${tr[@]}" --set data.
 bad "set it to 403" "$L" train --out "$dir/tx2" "${tr[@]}" --set model.vocab_size=300
 bad "lacks train.de" "$L" train --out "$dir/tx3" "${tr[@]}" --set data.path="$dir"
 for x in tx1 tx2 tx3; do [ -e "$dir/$x" ] && { echo "a failed translation train left $x"; fail=1; }; done
+
+# LRA ListOps end to end: LRA-layout files, a tiny `lra listops` run on them (test scored once), eval, the generated
+# corpus in memory, and the errors.
+ok "$L" corpus listops --out "$dir/lcorpus" --examples 300 --min-length 10 --max-length 60
+for f in train val test; do [ -s "$dir/lcorpus/basic_$f.tsv" ] || { echo "corpus listops lacks basic_$f.tsv"; fail=1; }; done
+head -1 "$dir/lcorpus/basic_val.tsv" | grep -q "^Source.Target$" || { echo "listops tsv header"; fail=1; }
+bad "already holds basic_train.tsv" "$L" corpus listops --out "$dir/lcorpus" --examples 300
+lt=(--quiet --set model.d_model=16 --set model.n_heads=2 --set model.n_layers=1 --set model.d_ff=32
+    --set model.classifier_hidden=32 --set train.steps=6 --set train.warmup=2 --set train.eval_every=3
+    --set train.checkpoint_every=3 --set train.batch_size=8 --set train.seq_len=59)
+ok "$L" lra listops --out "$dir/lra_run" --data "$dir/lcorpus" "${lt[@]}"
+grep -q "test: accuracy" "$dir/out" && grep -q "valid accuracy" "$dir/out" || { echo "lra listops prints no accuracy"; fail=1; }
+grep -q '"accuracy"' "$dir/lra_run/test.json" || { echo "lra listops wrote no test.json"; fail=1; }
+grep -q '"valid_accuracy"' "$dir/lra_run/metrics.jsonl" || { echo "classification metrics lack valid_accuracy"; fail=1; }
+ok "$L" eval "$dir/lra_run" --split valid --json
+grep -q '"accuracy"' "$dir/out" || { echo "eval on a classifier prints no accuracy"; fail=1; }
+ok "$L" eval "$dir/lra_run" --max-batches 1
+grep -q "test: accuracy" "$dir/out" || { echo "eval on a classifier prints no test accuracy"; fail=1; }
+ok "$L" lra listops --out "$dir/lra_run2" "${lt[@]}" --mixer performer --set data.listops_examples=300 \
+    --set data.listops_min_length=10 --set data.listops_max_length=60
+ok "$L" lra listops --print-config --mixer linear
+grep -q '"linear"' "$dir/out" || { echo "lra --print-config lacks the mixer"; fail=1; }
+bad "apply to language-model runs" "$L" eval "$dir/lra_run" --stream
+bad "set model.vocab_size to 17" "$L" lra listops --out "$dir/lx1" "${lt[@]}" --data "$dir/lcorpus" --set model.vocab_size=18
+bad "set model.num_classes to 10" "$L" train --out "$dir/lx2" --config "$dir/lra_run/config.json" --set model.num_classes=2
+bad "would truncate" "$L" lra listops --out "$dir/lx3" "${lt[@]}" --set train.seq_len=100
+bad "needs model.type = encoder_classifier" "$L" train --out "$dir/lx4" --set data.corpus=listops --quiet
+mkdir -p "$dir/lbad" && printf 'Source\tTarget\n( ( ( [MAX 2 ) 9 ) ] )\tnine\n' > "$dir/lbad/basic_train.tsv"
+bad "basic_train.tsv, line 2" "$L" lra listops --out "$dir/lx5" "${lt[@]}" --data "$dir/lbad"
+cp "$dir/lcorpus/basic_train.tsv" "$dir/lbad/basic_train.tsv"
+bad "basic_val.tsv does not exist" "$L" lra listops --out "$dir/lx6" "${lt[@]}" --data "$dir/lbad"
+for x in lx1 lx2 lx3 lx4 lx5 lx6; do [ -e "$dir/$x" ] && { echo "a failed classification train left $x"; fail=1; }; done
 if [ $fail -eq 0 ]; then echo "cli smoke: all passed"; fi
 exit $fail

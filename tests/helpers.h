@@ -46,4 +46,11 @@ std::map<int64_t, double> logged_losses(const std::string& run);
 // Options of a quiet training call into `dir` (resume: continue the run there).
 longseq::TrainOptions quiet(const std::string& dir, bool resume = false);
 
+// A run of cfg (train.log_every 1) into dir/whole, and one killed after `stop_after` steps into dir/killed then
+// resumed: the logged losses and the final weights must be equal bit for bit. Returns the whole run's result.
+longseq::TrainResult expect_exact_resume(const longseq::RunConfig& cfg, const std::string& dir, int64_t stop_after);
+
+// RunConfig::from_json(j) must throw an Error whose message contains `needle`.
+void expect_config_error(const longseq::Json& j, const std::string& needle);
+
 }  // namespace longseq_test

@@ -121,6 +121,33 @@ longseq::TrainOptions quiet(const std::string& dir, bool resume) {
   return o;
 }
 
+longseq::TrainResult expect_exact_resume(const longseq::RunConfig& cfg, const std::string& dir, int64_t stop_after) {
+  const int64_t steps = cfg.train["steps"];
+  auto whole = longseq::train_run(&cfg, quiet(dir + "/whole"));
+  auto opts = quiet(dir + "/killed");
+  opts.stop_after = stop_after;
+  longseq::train_run(&cfg, opts);
+  auto resumed = longseq::train_run(nullptr, quiet(dir + "/killed", true));
+  const int64_t every = cfg.train["checkpoint_every"];  // the resumed run starts at the last checkpoint
+  EXPECT_EQ(static_cast<int64_t>(resumed.losses.size()), steps - stop_after / every * every);
+  auto a = logged_losses(dir + "/whole"), b = logged_losses(dir + "/killed");
+  EXPECT_EQ(static_cast<int64_t>(a.size()), steps);
+  EXPECT_EQ(static_cast<int64_t>(b.size()), steps);
+  for (const auto& kv : a)
+    if (b.count(kv.first)) EXPECT_EQ(kv.second, b.at(kv.first)) << "step " << kv.first;
+  EXPECT_EQ(longseq::read_file(dir + "/whole/model.safetensors"), longseq::read_file(dir + "/killed/model.safetensors"));
+  return whole;
+}
+
+void expect_config_error(const longseq::Json& j, const std::string& needle) {
+  try {
+    longseq::RunConfig::from_json(j);
+    ADD_FAILURE() << "no error; expected one containing \"" << needle << "\"";
+  } catch (const longseq::Error& e) {
+    EXPECT_NE(std::string(e.what()).find(needle), std::string::npos) << e.what();
+  }
+}
+
 }  // namespace longseq_test
 
 int main(int argc, char** argv) {

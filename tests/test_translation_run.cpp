@@ -26,14 +26,7 @@ Json tiny_translation(int64_t steps) {
                      {"accum", 2}, {"bleu_sentences", 4}, {"keep_checkpoints", 2}}}};
 }
 
-void expect_config_error(Json j, const std::string& needle) {
-  try {
-    RunConfig::from_json(j);
-    ADD_FAILURE() << "no error; expected one containing \"" << needle << "\"";
-  } catch (const Error& e) {
-    EXPECT_NE(std::string(e.what()).find(needle), std::string::npos) << e.what();
-  }
-}
+using longseq_test::expect_config_error;
 
 TEST(TranslationConfig, BadCombinationsNameTheKey) {
   RunConfig::from_json(tiny_translation(4));  // the base is valid
@@ -125,17 +118,8 @@ TEST(TranslationCorpus, ParallelDirectoryLayoutAndMissingFiles) {
 TEST(TranslationRun, ResumeAfterKillReproducesLossesBitForBit) {
   const auto dir = longseq_test::scratch_dir("translation_resume");
   auto cfg = RunConfig::from_json(tiny_translation(14));
-  auto whole = train_run(&cfg, longseq_test::quiet(dir + "/whole"));
-  auto opts = longseq_test::quiet(dir + "/killed");
-  opts.stop_after = 10;  // its last checkpoint is step 8; 14 steps x 2 micro-batches run past one epoch
-  train_run(&cfg, opts);
-  auto resumed = train_run(nullptr, longseq_test::quiet(dir + "/killed", true));
-  EXPECT_EQ(resumed.losses.size(), 6u);
-  auto a = longseq_test::logged_losses(dir + "/whole"), b = longseq_test::logged_losses(dir + "/killed");
-  ASSERT_EQ(a.size(), 14u);
-  ASSERT_EQ(b.size(), 14u);
-  for (const auto& kv : a) EXPECT_EQ(kv.second, b.at(kv.first)) << "step " << kv.first;
-  EXPECT_EQ(read_file(dir + "/whole/model.safetensors"), read_file(dir + "/killed/model.safetensors"));
+  // The killed run's last checkpoint is step 8; 14 steps x 2 micro-batches run past one epoch.
+  auto whole = longseq_test::expect_exact_resume(cfg, dir, 10);
   EXPECT_TRUE(whole.valid_fields.contains("valid_bleu"));
   EXPECT_EQ(whole.valid_fields["valid_bleu_sentences"], 4);
   EXPECT_TRUE(std::isfinite(whole.valid.loss));

@@ -47,7 +47,8 @@ struct ModelConfig {
   // What layer i is, for messages: its mixer's name, or its block kind's.
   std::string layer_name(size_t i) const { return layers[i].name.empty() ? blocks[i].name : layers[i].name; }
   int64_t num_classes = 2;
-  std::string pooling;  // mean | first
+  std::string pooling;  // mean | first | cls
+  int64_t classifier_hidden = 0;  // 0 = a linear head; > 0 = Dense(hidden) -> ReLU -> Dense(num_classes)
   MixerSpec decoder_mixer;  // encoder_decoder: the decoder's self-attention (model.mixer runs the encoder)
   bool post_norm = true;    // encoder_decoder: model.norm = post
 

@@ -110,9 +110,11 @@ struct ModelState {
 class TrunkImpl : public torch::nn::Module {
  public:
   explicit TrunkImpl(const ModelConfig& cfg);
-  // tokens: [B, T] long; padding_mask: [B, T] bool or undefined -> [B, T, C]
+  // tokens: [B, T] long; padding_mask: [B, P + T] bool or undefined -> [B, P + T, C]. prefix: [P, C] vectors placed
+  // before the token embeddings, positions added to both (LRA's CLS vector, P = 1); undefined = none, P = 0.
   torch::Tensor forward(const torch::Tensor& tokens, bool causal, const torch::Tensor& padding_mask,
-                        ModelState* state = nullptr, const torch::Tensor& global_mask = {});
+                        ModelState* state = nullptr, const torch::Tensor& global_mask = {},
+                        const torch::Tensor& prefix = {});
   ModelState initial_state(int64_t batch) const;  // throws Error if a layer cannot stream
   // With model.act: the last forward's ponder cost tau * mean(N + R) (in its graph) and mean(N + R); else undefined.
   // The last forward's auxiliary losses in its graph: ACT's ponder cost and the layers' own (ffn.h); undefined = none.

@@ -74,7 +74,8 @@ TORCH_MODULE(DecoderLM);
 class EncoderClassifierImpl : public torch::nn::Module {
  public:
   explicit EncoderClassifierImpl(const ModelConfig& cfg);
-  // tokens: [B, T] long, padding_mask: [B, T] bool or undefined -> logits [B, num_classes]
+  // tokens: [B, T] long, padding_mask: [B, T] bool or undefined -> logits [B, num_classes]. With pooling = cls the
+  // encoder runs over T + 1 positions (the CLS vector first; global_mask then covers those T + 1).
   torch::Tensor forward(const torch::Tensor& tokens, const torch::Tensor& padding_mask = {},
                         const torch::Tensor& global_mask = {});
   const ModelConfig& config() const { return trunk_->config(); }
@@ -83,6 +84,8 @@ class EncoderClassifierImpl : public torch::nn::Module {
 
  private:
   Trunk trunk_{nullptr};
+  torch::Tensor cls_;                      // [1, C], pooling = cls
+  torch::nn::Linear hidden_{nullptr};      // classifier_hidden > 0: Dense -> ReLU before the classifier
   torch::nn::Linear classifier_{nullptr};
 };
 TORCH_MODULE(EncoderClassifier);

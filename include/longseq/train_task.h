@@ -1,7 +1,8 @@
 // What the trainer needs of a kind of training (a model kind with its data, loss and validation). The trainer
 // (train/trainer.cpp) owns the loop, the optimizer, the schedule, checkpoints, resume, the non-finite guard and
 // logging for every task alike (DESIGN.md: a model-agnostic trainer); a task owns its model, its batches and what
-// its metrics lines say. Tasks: the language models (train/lm_task.cpp) and translation (train/translation_task.cpp).
+// its metrics lines say. Tasks: the language models (train/lm_task.cpp), translation (train/translation_task.cpp)
+// and classification (train/classification_task.cpp, LRA).
 #pragma once
 #include <torch/torch.h>
 
@@ -61,6 +62,7 @@ std::unique_ptr<TrainTask> make_train_task(const RunConfig& cfg, bool quiet);
 // Per task kind, in their files.
 std::unique_ptr<TrainTask> make_lm_task(const RunConfig& cfg, bool quiet);
 std::unique_ptr<TrainTask> make_translation_task(const RunConfig& cfg, bool quiet);
+std::unique_ptr<TrainTask> make_classification_task(const RunConfig& cfg, bool quiet);
 
 // splitmix64 of (a, b, c): independent seeds for each (seed, step, micro-batch), so a resumed run draws the same
 // batches and dropout masks without saved RNG state.

@@ -3,6 +3,7 @@
 #include <cstdint>
 #include <string>
 
+#include "longseq/lra.h"
 #include "longseq/translation_run.h"
 
 namespace longseq {
@@ -19,5 +20,24 @@ void average_command(const std::string& run_dir, int64_t last, const std::string
 void write_translation_corpus(const Json& data_cfg, const std::string& out_dir);
 // Whether a run directory holds a translation model (its config's model.type).
 bool is_translation_run(const std::string& run_dir);
+
+// LRA (docs/lra.md). The scaled ListOps configuration `longseq lra listops` starts from (JSON text).
+const char* lra_listops_config_text();
+struct LraOptions {
+  std::string out_dir;   // empty: lra_listops_<mixer>
+  std::string data_dir;  // empty: generated in memory; else basic_*.tsv there, generated into it when absent
+  bool resume = false, quiet = false;
+};
+// `longseq lra listops`: trains `raw` (the config above with --mixer and --set applied), then scores the test split
+// once with the final weights and writes RUN/test.json.
+void lra_listops_command(Json raw, const LraOptions& options);
+// `longseq eval RUN` on a classification run: accuracy and loss of a split in batches of `batch` (0 = the run's),
+// the first max_batches of them (0 = all).
+void eval_classification(const std::string& run_dir, const std::string& split, int64_t batch, int64_t max_batches,
+                         bool as_json);
+// Whether a run directory holds a classifier (model.type encoder_classifier).
+bool is_classification_run(const std::string& run_dir);
+// `longseq corpus listops --out DIR`: the splits as DIR/basic_{train,val,test}.tsv (LRA's layout).
+void write_listops_corpus(const ClassificationSplits& splits, const std::string& out_dir);
 
 }  // namespace longseq

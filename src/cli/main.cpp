@@ -251,14 +251,38 @@ int main(int argc, char** argv) {
   plot->add_option("--out", plot_out, "SVG file to write (default: RUN/curves.svg)");
 
   auto* corpus_cmd = app.add_subcommand("corpus", "write a generated corpus to files (synthetic_translation: "
-                                                   "train/valid/test .de and .en, the layout data.corpus parallel reads)");
+                                                   "train/valid/test .de and .en, the layout data.corpus parallel "
+                                                   "reads; listops: basic_{train,val,test}.tsv as LRA releases them)");
   std::string corpus_kind, corpus_out;
-  int64_t corpus_pairs = 40000, corpus_seed = 1;
-  corpus_cmd->add_option("kind", corpus_kind, "synthetic_translation")->required()
-      ->check(CLI::IsMember({"synthetic_translation"}));
+  int64_t corpus_pairs = 40000, corpus_seed = 1, corpus_examples = 100000, corpus_min_len = 500,
+          corpus_max_len = 2000;
+  corpus_cmd->add_option("kind", corpus_kind, "synthetic_translation or listops")->required()
+      ->check(CLI::IsMember({"synthetic_translation", "listops"}));
+  corpus_cmd->add_option("--examples", corpus_examples, "listops: distinct trees (split 96/2/2)")
+      ->check(number_in(3, 1e7));
+  corpus_cmd->add_option("--min-length", corpus_min_len, "listops: keep trees longer than this (LRA: 500)")
+      ->check(number_in(0, 1e6));
+  corpus_cmd->add_option("--max-length", corpus_max_len, "listops: keep trees shorter than this (LRA: 2000)")
+      ->check(number_in(2, 1e6));
   corpus_cmd->add_option("--out", corpus_out, "directory to create")->required();
   corpus_cmd->add_option("--pairs", corpus_pairs, "sentence pairs generated (90/5/5 split)")->check(number_in(100, 1e8));
   corpus_cmd->add_option("--seed", corpus_seed, "seed of the generator")->check(number_in(0, 1e18));
+
+  auto* lra = app.add_subcommand("lra", "Long Range Arena (docs/lra.md): train the encoder classifier on a task with "
+                                        "LRA's configuration scaled to this machine, then score its test split once");
+  std::string lra_task, lra_mixer;
+  LraOptions lra_opts;
+  bool lra_print = false;
+  lra->add_option("task", lra_task, "listops")->required()->check(CLI::IsMember({"listops"}));
+  lra->add_option("--out", lra_opts.out_dir, "run directory (default: lra_listops_<mixer>)");
+  lra->add_option("--mixer", lra_mixer, "model.mixer of every layer (default: full)");
+  lra->add_option("--data", lra_opts.data_dir, "directory of basic_{train,val,test}.tsv (LRA's release or `longseq "
+                                               "corpus listops`); generated into it when absent (default: generated "
+                                               "in memory from data.listops_seed)");
+  lra->add_option("--set", sets, "override a config key: section.key=value (repeatable)");
+  lra->add_flag("--resume", lra_opts.resume, "continue the run in --out from its last checkpoint");
+  lra->add_flag("--quiet", lra_opts.quiet, "no progress display");
+  lra->add_flag("--print-config", lra_print, "print the config the task would train, and stop");
 
   auto* average = app.add_subcommand("average", "average the weights of a run's last checkpoints into a new run "
                                                 "directory (Vaswani et al. 2017, sec. 6.1)");
@@ -430,6 +454,10 @@ int main(int argc, char** argv) {
       opts.resume = resume;
       opts.quiet = quiet;
       auto r = train_run(use_given ? &cfg : nullptr, opts);
+      if (is_classification_run(out_dir)) {
+        std::printf("step %lld: %s\n", static_cast<long long>(r.last_step), r.valid_text.c_str());
+        return 0;
+      }
       if (is_translation_run(out_dir)) {
         std::printf("step %lld: %s\n", static_cast<long long>(r.last_step), r.valid_text.c_str());
         if (sample_len > 0) {
@@ -457,6 +485,20 @@ int main(int argc, char** argv) {
         note_position_limit(run, ids.size(), sample_len);
         std::printf("sample:\n%s%s\n", p.c_str(), run.tokenizer->decode(ids).c_str());
       }
+    } else if (*lra) {
+      Json raw = parse_json_text(lra_listops_config_text(), "the LRA ListOps config");
+      if (!lra_mixer.empty()) raw["model"]["mixer"] = lra_mixer;
+      raw = apply_overrides(raw, sets);
+      if (lra_print) {
+        std::printf("%s\n", RunConfig::from_json(raw).to_json().dump(2).c_str());
+        return 0;
+      }
+      lra_listops_command(raw, lra_opts);
+    } else if (*eval && is_classification_run(run_dir)) {
+      if (eval_stream || eval_len > 0 || eval_stride > 0 || !mixer_sets.empty())
+        throw Error("eval: --stream, --seq-len, --stride and --mixer-option apply to language-model runs; " + run_dir +
+                    " holds a classifier (--split, --batch-size, --max-batches, --json apply)");
+      eval_classification(run_dir, split, eval_batch, eval_max, as_json);
     } else if (*eval && is_translation_run(run_dir)) {
       if (eval_stream || eval_len > 0 || eval_stride > 0 || eval_batch > 0 || eval_max > 0 || !mixer_sets.empty())
         throw Error("eval: --stream, --seq-len, --stride, --batch-size, --max-batches and --mixer-option apply to "
@@ -473,8 +515,15 @@ int main(int argc, char** argv) {
       write_file_atomic(out, svg);
       std::printf("wrote %s\n", out.c_str());
     } else if (*corpus_cmd) {
-      write_translation_corpus(Json{{"corpus", corpus_kind}, {"pairs", corpus_pairs}, {"pairs_seed", corpus_seed}},
-                               corpus_out);
+      if (corpus_kind == "listops") {
+        ListOpsOptions o;
+        o.examples = corpus_examples, o.seed = static_cast<uint64_t>(corpus_seed);
+        o.min_length = corpus_min_len, o.max_length = corpus_max_len;
+        write_listops_corpus(generate_listops(o), corpus_out);
+      } else {
+        write_translation_corpus(Json{{"corpus", corpus_kind}, {"pairs", corpus_pairs}, {"pairs_seed", corpus_seed}},
+                                 corpus_out);
+      }
     } else if (*eval) {
       auto run = load_run(run_dir, mixer_overrides(mixer_sets));
       auto text = read_corpus(run.config.data);

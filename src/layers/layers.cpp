@@ -109,16 +109,19 @@ torch::Tensor TrunkImpl::step_blocks(torch::Tensor x, MixContext& ctx, ModelStat
 
 torch::Tensor TrunkImpl::forward(const torch::Tensor& tokens, bool causal,
                                  const torch::Tensor& padding_mask, ModelState* state,
-                                 const torch::Tensor& global_mask) {
+                                 const torch::Tensor& global_mask, const torch::Tensor& prefix) {
   TORCH_CHECK(tokens.dim() == 2, "model: tokens must be [B, T], got ", tokens.sizes());
+  TORCH_CHECK(!prefix.defined() || (prefix.dim() == 2 && prefix.size(1) == cfg_.d_model && !state),
+              "model: a prefix must be [P, C] with C = ", cfg_.d_model, " and no state, got ", prefix.sizes());
   aux_loss_ = torch::Tensor();
   for (auto& l : layers_) l->clear_aux();
-  const int64_t T = tokens.size(1);
+  const int64_t T = tokens.size(1) + (prefix.defined() ? prefix.size(0) : 0);
   const int64_t offset = state ? state->offset : 0;
   const int64_t steps = std::max<int64_t>(1, cfg_.recurrence_steps);
   if (state) TORCH_CHECK(state->layers.size() == layers_.size() * steps, "model: state has ",
                          state->layers.size(), " layers, model has ", layers_.size() * steps);
   auto x = embed_(tokens) * std::sqrt(static_cast<double>(cfg_.d_model));  // Vaswani et al. 2017, sec. 3.4
+  if (prefix.defined()) x = torch::cat({prefix.unsqueeze(0).expand({x.size(0), -1, -1}).to(x.dtype()), x}, 1);
   auto pos = torch::arange(offset, offset + T, torch::TensorOptions().dtype(torch::kLong).device(tokens.device()));
   if (cfg_.recurrence_steps == 0) x = add_absolute_positions(x, cfg_, learned_pos_, offset);  // else at every step
   if (cfg_.dropout > 0) x = torch::dropout(x, cfg_.dropout, is_training());

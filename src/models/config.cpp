@@ -7,6 +7,7 @@
 #include "longseq/blocks.h"
 #include "longseq/common.h"
 #include "longseq/encoder_decoder.h"
+#include "longseq/lra.h"
 #include "longseq/registry.h"
 
 namespace longseq {
@@ -94,20 +95,27 @@ const Schema& model_schema() {
        "encoder_decoder: post (LayerNorm(x + Dropout(Sublayer(x))), Vaswani et al. 2017 sec. 3.1) or pre (x + "
        "Dropout(Sublayer(LN(x))) with a final LayerNorm per stack, tensor2tensor v2+)", -1e300, 1e300,
        {"post", "pre"}},
-      {"num_classes", OptionType::Int, 2, "classes (encoder_classifier)", 2, 1e6},
-      {"pooling", OptionType::String, "mean", "how the classifier pools tokens (encoder_classifier)",
-       -1e300, 1e300, {"mean", "first"}},
+      {"num_classes", OptionType::Int, 2, "classes (encoder_classifier; ListOps: 10)", 2, 1e6},
+      {"pooling", OptionType::String, "mean",
+       "how the classifier pools tokens (encoder_classifier): mean (over the non-pad positions), first (the first "
+       "token's output), or cls (LRA: a learned vector, zeros at init, prepended before the positions are added; "
+       "its output is pooled, so the encoder runs over T + 1 positions)", -1e300, 1e300, {"mean", "first", "cls"}},
+      {"classifier_hidden", OptionType::Int, 0,
+       "encoder_classifier head: 0 = one linear layer; > 0 = Dense(this) -> ReLU -> Dense(num_classes) (LRA's head, "
+       "with this = its mlp_dim, 1024 for ListOps)", 0, 1 << 20},
   };
   return s;
 }
 
 const Schema& data_schema() {
   static const Schema s = {
-      {"corpus", OptionType::String, "pydoc", "which reader loads the text", -1e300, 1e300,
+      {"corpus", OptionType::String, "pydoc", "which reader loads the text; listops: LRA's ListOps (Tay et al. 2021), for model.type encoder_classifier", -1e300, 1e300,
        {"pydoc", "text", "enwik8", "text8", "wikitext103", "pg19", "recall", "expressions", "parallel",
-        "synthetic_translation"}},
+        "synthetic_translation", "listops"}},
       {"path", OptionType::String, "",
-       "file or directory of the corpus; empty = the default (pydoc: Debian's python3.11-doc sources)"},
+       "file or directory of the corpus; empty = the default (pydoc: Debian's python3.11-doc sources; listops: "
+       "generated with the data.listops_* keys, else a directory with basic_train.tsv, basic_val.tsv and "
+       "basic_test.tsv as LRA releases them in lra_release/listops-1000)"},
       {"split", OptionType::String, "auto",
        "how pydoc and text are split: tail (the first 90% train, then 5% valid, 5% test) or interleaved (blocks of "
        "split_block bytes ended at a newline, every 19th of 20 to valid and every 20th to test, so both sample the "
@@ -135,6 +143,16 @@ const Schema& data_schema() {
        "corpus synthetic_translation: sentence pairs generated (90/5/5 split, held-out sources unseen in training)",
        100, 1e8},
       {"pairs_seed", OptionType::Int, 1, "corpus synthetic_translation: seed of the generator", 0, 1e18},
+      {"listops_examples", OptionType::Int, 100000,
+       "corpus listops with data.path empty: distinct trees generated, split 96/2/2 as LRA (100000 = 96000 / 2000 "
+       "/ 2000) in drawing order", 3, 1e7},
+      {"listops_seed", OptionType::Int, 1,
+       "corpus listops: seed of the generator (LRA's generator is unseeded; this one is reproducible)", 0, 1e18},
+      {"listops_min_length", OptionType::Int, 500,
+       "corpus listops: a tree is kept iff listops_min_length < its tokens < listops_max_length (LRA: 500 and 2000; "
+       "tokens = operators, digits and closing brackets)", 0, 1e6},
+      {"listops_max_length", OptionType::Int, 2000, "corpus listops: the exclusive upper bound of a tree's tokens",
+       2, 1e6},
   };
   return s;
 }
@@ -221,6 +239,35 @@ void check_encoder_decoder_keys(const Json& j, const ModelConfig& c) {
   validate(encoder_decoder_config(c, c.vocab_size - 3));  // the vocabulary is checked against the tokenizer later
 }
 
+// data.corpus listops (lra.md sec. 1): LRA's fixed vocabulary and classes, and lengths the model can read whole.
+void check_listops_keys(const RunConfig& c) {
+  const Json &m = c.model, &d = c.data, &t = c.train;
+  if (d["tokenizer"] != "byte" || !d["spm_model"].get<std::string>().empty())
+    throw Error("data.tokenizer is not read by data.corpus listops (LRA's tokenization: 15 fixed tokens, "
+                "docs/lra.md); leave data.tokenizer and data.spm_model unset");
+  if (m["vocab_size"].get<int64_t>() != kListOpsVocab)
+    throw Error("model.vocab_size = " + std::to_string(m["vocab_size"].get<int64_t>()) + ", but data.corpus listops "
+                "has 17 ids (pad 0, 15 tokens, out-of-vocabulary 16): set model.vocab_size to 17");
+  if (m["num_classes"].get<int64_t>() != kListOpsClasses)
+    throw Error("model.num_classes = " + std::to_string(m["num_classes"].get<int64_t>()) +
+                ", but ListOps answers are the digits 0..9: set model.num_classes to 10");
+  const int64_t lo = d["listops_min_length"], hi = d["listops_max_length"], T = t["seq_len"];
+  if (d["path"].get<std::string>().empty()) {
+    if (lo + 1 >= hi)
+      throw Error("data.listops_min_length = " + std::to_string(lo) + " and data.listops_max_length = " +
+                  std::to_string(hi) + " leave no length strictly between them");
+    // The answer depends on every token: a truncated tree is a different question with the old label.
+    if (T < hi - 1)
+      throw Error("train.seq_len = " + std::to_string(T) + " would truncate ListOps trees of up to " +
+                  std::to_string(hi - 1) + " tokens (data.listops_max_length = " + std::to_string(hi) +
+                  "); set train.seq_len to at least " + std::to_string(hi - 1) + " (LRA: 2000)");
+  }
+  const bool cls = m["pooling"] == "cls";
+  if (cls && m["positions"] == "learned" && T + 1 > m["max_len"].get<int64_t>())
+    throw Error("model.pooling = cls prepends one position: train.seq_len + 1 = " + std::to_string(T + 1) +
+                " exceeds model.max_len = " + std::to_string(m["max_len"].get<int64_t>()) + " of the learned positions");
+}
+
 }  // namespace
 
 EncoderDecoderConfig encoder_decoder_config(const ModelConfig& c, int64_t tokenizer_vocab) {
@@ -295,6 +342,7 @@ ModelConfig ModelConfig::from_json(const Json& raw) {
   }
   c.num_classes = j["num_classes"];
   c.pooling = j["pooling"];
+  c.classifier_hidden = j["classifier_hidden"];
   c.decoder_mixer = parse_mixer_spec(j["decoder_mixer"], "model.decoder_mixer");
   c.post_norm = j["norm"] == "post";
   if (c.d_model % c.n_heads != 0)
@@ -426,9 +474,17 @@ RunConfig RunConfig::from_json(const Json& j) {
   if (c.data["corpus"] == "parallel" && c.data["path"].get<std::string>().empty())
     throw Error("data.corpus parallel needs data.path: a directory with train.<source_lang>, train.<target_lang>, "
                 "valid.<source_lang> and valid.<target_lang>");
+  const bool classifier = c.model["type"] == "encoder_classifier";
+  const bool classification_corpus = is_classification_corpus(c.data["corpus"]);
+  if (classifier != classification_corpus)
+    throw Error(classifier ? "model.type = encoder_classifier classifies: data.corpus must be a classification "
+                             "corpus (listops), got " + c.data["corpus"].get<std::string>()
+                           : "data.corpus = " + c.data["corpus"].get<std::string>() +
+                                 " holds classified sequences: it needs model.type = encoder_classifier");
+  if (classification_corpus) check_listops_keys(c);
   // The byte tokenizer has 256 symbols; the encoder-decoder adds pad, bos and eos after them.
   const int64_t byte_vocab = translation ? 259 : 256;
-  if (c.data["tokenizer"] == "byte" && c.model["vocab_size"].get<int64_t>() != byte_vocab)
+  if (!classification_corpus && c.data["tokenizer"] == "byte" && c.model["vocab_size"].get<int64_t>() != byte_vocab)
     throw Error("model.vocab_size = " + std::to_string(c.model["vocab_size"].get<int64_t>()) +
                 ", but data.tokenizer = byte has 256 symbols" + (translation ? " and the translation model adds "
                 "pad, bos and eos" : "") + ": set model.vocab_size to " + std::to_string(byte_vocab));

@@ -16,8 +16,10 @@ const std::vector<ModelKindInfo>& model_kind_registry() {
        {"latents", "reset_latents", "context_dropout", "positions (rotary)", "rotary_fraction",
         "rotary_max_wavelength", "z_loss", "ff_activation (auto = squared_relu)"},
        true},
-      {"encoder_classifier", "bidirectional encoder with mean or first-token pooling and a linear classifier",
-       "Devlin et al. 2019; Tay et al. 2021 (LRA)", {"num_classes", "pooling"}, false},
+      {"encoder_classifier",
+       "bidirectional encoder with mean, first-token or CLS pooling and a linear or MLP classifier; trained on "
+       "classification corpora (data.corpus listops) by `longseq train` and `longseq lra` (docs/lra.md)",
+       "Devlin et al. 2019; Tay et al. 2021 (LRA)", {"num_classes", "pooling", "classifier_hidden"}, false},
       {"encoder_decoder",
        "the original Transformer for translation: encoder of model.mixer, decoder of model.decoder_mixer with exact "
        "encoder-decoder attention, three-way tied embedding, post- or pre-norm; trained on sentence pairs, decoded "

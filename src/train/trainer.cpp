@@ -191,10 +191,11 @@ std::vector<std::pair<int64_t, std::string>> kept_checkpoints(const std::string&
 std::unique_ptr<TrainTask> make_train_task(const RunConfig& cfg, bool quiet) {
   const std::string type = cfg.model["type"];
   if (type == "encoder_decoder") return make_translation_task(cfg, quiet);
+  if (type == "encoder_classifier") return make_classification_task(cfg, quiet);
   const auto lm_types = language_model_types();
   if (std::find(lm_types.begin(), lm_types.end(), type) == lm_types.end())
     throw Error("train: model.type " + type + " is not trainable by `longseq train` yet (language models: " +
-                join(lm_types) + "; translation: encoder_decoder)");
+                join(lm_types) + "; translation: encoder_decoder; classification: encoder_classifier)");
   return make_lm_task(cfg, quiet);
 }
 
