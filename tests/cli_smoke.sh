@@ -21,7 +21,7 @@ safetensors_with_header() { le64 ${#1}; printf '%s' "$1"; }  # header text -> a 
 
 python_free_text() { for i in $(seq 1 400); do echo "line $i: the quick brown fox jumps over the lazy dog"; done; }
 python_free_text > "$dir/corpus.txt"
-common=(--set data.corpus=text --set data.path="$dir/corpus.txt" --set model.d_model=32 --set model.n_layers=1
+common=(--set data.corpus=text --set data.path="$dir/corpus.txt" --set model.block=standard --set model.d_model=32 --set model.n_layers=1
         --set model.d_ff=64 --set train.steps=6 --set train.seq_len=32 --set train.batch_size=2
         --set train.eval_batches=1 --set train.checkpoint_every=3 --set train.warmup=2)
 
@@ -79,7 +79,7 @@ bad "has no causal form" "$L" train --out "$dir/x6" "${common[@]}" --set model.m
 
 # Transformer-XL over a stream on the generated memory task: eval with a longer memory than in training, and
 # generation through the memory equals recomputation.
-xl=(--set data.corpus=recall --set data.path= --set data.recall_bytes=20000 --set data.recall_gap=60
+xl=(--set data.corpus=recall --set data.path= --set data.recall_bytes=20000 --set data.recall_gap=60 --set model.block=standard
     --set model.d_model=32 --set model.n_layers=1 --set model.d_ff=64 --set model.positions=none
     --set 'model.mixer={"name": "xl", "mem_len": 32}' --set train.steps=4 --set train.seq_len=32
     --set train.batch_size=2 --set train.eval_batches=1 --set train.checkpoint_every=2 --set train.warmup=1
@@ -202,7 +202,7 @@ ok "$L" corpus synthetic_translation --out "$dir/tcorpus" --pairs 300
 for f in train valid test; do [ -s "$dir/tcorpus/$f.de" ] && [ -s "$dir/tcorpus/$f.en" ] || { echo "corpus lacks $f"; fail=1; }; done
 bad "already exists" "$L" corpus synthetic_translation --out "$dir/tcorpus" --pairs 300
 ok "$L" tokenizer --input "$dir/tcorpus/train.de" --input "$dir/tcorpus/train.en" --out "$dir/tsp" --vocab 400
-tr=(--set model.type=encoder_decoder --set model.vocab_size=403 --set model.d_model=32 --set model.n_layers=1
+tr=(--set model.type=encoder_decoder --set model.block=standard --set model.vocab_size=403 --set model.d_model=32 --set model.n_layers=1
     --set model.d_ff=64 --set data.corpus=parallel --set data.path="$dir/tcorpus" --set data.tokenizer=sentencepiece
     --set data.spm_model="$dir/tsp.model" --set train.steps=6 --set train.batch_tokens=400 --set train.seq_len=60
     --set train.checkpoint_every=2 --set train.keep_checkpoints=3 --set train.bleu_sentences=5

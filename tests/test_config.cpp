@@ -17,16 +17,32 @@ std::string error_of(const std::function<void()>& f) {
   return "";
 }
 
-Json base() { return parse_json_text(default_config_text(), "default"); }
+Json embedded() { return parse_json_text(default_config_text(), "default"); }
+// The embedded config with standard blocks, so that model.mixer applies.
+Json base() {
+  Json j = embedded();
+  j["model"]["block"] = "standard";
+  return j;
+}
 
 TEST(Config, DefaultIsValidAndFillsDefaults) {
-  auto c = RunConfig::from_json(base());
+  auto c = RunConfig::from_json(embedded());
   EXPECT_EQ(c.model["d_model"], 128);
   EXPECT_EQ(c.train["beta2"], 0.95);  // not in the text: filled from the schema
   EXPECT_GE(c.train["seq_len"].get<int64_t>(), 2048);
   auto m = ModelConfig::from_json(c.model);
-  EXPECT_EQ(m.layers.size(), 4u);
-  EXPECT_EQ(m.layers[0].name, "full");
+  ASSERT_EQ(m.blocks.size(), 4u);
+  EXPECT_EQ(m.blocks[0].name, "gss");  // the demo's stack (README: chosen by measurement)
+  EXPECT_EQ(ModelConfig::from_json(RunConfig::from_json(base()).model).layers[0].name, "full");
+  // A mixer named for gss blocks would be ignored: refused, with the way out.
+  Json j = embedded();
+  j["model"]["mixer"] = "performer";
+  try {
+    RunConfig::from_json(j);
+    FAIL() << "model.mixer accepted where no layer reads it";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("model.block to standard"), std::string::npos) << e.what();
+  }
 }
 
 TEST(Config, UnknownKeyIsNamedWithValidKeys) {

@@ -999,6 +999,7 @@ void run_bench(const BenchOptions& o) {
       const int64_t C = raw["model"]["d_model"], H = raw["model"]["n_heads"], L = raw["model"]["n_layers"];
       q.heads = H, q.head_dim = C / H, q.model_layers = L - 1;
       auto [label, lm] = bench_model_section(kind, q, raw["train"]["seq_len"].get<int64_t>());
+      raw["model"]["block"] = "standard";  // the model kinds run their mixers in standard blocks
       raw["model"].update(lm);
       if (kind == "perceiver_ar")
         raw["model"]["latents"] = std::min<int64_t>(o.latents, raw["train"]["seq_len"].get<int64_t>());

@@ -392,6 +392,10 @@ ModelConfig ModelConfig::from_json(const Json& raw) {
     }
     c.n_layers = static_cast<int64_t>(layers.size());
   }
+  // A mixer named for a stack whose block kinds run none would be ignored: refuse it (the default block is gss).
+  if (layers.empty() && !find_block(c.blocks[0].name).uses_mixer && j["mixer"] != "full")
+    throw Error("model.mixer = " + json_excerpt(j["mixer"]) + " is read by no layer: model.block = " +
+                c.blocks[0].name + " has a layer of its own; set model.block to standard to run the mixer");
   if (default_ff.name != "dense" &&
       std::none_of(c.blocks.begin(), c.blocks.end(), [](const BlockSpec& b) { return find_block(b.name).uses_mixer; }))
     throw Error("model.ff = " + default_ff.name + " applies to no layer: every layer's block kind has its own layer, "
@@ -541,10 +545,10 @@ RunConfig load_run_config(const std::string& path) {
 const char* default_config_text() {
   return R"({
   "model": {"type": "decoder_lm", "vocab_size": 256, "d_model": 128, "n_heads": 4,
-            "n_layers": 4, "d_ff": 512, "positions": "sinusoidal", "mixer": "full"},
+            "n_layers": 4, "d_ff": 512, "positions": "sinusoidal", "block": "gss"},
   "data":  {"corpus": "pydoc", "tokenizer": "byte"},
-  "train": {"steps": 240, "batch_size": 2, "seq_len": 2048, "lr": 2e-3, "warmup": 20,
-            "eval_every": 120, "eval_batches": 8, "log_every": 5, "checkpoint_every": 60,
+  "train": {"steps": 1200, "batch_size": 2, "seq_len": 2048, "lr": 2e-3, "warmup": 60,
+            "eval_every": 300, "eval_batches": 8, "log_every": 10, "checkpoint_every": 300,
             "time_limit": 360}
 })";
 }
