@@ -61,8 +61,11 @@ std::string plot_run_svg(const std::string& dir) {
   if (path_exists(dir + "/config.json")) {
     const Json cfg = Json::parse(read_file(dir + "/config.json"), nullptr, false);
     if (!cfg.is_discarded() && cfg.contains("model") && cfg["model"].is_object())
-      title += ": " + cfg["model"].value("type", std::string("?")) + ", mixer " +
-               cfg["model"].value("mixer", Json("?")).dump() + ", d_model " +
+      title += ": " + cfg["model"].value("type", std::string("?")) +
+               (cfg["model"].value("block", Json("standard")) != "standard"  // a block kind runs no mixer of its own
+                    ? ", block " + cfg["model"]["block"].dump()
+                    : ", mixer " + cfg["model"].value("mixer", Json("?")).dump()) +
+               ", d_model " +
                cfg["model"].value("d_model", Json("?")).dump() + ", " +
                cfg["model"].value("n_layers", Json("?")).dump() + " layers";
   }
