@@ -37,7 +37,6 @@ class TranslationTask : public TrainTask {
     model_ = EncoderDecoder(ec);
     label_smoothing_ = t_["label_smoothing"];
     seed_ = t_["seed"];
-    accum_ = t_["accum"];
   }
 
   torch::nn::Module& model() override { return *model_; }
@@ -52,7 +51,7 @@ class TranslationTask : public TrainTask {
   void begin_step(int64_t) override { targets_ = 0; }
 
   MicroResult micro_batch(int64_t step, int64_t micro, int64_t accum, uint64_t, const LossHook& hook) override {
-    const auto& indices = batch_at((step - 1) * accum_ + micro);
+    const auto& indices = batch_at((step - 1) * accum + micro);
     TranslationBatch b = make_translation_batch(train_, indices, ids_.pad, ids_.bos, ids_.eos);
     auto logits = model_->forward(b.src, b.tgt_in, b.src_pad);
     auto flat = logits.reshape({-1, logits.size(-1)});
@@ -118,7 +117,7 @@ class TranslationTask : public TrainTask {
   EncoderDecoder model_{nullptr};
   double label_smoothing_ = 0;
   uint64_t seed_ = 0;
-  int64_t accum_ = 1, targets_ = 0;
+  int64_t targets_ = 0;
   int64_t epoch_ = -1, epoch_first_ = 0;  // the cached epoch and the index of its first micro-batch
   std::vector<std::vector<int64_t>> epoch_batches_;
 };

@@ -147,14 +147,8 @@ std::vector<std::string> translate_sentences(EncoderDecoderImpl& model, const To
     if (progress) progress(++done);
   };
   // Greedy decoding of up to o.batch sentences at once over the decoder's incremental state (its mixer must stream).
-  bool batched = o.beam == 1;
-  if (batched) {
-    try {
-      model.initial_state(model.encode(torch::full({1, 1}, ids.eos, torch::kLong)));
-    } catch (const Error&) {
-      batched = false;  // a decoder mixer without a streaming state: one sentence at a time, recomputed
-    }
-  }
+  // A decoder mixer without a streaming state decodes one sentence at a time, recomputed.
+  const bool batched = o.beam == 1 && translation_can_cache(model);
   // Sentences of similar length together, so little of each batch is padding.
   std::vector<size_t> order(sources.size());
   for (size_t i = 0; i < order.size(); ++i) order[i] = i;
