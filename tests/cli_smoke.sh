@@ -43,6 +43,18 @@ ok "$L" train --out "$dir/prun" "${common[@]}" --set model.mixer=performer --qui
 ok "$L" generate "$dir/prun" --prompt "line 1" --max-new 8 --temperature 0; cp "$dir/out" "$dir/gen_cached"
 ok "$L" generate "$dir/prun" --prompt "line 1" --max-new 8 --temperature 0 --no-cache
 cmp -s "$dir/out" "$dir/gen_cached" || { echo "performer: cached and recomputed generation differ"; fail=1; }
+# Sparse QKV over another mechanism's attention core: cached generation equals recomputation; a routing core has no
+# streaming state, so generation says so and recomputes; a mixer without a core is refused by name.
+ok "$L" train --out "$dir/qrun" "${common[@]}" --quiet --sample 0 \
+  --set 'model.mixer={"name":"sparse_qkv","core":{"name":"longformer","window":[4]}}'
+ok "$L" generate "$dir/qrun" --prompt "line 1" --max-new 8 --temperature 0; cp "$dir/out" "$dir/gen_cached"
+ok "$L" generate "$dir/qrun" --prompt "line 1" --max-new 8 --temperature 0 --no-cache
+cmp -s "$dir/out" "$dir/gen_cached" || { echo "sparse_qkv core: cached and recomputed generation differ"; fail=1; }
+ok "$L" train --out "$dir/qrrun" "${common[@]}" --quiet --sample 0 \
+  --set 'model.mixer={"name":"sparse_qkv","core":{"name":"routing","clusters":2}}'
+ok "$L" generate "$dir/qrrun" --prompt "line 1" --max-new 4 --temperature 0
+grep -q "recomputing" "$dir/err" || { echo "sparse_qkv routing core: generation did not say it recomputes"; fail=1; }
+bad "no attention core" "$L" train --out "$dir/qbad" "${common[@]}" --set 'model.mixer={"name":"sparse_qkv","core":"lsh"}'
 # Universal Transformer depth recurrence end to end: generation through every step's caches equals recomputation.
 ok "$L" train --out "$dir/urun" "${common[@]}" --set model.recurrence_steps=3 --quiet --sample 0
 ok "$L" generate "$dir/urun" --prompt "line 1" --max-new 8 --temperature 0; cp "$dir/out" "$dir/gen_cached"

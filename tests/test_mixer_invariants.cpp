@@ -2,8 +2,11 @@
 // is covered the moment it is registered. Each check runs on the mixer's
 // defaults and on the small configuration it declares for its sparse or
 // approximate regime (MixerInfo::sparse_options, invariant 7), at lengths of
-// several blocks, one of them (13, 17) a multiple of no block size.
+// several blocks, one of them (13, 17) a multiple of no block size. A mixer with a `core` option (sparse_qkv) runs
+// them once more with every mixer that has an attention core, both in their sparse regimes.
 #include <gtest/gtest.h>
+
+#include <algorithm>
 
 #include "helpers.h"
 #include "longseq/blocks.h"
@@ -19,17 +22,43 @@ constexpr int64_t kC = 16, kH = 4;
 struct Variant {
   std::string mixer;
   bool sparse = false;  // the declared sparse configuration instead of the defaults
+  std::string core;     // a host's attention core (its sparse configuration); empty = the host's default
 };
 
-void PrintTo(const Variant& v, std::ostream* os) { *os << v.mixer << (v.sparse ? " (sparse options)" : " (defaults)"); }
+void PrintTo(const Variant& v, std::ostream* os) {
+  *os << v.mixer << (v.core.empty() ? "" : " with core " + v.core) << (v.sparse ? " (sparse options)" : " (defaults)");
+}
+
+bool hosts_cores(const MixerInfo& m) {
+  return std::any_of(m.schema.begin(), m.schema.end(), [](const OptionSpec& o) { return o.name == "core"; });
+}
 
 std::vector<Variant> variants() {
   std::vector<Variant> out;
   for (const auto& m : mixer_registry()) {
     out.push_back({m.name, false});
     if (!m.sparse_options.is_null()) out.push_back({m.name, true});
+    if (hosts_cores(m))
+      for (const auto& c : mixer_registry())
+        if (c.attends) out.push_back({m.name, true, c.name});
   }
   return out;
+}
+
+// A host with a core has the properties both have: it streams if both do, is strictly causal if the core is, ...
+MixerInfo hosted(const MixerInfo& host, const MixerInfo& core) {
+  MixerInfo m = host;
+  m.name = host.name + " with core " + core.name;
+  m.supports_causal = host.supports_causal && core.supports_causal;
+  m.supports_bidirectional = host.supports_bidirectional && core.supports_bidirectional;
+  m.strictly_causal = host.strictly_causal && core.strictly_causal;
+  m.strictly_causal_options = Json::object();  // the core's go into the core's spec
+  m.streams = host.streams && core.streams;
+  m.left_padding_changes = core.left_padding_changes.empty() ? host.left_padding_changes : core.left_padding_changes;
+  m.exact_gradients = host.exact_gradients && core.exact_gradients;
+  m.core_kernels.clear();
+  m.core = nullptr;
+  return m;
 }
 
 torch::Tensor run(const Mixer& m, const torch::Tensor& x, bool causal, const torch::Tensor& pad = {}) {
@@ -48,22 +77,35 @@ bool close(const torch::Tensor& a, const torch::Tensor& b) { return torch::allcl
 
 class MixerInvariants : public ::testing::TestWithParam<Variant> {
  protected:
-  const MixerInfo& info() { return find_mixer(GetParam().mixer); }
+  const MixerInfo& info() {
+    if (GetParam().core.empty()) return find_mixer(GetParam().mixer);
+    if (!hosted_) hosted_ = std::make_unique<MixerInfo>(hosted(find_mixer(GetParam().mixer), find_mixer(GetParam().core)));
+    return *hosted_;
+  }
   // The variant's options; `strict` adds the options of the strictly causal limit.
   Json options(bool strict) {
-    Json spec = GetParam().sparse ? info().sparse_options : Json::object();
-    if (strict) spec.update(info().strictly_causal_options);
+    const auto& own = find_mixer(GetParam().mixer);
+    Json spec = GetParam().sparse ? own.sparse_options : Json::object();
+    if (strict) spec.update(own.strictly_causal_options);
+    if (!GetParam().core.empty()) {
+      const auto& core = find_mixer(GetParam().core);
+      Json c = core.sparse_options.is_null() ? Json::object() : core.sparse_options;
+      if (strict) c.update(core.strictly_causal_options);
+      c["name"] = core.name;
+      spec["core"] = c;
+    }
     return spec;
   }
   Mixer build(bool strict, torch::ScalarType dtype = torch::kDouble) {
     Json spec = options(strict);
-    spec["name"] = info().name;
+    spec["name"] = GetParam().mixer;
     torch::manual_seed(7);
     auto m = make_mixer(parse_mixer_spec(spec, "test"), kC, kH, 0);
     m->to(dtype);
     m->eval();  // dropout off, rotations fixed
     return m;
   }
+  std::unique_ptr<MixerInfo> hosted_;
   std::vector<bool> modes() {
     std::vector<bool> out;
     if (info().supports_bidirectional) out.push_back(false);
@@ -363,7 +405,8 @@ TEST_P(MixerInvariants, CoreKernelsComputeTheSameFunction) {
 
 INSTANTIATE_TEST_SUITE_P(Registry, MixerInvariants, ::testing::ValuesIn(variants()),
                          [](const ::testing::TestParamInfo<Variant>& p) {
-                           return p.param.mixer + (p.param.sparse ? "_sparse" : "");
+                           return p.param.mixer + (p.param.sparse ? "_sparse" : "") +
+                                  (p.param.core.empty() ? "" : "_core_" + p.param.core);
                          });
 
 }  // namespace mixer_invariants_test

@@ -3,7 +3,9 @@
 // against a reference written here from sec. 3.2 / Fig. 4b with explicit loops.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
+#include <functional>
 #include <limits>
 
 #include "helpers.h"
@@ -24,7 +26,12 @@ constexpr int64_t kC = 16, kH = 4;
 struct Config {
   int64_t S = kH, kt = 3, km = 3;
   std::string output = "none";
-  Json json() const { return {{"modules", S}, {"time_kernel", kt}, {"module_kernel", km}, {"output", output}}; }
+  Json core;  // null: the default (exact attention)
+  Json json() const {
+    Json j = {{"modules", S}, {"time_kernel", kt}, {"module_kernel", km}, {"output", output}};
+    if (!core.is_null()) j["core"] = core;
+    return j;
+  }
 };
 
 // A mixer with every parameter drawn away from its initial value (conv biases are zero at initialisation).
@@ -72,9 +79,10 @@ torch::Tensor conv_ref(const torch::Tensor& P, const torch::Tensor& w, const tor
   return out;
 }
 
-// Softmax attention by explicit loops in double: q, k, v [B, T, C] split contiguously into H heads.
+// Softmax attention by explicit loops in double: q, k, v [B, T, C] split contiguously into H heads; query t sees
+// key j when it is not padding, j <= t if causal, and |t - j| <= window (window < 0: no limit).
 torch::Tensor attention_ref(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v, int64_t H,
-                            bool causal, const torch::Tensor& pad) {
+                            bool causal, const torch::Tensor& pad, int64_t window = -1) {
   const int64_t B = q.size(0), T = q.size(1), C = q.size(2), D = C / H;
   auto out = torch::zeros({B, T, C}, torch::kDouble);
   auto qa = q.accessor<double, 3>(), ka = k.accessor<double, 3>(), va = v.accessor<double, 3>();
@@ -87,7 +95,7 @@ torch::Tensor attention_ref(const torch::Tensor& q, const torch::Tensor& k, cons
         std::vector<double> score(T, -std::numeric_limits<double>::infinity());
         double top = -std::numeric_limits<double>::infinity();
         for (int64_t j = 0; j < T; ++j) {
-          if ((causal && j > t) || pa[b][j]) continue;
+          if ((causal && j > t) || pa[b][j] || (window >= 0 && std::abs(t - j) > window)) continue;
           double dot = 0;
           for (int64_t d = 0; d < D; ++d) dot += qa[b][t][h * D + d] * ka[b][j][h * D + d];
           score[j] = dot / std::sqrt(static_cast<double>(D));
@@ -105,10 +113,41 @@ torch::Tensor attention_ref(const torch::Tensor& q, const torch::Tensor& k, cons
   return out;
 }
 
-// Sec. 3.2 / Fig. 4b from the definitions: shared P, convolutions for Q, K (kt x km) and V (kt x 1), attention,
-// then the chosen output layer.
+// Linear attention (Katharopoulos et al. eq. 4-6 with phi = elu + 1) by explicit loops in double, as
+// attention_ref: out_t = sum_j phi(q_t).phi(k_j) v_j / (sum_j phi(q_t).phi(k_j) + eps) over the visible keys.
+torch::Tensor linear_attention_ref(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v, int64_t H,
+                                   bool causal, const torch::Tensor& pad, double eps) {
+  const int64_t B = q.size(0), T = q.size(1), C = q.size(2), D = C / H;
+  auto phi = [](double a) { return a > 0 ? a + 1 : std::exp(a); };
+  auto out = torch::zeros({B, T, C}, torch::kDouble);
+  auto qa = q.accessor<double, 3>(), ka = k.accessor<double, 3>(), va = v.accessor<double, 3>();
+  auto pd = (pad.defined() ? pad : torch::zeros({B, T}, torch::kBool)).contiguous();
+  auto pa = pd.accessor<bool, 2>();
+  auto o = out.accessor<double, 3>();
+  for (int64_t b = 0; b < B; ++b)
+    for (int64_t h = 0; h < H; ++h)
+      for (int64_t t = 0; t < T; ++t) {
+        double z = eps;
+        std::vector<double> num(D, 0.0);
+        for (int64_t j = 0; j < T; ++j) {
+          if ((causal && j > t) || pa[b][j]) continue;
+          double w = 0;
+          for (int64_t d = 0; d < D; ++d) w += phi(qa[b][t][h * D + d]) * phi(ka[b][j][h * D + d]);
+          z += w;
+          for (int64_t d = 0; d < D; ++d) num[d] += w * va[b][j][h * D + d];
+        }
+        for (int64_t d = 0; d < D; ++d) o[b][t][h * D + d] = num[d] / z;
+      }
+  return out;
+}
+
+using AttentionRef = std::function<torch::Tensor(const torch::Tensor&, const torch::Tensor&, const torch::Tensor&,
+                                                 bool, const torch::Tensor&)>;
+
+// Sec. 3.2 / Fig. 4b from the definitions: shared P, convolutions for Q, K (kt x km) and V (kt x 1), attention
+// (exact softmax unless `attn` says otherwise), then the chosen output layer.
 torch::Tensor reference(const Mixer& m, const Config& c, const torch::Tensor& x_in, bool causal,
-                        const torch::Tensor& pad = {}) {
+                        const torch::Tensor& pad = {}, const AttentionRef& attn = {}) {
   torch::NoGradGuard ng;
   auto x = x_in.to(torch::kDouble);
   const int64_t B = x.size(0), T = x.size(1), M = kC / c.S;
@@ -120,7 +159,7 @@ torch::Tensor reference(const Mixer& m, const Config& c, const torch::Tensor& x_
   auto q = conv_ref(P, w("conv_q"), w("conv_q_bias"), left).view({B, T, kC});
   auto k = conv_ref(P, w("conv_k"), w("conv_k_bias"), left).view({B, T, kC});
   auto v = conv_ref(P, w("conv_v"), w("conv_v_bias"), left).view({B, T, kC});
-  auto y = attention_ref(q, k, v, kH, causal, pad);
+  auto y = attn ? attn(q, k, v, causal, pad) : attention_ref(q, k, v, kH, causal, pad);
   if (c.output == "mult") return factored_ref(*m, "out.", y.view({B, T, kC})).view({B, T, kC});
   if (c.output == "dense") return torch::matmul(y, w("out.weight").t()) + w("out.bias");
   return y;
@@ -298,6 +337,102 @@ TEST(SparseQkv, FlopsCountTheLayersWeights) {
     const double expect = 2.0 * B * T * (factored + conv_macs + out) + 4.0 * B * T * T * kC / 2;
     EXPECT_DOUBLE_EQ(find_mixer("sparse_qkv").flops(q), expect) << output;
   }
+}
+
+// Sparse QKV with another mixer's attention core (sec. 3.2: the layer is usable with any attention): the core sees
+// the convolutions' Q, K and V. Longformer's window (w = 2, 11 tokens: 5 keys of 11 at most) against the banded
+// softmax of the loop reference, and linear attention against phi = elu + 1 by loops, both modes, both paddings.
+TEST(SparseQkv, AnotherMixersCoreAttendsOverTheLayersQKV) {
+  struct Case {
+    Json core;
+    AttentionRef attn;
+  };
+  const std::vector<Case> cases = {
+      {{{"name", "longformer"}, {"window", {2}}},
+       [](const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v, bool causal, const torch::Tensor& pad) {
+         return attention_ref(q, k, v, kH, causal, pad, 2);
+       }},
+      {{{"name", "linear"}, {"chunk", 3}},
+       [](const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v, bool causal, const torch::Tensor& pad) {
+         return linear_attention_ref(q, k, v, kH, causal, pad, 1e-6);
+       }},
+  };
+  auto pad = torch::zeros({2, 11}, torch::kBool);
+  pad[0].narrow(0, 8, 3).fill_(true);
+  pad[1].narrow(0, 0, 2).fill_(true);
+  for (const auto& cs : cases)
+    for (const char* output : {"none", "mult"}) {
+      Config c;
+      c.S = 8, c.kt = 2, c.km = 3, c.output = output, c.core = cs.core;
+      for (bool causal : {true, false})
+        for (auto p : {torch::Tensor(), pad}) {
+          const std::string what = c.json().dump() + " causal=" + std::to_string(causal) +
+                                   " padded=" + std::to_string(p.defined());
+          auto m = make(c);
+          auto x = torch::randn({2, 11, kC}, torch::kDouble);
+          auto real = p.defined() ? ~p : torch::ones({2, 11}, torch::kBool);
+          auto sel = [&](const torch::Tensor& y) { return y.masked_select(real.unsqueeze(-1).expand_as(y)); };
+          auto got = sel(run_mixer(m, x, causal, p));
+          EXPECT_LT(max_diff(got, sel(reference(m, c, x, causal, p, cs.attn))), 1e-10) << what;
+          // And it is not exact attention: the core changes the layer.
+          EXPECT_GT(max_diff(got, sel(reference(m, c, x, causal, p))), 1e-3) << what;
+        }
+    }
+}
+
+// The core is built without projections of its own: its parameters are only those of its mechanism.
+TEST(SparseQkv, TheCoreHasNoProjectionsOfItsOwn) {
+  for (const std::string core : {"full", "longformer", "learned_kernel", "routing"}) {
+    Config c;
+    c.core = core;
+    auto m = make(c);
+    for (const auto& p : m->named_parameters())
+      EXPECT_TRUE(p.key().rfind("core.", 0) != 0 || p.key().find("qkv") == std::string::npos &&
+                                                        p.key().find("out") == std::string::npos)
+          << core << ": " << p.key();
+    const auto names = m->named_parameters().keys();
+    const bool learned = std::any_of(names.begin(), names.end(), [](const std::string& n) { return n == "core.mean"; });
+    EXPECT_EQ(learned, core == "learned_kernel") << core << ": its kernel's own parameters stay";
+  }
+}
+
+// A core that cannot stream (routing) makes the layer decode by recomputing: no state.
+TEST(SparseQkv, ACoreThatCannotStreamGivesNoState) {
+  Config c;
+  c.core = "routing";
+  EXPECT_FALSE(make(c)->initial_state(2));
+  c.core = "linear";
+  EXPECT_TRUE(make(c)->initial_state(2));
+}
+
+TEST(SparseQkv, CoreErrorsNameTheCoreAndTheWayOut) {
+  auto expect_error = [](Json o, const std::vector<std::string>& parts) {
+    o["name"] = "sparse_qkv";
+    try {
+      make_mixer(parse_mixer_spec(o, "test"), kC, kH, 0);
+      ADD_FAILURE() << "no error for " << o.dump();
+    } catch (const Error& e) {
+      for (const auto& part : parts) EXPECT_NE(std::string(e.what()).find(part), std::string::npos) << e.what();
+    }
+  };
+  expect_error({{"core", "lsh"}}, {"sparse_qkv.core", "lsh", "longformer"});  // shared QK: not a core; lists cores
+  expect_error({{"core", "luna"}}, {"luna", "attention core"});
+  expect_error({{"core", "nonesuch"}}, {"nonesuch"});
+  expect_error({{"core", {{"name", "linear"}, {"chunk", 0}}}}, {"sparse_qkv.core", "chunk"});
+  expect_error({{"core", {{"name", "linear"}}}, {"dropout", 0.1}}, {"dropout", "core"});
+  expect_error({{"core", 7}}, {"sparse_qkv.core"});
+}
+
+// With another core the FLOPs are the layer's own plus the core's mixer count less its four C x C projections.
+TEST(SparseQkv, FlopsWithACoreCountTheCoresAttention) {
+  const int64_t B = 2, T = 10;
+  Json spec = {{"name", "sparse_qkv"}, {"core", {{"name", "linear"}, {"chunk", 4}}}};
+  FlopQuery q{B, T, kC, kH, true, parse_mixer_spec(spec, "test").options};
+  Json exact = {{"name", "sparse_qkv"}};
+  FlopQuery qe{B, T, kC, kH, true, parse_mixer_spec(exact, "test").options};
+  FlopQuery ql{B, T, kC, kH, true, parse_mixer_spec(Json{{"name", "linear"}, {"chunk", 4}}, "test").options};
+  const double layer = find_mixer("sparse_qkv").flops(qe) - 4.0 * B * T * T * kC / 2;
+  EXPECT_DOUBLE_EQ(find_mixer("sparse_qkv").flops(q), layer + find_mixer("linear").flops(ql) - 8.0 * B * T * kC * kC);
 }
 
 }  // namespace sparse_qkv_test

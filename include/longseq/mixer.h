@@ -54,6 +54,11 @@ class MixerImpl : public torch::nn::Module {
   // x: [B, T, C] -> [B, T, C]. With ctx.state set, x continues the sequence
   // held in the state and the state is advanced past x.
   virtual torch::Tensor forward(const torch::Tensor& x, MixContext& ctx) = 0;
+  // The attention core alone, for a layer that makes its own queries, keys and values (MixerInfo::attends; the
+  // Scaling Transformer's sparse QKV): q, k, v [B, H, T, D] -> [B, H, T, D], heads not yet merged and no output
+  // projection. ctx as for forward; its state is one this mixer's initial_state made. The default throws an Error.
+  virtual torch::Tensor attend_qkv(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
+                                   MixContext& ctx);
   // A fresh state for streaming `batch` sequences; null if the mixer cannot stream.
   virtual std::unique_ptr<MixerState> initial_state(int64_t batch) const {
     (void)batch;

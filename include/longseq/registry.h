@@ -15,6 +15,8 @@ struct MixerArgs {
   int64_t n_heads = 0;
   int64_t layer_index = 0;  // lets per-layer options (lists) pick their entry
   Json options;             // validated against the mixer's schema, defaults filled
+  // Build only the attention core (make_core): no projections of its own; forward refuses, attend_qkv works.
+  bool core_only = false;
 };
 
 // What a mixer's useful-FLOP count is asked about (bench, one forward pass).
@@ -62,6 +64,9 @@ struct MixerInfo {
   // already approximate at every T); empty when sparse_options is declared.
   std::string no_sparse_regime;
   bool streams = false;  // initial_state() returns a state and chunked == whole
+  // attend_qkv works: the mechanism's attention can run on queries, keys and values another layer made (the core
+  // of sparse_qkv). False for mixers that are not attention over one (q, k, v) triple.
+  bool attends = false;
   bool rotary = false;   // applies MixContext::rotary to its queries and keys
   // Why left padding changes the real tokens' outputs (computation tied to absolute positions, such as blocks
   // counted from position 0); empty = it does not, and the invariant tests pad on both sides.
@@ -98,5 +103,8 @@ struct BlockSpec {
   Json options = Json::object();  // validated against the kind's schema, defaults filled
 };
 Mixer make_mixer(const MixerSpec& spec, int64_t d_model, int64_t n_heads, int64_t layer_index);
+// The mixer's attention core alone (MixerArgs::core_only), for a layer that projects q, k, v itself; an Error
+// naming `where` and listing the mixers that attend when spec's mixer does not.
+Mixer make_core(const MixerSpec& spec, int64_t d_model, int64_t n_heads, int64_t layer_index, const std::string& where);
 
 }  // namespace longseq

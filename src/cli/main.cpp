@@ -51,10 +51,10 @@ void print_info(bool markdown) {
   std::printf("longseq %s\n\nMixers (model.mixer or model.layers entries):\n\n", "0.1.0");
   for (const auto& m : mixer_registry()) {
     std::printf("## %s\n%s\n(%s)\n", m.name.c_str(), m.summary.c_str(), m.citation.c_str());
-    std::printf("causal: %s, bidirectional: %s, strictly causal: %s, streams: %s\n\n",
+    std::printf("causal: %s, bidirectional: %s, strictly causal: %s, streams: %s, attention core (sparse_qkv.core): %s\n\n",
                 m.supports_causal ? "yes" : "no", m.supports_bidirectional ? "yes" : "no",
                 m.strictly_causal ? "yes" : ("no (strict limit: " + m.strictly_causal_options.dump() + ")").c_str(),
-                m.streams ? "yes" : "no");
+                m.streams ? "yes" : "no", m.attends ? "yes" : "no");
     if (!m.left_padding_changes.empty()) std::printf("left padding changes outputs: %s\n\n", m.left_padding_changes.c_str());
     std::printf("%s\n", schema_markdown(m.schema).c_str());
   }
@@ -608,14 +608,11 @@ int main(int argc, char** argv) {
     } else if (*gen) {
       auto run = load_run(run_dir, mixer_overrides(mixer_sets));
       sopts.use_cache = !no_cache;
-      const auto names = layer_names(run.model_config);
-      for (size_t i = 0; i < names.size(); ++i) {
-        const auto& layer = run.model_config.layers[i];
-        const bool streams = layer.name.empty() ? find_block(run.model_config.blocks[i].name).streams
-                                                : find_mixer(layer.name).streams;
-        if (sopts.use_cache && !streams) {
-          std::fprintf(stderr, "note: %s has no streaming state; recomputing the sequence at each step\n",
-                       names[i].c_str());
+      if (sopts.use_cache) {  // a layer without a streaming state (routing, or a core that cannot stream) says so
+        try {
+          (void)run.model->initial_state(1);
+        } catch (const Error& e) {
+          std::fprintf(stderr, "note: %s; recomputing the sequence at each step\n", e.what());
           sopts.use_cache = false;
         }
       }

@@ -126,6 +126,7 @@ class BigBirdImpl : public MixerImpl {
         random_(a.options["random_blocks"]),
         seed_(a.options["seed"].get<int64_t>() + a.layer_index),
         kernel_(a.options["kernel"]) {
+    if (a.core_only) return;  // the host layer projects
     const bool bias = a.options["bias"].get<bool>();
     qkv_ = register_module("qkv", torch::nn::Linear(torch::nn::LinearOptions(a.d_model, 3 * a.d_model).bias(bias)));
     out_ = register_module("out", torch::nn::Linear(torch::nn::LinearOptions(a.d_model, a.d_model).bias(bias)));
@@ -134,11 +135,16 @@ class BigBirdImpl : public MixerImpl {
   torch::Tensor forward(const torch::Tensor& x, MixContext& ctx) override {
     TORCH_CHECK(x.dim() == 3, "bigbird: x must be [B, T, C], got ", x.sizes());
     auto qkv = qkv_(x).chunk(3, -1);
-    auto q = split_heads(qkv[0], heads_), k = split_heads(qkv[1], heads_), v = split_heads(qkv[2], heads_);
-    const int64_t B = x.size(0), T = x.size(1);
-    auto pad = ctx.padding_mask.defined() ? ctx.padding_mask.to(x.device(), torch::kBool) : torch::Tensor();
-    if (ctx.state) return out_(merge_heads(stream(q, k, v, pad, ctx)));
-    if (!pad.defined() || !pad.any().item<bool>()) return out_(merge_heads(attend(q, k, v, ctx.causal)));
+    return out_(merge_heads(
+        attend_qkv(split_heads(qkv[0], heads_), split_heads(qkv[1], heads_), split_heads(qkv[2], heads_), ctx)));
+  }
+
+  torch::Tensor attend_qkv(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
+                           MixContext& ctx) override {
+    const int64_t B = q.size(0), T = q.size(2);
+    auto pad = ctx.padding_mask.defined() ? ctx.padding_mask.to(q.device(), torch::kBool) : torch::Tensor();
+    if (ctx.state) return stream(q, k, v, pad, ctx);
+    if (!pad.defined() || !pad.any().item<bool>()) return attend_unpadded(q, k, v, ctx.causal);
     // Each sequence's real tokens are moved to the front and attend at their own length L, so its blocks start at
     // its first token and its last global block is its own last block, however much padding the batch carries.
     auto order = std::get<1>(pad.to(torch::kInt).sort(/*stable=*/true, 1, /*descending=*/false));  // [B, T]: real first
@@ -152,11 +158,11 @@ class BigBirdImpl : public MixerImpl {
       if (L == 0) continue;
       auto rows = (real == L).nonzero().squeeze(1);
       auto pick = [&](const torch::Tensor& t) { return t.index_select(0, rows).narrow(2, 0, L); };
-      auto o = attend(pick(qc), pick(kc), pick(vc), ctx.causal);
+      auto o = attend_unpadded(pick(qc), pick(kc), pick(vc), ctx.causal);
       if (L < T) o = torch::cat({o, torch::zeros({o.size(0), heads_, T - L, o.size(3)}, o.options())}, 2);
       out = out.index_copy(0, rows, o);
     }
-    return out_(merge_heads(torch::zeros_like(out).scatter(2, idx, out)));
+    return torch::zeros_like(out).scatter(2, idx, out);
   }
 
   std::unique_ptr<MixerState> initial_state(int64_t batch) const override {
@@ -167,7 +173,7 @@ class BigBirdImpl : public MixerImpl {
 
  private:
   // q, k, v: [B, H, T, D], no padding -> [B, H, T, D]
-  torch::Tensor attend(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v, bool causal) {
+  torch::Tensor attend_unpadded(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v, bool causal) {
     const int64_t T = q.size(2);
     const auto& p = pattern(T, causal);
     if (p.exact) {
@@ -333,6 +339,7 @@ MixerInfo bigbird_mixer_info() {
   info.make = [](const MixerArgs& a) -> Mixer { return std::make_shared<BigBirdImpl>(a); };
   // Causal decoding keeps the real tokens' keys and values; the causal pattern of block j depends on j alone.
   info.streams = true;
+  info.attends = true;
   info.sparse_options = {{"block", 2}, {"random_blocks", 1}};  // sparse from T = 11 (6 blocks; causal: 9)
   info.core_kernels = {"fused", "reference"};
   info.core = [](const CoreQuery& c) {  // the pattern's blocks on drawn q, k, v (every block where it is exact)

@@ -40,25 +40,29 @@ class FullAttentionImpl : public MixerImpl {
   explicit FullAttentionImpl(const MixerArgs& a)
       : heads_(a.n_heads), chunk_(a.options["chunk"]), dropout_(a.options["dropout"].get<double>()),
         kernel_(a.options["kernel"]) {
+    if (a.core_only) return;  // the host layer projects
     const bool bias = a.options["bias"].get<bool>();
-    qkv_ = register_module("qkv", torch::nn::Linear(
-                                      torch::nn::LinearOptions(a.d_model, 3 * a.d_model).bias(bias)));
-    out_ = register_module("out", torch::nn::Linear(
-                                      torch::nn::LinearOptions(a.d_model, a.d_model).bias(bias)));
+    qkv_ = register_module("qkv", torch::nn::Linear(torch::nn::LinearOptions(a.d_model, 3 * a.d_model).bias(bias)));
+    out_ = register_module("out", torch::nn::Linear(torch::nn::LinearOptions(a.d_model, a.d_model).bias(bias)));
   }
 
   torch::Tensor forward(const torch::Tensor& x, MixContext& ctx) override {
     TORCH_CHECK(x.dim() == 3, "full: x must be [B, T, C], got ", x.sizes());
-    const int64_t B = x.size(0), T = x.size(1);
     auto qkv = qkv_(x).chunk(3, -1);
-    auto q = split_heads(qkv[0], heads_), k = split_heads(qkv[1], heads_),
-         v = split_heads(qkv[2], heads_);
+    return out_(merge_heads(
+        attend_qkv(split_heads(qkv[0], heads_), split_heads(qkv[1], heads_), split_heads(qkv[2], heads_), ctx)));
+  }
+
+  torch::Tensor attend_qkv(const torch::Tensor& q_in, const torch::Tensor& k_in, const torch::Tensor& v_in,
+                           MixContext& ctx) override {
+    const int64_t B = q_in.size(0), T = q_in.size(2);
+    auto q = q_in, k = k_in, v = v_in;
     if (ctx.rotary) {  // positions offset + i; cached keys were rotated at their own positions
-      auto pos = torch::arange(ctx.offset, ctx.offset + T, torch::TensorOptions().dtype(torch::kLong).device(x.device()));
+      auto pos = torch::arange(ctx.offset, ctx.offset + T, torch::TensorOptions().dtype(torch::kLong).device(q.device()));
       q = apply_rotary(q, pos, *ctx.rotary);
       k = apply_rotary(k, pos, *ctx.rotary);
     }
-    if (chunk_ > 0) return out_(merge_heads(chunked(q, k, v, ctx, B, T)));
+    if (chunk_ > 0) return chunked(q, k, v, ctx, B, T);
     AttentionMask mask{ctx.causal, ctx.padding_mask};
     if (ctx.state) {
       auto* cache = dynamic_cast<KvCache*>(ctx.state);
@@ -70,9 +74,8 @@ class FullAttentionImpl : public MixerImpl {
       cache->key_padding = mask.key_padding;
       cache->length += T;
     }
-    if (mask.key_padding.defined()) mask.key_padding = mask.key_padding.to(x.device());
-    auto y = exact_attention(q, k, v, mask, kernel_, dropout_, is_training());
-    return out_(merge_heads(y));
+    if (mask.key_padding.defined()) mask.key_padding = mask.key_padding.to(q.device());
+    return exact_attention(q, k, v, mask, kernel_, dropout_, is_training());
   }
 
   std::unique_ptr<MixerState> initial_state(int64_t) const override {
@@ -148,6 +151,7 @@ MixerInfo full_mixer_info() {
   info.make = [](const MixerArgs& a) -> Mixer { return std::make_shared<FullAttentionImpl>(a); };
   info.no_sparse_regime = "exact softmax attention at every length";
   info.streams = true;
+  info.attends = true;
   info.rotary = true;
   info.flops = [](const FlopQuery& f) {  // q, k, v, out projections + QK^T and PV (half of them when causal)
     const int64_t c = f.options.value("chunk", int64_t{0});

@@ -122,9 +122,11 @@ class KernelRpeImpl : public MixerImpl {
         normalize_(a.options["normalize"]),
         wide_fft_(a.options["fft_precision"].get<std::string>() == "float64"),
         eps_(a.options["eps"]) {
-    const bool bias = a.options["bias"].get<bool>();
-    qkv_ = register_module("qkv", torch::nn::Linear(torch::nn::LinearOptions(a.d_model, 3 * a.d_model).bias(bias)));
-    out_ = register_module("out", torch::nn::Linear(torch::nn::LinearOptions(a.d_model, a.d_model).bias(bias)));
+    if (!a.core_only) {  // else the host layer projects
+      const bool bias = a.options["bias"].get<bool>();
+      qkv_ = register_module("qkv", torch::nn::Linear(torch::nn::LinearOptions(a.d_model, 3 * a.d_model).bias(bias)));
+      out_ = register_module("out", torch::nn::Linear(torch::nn::LinearOptions(a.d_model, a.d_model).bias(bias)));
+    }
     rpe_ = register_parameter("rpe", torch::zeros({heads_, 2 * max_distance_ + 1}));  // b = 0: plain kernelized
     auto gen = at::detail::createCPUGenerator(static_cast<uint64_t>(a.options["seed"].get<int64_t>()) * 7919 +
                                               a.layer_index);
@@ -134,14 +136,21 @@ class KernelRpeImpl : public MixerImpl {
 
   torch::Tensor forward(const torch::Tensor& x, MixContext& ctx) override {
     TORCH_CHECK(x.dim() == 3, "kernel_rpe: x must be [B, T, C], got ", x.sizes());
-    const int64_t B = x.size(0), T = x.size(1), H = heads_, D = head_dim_;
-    if (ctx.state) return stream(x, ctx);
-    if (T == 0) return out_(x);  // nothing to convolve
-    auto [q, k, v] = heads_of(x);
+    auto qkv = qkv_(x).chunk(3, -1);
+    return out_(merge_heads(
+        attend_qkv(split_heads(qkv[0], heads_), split_heads(qkv[1], heads_), split_heads(qkv[2], heads_), ctx)));
+  }
+
+  torch::Tensor attend_qkv(const torch::Tensor& q_in, const torch::Tensor& k_in, const torch::Tensor& v,
+                           MixContext& ctx) override {
+    const int64_t B = q_in.size(0), T = q_in.size(2), H = heads_, D = head_dim_;
+    auto [q, k] = normalized(q_in, k_in);
+    if (ctx.state) return stream(q, k, v, ctx);
+    if (T == 0) return torch::zeros_like(v);  // nothing to convolve
     auto f = favor_features(q, k, projection_, ctx.padding_mask);
     auto v1 = torch::cat({v, torch::ones({B, H, T, 1}, v.options())}, -1);  // the ones column gives the denominator
     const int64_t Lf = fft_length(T);
-    auto c = circulant_column(T, Lf, ctx.causal).to(x.scalar_type());        // [H, Lf]
+    auto c = circulant_column(T, Lf, ctx.causal).to(q.scalar_type());        // [H, Lf]
     auto flat = [&](const torch::Tensor& t) { return t.reshape({B * H, T, t.size(3)}); };
     auto nd = ToeplitzFeatureProducts::apply(flat(f.q), flat(f.k), flat(v1),
                                              c.unsqueeze(0).expand({B, H, Lf}).reshape({B * H, Lf}), wide_fft_);
@@ -150,27 +159,23 @@ class KernelRpeImpl : public MixerImpl {
     // visible weights e^b are all small can come out ~0 or negative. Floor it at that noise level (sec. 3.2's
     // FFT; the pitfall of the sheet): max_r e^{b_r} = 1 bounds C, so phi(q_i)^T sum_j phi(k_j) bounds every row.
     const double unit = wide_fft_ ? std::numeric_limits<double>::epsilon()
-                        : x.scalar_type() == torch::kDouble ? std::numeric_limits<double>::epsilon()
+                        : q.scalar_type() == torch::kDouble ? std::numeric_limits<double>::epsilon()
                                                             : std::numeric_limits<float>::epsilon();
     auto bound = torch::matmul(f.q, f.k.sum(2).unsqueeze(-1)).detach();  // [B, H, T, 1]
     auto floor = bound * (unit * std::sqrt(double(Lf)));
     auto den = torch::maximum(nd.narrow(-1, D, 1) + eps_, floor);
-    return out_(merge_heads(ratio(nd.narrow(-1, 0, D), den)));
+    return ratio(nd.narrow(-1, 0, D), den);
   }
 
   std::unique_ptr<MixerState> initial_state(int64_t) const override { return std::make_unique<KernelRpeState>(); }
 
  private:
   // q, k (l2-normalized when configured), v: [B, H, T, D].
-  std::tuple<torch::Tensor, torch::Tensor, torch::Tensor> heads_of(const torch::Tensor& x) {
-    auto qkv = qkv_(x).chunk(3, -1);
-    auto q = split_heads(qkv[0], heads_), k = split_heads(qkv[1], heads_), v = split_heads(qkv[2], heads_);
-    if (normalize_) {
-      auto unit = torch::nn::functional::NormalizeFuncOptions().dim(-1);
-      q = torch::nn::functional::normalize(q, unit);
-      k = torch::nn::functional::normalize(k, unit);
-    }
-    return {q, k, v};
+  // q and k as the features see them: unit rows when `normalize` is set.
+  std::pair<torch::Tensor, torch::Tensor> normalized(const torch::Tensor& q, const torch::Tensor& k) const {
+    if (!normalize_) return {q, k};
+    auto unit = torch::nn::functional::NormalizeFuncOptions().dim(-1);
+    return {torch::nn::functional::normalize(q, unit), torch::nn::functional::normalize(k, unit)};
   }
 
   // num / den where den > 0, else 0 (no key visible).
@@ -179,11 +184,12 @@ class KernelRpeImpl : public MixerImpl {
   }
 
   // The next piece of a causal stream: window and far sums instead of the FFT (same function, no round-off floor).
-  torch::Tensor stream(const torch::Tensor& x, MixContext& ctx) {
+  // q, k (normalized), v: [B, H, T, D] -> [B, H, T, D]
+  torch::Tensor stream(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v, MixContext& ctx) {
     auto* st = dynamic_cast<KernelRpeState*>(ctx.state);
     TORCH_CHECK(st, "kernel_rpe: the state passed was not made by this mixer");
     TORCH_CHECK(ctx.causal, "kernel_rpe: streams only causally (a bidirectional query sees later tokens)");
-    const int64_t T = x.size(1);
+    const int64_t T = q.size(2);
     if (T > kStreamPiece) {
       std::vector<torch::Tensor> parts;
       for (int64_t t0 = 0; t0 < T; t0 += kStreamPiece) {
@@ -191,21 +197,20 @@ class KernelRpeImpl : public MixerImpl {
         const int64_t n = std::min(kStreamPiece, T - t0);
         piece.offset = ctx.offset + t0;
         if (ctx.padding_mask.defined()) piece.padding_mask = ctx.padding_mask.narrow(1, t0, n);
-        parts.push_back(stream(x.narrow(1, t0, n), piece));
+        parts.push_back(stream(q.narrow(2, t0, n), k.narrow(2, t0, n), v.narrow(2, t0, n), piece));
       }
-      return torch::cat(parts, 1);
+      return torch::cat(parts, 2);
     }
-    const int64_t B = x.size(0), H = heads_, D = head_dim_, R = max_distance_;
-    auto [q, k, v] = heads_of(x);
+    const int64_t B = q.size(0), H = heads_, D = head_dim_, R = max_distance_;
     const auto& pad = ctx.padding_mask;
     auto ek = favor_exponents(k, projection_);
     auto c = favor_key_max(ek, pad);
     const int64_t M = ek.size(-1);
     if (!st->key_max.defined()) {
       st->key_max = c.detach();
-      st->far = torch::zeros({B, H, M, D + 1}, x.options());
-      st->win_k = torch::zeros({B, H, 0, M}, x.options());
-      st->win_v = torch::zeros({B, H, 0, D + 1}, x.options());
+      st->far = torch::zeros({B, H, M, D + 1}, q.options());
+      st->win_k = torch::zeros({B, H, 0, M}, q.options());
+      st->win_v = torch::zeros({B, H, 0, D + 1}, q.options());
     } else {  // the stabilizer grows to this piece's keys: rescale what was summed under the old one
       auto grown = torch::maximum(st->key_max, c);
       auto f = torch::where(grown == st->key_max, torch::ones_like(grown), torch::exp(st->key_max - grown));
@@ -218,12 +223,12 @@ class KernelRpeImpl : public MixerImpl {
     auto vals = torch::cat({st->win_v, torch::cat({v, torch::ones({B, H, T, 1}, v.options())}, -1)}, 2);
     const int64_t W = st->win_k.size(2), L = W + T;
     // Query t sits W + t rows into `keys`: it sees rows e <= W + t with weight e^{b_{-min(W + t - e, R)}}.
-    auto lopts = torch::TensorOptions().dtype(torch::kLong).device(x.device());
+    auto lopts = torch::TensorOptions().dtype(torch::kLong).device(q.device());
     auto back = torch::arange(T, lopts).unsqueeze(1) + W - torch::arange(L, lopts).unsqueeze(0);  // [T, L]
     auto b = rpe_ - std::get<0>(rpe_.detach().max(-1, true));                                    // as the FFT path
-    auto eb = torch::exp(b.to(x.scalar_type()));                                                 // [H, 2R + 1]
+    auto eb = torch::exp(b.to(q.scalar_type()));                                                 // [H, 2R + 1]
     auto weight = eb.index_select(1, (R - back.clamp(0, R)).flatten()).view({H, T, L}) *
-                  (back >= 0).to(x.scalar_type());
+                  (back >= 0).to(q.scalar_type());
     auto nd = torch::matmul(torch::matmul(fq, keys.transpose(-1, -2)) * weight, vals) +
               eb.select(1, 0).view({1, H, 1, 1}) * torch::matmul(fq, st->far);  // e^{b_{-R}} on the far sum
     // Keep the last R positions; the ones leaving the window join the far sum.
@@ -234,7 +239,7 @@ class KernelRpeImpl : public MixerImpl {
     st->win_k = keys.narrow(2, leave, keep).detach();
     st->win_v = vals.narrow(2, leave, keep).detach();
     auto den = nd.narrow(-1, D, 1) + eps_;
-    return out_(merge_heads(ratio(nd.narrow(-1, 0, D), den)));
+    return ratio(nd.narrow(-1, 0, D), den);
   }
 
   // First column of the circulant embedding of C_ij = e^{b_{j-i}} (sec. 3.2): c[i] = e^{b_{-i}} for
@@ -288,6 +293,7 @@ MixerInfo kernel_rpe_mixer_info() {
   info.sparse_options = {{"features", 4}, {"max_distance", 3}};  // M < D features; offsets clipped inside T
   // Causal streaming keeps the last max_distance positions and one far sum: O(R M D) per token.
   info.streams = true;
+  info.attends = true;
   info.flops = [](const FlopQuery& f) {  // projections; features; per column one forward and one inverse real FFT
     const double M = f.options["features"].get<double>(), D = double(f.C) / f.H;
     const double Lf = double(fft_length(f.T)), cols = f.B * f.H * M * (D + 1);

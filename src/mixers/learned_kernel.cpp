@@ -46,9 +46,11 @@ class LearnedKernelImpl : public MixerImpl {
         chunk_(a.options["chunk"]),
         eps_(a.options["eps"]),
         seed_(static_cast<uint64_t>(a.options["seed"].get<int64_t>()) * 7919 + a.layer_index) {
-    const bool bias = a.options["bias"].get<bool>();
-    qkv_ = register_module("qkv", torch::nn::Linear(torch::nn::LinearOptions(a.d_model, 3 * a.d_model).bias(bias)));
-    out_ = register_module("out", torch::nn::Linear(torch::nn::LinearOptions(a.d_model, a.d_model).bias(bias)));
+    if (!a.core_only) {  // else the host layer projects
+      const bool bias = a.options["bias"].get<bool>();
+      qkv_ = register_module("qkv", torch::nn::Linear(torch::nn::LinearOptions(a.d_model, 3 * a.d_model).bias(bias)));
+      out_ = register_module("out", torch::nn::Linear(torch::nn::LinearOptions(a.d_model, a.d_model).bias(bias)));
+    }
     mean_ = register_parameter("mean", torch::zeros({heads_, head_dim_}));
     if (rks_)
       factor_ = register_parameter("factor", torch::eye(head_dim_).repeat({heads_, 1, 1}));  // L_h
@@ -60,23 +62,27 @@ class LearnedKernelImpl : public MixerImpl {
 
   torch::Tensor forward(const torch::Tensor& x, MixContext& ctx) override {
     TORCH_CHECK(x.dim() == 3, "learned_kernel: x must be [B, T, C], got ", x.sizes());
+    auto qkv = qkv_(x).chunk(3, -1);
+    return out_(merge_heads(
+        attend_qkv(split_heads(qkv[0], heads_), split_heads(qkv[1], heads_), split_heads(qkv[2], heads_), ctx)));
+  }
+
+  torch::Tensor attend_qkv(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
+                           MixContext& ctx) override {
     const auto noise = maybe_redraw();
     auto* st = ctx.state ? dynamic_cast<LearnedKernelState*>(ctx.state) : nullptr;
     TORCH_CHECK(!ctx.state || st, "learned_kernel: the state passed was not made by this mixer");
-    auto qkv = qkv_(x).chunk(3, -1);
-    auto q = split_heads(qkv[0], heads_), k = split_heads(qkv[1], heads_), v = split_heads(qkv[2], heads_);
     FeaturePair f;
     if (rks_) {
-      auto e = noise.to(x.scalar_type());                                              // [M/4, D]
+      auto e = noise.to(q.scalar_type());                                              // [M/4, D]
       auto base = torch::matmul(e, factor_);                                           // (L^T eps)^T: [H, n, D]
       auto plus = base + mean_.unsqueeze(1), minus = base - mean_.unsqueeze(1);
       f = {trig_features(q, plus, minus), zero_padded(trig_features(k, plus, minus), ctx.padding_mask)};
     } else {
-      auto omega = mean_.unsqueeze(1) + torch::exp(0.5 * log_var_).unsqueeze(1) * noise.to(x.scalar_type());  // [H, M, D]
+      auto omega = mean_.unsqueeze(1) + torch::exp(0.5 * log_var_).unsqueeze(1) * noise.to(q.scalar_type());  // [H, M, D]
       f = favor_features(q, k, omega, ctx.padding_mask, 1.0, st ? &st->sums : nullptr, st ? &st->key_max : nullptr);
     }
-    auto y = kernelized_attention(f.q, f.k, v, ctx.causal, chunk_, eps_, st ? &st->sums : nullptr);
-    return out_(merge_heads(y));
+    return kernelized_attention(f.q, f.k, v, ctx.causal, chunk_, eps_, st ? &st->sums : nullptr);
   }
 
   std::unique_ptr<MixerState> initial_state(int64_t) const override { return std::make_unique<LearnedKernelState>(); }
@@ -139,6 +145,7 @@ MixerInfo learned_kernel_mixer_info() {
   };
   info.make = [](const MixerArgs& a) -> Mixer { return std::make_shared<LearnedKernelImpl>(a); };
   info.streams = true;
+  info.attends = true;
   info.sparse_options = {{"features", 8}, {"chunk", 3}};  // few features; several chunks of prefix sums
   info.core_kernels = {"fused", "reference"};
   info.core = [](const CoreQuery& c) {  // the kernelized product on drawn positive features (the feature map apart)

@@ -25,6 +25,7 @@ class LinearImpl : public MixerImpl {
  public:
   explicit LinearImpl(const MixerArgs& a)
       : heads_(a.n_heads), chunk_(a.options["chunk"]), eps_(a.options["eps"]) {
+    if (a.core_only) return;  // the host layer projects
     const bool bias = a.options["bias"].get<bool>();
     qkv_ = register_module("qkv", torch::nn::Linear(torch::nn::LinearOptions(a.d_model, 3 * a.d_model).bias(bias)));
     out_ = register_module("out", torch::nn::Linear(torch::nn::LinearOptions(a.d_model, a.d_model).bias(bias)));
@@ -33,13 +34,17 @@ class LinearImpl : public MixerImpl {
   torch::Tensor forward(const torch::Tensor& x, MixContext& ctx) override {
     TORCH_CHECK(x.dim() == 3, "linear: x must be [B, T, C], got ", x.sizes());
     auto qkv = qkv_(x).chunk(3, -1);
-    auto fq = torch::elu(split_heads(qkv[0], heads_)) + 1;  // eq. 7
-    auto fk = zero_padded(torch::elu(split_heads(qkv[1], heads_)) + 1, ctx.padding_mask);
-    auto v = split_heads(qkv[2], heads_);
+    return out_(merge_heads(
+        attend_qkv(split_heads(qkv[0], heads_), split_heads(qkv[1], heads_), split_heads(qkv[2], heads_), ctx)));
+  }
+
+  torch::Tensor attend_qkv(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
+                           MixContext& ctx) override {
+    auto fq = torch::elu(q) + 1;  // eq. 7
+    auto fk = zero_padded(torch::elu(k) + 1, ctx.padding_mask);
     auto* st = ctx.state ? dynamic_cast<LinearState*>(ctx.state) : nullptr;
     TORCH_CHECK(!ctx.state || st, "linear: the state passed was not made by this mixer");
-    auto y = kernelized_attention(fq, fk, v, ctx.causal, chunk_, eps_, st ? &st->sums : nullptr);  // eq. 6 or 8-12
-    return out_(merge_heads(y));
+    return kernelized_attention(fq, fk, v, ctx.causal, chunk_, eps_, st ? &st->sums : nullptr);  // eq. 6 or 8-12
   }
 
   std::unique_ptr<MixerState> initial_state(int64_t) const override { return std::make_unique<LinearState>(); }
@@ -67,6 +72,7 @@ MixerInfo linear_mixer_info() {
   info.make = [](const MixerArgs& a) -> Mixer { return std::make_shared<LinearImpl>(a); };
   info.sparse_options = {{"chunk", 3}};  // exact at every T; this puts several chunks of the causal prefix sums in T
   info.streams = true;
+  info.attends = true;
   info.core_kernels = {"fused", "reference"};
   info.core = [](const CoreQuery& c) {  // the kernelized product on drawn positive features (the feature map apart)
     return kernelized_core(c, c.D, c.options["chunk"].get<int64_t>(), c.options["eps"].get<double>());

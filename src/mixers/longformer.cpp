@@ -34,7 +34,9 @@ struct WindowCache : MixerState {
   torch::Tensor k, v;         // [B, H, S, D]: the last w * max(d) positions
   torch::Tensor key_padding;  // [B, S] or undefined
   int64_t length = 0;         // positions consumed so far
-  torch::Tensor x, pad;       // with configured global tokens: the whole prefix [B, S, C] and its padding [B, S]
+  // With configured global tokens: the whole prefix's input, [B, S, C] (a mixer) or its q, k, v concatenated as
+  // [B, H, S, 3 D] (a core), and its padding [B, S].
+  torch::Tensor x, pad;
   void reorder(const torch::Tensor& index) override {
     auto i = reorder_index(index, rows_of({k, x}), "longformer");
     k = select_rows(k, i), v = select_rows(v, i), key_padding = select_rows(key_padding, i);
@@ -52,6 +54,7 @@ class LongformerImpl : public MixerImpl {
         global_first_(a.options["global_first"]),
         global_positions_(a.options["global_positions"].get<std::vector<int64_t>>()),
         kernel_(a.options["kernel"]) {
+    if (a.core_only) return;  // the host layer projects; global rows use its q, k, v
     const bool bias = a.options["bias"].get<bool>();
     auto lin = [&](int64_t out) { return torch::nn::Linear(torch::nn::LinearOptions(a.d_model, out).bias(bias)); };
     qkv_ = register_module("qkv", lin(3 * a.d_model));
@@ -66,13 +69,24 @@ class LongformerImpl : public MixerImpl {
 
   torch::Tensor forward(const torch::Tensor& x, MixContext& ctx) override {
     TORCH_CHECK(x.dim() == 3, "longformer: x must be [B, T, C], got ", x.sizes());
+    auto pad = ctx.padding_mask.defined() ? ctx.padding_mask.to(x.device(), torch::kBool) : torch::Tensor();
+    if (ctx.state && (global_first_ || !global_positions_.empty()))
+      return out_(merge_heads(stream_with_globals(x, 1, pad, ctx)));
     auto qkv = qkv_(x).chunk(3, -1);
     auto q = split_heads(qkv[0], heads_), k = split_heads(qkv[1], heads_), v = split_heads(qkv[2], heads_);
-    auto pad = ctx.padding_mask.defined() ? ctx.padding_mask.to(x.device(), torch::kBool) : torch::Tensor();
-    if (ctx.state && (global_first_ || !global_positions_.empty())) return out_(stream_with_globals(x, pad, ctx));
     if (ctx.state) return out_(merge_heads(stream(q, k, v, pad, ctx)));
     auto is_global = global_set(x.size(0), x.size(1), ctx, pad, x.device());
     return out_(merge_heads(attend(x, q, k, v, pad, is_global, ctx.causal)));
+  }
+
+  torch::Tensor attend_qkv(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
+                           MixContext& ctx) override {
+    auto pad = ctx.padding_mask.defined() ? ctx.padding_mask.to(q.device(), torch::kBool) : torch::Tensor();
+    if (ctx.state && (global_first_ || !global_positions_.empty()))
+      return stream_with_globals(torch::cat({q, k, v}, -1), 2, pad, ctx);
+    if (ctx.state) return stream(q, k, v, pad, ctx);
+    auto is_global = global_set(q.size(0), q.size(2), ctx, pad, q.device());
+    return attend(torch::Tensor(), q, k, v, pad, is_global, ctx.causal);
   }
 
   std::unique_ptr<MixerState> initial_state(int64_t) const override { return std::make_unique<WindowCache>(); }
@@ -257,19 +271,27 @@ class LongformerImpl : public MixerImpl {
 
   // Causal decoding with configured global tokens: a global row sees every earlier key, so the chunk's rows are
   // recomputed over the cached prefix (O(S w) per step instead of O(w)). x: [B, T, C] -> [B, T, C] before out_.
-  torch::Tensor stream_with_globals(torch::Tensor x, torch::Tensor pad, const MixContext& ctx) {
+  // `in`: the mixer's input x [B, T, C] (time_dim 1) or a core's q, k, v as [B, H, T, 3 D] (time_dim 2)
+  // -> [B, H, T, D].
+  torch::Tensor stream_with_globals(torch::Tensor in, int64_t time_dim, torch::Tensor pad, const MixContext& ctx) {
     auto* cache = stream_cache(ctx);
-    const int64_t B = x.size(0), T = x.size(1);
-    if (!pad.defined()) pad = torch::zeros({B, T}, x.options().dtype(torch::kBool));
-    if (cache->x.defined()) x = torch::cat({cache->x, x}, 1), pad = torch::cat({cache->pad, pad}, 1);
-    cache->x = x.detach(), cache->pad = pad;
-    const int64_t S = x.size(1);
+    const int64_t B = in.size(0), T = in.size(time_dim);
+    if (!pad.defined()) pad = torch::zeros({B, T}, in.options().dtype(torch::kBool));
+    if (cache->x.defined()) in = torch::cat({cache->x, in}, time_dim), pad = torch::cat({cache->pad, pad}, 1);
+    cache->x = in.detach(), cache->pad = pad;
+    const int64_t S = in.size(time_dim);
     cache->length = S;
-    auto qkv = qkv_(x).chunk(3, -1);
-    auto q = split_heads(qkv[0], heads_), k = split_heads(qkv[1], heads_), v = split_heads(qkv[2], heads_);
+    torch::Tensor x;
+    std::vector<torch::Tensor> qkv;
+    if (time_dim == 1) {
+      x = in;
+      for (const auto& part : qkv_(x).chunk(3, -1)) qkv.push_back(split_heads(part, heads_));
+    } else {
+      qkv = in.chunk(3, -1);
+    }
     MixContext whole;
-    auto is_global = global_set(B, S, whole, pad, x.device());
-    return merge_heads(attend(x, q, k, v, pad, is_global, true).narrow(2, S - T, T));
+    auto is_global = global_set(B, S, whole, pad, in.device());
+    return attend(x, qkv[0], qkv[1], qkv[2], pad, is_global, true).narrow(2, S - T, T);
   }
 
   int64_t heads_, window_, dilation_, dilated_heads_;
@@ -311,6 +333,7 @@ MixerInfo longformer_mixer_info() {
   // Windows of 5 (dilated: 2 heads of 4 see every other key) and a global first token.
   info.sparse_options = {{"window", Json::array({2})}, {"dilation", Json::array({2})}, {"global_first", true}};
   info.streams = true;
+  info.attends = true;
   info.core_kernels = {"fused", "reference"};
   info.core = [](const CoreQuery& c) {  // the layer's first band (no dilation, no globals) on drawn q, k, v
     CoreRun r;

@@ -32,6 +32,10 @@ void MixerState::reorder(const torch::Tensor& index) {
               "cache instead");
 }
 
+torch::Tensor MixerImpl::attend_qkv(const torch::Tensor&, const torch::Tensor&, const torch::Tensor&, MixContext&) {
+  throw Error("mixer " + name() + " has no attention core that takes given queries, keys and values");
+}
+
 torch::Tensor reorder_index(const torch::Tensor& index, int64_t rows, const std::string& what) {
   if (!index.defined() || index.dim() != 1 || index.numel() < 1 || !at::isIntegralType(index.scalar_type(), false))
     throw Error(what + ": reorder needs an index of n >= 1 integer rows [n], got " +

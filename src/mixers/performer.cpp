@@ -49,18 +49,25 @@ class PerformerImpl : public MixerImpl {
         chunk_(a.options["chunk"]),
         eps_(a.options["eps"]),
         seed_(static_cast<uint64_t>(a.options["seed"].get<int64_t>()) * 7919 + a.layer_index) {
-    const bool bias = a.options["bias"].get<bool>();
-    qkv_ = register_module("qkv", torch::nn::Linear(torch::nn::LinearOptions(a.d_model, 3 * a.d_model).bias(bias)));
-    out_ = register_module("out", torch::nn::Linear(torch::nn::LinearOptions(a.d_model, a.d_model).bias(bias)));
+    if (!a.core_only) {  // else the host layer projects
+      const bool bias = a.options["bias"].get<bool>();
+      qkv_ = register_module("qkv", torch::nn::Linear(torch::nn::LinearOptions(a.d_model, 3 * a.d_model).bias(bias)));
+      out_ = register_module("out", torch::nn::Linear(torch::nn::LinearOptions(a.d_model, a.d_model).bias(bias)));
+    }
     projection_ = register_buffer("projection", draw(0));
     calls_ = register_buffer("calls", torch::zeros({}, torch::kLong));
   }
 
   torch::Tensor forward(const torch::Tensor& x, MixContext& ctx) override {
     TORCH_CHECK(x.dim() == 3, "performer: x must be [B, T, C], got ", x.sizes());
-    const auto projection = maybe_redraw();
     auto qkv = qkv_(x).chunk(3, -1);
-    auto q = split_heads(qkv[0], heads_), k = split_heads(qkv[1], heads_), v = split_heads(qkv[2], heads_);
+    return out_(merge_heads(
+        attend_qkv(split_heads(qkv[0], heads_), split_heads(qkv[1], heads_), split_heads(qkv[2], heads_), ctx)));
+  }
+
+  torch::Tensor attend_qkv(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
+                           MixContext& ctx) override {
+    const auto projection = maybe_redraw();
     auto* st = ctx.state ? dynamic_cast<PerformerState*>(ctx.state) : nullptr;
     TORCH_CHECK(!ctx.state || st, "performer: the state passed was not made by this mixer");
     FeaturePair f;
@@ -72,8 +79,7 @@ class PerformerImpl : public MixerImpl {
       f = favor_features(q, k, projection, ctx.padding_mask, 0.5, st ? &st->sums : nullptr,
                          st ? &st->key_max : nullptr);
     }
-    auto y = kernelized_attention(f.q, f.k, v, ctx.causal, chunk_, eps_, st ? &st->sums : nullptr);
-    return out_(merge_heads(y));
+    return kernelized_attention(f.q, f.k, v, ctx.causal, chunk_, eps_, st ? &st->sums : nullptr);
   }
 
   std::unique_ptr<MixerState> initial_state(int64_t) const override { return std::make_unique<PerformerState>(); }
@@ -132,6 +138,7 @@ MixerInfo performer_mixer_info() {
   };
   info.make = [](const MixerArgs& a) -> Mixer { return std::make_shared<PerformerImpl>(a); };
   info.streams = true;
+  info.attends = true;
   info.sparse_options = {{"features", 8}, {"chunk", 3}};  // M < D: a coarse estimate; several chunks of prefix sums
   info.core_kernels = {"fused", "reference"};
   info.core = [](const CoreQuery& c) {  // the kernelized product on drawn positive features (the feature map apart)

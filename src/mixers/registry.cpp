@@ -66,4 +66,20 @@ Mixer make_mixer(const MixerSpec& spec, int64_t d_model, int64_t n_heads, int64_
   return info.make(args);
 }
 
+Mixer make_core(const MixerSpec& spec, int64_t d_model, int64_t n_heads, int64_t layer_index, const std::string& where) {
+  const auto& info = find_mixer(spec.name);
+  if (!info.attends) {
+    std::string names;
+    for (const auto& m : mixer_registry())
+      if (m.attends) names += (names.empty() ? "" : ", ") + m.name;
+    throw Error(where + ": mixer \"" + spec.name + "\" has no attention core that takes given queries, keys and " +
+                "values; the mixers that have one: " + names);
+  }
+  if (n_heads <= 0 || d_model % n_heads != 0)
+    throw Error(where + ": d_model " + std::to_string(d_model) + " must be a positive multiple of n_heads " +
+                std::to_string(n_heads));
+  MixerArgs args{d_model, n_heads, layer_index, validate_options(spec.options, info.schema, where), true};
+  return info.make(args);
+}
+
 }  // namespace longseq

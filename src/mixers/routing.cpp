@@ -73,8 +73,10 @@ class RoutingImpl : public MixerImpl {
     // [q (all heads) | k (the heads that use keys: local ones, and routing ones without shared QK) | v (all heads)]
     key_heads_ = shared_qk_ ? heads_ - routing_heads_ : heads_;
     const int64_t width = 2 * a.d_model + key_heads_ * head_dim_;
-    qkv_ = register_module("qkv", torch::nn::Linear(torch::nn::LinearOptions(a.d_model, width).bias(bias)));
-    out_ = register_module("out", torch::nn::Linear(torch::nn::LinearOptions(a.d_model, a.d_model).bias(bias)));
+    if (!a.core_only) {  // else the host layer projects
+      qkv_ = register_module("qkv", torch::nn::Linear(torch::nn::LinearOptions(a.d_model, width).bias(bias)));
+      out_ = register_module("out", torch::nn::Linear(torch::nn::LinearOptions(a.d_model, a.d_model).bias(bias)));
+    }
     auto init = torch::layer_norm(torch::randn({routing_heads_, centroids_, head_dim_}), {head_dim_});
     means_ = register_buffer("means", init);
     ema_sums_ = register_buffer("ema_sums", init.clone());
@@ -83,37 +85,65 @@ class RoutingImpl : public MixerImpl {
 
   torch::Tensor forward(const torch::Tensor& x, MixContext& ctx) override {
     TORCH_CHECK(x.dim() == 3, "routing: x must be [B, T, C], got ", x.sizes());
-    TORCH_CHECK(!ctx.state, "routing: does not stream (decode by recomputing the sequence)");
-    TORCH_CHECK(shared_qk_ || !ctx.causal || routing_heads_ == 0,
-                "routing: shared_qk false is bidirectional only (the official encoder); causal routing shares QK");
+    check_context(ctx);
     const int64_t B = x.size(0), T = x.size(1), C = x.size(2);
-    // Real tokens first, in order (a stable sort on the padding flag): padding then changes no cluster size
-    // and no block boundary. The mixer is per-token outside attention, so permuting x permutes the output.
-    torch::Tensor pad, order;
-    if (ctx.padding_mask.defined()) {
-      auto p = ctx.padding_mask.to(torch::kBool);
-      auto key = p.to(torch::kLong) * T + torch::arange(T, x.options().dtype(torch::kLong)).unsqueeze(0);
-      order = std::get<1>(key.sort(-1));  // [B, T]
-      pad = p.gather(1, order);           // right padding only
-    }
+    auto [order, pad] = real_first(ctx.padding_mask, T);
     auto xs = order.defined() ? x.gather(1, order.unsqueeze(-1).expand({B, T, C})) : x;
     auto proj = qkv_(xs);
     const int64_t Ck = key_heads_ * head_dim_;
     auto q = split_heads(proj.narrow(-1, 0, C), heads_), v = split_heads(proj.narrow(-1, C + Ck, C), heads_);
     auto k = key_heads_ > 0 ? split_heads(proj.narrow(-1, C, Ck), key_heads_) : torch::Tensor();
+    auto y = out_(merge_heads(attend_sorted(q, k, v, pad, ctx.causal)));
+    return order.defined() ? torch::zeros_like(y).scatter(1, order.unsqueeze(-1).expand({B, T, C}), y) : y;
+  }
+
+  // As a core, k has every head; with shared_qk the routed heads read none of it (their keys are their queries,
+  // as the mixer projects no keys for them) and the local heads read theirs.
+  torch::Tensor attend_qkv(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
+                           MixContext& ctx) override {
+    check_context(ctx);
+    const int64_t B = q.size(0), T = q.size(2);
+    auto sorted = real_first(ctx.padding_mask, T);
+    const auto& order = sorted.first;
+    auto sort = [&](const torch::Tensor& t) {
+      return order.defined() ? t.gather(2, order.view({B, 1, T, 1}).expand_as(t)) : t;
+    };
+    auto keys = key_heads_ > 0 ? sort(k.narrow(1, heads_ - key_heads_, key_heads_)) : torch::Tensor();
+    auto y = attend_sorted(sort(q), keys, sort(v), sorted.second, ctx.causal);
+    return order.defined() ? torch::zeros_like(y).scatter(2, order.view({B, 1, T, 1}).expand_as(y), y) : y;
+  }
+
+ private:
+  void check_context(const MixContext& ctx) const {
+    TORCH_CHECK(!ctx.state, "routing: does not stream (decode by recomputing the sequence)");
+    TORCH_CHECK(shared_qk_ || !ctx.causal || routing_heads_ == 0,
+                "routing: shared_qk false is bidirectional only (the official encoder); causal routing shares QK");
+  }
+
+  // Real tokens first, in order (a stable sort on the padding flag): padding then changes no cluster size and no
+  // block boundary; attention is per token outside the clusters, so permuting the rows permutes the output.
+  // -> (order [B, T], padding in that order [B, T]); both undefined without a padding mask.
+  static std::pair<torch::Tensor, torch::Tensor> real_first(const torch::Tensor& padding_mask, int64_t T) {
+    if (!padding_mask.defined()) return {};
+    auto p = padding_mask.to(torch::kBool);
+    auto key = p.to(torch::kLong) * T + torch::arange(T, p.options().dtype(torch::kLong)).unsqueeze(0);
+    auto order = std::get<1>(key.sort(-1));
+    return {order, p.gather(1, order)};  // right padding only
+  }
+
+  // q, v [B, H, T, D]; k [B, key_heads, T, D] (the local heads' keys last) or undefined; rows sorted real first.
+  torch::Tensor attend_sorted(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
+                              const torch::Tensor& pad, bool causal) {
     const int64_t Hr = routing_heads_, Hl = heads_ - Hr;
     std::vector<torch::Tensor> parts;
     if (Hr > 0)
       parts.push_back(routed(q.narrow(1, 0, Hr), shared_qk_ ? torch::Tensor() : k.narrow(1, 0, Hr),
-                             v.narrow(1, 0, Hr), pad, ctx.causal));
+                             v.narrow(1, 0, Hr), pad, causal));
     if (Hl > 0)
-      parts.push_back(local(q.narrow(1, Hr, Hl), k.narrow(1, key_heads_ - Hl, Hl), v.narrow(1, Hr, Hl), pad,
-                            ctx.causal));
-    auto y = out_(merge_heads(parts.size() == 1 ? parts[0] : torch::cat(parts, 1)));
-    return order.defined() ? torch::zeros_like(y).scatter(1, order.unsqueeze(-1).expand({B, T, C}), y) : y;
+      parts.push_back(local(q.narrow(1, Hr, Hl), k.narrow(1, key_heads_ - Hl, Hl), v.narrow(1, Hr, Hl), pad, causal));
+    return parts.size() == 1 ? parts[0] : torch::cat(parts, 1);
   }
 
- private:
   // q, v [B, H, T, D]; k undefined (shared QK) or [B, H, T, D]; pad [B, T] right padding or undefined.
   torch::Tensor routed(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v, const torch::Tensor& pad,
                        bool causal) {
@@ -307,6 +337,7 @@ MixerInfo routing_mixer_info() {
        -1e300, 1e300, {"auto", "reference", "fused"}},
   };
   info.make = [](const MixerArgs& a) -> Mixer { return std::make_shared<RoutingImpl>(a); };
+  info.attends = true;
   // streams = false: balanced clusters are chosen over the whole sequence (top-w per centroid), so a later token
   // can move an earlier one between clusters or out of all of them; a prefix's outputs are not final.
   info.strictly_causal = false;

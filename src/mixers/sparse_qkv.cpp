@@ -4,39 +4,60 @@
 //   Q = Conv_q(P), K = Conv_k(P)             kernel time_kernel x module_kernel over (time, module), M -> M channels,
 //                                            weights shared across modules; modules zero-padded, time causal
 //   V = Conv_v(P)                            kernel time_kernel x 1
-//   Y = Out(merge_heads(softmax(Q K^T / sqrt(D)) V)), Out = identity by default (no W_O, as the official code)
+//   Y = Out(merge_heads(Attend(Q, K, V))), Out = identity by default (no W_O, as the official code)
+// Attend is exact softmax attention (the paper's layer) or the attention core of any mixer that has one
+// (MixerInfo::attends: longformer, bigbird, routing, linear, performer, ...), built without projections: the paper
+// says sparse QKV is usable with any attention; the core then sees this layer's Q, K and V.
 // Heads split the flattened [S M] features contiguously, so with S = H module s is head s.
 // Cost per token: C S + C^2 multiply-adds for P (the gated copies x * D_s, then S products [C] x [C, M]),
 // (2 time_kernel module_kernel + time_kernel) M^2 S for the convolutions, plus exact attention O(T C).
-// Decoding keeps the last time_kernel - 1 rows of P and a KV cache.
+// Decoding keeps the last time_kernel - 1 rows of P and the core's state (a KV cache for exact attention).
 // Bidirectional mode centres the time kernel: left pad time_kernel / 2 rows, right pad the rest (the paper and the
 // code only define the causal decoder layer; this is our encoder extension).
 #include "longseq/common.h"
 #include "longseq/factored_dense.h"
-#include "longseq/kernels/flash_attention.h"
-#include "longseq/kernels/growing_cache.h"
 #include "longseq/mixers/heads.h"
 #include "longseq/registry.h"
 
+#include <algorithm>
 #include <cmath>
 
 namespace longseq {
 
+MixerInfo sparse_qkv_mixer_info();
+
 namespace {
 
 struct SparseQkvState : MixerState {
-  torch::Tensor p_tail;       // [B, time_kernel - 1, S, M]: the last rows of P (zero at pads); undefined at the start
-  GrowingCache k, v;          // [B, H, S, D]
-  torch::Tensor key_padding;  // [B, length] or undefined
-  int64_t length = 0;
+  torch::Tensor p_tail;                   // [B, time_kernel - 1, S, M]: the last rows of P (zero at pads); undefined at the start
+  std::unique_ptr<MixerState> core;       // the attention core's own state
   std::map<std::string, torch::Tensor> tensors() const override {
-    return {{"p_tail", p_tail}, {"k", k.view()}, {"v", v.view()}};
+    auto out = core->tensors();
+    out["p_tail"] = p_tail;
+    return out;
   }
   void reorder(const torch::Tensor& index) override {
-    auto i = reorder_index(index, k.rows() >= 0 ? k.rows() : rows_of({p_tail, key_padding}), "sparse_qkv");
-    p_tail = select_rows(p_tail, i), k.reorder(i), v.reorder(i), key_padding = select_rows(key_padding, i);
+    auto i = reorder_index(index, rows_of({p_tail}), "sparse_qkv");
+    core->reorder(i);
+    p_tail = select_rows(p_tail, i);
   }
 };
+
+// The core's spec: `core` as given; exact attention ("full") takes this layer's dropout and kernel options, which
+// another core refuses (it has options of its own).
+MixerSpec core_spec(const Json& options) {
+  const Json& given = options["core"];
+  const Json defaults = validate_options(Json::object(), sparse_qkv_mixer_info().schema, "sparse_qkv");
+  const bool own = options["dropout"] != defaults["dropout"] || options["kernel"] != defaults["kernel"];
+  if (given.is_string() && given.get<std::string>() == "full") {
+    Json spec = {{"name", "full"}, {"dropout", options["dropout"]}, {"kernel", options["kernel"]}};
+    return parse_mixer_spec(spec, "sparse_qkv.core");
+  }
+  if (own)
+    throw Error("sparse_qkv: dropout and kernel configure the built-in exact core (core \"full\"); with core " +
+                json_excerpt(given) + " set them inside the core's own spec");
+  return parse_mixer_spec(given, "sparse_qkv.core");
+}
 
 // A conv kernel [kt, km, M in, M out], Glorot uniform with fans counting the receptive field (as trax's Conv).
 // Kept in this layout so that the convolution is one matmul whose weight gradient is a plain contiguous tensor.
@@ -63,7 +84,7 @@ class SparseQkvImpl : public MixerImpl {
   explicit SparseQkvImpl(const MixerArgs& a)
       : C_(a.d_model), H_(a.n_heads), S_(a.options["modules"].get<int64_t>()),
         kt_(a.options["time_kernel"].get<int64_t>()), km_(a.options["module_kernel"].get<int64_t>()),
-        dropout_(a.options["dropout"].get<double>()), kernel_(a.options["kernel"]), output_(a.options["output"]) {
+        output_(a.options["output"]) {
     if (S_ == 0) S_ = H_;  // sec. 3.2: one module per head
     if (C_ % S_ != 0)
       throw Error("sparse_qkv.modules: " + std::to_string(S_) + " must divide d_model " + std::to_string(C_));
@@ -81,6 +102,7 @@ class SparseQkvImpl : public MixerImpl {
       bk_ = register_parameter("conv_k_bias", torch::zeros({M_}));
       bv_ = register_parameter("conv_v_bias", torch::zeros({M_}));
     }
+    core_ = register_module("core", make_core(core_spec(a.options), C_, H_, a.layer_index, "sparse_qkv.core"));
     if (output_ == "mult") out_mult_ = register_module("out", FactoredDense(C_, S_, M_, bias));
     if (output_ == "dense")
       out_dense_ = register_module("out", torch::nn::Linear(torch::nn::LinearOptions(C_, C_).bias(bias)));
@@ -98,6 +120,7 @@ class SparseQkvImpl : public MixerImpl {
     auto* state = ctx.state ? dynamic_cast<SparseQkvState*>(ctx.state) : nullptr;
     TORCH_CHECK(!ctx.state || state, "sparse_qkv: the state passed was not made by this mixer");
     TORCH_CHECK(!state || ctx.causal, "sparse_qkv: streaming needs causal mode");
+    TORCH_CHECK(!state || state->core, "sparse_qkv: its core does not stream");
     torch::Tensor padded;  // [B, T + time_kernel - 1, S, M]: P with its time context
     if (ctx.causal) {      // sec. 3.2: causal in time, the remembered rows (or zeros) before the first
       auto before = state && state->p_tail.defined() ? state->p_tail : torch::zeros({B, kt_ - 1, S_, M_}, p.options());
@@ -114,27 +137,26 @@ class SparseQkvImpl : public MixerImpl {
     auto k = split_heads(sparse_qkv_conv(pm, wk_, bk_), H_);
     auto v = split_heads(sparse_qkv_conv(padded, wv_, bv_), H_);  // Fig. 4b: V's kernel spans one module
 
-    AttentionMask mask{ctx.causal, ctx.padding_mask};
-    if (state) {
-      k = state->k.append(k);
-      v = state->v.append(v);
-      mask.key_padding = append_padding(state->key_padding, state->length, ctx.padding_mask, B, T);
-      state->key_padding = mask.key_padding;
-      state->length += T;
-    }
-    if (mask.key_padding.defined()) mask.key_padding = mask.key_padding.to(x.device()).to(torch::kBool);
-    auto y = merge_heads(exact_attention(q, k, v, mask, kernel_, dropout_, is_training()));
+    MixContext core_ctx = ctx;
+    core_ctx.state = state ? state->core.get() : nullptr;
+    auto y = merge_heads(core_->attend_qkv(q, k, v, core_ctx));
     if (out_mult_) return out_mult_(y);
     if (out_dense_) return out_dense_(y);
     return y;  // trax's default output_layer_type 'none': no W_O
   }
 
-  std::unique_ptr<MixerState> initial_state(int64_t) const override { return std::make_unique<SparseQkvState>(); }
+  std::unique_ptr<MixerState> initial_state(int64_t batch) const override {
+    auto core = core_->initial_state(batch);
+    if (!core) return nullptr;  // e.g. routing: decoding recomputes
+    auto s = std::make_unique<SparseQkvState>();
+    s->core = std::move(core);
+    return s;
+  }
 
  private:
   int64_t C_, H_, S_, M_ = 0, kt_, km_;
-  double dropout_;
-  std::string kernel_, output_;
+  std::string output_;
+  Mixer core_;
   FactoredDense factored_{nullptr}, out_mult_{nullptr};
   torch::nn::Linear out_dense_{nullptr};
   torch::Tensor wq_, wk_, wv_, bq_, bk_, bv_;
@@ -160,16 +182,20 @@ MixerInfo sparse_qkv_mixer_info() {
        "output projection: none (the official code's default, no W_O), mult (a multiplicative dense) or dense",
        -1e300, 1e300, {"none", "mult", "dense"}},
       {"bias", OptionType::Bool, true, "bias terms in the multiplicative dense, the convolutions and the output"},
-      {"dropout", OptionType::Float, 0.0, "dropout on the attention probabilities", 0.0, 1.0},
+      {"core", OptionType::Any, "full",
+       "the attention on this layer's Q, K, V: \"full\" (exact softmax attention, the paper's) or the spec of any "
+       "mixer that has an attention core (`longseq info` marks them), e.g. {\"name\": \"longformer\", \"window\": "
+       "[128]}; built without projections of its own"},
+      {"dropout", OptionType::Float, 0.0, "dropout on the attention probabilities (core \"full\")", 0.0, 1.0},
       {"kernel", OptionType::String, "auto",
-       "attention core: auto (fused CPU kernel when it supports the input, else reference), reference, or fused",
-       -1e300, 1e300, {"auto", "reference", "fused"}},
+       "exact core (core \"full\"): auto (fused CPU kernel when it supports the input, else reference), reference, "
+       "or fused", -1e300, 1e300, {"auto", "reference", "fused"}},
   };
   info.make = [](const MixerArgs& a) -> Mixer { return std::make_shared<SparseQkvImpl>(a); };
   // The defaults are already sparse at every T; this second configuration makes the invariant suite cover S != H,
   // a wider module kernel, an even time kernel and the mult output too.
   info.sparse_options = {{"modules", 8}, {"module_kernel", 5}, {"time_kernel", 2}, {"output", "mult"}};
-  info.streams = true;
+  info.streams = true;  // with a core that streams; otherwise initial_state is null and decoding recomputes
   info.flops = [](const FlopQuery& f) {
     const double C = static_cast<double>(f.C);
     const int64_t s = f.options.value("modules", int64_t{0});
@@ -180,8 +206,19 @@ MixerInfo sparse_qkv_mixer_info() {
     const double factored = C * S + C * C;  // gating x * D_s (C S), then S products [C] x [C, M] (C^2)
     const double convs = (2.0 * kt * km + kt) * M * M * S;
     const double proj = out == "mult" ? factored : out == "dense" ? C * C : 0.0;
-    const double attn = 4.0 * f.B * f.T * f.T * C;  // QK^T and PV, half of them when causal
-    return 2.0 * f.B * f.T * (factored + convs + proj) + (f.causal ? attn / 2 : attn);
+    const double layer = 2.0 * f.B * f.T * (factored + convs + proj);
+    const Json core = f.options.value("core", Json("full"));
+    if (core.is_string() && core.get<std::string>() == "full") {
+      const double attn = 4.0 * f.B * f.T * f.T * C;  // QK^T and PV, half of them when causal
+      return layer + (f.causal ? attn / 2 : attn);
+    }
+    // Another core: its mixer's count less the q, k, v and output projections (8 B T C^2) it does not run here.
+    const auto spec = parse_mixer_spec(core, "sparse_qkv.core");
+    const auto& info = find_mixer(spec.name);
+    if (!info.flops) return 0.0;
+    FlopQuery q = f;
+    q.options = spec.options;
+    return layer + std::max(0.0, info.flops(q) - 8.0 * f.B * f.T * C * C);
   };
   return info;
 }

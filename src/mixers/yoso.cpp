@@ -195,22 +195,28 @@ class YosoImpl : public MixerImpl {
         rounds_(a.options["hashes"]),
         expectation_(a.options["expectation"]),
         seed_(static_cast<uint64_t>(a.options["seed"].get<int64_t>()) * 7919 + a.layer_index) {
-    const bool bias = a.options["bias"].get<bool>();
-    qkv_ = register_module("qkv", torch::nn::Linear(torch::nn::LinearOptions(a.d_model, 3 * a.d_model).bias(bias)));
-    out_ = register_module("out", torch::nn::Linear(torch::nn::LinearOptions(a.d_model, a.d_model).bias(bias)));
+    if (!a.core_only) {  // else the host layer projects
+      const bool bias = a.options["bias"].get<bool>();
+      qkv_ = register_module("qkv", torch::nn::Linear(torch::nn::LinearOptions(a.d_model, 3 * a.d_model).bias(bias)));
+      out_ = register_module("out", torch::nn::Linear(torch::nn::LinearOptions(a.d_model, a.d_model).bias(bias)));
+    }
     forwards_ = register_buffer("forwards", torch::zeros({}, torch::kLong));
   }
 
   torch::Tensor forward(const torch::Tensor& x, MixContext& ctx) override {
     TORCH_CHECK(x.dim() == 3, "yoso: x must be [B, T, C], got ", x.sizes());
-    if (ctx.causal)
-      throw Error("yoso is bidirectional only: the paper and its code define no causal form (hash tables sum over "
-                  "every key); use it in the encoder, not in the decoder LM");
-    const int64_t B = x.size(0), T = x.size(1);
+    require_bidirectional(ctx.causal);
     auto qkv = qkv_(x).chunk(3, -1);
-    auto qn = torch::nn::functional::normalize(split_heads(qkv[0], heads_), torch::nn::functional::NormalizeFuncOptions().dim(-1));
-    auto kn = torch::nn::functional::normalize(split_heads(qkv[1], heads_), torch::nn::functional::NormalizeFuncOptions().dim(-1));
-    auto v = split_heads(qkv[2], heads_);
+    return out_(merge_heads(
+        attend_qkv(split_heads(qkv[0], heads_), split_heads(qkv[1], heads_), split_heads(qkv[2], heads_), ctx)));
+  }
+
+  torch::Tensor attend_qkv(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
+                           MixContext& ctx) override {
+    require_bidirectional(ctx.causal);
+    const int64_t B = q.size(0), T = q.size(2);
+    auto qn = torch::nn::functional::normalize(q, torch::nn::functional::NormalizeFuncOptions().dim(-1));
+    auto kn = torch::nn::functional::normalize(k, torch::nn::functional::NormalizeFuncOptions().dim(-1));
     torch::Tensor pad = ctx.padding_mask.defined() ? ctx.padding_mask.to(torch::kBool) : torch::Tensor();
     torch::Tensor y;
     if (expectation_) {
@@ -221,18 +227,24 @@ class YosoImpl : public MixerImpl {
       auto weight = prob * (1 + 0.5 * tau_ * (sim - sim.detach()));
       y = torch::matmul(weight, v);
     } else {
-      auto R = rotations(x.scalar_type());
+      auto R = rotations(q.scalar_type());
       auto cq = yoso_hash_codes(qn, R), ck = yoso_hash_codes(kn, R);
       if (pad.defined()) ck = ck.masked_fill(pad.view({B, 1, 1, T}), -1);
       y = yoso_sampled_attention(qn, kn, v, cq, ck, tau_);
     }
     y = torch::nn::functional::normalize(y, torch::nn::functional::NormalizeFuncOptions().dim(-1));
     if (pad.defined()) y = y.masked_fill(pad.view({B, 1, T, 1}), 0.0);
-    return out_(merge_heads(y));
+    return y;
   }
 
  private:
   // Hyperplanes [H, m, D, tau]: fresh every training forward (repeated when recomputing), fixed by the seed otherwise.
+  static void require_bidirectional(bool causal) {
+    if (causal)
+      throw Error("yoso is bidirectional only: the paper and its code define no causal form (hash tables sum over "
+                  "every key); use it in the encoder, not in the decoder LM");
+  }
+
   torch::Tensor rotations(torch::ScalarType dtype) {
     const std::vector<int64_t> shape = {heads_, rounds_, head_dim_, tau_};
     if (!is_training()) {
@@ -267,6 +279,7 @@ MixerInfo yoso_mixer_info() {
       {"bias", OptionType::Bool, true, "bias terms in the projections"},
   };
   info.make = [](const MixerArgs& a) -> Mixer { return std::make_shared<YosoImpl>(a); };
+  info.attends = true;
   info.sparse_options = {{"hash_bits", 2}, {"hashes", 3}};  // 4 buckets: keys collide, the estimate is coarse
   info.supports_causal = false;
   info.exact_gradients = false;  // sec. 3.2's surrogate; the sampled forward is piecewise constant in Q, K
