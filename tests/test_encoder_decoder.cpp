@@ -304,6 +304,18 @@ TEST(EncoderDecoder, ConfigErrorsNameTheField) {
   c = small_config();
   c.decoder_mixer = parse_mixer_spec(Json{{"name", "lsh"}, {"chunk_length", 1000000000}}, "test");
   EXPECT_NO_THROW(validate(c));
+  // A layer over another mixer's core has the core's properties: sparse QKV over routing would leak the target,
+  // unless its core spec sets routing's strictly causal options; over yoso it has no causal form at all.
+  c = small_config();
+  c.decoder_mixer = parse_mixer_spec(Json{{"name", "sparse_qkv"}, {"core", "routing"}}, "test");
+  expect_error_naming(c, "decoder_mixer");
+  c.decoder_mixer = parse_mixer_spec(Json{{"name", "sparse_qkv"}, {"core", {{"name", "routing"}, {"clusters", 1}}}}, "test");
+  EXPECT_NO_THROW(validate(c));
+  c.decoder_mixer = parse_mixer_spec(Json{{"name", "sparse_qkv"}, {"core", "yoso"}}, "test");
+  expect_error_naming(c, "decoder_mixer");
+  c.encoder_mixer = parse_mixer_spec(Json{{"name", "sparse_qkv"}, {"core", "yoso"}}, "test");
+  c.decoder_mixer = small_config().decoder_mixer;
+  EXPECT_NO_THROW(validate(c));
 }
 
 }  // namespace encoder_decoder_test

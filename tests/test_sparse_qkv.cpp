@@ -10,6 +10,8 @@
 
 #include "helpers.h"
 #include "longseq/common.h"
+#include "longseq/config.h"
+#include "longseq/models.h"
 #include "longseq/factored_dense.h"
 #include "longseq/registry.h"
 #include "mixer_helpers.h"
@@ -423,16 +425,46 @@ TEST(SparseQkv, CoreErrorsNameTheCoreAndTheWayOut) {
   expect_error({{"core", 7}}, {"sparse_qkv.core"});
 }
 
-// With another core the FLOPs are the layer's own plus the core's mixer count less its four C x C projections.
+// With another core the FLOPs are the layer's own plus the core's mixer count less the projections that mixer makes:
+// q, k, v and out (4 C^2 multiply-adds a token) for linear; for routing with shared QK, q, v, out and the local
+// heads' keys only (3 C^2 + C^2 / 2 with half the heads local).
 TEST(SparseQkv, FlopsWithACoreCountTheCoresAttention) {
   const int64_t B = 2, T = 10;
-  Json spec = {{"name", "sparse_qkv"}, {"core", {{"name", "linear"}, {"chunk", 4}}}};
-  FlopQuery q{B, T, kC, kH, true, parse_mixer_spec(spec, "test").options};
-  Json exact = {{"name", "sparse_qkv"}};
-  FlopQuery qe{B, T, kC, kH, true, parse_mixer_spec(exact, "test").options};
-  FlopQuery ql{B, T, kC, kH, true, parse_mixer_spec(Json{{"name", "linear"}, {"chunk", 4}}, "test").options};
+  FlopQuery qe{B, T, kC, kH, true, parse_mixer_spec(Json{{"name", "sparse_qkv"}}, "test").options};
   const double layer = find_mixer("sparse_qkv").flops(qe) - 4.0 * B * T * T * kC / 2;
-  EXPECT_DOUBLE_EQ(find_mixer("sparse_qkv").flops(q), layer + find_mixer("linear").flops(ql) - 8.0 * B * T * kC * kC);
+  const std::vector<std::pair<Json, double>> cores = {
+      {{{"name", "linear"}, {"chunk", 4}}, 2.0 * B * T * 4 * kC * kC},
+      {{{"name", "routing"}}, 2.0 * B * T * (3 * kC * kC + kC * kC / 2)},
+  };
+  for (const auto& [core, projections] : cores) {
+    FlopQuery q{B, T, kC, kH, true, parse_mixer_spec(Json{{"name", "sparse_qkv"}, {"core", core}}, "test").options};
+    FlopQuery qc{B, T, kC, kH, true, parse_mixer_spec(core, "test").options};
+    EXPECT_DOUBLE_EQ(find_mixer("sparse_qkv").flops(q), layer + find_mixer(core["name"]).flops(qc) - projections)
+        << core.dump();
+  }
+}
+
+// A layer over a core declares what both have (mixer_properties), which the model's checks read.
+TEST(SparseQkv, PropertiesAreThoseTheLayerAndItsCoreHave) {
+  auto props = [](const Json& core) {
+    return mixer_properties(parse_mixer_spec(Json{{"name", "sparse_qkv"}, {"core", core}}, "test"));
+  };
+  EXPECT_TRUE(props("full").strictly_causal);
+  EXPECT_TRUE(props("full").streams);
+  EXPECT_FALSE(props("routing").strictly_causal);
+  EXPECT_FALSE(props("routing").streams);
+  EXPECT_TRUE(props(Json{{"name", "routing"}, {"clusters", 1}}).strictly_causal);
+  EXPECT_FALSE(props("yoso").supports_causal);
+  EXPECT_TRUE(props("yoso").supports_bidirectional);
+  EXPECT_EQ(mixer_properties(parse_mixer_spec(Json("routing"), "test")).streams, false);
+  // The decoder LM refuses a layer with no causal form by the layer's name.
+  Json cfg = {{"type", "decoder_lm"}, {"mixer", {{"name", "sparse_qkv"}, {"core", "yoso"}}}, {"block", "standard"}};
+  try {
+    ModelConfig::from_json(validate_options(cfg, model_schema(), "model"));
+    ADD_FAILURE() << "a yoso core was accepted in a causal model";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("causal"), std::string::npos) << e.what();
+  }
 }
 
 }  // namespace sparse_qkv_test

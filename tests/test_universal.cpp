@@ -4,6 +4,8 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <cctype>
+#include <map>
 #include <set>
 
 #include "longseq/common.h"
@@ -207,6 +209,50 @@ TEST(ExpressionsCorpus, AnswersAreTheValuesAndDepthsAreTheNestings) {
   }
   EXPECT_EQ(seen, (std::set<int64_t>{1, 2, 3, 4, 5}));
   EXPECT_EQ(depths.gt(0).sum().item<int64_t>(), static_cast<int64_t>(lines) - 1);  // one label per whole line
+}
+
+// The pointer-chasing task: every question resolves, by following its line's statements, to its answer in exactly
+// the lookups chain_depths reports; the other chain ends in another digit (no shortcut); every depth occurs.
+TEST(ChainsCorpus, AnswersFollowTheStatementsAndDepthsCountTheLookups) {
+  const std::string text = chains_text(20000, 4, 3);
+  EXPECT_EQ(text, chains_text(20000, 4, 3));
+  EXPECT_NE(text, chains_text(20000, 4, 4));
+  std::vector<int64_t> ids(text.begin(), text.end());
+  auto depths = chain_depths(torch::tensor(ids, torch::kLong));
+  std::set<int64_t> seen;
+  size_t start = 0, lines = 0;
+  for (size_t nl = text.find('\n'); nl != std::string::npos; start = nl + 1, nl = text.find('\n', start), ++lines) {
+    const std::string line = text.substr(start, nl - start);
+    const size_t q = line.find('?');
+    ASSERT_NE(q, std::string::npos) << line;
+    ASSERT_EQ(line.size(), q + 4) << line;
+    std::map<char, char> bound;
+    std::vector<char> digits;
+    for (size_t j = 0; j < q; j += 4) {
+      ASSERT_EQ(line.substr(j + 1, 1), "=") << line;
+      ASSERT_EQ(line[j + 3], ';') << line;
+      EXPECT_EQ(bound.count(line[j]), 0u) << "a variable bound twice: " << line;
+      bound[line[j]] = line[j + 2];
+      if (std::isdigit(static_cast<unsigned char>(line[j + 2]))) digits.push_back(line[j + 2]);
+    }
+    ASSERT_EQ(digits.size(), 2u) << line;
+    EXPECT_NE(digits[0], digits[1]) << line;
+    char at = line[q + 1];
+    int64_t hops = 0;
+    while (!std::isdigit(static_cast<unsigned char>(at))) at = bound.at(at), ++hops;
+    EXPECT_EQ(at, line[q + 3]) << line;
+    EXPECT_EQ(bound.size(), static_cast<size_t>(2 * hops)) << "two chains of the asked one's length: " << line;
+    EXPECT_EQ(depths[static_cast<int64_t>(start + q + 3)].item<int64_t>(), start == 0 ? 0 : hops) << line;
+    seen.insert(hops);
+  }
+  EXPECT_EQ(seen, (std::set<int64_t>{1, 2, 3, 4}));
+  EXPECT_EQ(depths.gt(0).sum().item<int64_t>(), static_cast<int64_t>(lines) - 1);  // one label per whole line
+  // A line whose answer is not what its statements give is not scored.
+  const std::string bad = "\nk=b;q=x;b=7;x=4;?k=7\nk=b;q=x;b=7;x=4;?k=4\n";
+  auto d = chain_depths(torch::tensor(std::vector<int64_t>(bad.begin(), bad.end()), torch::kLong));
+  EXPECT_EQ(d[20].item<int64_t>(), 2);
+  EXPECT_EQ(d.sum().item<int64_t>(), 2);
+  EXPECT_THROW(chains_text(100, 13, 1), Error);
 }
 
 TEST(ExpressionsCorpus, EvaluationReportsEachDepthWithItsPonderTime) {

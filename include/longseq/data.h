@@ -70,6 +70,14 @@ std::string expressions_text(int64_t bytes, int64_t max_depth, uint64_t seed);
 // Byte tokens [N] -> [N] long: at each answer digit (the byte after "="), the depth of its expression (its
 // deepest parenthesis nesting, >= 1); 0 elsewhere.
 torch::Tensor expression_depths(const torch::Tensor& tokens);
+// The pointer-chasing depth task (data.corpus chains): lines of statements "x=y;" in random order and a question
+// "?q=" with its answer digit, e.g. "k=b;q=x;b=7;x=4;?k=7\n". Two chains of d distinct lowercase variables each end in
+// different digits; the question asks for the head of one of them, so the answer takes exactly d lookups of
+// "variable = ..." and no shortcut (both digits are on the line). d is drawn uniformly in [1, max_depth] (<= 12).
+std::string chains_text(int64_t bytes, int64_t max_depth, uint64_t seed);
+// Byte tokens [N] -> [N] long: at each answer digit of a whole line, the lookups its question needs (>= 1), found
+// by following the line's statements; 0 elsewhere and at lines that do not resolve to their answer.
+torch::Tensor chain_depths(const torch::Tensor& tokens);
 // Dispatches on data.corpus.
 TextSplits read_corpus(const Json& data_cfg);
 // "corpus text at PATH": where data.corpus reads from, for messages.

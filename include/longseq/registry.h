@@ -78,6 +78,9 @@ struct MixerInfo {
   // (2 per multiply-add, projections included); the bench takes 3x for
   // forward + backward. Null: the bench reports no FLOP rate for this mixer.
   std::function<double(const FlopQuery&)> flops;
+  // The part of `flops` that the mixer's own projections make, which a core (make_core) does not run. Null: the
+  // q, k, v and output projections, 8 B T C^2.
+  std::function<double(const FlopQuery&)> projection_flops;
   // The kernels of the mechanism's attention core the bench times alone, one
   // series each (e.g. {"fused", "reference"}); empty: no core apart from the mixer.
   // `core` draws its inputs from the global generator, so under one seed every
@@ -103,6 +106,13 @@ struct BlockSpec {
   Json options = Json::object();  // validated against the kind's schema, defaults filled
 };
 Mixer make_mixer(const MixerSpec& spec, int64_t d_model, int64_t n_heads, int64_t layer_index);
+// What a spec declares: its mixer's properties, or, for a layer that runs another mixer's attention core (a `core`
+// option, sparse_qkv), the properties both have: causal or bidirectional if both are, streams if both do, strictly
+// causal if the host is and the core is or its spec sets the core's strictly causal options.
+MixerInfo mixer_properties(const MixerSpec& spec);
+// FLOPs of a core alone: the mixer's count less its projections (MixerInfo::projection_flops).
+double core_flops(const MixerInfo& info, const FlopQuery& f);
+
 // The mixer's attention core alone (MixerArgs::core_only), for a layer that projects q, k, v itself; an Error
 // naming `where` and listing the mixers that attend when spec's mixer does not.
 Mixer make_core(const MixerSpec& spec, int64_t d_model, int64_t n_heads, int64_t layer_index, const std::string& where);

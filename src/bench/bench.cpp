@@ -82,11 +82,17 @@ struct Unit {
   std::vector<std::string> core_kernels;
 };
 
-Unit find_unit(const std::string& name) {
+// `options`: a mixer's --option values, which can change what it supports (sparse_qkv's core).
+Unit find_unit(const std::string& name, const Json& options = Json::object()) {
   for (const auto& b : block_registry())
     if (b.name == name && !b.uses_mixer) return {true, b.supports_causal, b.supports_bidirectional, b.streams, {}};
-  for (const auto& m : mixer_registry())
-    if (m.name == name) return {false, m.supports_causal, m.supports_bidirectional, m.streams, m.core_kernels};
+  for (const auto& info : mixer_registry())
+    if (info.name == name) {
+      Json spec = options;
+      spec["name"] = name;
+      const auto m = mixer_properties(parse_mixer_spec(spec, "bench: --option " + name));
+      return {false, m.supports_causal, m.supports_bidirectional, m.streams, info.core_kernels};
+    }
   std::vector<std::string> names;
   for (const auto& m : mixer_registry()) names.push_back(m.name);
   for (const auto& b : block_registry())
@@ -769,7 +775,7 @@ void run_bench(const BenchOptions& o) {
   for (const auto& s : all)
     for (const auto& mode : o.modes)
       for (const auto& pass : o.passes) {
-        const Unit info = find_unit(s.mixer);
+        const Unit info = find_unit(s.mixer, o.mixer_options.value(s.mixer, Json::object()));
         bool skip_rest = false;
         std::string skip_why;
         for (int64_t T : lengths) {
@@ -843,7 +849,7 @@ void run_bench(const BenchOptions& o) {
   };
   // Token-by-token decoding after prefixes of several lengths: flat tokens/s means O(1) state per token.
   for (const auto& m : mixers) {
-    if (o.decode_contexts.empty() || !find_unit(m).streams) continue;
+    if (o.decode_contexts.empty() || !find_unit(m, o.mixer_options.value(m, Json::object())).streams) continue;
     for (int64_t context : o.decode_contexts) {
       Row r;
       r.series = m + " decode", r.mode = "causal", r.pass = "decode", r.T = context, r.policy = policy;
@@ -981,7 +987,7 @@ void run_bench(const BenchOptions& o) {
       std::filesystem::remove_all(tmpl);
     };
     for (const auto& m : mixers) {
-      if (!find_unit(m).supports_causal) {  // the embedded default is a causal language model
+      if (!find_unit(m, o.mixer_options.value(m, Json::object())).supports_causal) {  // the default is a causal LM
         std::printf("| %s | (bidirectional only: not in the causal LM) | | |\n", m.c_str());
         continue;
       }

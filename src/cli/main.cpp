@@ -567,9 +567,11 @@ int main(int argc, char** argv) {
         }
         return 0;
       }
-      const bool depth_task = run.config.data["corpus"] == "expressions";  // the answers by depth
+      const bool chains = run.config.data["corpus"] == "chains";
+      const bool depth_task = chains || run.config.data["corpus"] == "expressions";  // the answers by depth
       auto r = evaluate_lm(*run.model, data, B, T, eval_max, S, recalled,
-                           depth_task ? expression_depths(data.tokens) : torch::Tensor());
+                           !depth_task ? torch::Tensor() : chains ? chain_depths(data.tokens)
+                                                                  : expression_depths(data.tokens));
       Json by_depth = Json::array();
       for (const auto& g : r.groups) {
         Json d{{"depth", g.label}, {"answers", g.targets}, {"loss", g.loss}, {"accuracy", g.accuracy}};
@@ -593,7 +595,8 @@ int main(int argc, char** argv) {
           std::printf("  recalled values: loss %.4f nats/byte over %lld bytes (chance: ln 10 = 2.3026)\n", r.part_loss,
                       static_cast<long long>(r.part_tokens));
         if (depth_task) {
-          std::printf("  answers by expression depth (ponder: mean N + R of the position predicting the answer):\n");
+          std::printf("  answers by %s (ponder: mean N + R of the position predicting the answer):\n",
+                      chains ? "lookups needed" : "expression depth");
           for (const auto& g : r.groups)
             std::printf("  depth %lld: %lld answers, loss %.4f nats, accuracy %.3f%s\n", static_cast<long long>(g.label),
                         static_cast<long long>(g.targets), g.loss, g.accuracy,

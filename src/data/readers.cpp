@@ -1,5 +1,6 @@
 #include <algorithm>
 #include <filesystem>
+#include <map>
 #include <random>
 
 #include "longseq/common.h"
@@ -117,6 +118,9 @@ std::string corpus_source(const Json& cfg) {
   if (corpus == "expressions")
     return "corpus expressions (generated: " + std::to_string(cfg.at("expr_bytes").get<int64_t>()) +
            " bytes, depth 1 to " + std::to_string(cfg.at("expr_max_depth").get<int64_t>()) + ")";
+  if (corpus == "chains")
+    return "corpus chains (generated: " + std::to_string(cfg.at("chain_bytes").get<int64_t>()) +
+           " bytes, 1 to " + std::to_string(cfg.at("chain_max_depth").get<int64_t>()) + " lookups)";
   if (corpus == "recall")
     return "corpus recall (generated: " + std::to_string(cfg.at("recall_bytes").get<int64_t>()) + " bytes, gap " +
            std::to_string(cfg.at("recall_gap").get<int64_t>()) + ")";
@@ -188,6 +192,55 @@ std::string expressions_text(int64_t bytes, int64_t max_depth, uint64_t seed) {
   return out;
 }
 
+std::string chains_text(int64_t bytes, int64_t max_depth, uint64_t seed) {
+  if (max_depth < 1 || max_depth > 12) throw Error("chains: max_depth must be in [1, 12] (two chains of 26 letters)");
+  std::mt19937_64 rng(seed);
+  auto pick = [&](int64_t n) { return static_cast<int64_t>(rng() % static_cast<uint64_t>(n)); };
+  std::string out;
+  out.reserve(static_cast<size_t>(bytes) + 128);
+  while (static_cast<int64_t>(out.size()) < bytes) {
+    const int64_t d = 1 + pick(max_depth);
+    std::string letters = "abcdefghijklmnopqrstuvwxyz";
+    for (int64_t i = 25; i > 0; --i) std::swap(letters[i], letters[pick(i + 1)]);  // Fisher-Yates
+    const int64_t first = pick(10), second = (first + 1 + pick(9)) % 10;          // two different answers
+    std::vector<std::string> statements;
+    for (int64_t c = 0; c < 2; ++c)
+      for (int64_t i = 0; i < d; ++i) {  // chain c: letters[c d + i] = letters[c d + i + 1] ... = digit
+        const char var = letters[c * d + i];
+        const char value = i + 1 < d ? letters[c * d + i + 1] : static_cast<char>('0' + (c == 0 ? first : second));
+        statements.push_back(std::string{var, '=', value, ';'});
+      }
+    for (int64_t i = static_cast<int64_t>(statements.size()) - 1; i > 0; --i) std::swap(statements[i], statements[pick(i + 1)]);
+    const int64_t asked = pick(2);
+    for (const auto& s : statements) out += s;
+    out += std::string{'?', letters[asked * d], '=', static_cast<char>('0' + (asked == 0 ? first : second)), '\n'};
+  }
+  return out;
+}
+
+torch::Tensor chain_depths(const torch::Tensor& tokens) {
+  auto t = tokens.to(torch::kLong).contiguous();
+  const int64_t N = t.size(0);
+  const int64_t* p = t.data_ptr<int64_t>();
+  auto depths = torch::zeros({N}, torch::kLong);
+  int64_t* out = depths.data_ptr<int64_t>();
+  int64_t start = -1;  // the first byte of the current whole line; -1 until the first newline
+  for (int64_t i = 0; i < N; ++i) {
+    if (p[i] == '\n') {
+      start = i + 1;
+      continue;
+    }
+    if (start < 0 || p[i] != '?' || i + 3 >= N || p[i + 2] != '=') continue;
+    std::map<int64_t, int64_t> value;  // variable -> what its statement binds it to
+    for (int64_t j = start; j + 4 <= i; j += 4)
+      if (p[j + 1] == '=' && p[j + 3] == ';') value[p[j]] = p[j + 2];
+    int64_t at = p[i + 1], hops = 0;
+    while (!(at >= '0' && at <= '9') && value.count(at) && hops <= 26) at = value[at], ++hops;
+    if (at == p[i + 3] && hops >= 1) out[i + 3] = hops;
+  }
+  return depths;
+}
+
 torch::Tensor expression_depths(const torch::Tensor& tokens) {
   auto t = tokens.to(torch::kLong).contiguous();
   const int64_t N = t.size(0);
@@ -213,6 +266,12 @@ TextSplits read_corpus(const Json& cfg) {
     const uint64_t seed = cfg.at("recall_seed");
     return {recall_text(bytes * 9 / 10, gap, seed * 3 + 1), recall_text(bytes / 20, gap, seed * 3 + 2),
             recall_text(bytes / 20, gap, seed * 3 + 3)};
+  }
+  if (corpus == "chains") {
+    const int64_t bytes = cfg.at("chain_bytes"), depth = cfg.at("chain_max_depth");
+    const uint64_t seed = cfg.at("chain_seed");
+    return {chains_text(bytes * 9 / 10, depth, seed * 3 + 1), chains_text(bytes / 20, depth, seed * 3 + 2),
+            chains_text(bytes / 20, depth, seed * 3 + 3)};
   }
   if (corpus == "expressions") {
     const int64_t bytes = cfg.at("expr_bytes"), depth = cfg.at("expr_max_depth");

@@ -29,6 +29,7 @@ struct KvCache : MixerState {
   GrowingCache k, v;          // [B, H, S, D]
   torch::Tensor key_padding;  // [B, S] or undefined
   int64_t length = 0;
+  std::map<std::string, torch::Tensor> tensors() const override { return {{"k", k.view()}, {"v", v.view()}}; }
   void reorder(const torch::Tensor& index) override {
     auto i = reorder_index(index, k.rows() >= 0 ? k.rows() : rows_of({key_padding}), "full");
     k.reorder(i), v.reorder(i), key_padding = select_rows(key_padding, i);

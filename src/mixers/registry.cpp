@@ -66,6 +66,36 @@ Mixer make_mixer(const MixerSpec& spec, int64_t d_model, int64_t n_heads, int64_
   return info.make(args);
 }
 
+MixerInfo mixer_properties(const MixerSpec& spec) {
+  MixerInfo m = find_mixer(spec.name);
+  if (!spec.options.is_object() || !spec.options.contains("core")) return m;
+  const auto core_spec = parse_mixer_spec(spec.options["core"], spec.name + ".core");
+  const auto& core = find_mixer(core_spec.name);
+  bool core_strict = core.strictly_causal;
+  if (!core_strict && !core.strictly_causal_options.empty()) {
+    core_strict = true;
+    for (const auto& kv : core.strictly_causal_options.items())
+      core_strict = core_strict && core_spec.options.contains(kv.key()) && core_spec.options[kv.key()] == kv.value();
+  }
+  m.supports_causal = m.supports_causal && core.supports_causal;
+  m.supports_bidirectional = m.supports_bidirectional && core.supports_bidirectional;
+  m.strictly_causal = m.strictly_causal && core_strict;
+  m.strictly_causal_options = core.strictly_causal_options.empty() ? Json::object()
+                                                                   : Json{{"core", core.strictly_causal_options}};
+  m.streams = m.streams && core.streams;
+  if (!core.left_padding_changes.empty()) m.left_padding_changes = core.left_padding_changes;
+  m.exact_gradients = m.exact_gradients && core.exact_gradients;
+  m.core_kernels.clear();
+  m.core = nullptr;
+  return m;
+}
+
+double core_flops(const MixerInfo& info, const FlopQuery& f) {
+  if (!info.flops) return 0.0;
+  const double projections = info.projection_flops ? info.projection_flops(f) : 8.0 * f.B * f.T * f.C * f.C;
+  return info.flops(f) - projections;
+}
+
 Mixer make_core(const MixerSpec& spec, int64_t d_model, int64_t n_heads, int64_t layer_index, const std::string& where) {
   const auto& info = find_mixer(spec.name);
   if (!info.attends) {

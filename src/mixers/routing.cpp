@@ -369,6 +369,10 @@ MixerInfo routing_mixer_info() {
     const double projections = 2.0 * f.T * f.C * (3.0 * f.C + key_heads * D);  // q, v, out and the keys in use
     return f.B * (projections + routed + local);
   };
+  info.projection_flops = [](const FlopQuery& f) {
+    const double hl = f.H - routing_head_count(f.options, f.H), D = double(f.C) / f.H;
+    return 2.0 * f.B * f.T * f.C * (3.0 * f.C + (f.options["shared_qk"].get<bool>() ? hl : f.H) * D);
+  };
   return info;
 }
 

@@ -125,8 +125,6 @@ class SparseQkvImpl : public MixerImpl {
     if (ctx.causal) {      // sec. 3.2: causal in time, the remembered rows (or zeros) before the first
       auto before = state && state->p_tail.defined() ? state->p_tail : torch::zeros({B, kt_ - 1, S_, M_}, p.options());
       padded = torch::cat({before, p}, 1);
-      // Detached, as the KV cache keeps its rows: a stateful training step must not backpropagate into the last one.
-      if (state) state->p_tail = padded.narrow(1, padded.size(1) - (kt_ - 1), kt_ - 1).detach();
     } else {
       const int64_t left = kt_ / 2;
       padded = torch::constant_pad_nd(p, {0, 0, 0, 0, left, kt_ - 1 - left});
@@ -140,6 +138,9 @@ class SparseQkvImpl : public MixerImpl {
     MixContext core_ctx = ctx;
     core_ctx.state = state ? state->core.get() : nullptr;
     auto y = merge_heads(core_->attend_qkv(q, k, v, core_ctx));
+    // Advanced only once the core has taken the chunk. Detached, as a KV cache keeps its rows: a stateful training
+    // step must not backpropagate into the last one.
+    if (state) state->p_tail = padded.narrow(1, padded.size(1) - (kt_ - 1), kt_ - 1).detach();
     if (out_mult_) return out_mult_(y);
     if (out_dense_) return out_dense_(y);
     return y;  // trax's default output_layer_type 'none': no W_O
@@ -185,7 +186,8 @@ MixerInfo sparse_qkv_mixer_info() {
       {"core", OptionType::Any, "full",
        "the attention on this layer's Q, K, V: \"full\" (exact softmax attention, the paper's) or the spec of any "
        "mixer that has an attention core (`longseq info` marks them), e.g. {\"name\": \"longformer\", \"window\": "
-       "[128]}; built without projections of its own"},
+       "[128]}; built without projections of its own, so the core's projection options (bias, longformer's "
+       "global_projections) do nothing there"},
       {"dropout", OptionType::Float, 0.0, "dropout on the attention probabilities (core \"full\")", 0.0, 1.0},
       {"kernel", OptionType::String, "auto",
        "exact core (core \"full\"): auto (fused CPU kernel when it supports the input, else reference), reference, "
@@ -212,13 +214,11 @@ MixerInfo sparse_qkv_mixer_info() {
       const double attn = 4.0 * f.B * f.T * f.T * C;  // QK^T and PV, half of them when causal
       return layer + (f.causal ? attn / 2 : attn);
     }
-    // Another core: its mixer's count less the q, k, v and output projections (8 B T C^2) it does not run here.
+    // Another core: its mixer's count less the projections it does not run here.
     const auto spec = parse_mixer_spec(core, "sparse_qkv.core");
-    const auto& info = find_mixer(spec.name);
-    if (!info.flops) return 0.0;
     FlopQuery q = f;
     q.options = spec.options;
-    return layer + std::max(0.0, info.flops(q) - 8.0 * f.B * f.T * C * C);
+    return layer + core_flops(find_mixer(spec.name), q);
   };
   return info;
 }

@@ -110,7 +110,7 @@ const Schema& model_schema() {
 const Schema& data_schema() {
   static const Schema s = {
       {"corpus", OptionType::String, "pydoc", "which reader loads the text; listops: LRA's ListOps (Tay et al. 2021), for model.type encoder_classifier", -1e300, 1e300,
-       {"pydoc", "text", "enwik8", "text8", "wikitext103", "pg19", "recall", "expressions", "parallel",
+       {"pydoc", "text", "enwik8", "text8", "wikitext103", "pg19", "recall", "expressions", "chains", "parallel",
         "synthetic_translation", "listops"}},
       {"path", OptionType::String, "",
        "file or directory of the corpus; empty = the default (pydoc: Debian's python3.11-doc sources; listops: "
@@ -135,6 +135,13 @@ const Schema& data_schema() {
       {"expr_max_depth", OptionType::Int, 6,
        "corpus expressions: nesting depths drawn uniformly from 1 to this (eval reports the answers by depth)", 1, 40},
       {"expr_seed", OptionType::Int, 1, "corpus expressions: seed of the generator", 0, 1e18},
+      {"chain_bytes", OptionType::Int, 2000000,
+       "corpus chains: bytes of generated lines of shuffled statements \"x=y;\" and a question \"?q=<digit>\" "
+       "(90/5/5 split)", 1000, 1e10},
+      {"chain_max_depth", OptionType::Int, 4,
+       "corpus chains: lookups a question needs, drawn uniformly from 1 to this (eval reports the answers by it)", 1,
+       12},
+      {"chain_seed", OptionType::Int, 1, "corpus chains: seed of the generator", 0, 1e18},
       {"source_lang", OptionType::String, "de",
        "corpus parallel: the source side's suffix: data.path holds train.<source_lang>, train.<target_lang>, "
        "valid.* and optionally test.* (each plain text, one sentence per line, or .sgm / IWSLT .xml)"},
@@ -413,8 +420,8 @@ ModelConfig ModelConfig::from_json(const Json& raw) {
   const bool causal = c.type != "encoder_classifier" && c.type != "encoder_decoder";
   for (size_t i = 0; i < c.layers.size(); ++i) {
     const auto& block = find_block(c.blocks[i].name);
-    const bool ok = block.uses_mixer ? (causal ? find_mixer(c.layers[i].name).supports_causal
-                                               : find_mixer(c.layers[i].name).supports_bidirectional)
+    const auto mixer = block.uses_mixer ? mixer_properties(c.layers[i]) : MixerInfo{};
+    const bool ok = block.uses_mixer ? (causal ? mixer.supports_causal : mixer.supports_bidirectional)
                                      : (causal ? block.supports_causal : block.supports_bidirectional);
     if (!ok)
       throw Error("model layer " + std::to_string(i) + ": " + (block.uses_mixer ? "mixer " : "block ") +
@@ -453,7 +460,7 @@ RunConfig RunConfig::from_json(const Json& j) {
   ModelConfig::from_json(c.model);  // checks mixers and cross-key rules
   c.data = validate_options(j.value("data", Json::object()), data_schema(), "data");
   c.train = validate_options(j.value("train", Json::object()), train_schema(), "train");
-  for (const char* generated : {"recall", "expressions"}) {
+  for (const char* generated : {"recall", "expressions", "chains"}) {
     const std::string name = generated;
     if (c.data["corpus"] == name && c.data["tokenizer"] != "byte")
       throw Error("data.corpus " + name + " is scored byte by byte: it needs data.tokenizer byte");

@@ -19,12 +19,11 @@ void require(bool ok, const std::string& field, const std::string& what) {
   if (!ok) throw Error("encoder_decoder." + field + ": " + what);
 }
 
-// The mixer's registry entry with its options checked, errors naming the config field.
-const MixerInfo& checked_mixer(const MixerSpec& spec, const std::string& field) {
+// The spec's properties (mixer_properties) with its options checked, errors naming the config field.
+MixerInfo checked_mixer(const MixerSpec& spec, const std::string& field) {
   try {
-    const auto& info = find_mixer(spec.name);
-    validate_options(spec.options, info.schema, field);
-    return info;
+    validate_options(spec.options, find_mixer(spec.name).schema, field);
+    return mixer_properties(spec);
   } catch (const Error& e) {
     throw Error("encoder_decoder." + field + ": " + e.what());
   }
@@ -50,7 +49,7 @@ void validate(const EncoderDecoderConfig& c) {
   require(checked_mixer(c.decoder_mixer, "decoder_mixer").supports_causal, "decoder_mixer",
           "mixer " + c.decoder_mixer.name + " does not support causal mode");
   // A mixer whose causal mode lets later tokens decide what earlier ones see would leak the target (DESIGN invariant 2).
-  const auto& dec = checked_mixer(c.decoder_mixer, "decoder_mixer");
+  const auto dec = checked_mixer(c.decoder_mixer, "decoder_mixer");
   bool strict = dec.strictly_causal;
   if (!strict) {  // strict when the spec sets the options that make it so
     strict = !dec.strictly_causal_options.empty();
