@@ -131,6 +131,8 @@ grep -q "linear decode,causal,decode,64,.*,\"ok\"," "$dir/d.csv" || { echo "benc
 grep -q "yoso mixer,bidirectional,fwd,64,.*,\"ok\"," "$dir/d.csv" || { echo "bench CSV lacks yoso's bidirectional row"; fail=1; }
 grep -q "yoso decode" "$dir/d.csv" && { echo "bench decoded through yoso, which does not stream"; fail=1; }
 bad "unknown mixer" "$L" bench --mixers nope --lengths 64
+bad "not both" "$L" bench --mixers full --lengths 64 --quality-steps 5 --quality-time 5
+bad "give --quality-time" "$L" bench --mixers full --lengths 64 --quality-steps 5 --quality-svg "$dir/q.svg"
 
 cp "$dir/run/model.safetensors" "$dir/model.bak"
 bad "already holds a run" "$L" train --out "$dir/run" "${common[@]}" --quiet

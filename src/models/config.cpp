@@ -128,6 +128,9 @@ const Schema& data_schema() {
       {"spm_model", OptionType::String, "", "SentencePiece .model file (tokenizer = sentencepiece)"},
       {"recall_gap", OptionType::Int, 1000,
        "corpus recall: bytes of filler between a fact and the question that needs it", 1, 1e8},
+      {"recall_gaps", OptionType::IntList, Json::array(),
+       "corpus recall: gaps to draw from, one per episode (each with its up to 1/8 jitter), so eval reports the "
+       "recalled digits' accuracy by distance; empty = recall_gap alone", 1, 1e8},
       {"recall_bytes", OptionType::Int, 2000000, "corpus recall: bytes of generated text (90/5/5 split)", 1000, 1e10},
       {"recall_seed", OptionType::Int, 1, "corpus recall: seed of the generator", 0, 1e18},
       {"expr_bytes", OptionType::Int, 2000000,
