@@ -273,12 +273,14 @@ int main(int argc, char** argv) {
   std::string lra_task, lra_mixer;
   LraOptions lra_opts;
   bool lra_print = false;
-  lra->add_option("task", lra_task, "listops")->required()->check(CLI::IsMember({"listops"}));
-  lra->add_option("--out", lra_opts.out_dir, "run directory (default: lra_listops_<mixer>)");
+  lra->add_option("task", lra_task, "listops, text, image or retrieval")->required()
+      ->check(CLI::IsMember({"listops", "text", "image", "retrieval"}));
+  lra->add_option("--out", lra_opts.out_dir, "run directory (default: lra_<task>_<mixer>)");
   lra->add_option("--mixer", lra_mixer, "model.mixer of every layer (default: full)");
-  lra->add_option("--data", lra_opts.data_dir, "directory of basic_{train,val,test}.tsv (LRA's release or `longseq "
-                                               "corpus listops`); generated into it when absent (default: generated "
-                                               "in memory from data.listops_seed)");
+  lra->add_option("--data", lra_opts.data_dir, "listops: directory of basic_{train,val,test}.tsv (LRA's release or "
+                                               "`longseq corpus listops`), generated into it when absent (default: "
+                                               "generated in memory from data.listops_seed); text: aclImdb/, image: "
+                                               "cifar-10-batches-bin/, retrieval: tsv_data/ (required; docs/lra.md)");
   lra->add_option("--set", sets, "override a config key: section.key=value (repeatable)");
   lra->add_flag("--resume", lra_opts.resume, "continue the run in --out from its last checkpoint");
   lra->add_flag("--quiet", lra_opts.quiet, "no progress display");
@@ -503,14 +505,18 @@ int main(int argc, char** argv) {
         std::printf("sample:\n%s%s\n", p.c_str(), run.tokenizer->decode(ids).c_str());
       }
     } else if (*lra) {
-      Json raw = parse_json_text(lra_listops_config_text(), "the LRA ListOps config");
+      const bool listops = lra_task == "listops";
+      Json raw = parse_json_text(listops ? lra_listops_config_text() : lra_file_task_config_text(lra_task),
+                                 "the LRA " + lra_task + " config");
       if (!lra_mixer.empty()) raw["model"]["mixer"] = lra_mixer;
+      if (!listops && !lra_opts.data_dir.empty()) raw["data"]["path"] = lra_opts.data_dir;
       raw = apply_overrides(raw, sets);
       if (lra_print) {
         std::printf("%s\n", RunConfig::from_json(raw).to_json().dump(2).c_str());
         return 0;
       }
-      lra_listops_command(raw, lra_opts);
+      if (listops) lra_listops_command(raw, lra_opts);
+      else lra_file_task_command(lra_task, raw, lra_opts);
     } else if (*eval && is_classification_run(run_dir)) {
       if (eval_stream || eval_len > 0 || eval_stride > 0 || !mixer_sets.empty())
         throw Error("eval: --stream, --seq-len, --stride and --mixer-option apply to language-model runs; " + run_dir +
