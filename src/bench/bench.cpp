@@ -1008,29 +1008,38 @@ void run_bench(const BenchOptions& o) {
       auto t0 = std::chrono::steady_clock::now();
       auto res = train_run(&cfg, topts);
       const double wall = seconds_since(t0);
-      if (raw["data"].value("corpus", std::string()) == "recall") {  // the recalled digits by gap, on the whole split
+      const bool recall_task = raw["data"].value("corpus", std::string()) == "recall";
+      if (recall_task || batches > 0) {  // measured again on the whole split: the recalled digits by gap, or the bpb
         auto run = load_run(topts.out_dir);
         const auto corpus = tokenize_corpus(read_corpus(run.config.data), *run.tokenizer);
         const auto& valid = corpus.split("valid");
         const int64_t T = run.config.train["seq_len"], B = run.config.train["batch_size"];
-        // Windows T / 8 apart: every scored digit sees at least 7/8 of the context, so a fact up to that far back is
-        // in view (non-overlapping windows would cut most long episodes in two).
-        auto r = evaluate_lm(*run.model, valid, B, T, 0, std::max<int64_t>(1, T / 8), recall_positions(valid.tokens),
-                             recall_distances(valid.tokens, gaps));
-        recall_rows.push_back({label, r.groups});
+        if (recall_task) {
+          // Windows T / 8 apart: every scored digit sees at least 7/8 of the context, so a fact up to that far back
+          // is in view (non-overlapping windows would cut most long episodes in two).
+          auto r = evaluate_lm(*run.model, valid, B, T, 0, std::max<int64_t>(1, T / 8), recall_positions(valid.tokens),
+                               recall_distances(valid.tokens, gaps));
+          recall_rows.push_back({label, r.groups});
+        } else {
+          res.valid = evaluate_lm(*run.model, valid, B, T, 0, 0);
+        }
       }
-      double train_s = 0;
+      // Training seconds from the run's own rate (its steps' tokens over tokens per second, validation excluded).
+      const double tokens_per_step = static_cast<double>(raw["train"]["batch_size"].get<int64_t>()) *
+                                     raw["train"].value("accum", int64_t{1}) * raw["train"]["seq_len"].get<int64_t>();
+      const double train_s = res.tokens_per_s > 0 ? res.last_step * tokens_per_step / res.tokens_per_s : 0.0;
       if (keep_curve) {  // validation points at the training time of their step (the last logged at or before it)
         PlotSeries by_time{label, label, "validation", {}, {}}, by_step = by_time;
         std::ifstream metrics(topts.out_dir + "/metrics.jsonl");
         std::string line;
         int64_t step_at = 0;
+        double logged_s = 0;
         while (std::getline(metrics, line)) {
           const Json j = Json::parse(line, nullptr, false);
           if (!j.is_object()) continue;
-          if (j.contains("train_s")) train_s = j["train_s"].get<double>(), step_at = j.value("step", step_at);
+          if (j.contains("train_s")) logged_s = j["train_s"].get<double>(), step_at = j.value("step", step_at);
           if (j.contains("valid_bpb") && j.value("step", int64_t{-1}) >= step_at) {
-            by_time.points.push_back({train_s, j["valid_bpb"].get<double>()});
+            by_time.points.push_back({logged_s, j["valid_bpb"].get<double>()});
             by_step.points.push_back({j["step"].get<double>(), j["valid_bpb"].get<double>()});
           }
         }
@@ -1051,9 +1060,10 @@ void run_bench(const BenchOptions& o) {
                                        (o.quality_seq_len > 0 ? o.quality_seq_len : raw["train"]["seq_len"].get<int64_t>());
         const double step_s = probe.tokens_per_s > 0 ? tokens_per_step / probe.tokens_per_s : o.quality_time;
         steps = std::max<int64_t>(10, static_cast<int64_t>(0.97 * o.quality_time / step_s));
-        every = std::max<int64_t>(1, steps / 5);  // five points of each curve, each on the whole split
+        every = std::max<int64_t>(1, steps / 8);  // eight points of each curve
       }
-      auto [res, wall, train_s] = run_quality(raw, steps, timed ? o.quality_time : 0, every, 0, timed, label);
+      // Timed: the curves' validations on a prefix of 16 batches, the reported number on the whole split after.
+      auto [res, wall, train_s] = run_quality(raw, steps, timed ? o.quality_time : 0, every, timed ? 16 : 0, timed, label);
       // The run's own rate: training steps only, not reading the corpus, validating or saving.
       eval_methods.push_back({label, res.valid.method()});
       std::printf("| %s | %.4f | %lld | %.1f | %.1f | %.0f |\n", label.c_str(), res.valid.bpb,
@@ -1117,7 +1127,8 @@ void run_bench(const BenchOptions& o) {
                 "checkpoint); training s: the training steps' time as the run logged it; training tokens/s: the run's "
                 "rate over its training steps (targets trained on: perceiver_ar's latents).%s\n",
                 timed ? " Steps: fitted to the budget from an 8-step timed run of the same configuration; the curves' validations "
-                        "(every fifth of the steps) are on the whole split and outside the training time." : "");
+                        "(every eighth of the steps, outside the training time) on the split's first 16 batches, "
+                        "the table's on the whole split." : "");
     if (!o.quality_svg.empty()) {
       if (!timed) throw Error("bench: --quality-svg draws the curves of --quality-time runs");
       const std::string title = "Validation bits per byte at equal compute (" + std::to_string(int(o.quality_time)) +
