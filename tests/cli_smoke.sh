@@ -272,5 +272,22 @@ bad "basic_train.tsv, line 2" "$L" lra listops --out "$dir/lx5" "${lt[@]}" --dat
 cp "$dir/lcorpus/basic_train.tsv" "$dir/lbad/basic_train.tsv"
 bad "basic_val.tsv does not exist" "$L" lra listops --out "$dir/lx6" "${lt[@]}" --data "$dir/lbad"
 for x in lx1 lx2 lx3 lx4 lx5 lx6; do [ -e "$dir/$x" ] && { echo "a failed classification train left $x"; fail=1; }; done
+
+# LRA Pathfinder: the released layout written, a tiny `lra pathfinder` run on it, and the errors.
+ok "$L" corpus pathfinder --out "$dir/pcorpus" --examples 60 --difficulty baseline
+[ -s "$dir/pcorpus/metadata/0.npy" ] && [ -s "$dir/pcorpus/imgs/0/sample_59.png" ] || { echo "corpus pathfinder lacks files"; fail=1; }
+bad "already holds a metadata folder" "$L" corpus pathfinder --out "$dir/pcorpus" --examples 60
+pt=(--quiet --set model.d_model=16 --set model.n_heads=2 --set model.n_layers=1 --set model.d_ff=16
+    --set model.classifier_hidden=16 --set train.steps=4 --set train.warmup=1 --set train.eval_every=2
+    --set train.checkpoint_every=2 --set train.batch_size=4)
+ok "$L" lra pathfinder --out "$dir/pf_run" --data "$dir/pcorpus" "${pt[@]}"
+grep -q "test: accuracy" "$dir/out" || { echo "lra pathfinder prints no accuracy"; fail=1; }
+ok "$L" lra pathfinder --print-config
+grep -q '"pathfinder"' "$dir/out" || { echo "lra pathfinder --print-config lacks the corpus"; fail=1; }
+bad "set model.num_classes to 2" "$L" lra pathfinder --out "$dir/px1" "${pt[@]}" --set model.num_classes=3
+cp -r "$dir/pcorpus" "$dir/pbad" && printf 'not a png' > "$dir/pbad/imgs/0/sample_3.png"
+bad "sample_3.png is not a readable PNG" "$L" lra pathfinder --out "$dir/px2" "${pt[@]}" --data "$dir/pbad"
+bad "nowhere is not a directory" "$L" lra pathfinder --out "$dir/px3" "${pt[@]}" --set data.path="$dir/nowhere"
+for x in px1 px2 px3; do [ -e "$dir/$x" ] && { echo "a failed pathfinder train left $x"; fail=1; }; done
 if [ $fail -eq 0 ]; then echo "cli smoke: all passed"; fi
 exit $fail

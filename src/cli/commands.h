@@ -31,6 +31,10 @@ struct LraOptions {
 // `longseq lra listops`: trains `raw` (the config above with --mixer and --set applied), then scores the test split
 // once with the final weights and writes RUN/test.json.
 void lra_listops_command(Json raw, const LraOptions& options);
+// `longseq lra pathfinder`: the same for Pathfinder-32 (--data: a folder of metadata/ and imgs/, generated into
+// it when absent).
+const char* lra_pathfinder_config_text();
+void lra_pathfinder_command(Json raw, const LraOptions& options);
 // `longseq eval RUN` on a classification run: accuracy and loss of a split in batches of `batch` (0 = the run's),
 // the first max_batches of them (0 = all).
 void eval_classification(const std::string& run_dir, const std::string& split, int64_t batch, int64_t max_batches,

@@ -1,5 +1,5 @@
 // Token classification data (model.type encoder_classifier): split storage, padded batches, and the corpus a
-// config names (LRA tasks, docs/lra.md; ListOps in data/lra_listops.cpp).
+// config names (LRA tasks, docs/lra.md; ListOps in data/lra_listops.cpp, Pathfinder in data/lra_pathfinder.cpp).
 #include <algorithm>
 #include <cstdio>
 
@@ -39,6 +39,7 @@ ClassificationBatch make_classification_batch(const TokenExamples& split, const 
 
 ClassificationSplits read_classification_corpus(const Json& d, bool quiet) {
   const std::string corpus = d["corpus"], path = d["path"];
+  if (corpus == "pathfinder") return read_pathfinder_corpus(d, quiet);
   if (corpus != "listops") throw Error("data.corpus " + corpus + " is not a classification corpus");
   if (path.empty()) {
     const ListOpsOptions o = listops_options(d);

@@ -109,13 +109,15 @@ const Schema& model_schema() {
 
 const Schema& data_schema() {
   static const Schema s = {
-      {"corpus", OptionType::String, "pydoc", "which reader loads the text; listops: LRA's ListOps (Tay et al. 2021), for model.type encoder_classifier", -1e300, 1e300,
+      {"corpus", OptionType::String, "pydoc", "which reader loads the text; listops, pathfinder: LRA's ListOps and Pathfinder (Tay et al. 2021), for model.type encoder_classifier", -1e300, 1e300,
        {"pydoc", "text", "enwik8", "text8", "wikitext103", "pg19", "recall", "expressions", "chains", "parallel",
-        "synthetic_translation", "listops"}},
+        "synthetic_translation", "listops", "pathfinder"}},
       {"path", OptionType::String, "",
        "file or directory of the corpus; empty = the default (pydoc: Debian's python3.11-doc sources; listops: "
        "generated with the data.listops_* keys, else a directory with basic_train.tsv, basic_val.tsv and "
-       "basic_test.tsv as LRA releases them in lra_release/listops-1000)"},
+       "basic_test.tsv as LRA releases them in lra_release/listops-1000; pathfinder: generated with the "
+       "data.pathfinder_* keys, else a folder with metadata/ and imgs/ such as lra_release's "
+       "pathfinder32/curv_contour_length_14)"},
       {"split", OptionType::String, "auto",
        "how pydoc and text are split: tail (the first 90% train, then 5% valid, 5% test) or interleaved (blocks of "
        "split_block bytes ended at a newline, every 19th of 20 to valid and every 20th to test, so both sample the "
@@ -160,6 +162,18 @@ const Schema& data_schema() {
        "tokens = operators, digits and closing brackets)", 0, 1e6},
       {"listops_max_length", OptionType::Int, 2000, "corpus listops: the exclusive upper bound of a tree's tokens",
        2, 1e6},
+      {"pathfinder_examples", OptionType::Int, 200000,
+       "corpus pathfinder: images generated (data.path empty), or the most read from data.path in metadata order; "
+       "split 80/10/10 by a seeded shuffle (LRA: 200000 per folder = 160000 / 20000 / 20000)", 10, 1e8},
+      {"pathfinder_size", OptionType::Int, 32,
+       "corpus pathfinder, generated: the image width and height, 32, 64 or 128 (LRA's Pathfinder; Path-X is 128), "
+       "with snakes2's parameters for that size", 32, 128},
+      {"pathfinder_difficulty", OptionType::String, "hard",
+       "corpus pathfinder, generated: baseline, intermediate or hard = contours of 6, 9 or 14 paddles (LRA trains "
+       "on hard)", -1e300, 1e300, {"baseline", "intermediate", "hard"}},
+      {"pathfinder_seed", OptionType::Int, 1,
+       "corpus pathfinder: seed of the generator and of the 80/10/10 shuffle (LRA's split follows its TFDS build "
+       "order and cannot be reproduced)", 0, 1e18},
   };
   return s;
 }
@@ -269,10 +283,27 @@ void check_listops_keys(const RunConfig& c) {
                   std::to_string(hi - 1) + " tokens (data.listops_max_length = " + std::to_string(hi) +
                   "); set train.seq_len to at least " + std::to_string(hi - 1) + " (LRA: 2000)");
   }
-  const bool cls = m["pooling"] == "cls";
-  if (cls && m["positions"] == "learned" && T + 1 > m["max_len"].get<int64_t>())
-    throw Error("model.pooling = cls prepends one position: train.seq_len + 1 = " + std::to_string(T + 1) +
-                " exceeds model.max_len = " + std::to_string(m["max_len"].get<int64_t>()) + " of the learned positions");
+}
+
+// data.corpus pathfinder (lra.md sec. 1): pixels as tokens (vocab 256), two classes, whole images.
+void check_pathfinder_keys(const RunConfig& c) {
+  const Json &m = c.model, &d = c.data;
+  if (d["tokenizer"] != "byte" || !d["spm_model"].get<std::string>().empty())
+    throw Error("data.tokenizer is not read by data.corpus pathfinder (tokens are pixel values 0..255); leave "
+                "data.tokenizer and data.spm_model unset");
+  if (m["vocab_size"].get<int64_t>() != kPathfinderVocab)
+    throw Error("model.vocab_size = " + std::to_string(m["vocab_size"].get<int64_t>()) +
+                ", but data.corpus pathfinder reads pixel values 0..255: set model.vocab_size to 256");
+  if (m["num_classes"].get<int64_t>() != kPathfinderClasses)
+    throw Error("model.num_classes = " + std::to_string(m["num_classes"].get<int64_t>()) +
+                ", but Pathfinder answers connected or not: set model.num_classes to 2");
+  const int64_t W = d["pathfinder_size"], T = c.train["seq_len"];
+  if (W != 32 && W != 64 && W != 128)
+    throw Error("data.pathfinder_size = " + std::to_string(W) + " is not one of 32, 64, 128");
+  // Truncation would cut off the bottom rows, and with them, often, a marker.
+  if (d["path"].get<std::string>().empty() && T < W * W)
+    throw Error("train.seq_len = " + std::to_string(T) + " would truncate " + std::to_string(W) + " x " +
+                std::to_string(W) + " images; set train.seq_len to " + std::to_string(W * W));
 }
 
 }  // namespace
@@ -489,10 +520,16 @@ RunConfig RunConfig::from_json(const Json& j) {
   const bool classification_corpus = is_classification_corpus(c.data["corpus"]);
   if (classifier != classification_corpus)
     throw Error(classifier ? "model.type = encoder_classifier classifies: data.corpus must be a classification "
-                             "corpus (listops), got " + c.data["corpus"].get<std::string>()
+                             "corpus (listops, pathfinder), got " + c.data["corpus"].get<std::string>()
                            : "data.corpus = " + c.data["corpus"].get<std::string>() +
                                  " holds classified sequences: it needs model.type = encoder_classifier");
-  if (classification_corpus) check_listops_keys(c);
+  if (c.data["corpus"] == "listops") check_listops_keys(c);
+  if (c.data["corpus"] == "pathfinder") check_pathfinder_keys(c);
+  if (classification_corpus && c.model["pooling"] == "cls" && c.model["positions"] == "learned" &&
+      c.train["seq_len"].get<int64_t>() + 1 > c.model["max_len"].get<int64_t>())
+    throw Error("model.pooling = cls prepends one position: train.seq_len + 1 = " +
+                std::to_string(c.train["seq_len"].get<int64_t>() + 1) + " exceeds model.max_len = " +
+                std::to_string(c.model["max_len"].get<int64_t>()) + " of the learned positions");
   // The byte tokenizer has 256 symbols; the encoder-decoder adds pad, bos and eos after them.
   const int64_t byte_vocab = translation ? 259 : 256;
   if (!classification_corpus && c.data["tokenizer"] == "byte" && c.model["vocab_size"].get<int64_t>() != byte_vocab)
