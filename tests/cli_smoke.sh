@@ -131,6 +131,8 @@ grep -q "linear decode,causal,decode,64,.*,\"ok\"," "$dir/d.csv" || { echo "benc
 grep -q "yoso mixer,bidirectional,fwd,64,.*,\"ok\"," "$dir/d.csv" || { echo "bench CSV lacks yoso's bidirectional row"; fail=1; }
 grep -q "yoso decode" "$dir/d.csv" && { echo "bench decoded through yoso, which does not stream"; fail=1; }
 bad "unknown mixer" "$L" bench --mixers nope --lengths 64
+bad "not both" "$L" bench --mixers full --lengths 64 --quality-steps 5 --quality-time 5
+bad "give --quality-time" "$L" bench --mixers full --lengths 64 --quality-steps 5 --quality-svg "$dir/q.svg"
 
 cp "$dir/run/model.safetensors" "$dir/model.bak"
 bad "already holds a run" "$L" train --out "$dir/run" "${common[@]}" --quiet
@@ -272,6 +274,45 @@ bad "basic_train.tsv, line 2" "$L" lra listops --out "$dir/lx5" "${lt[@]}" --dat
 cp "$dir/lcorpus/basic_train.tsv" "$dir/lbad/basic_train.tsv"
 bad "basic_val.tsv does not exist" "$L" lra listops --out "$dir/lx6" "${lt[@]}" --data "$dir/lbad"
 for x in lx1 lx2 lx3 lx4 lx5 lx6; do [ -e "$dir/$x" ] && { echo "a failed classification train left $x"; fail=1; }; done
+# LRA Text, Image and Retrieval end to end on tiny files written here in the real formats (aclImdb/,
+# cifar-10-batches-bin/, AAN's tsv_data/): a run of each (test scored once), eval, and the errors.
+f="$dir/lra_files"
+mkdir -p "$f"/aclImdb/{train,test}/{pos,neg} "$f/cifar" "$f/tsv"
+for s in train test; do for c in pos neg; do for i in 1 2 3 4 5 6; do
+  printf ' A %s review, number %d of %s: caf\xc3\xa9 <br /> fine.\n' $c $i $s > "$f/aclImdb/$s/$c/${i}_7.txt"
+done; done; done
+cifar() { local i; for i in $(seq 1 "$1"); do printf "\\x0$((i % 10))"; yes "$i" | head -c 3072; done; }
+for b in 1 2 3 4 5; do cifar 4 > "$f/cifar/data_batch_$b.bin"; done
+cifar 5 > "$f/cifar/test_batch.bin"
+aan() { local i t; for i in $(seq 1 "$1"); do t=$([ $((i % 2)) = 1 ] && echo parsing || echo speech)
+  printf '%d\tP%d\tQ%d\tpaper %d on parsing\twe study %s\n' $((i % 2)) "$i" "$i" "$i" "$t"; done; }
+aan 24 > "$f/tsv/new_aan_pairs.train.tsv"; aan 6 > "$f/tsv/new_aan_pairs.eval.tsv"; aan 6 > "$f/tsv/new_aan_pairs.test.tsv"
+ft=(--quiet --set model.d_model=16 --set model.n_heads=2 --set model.n_layers=1 --set model.d_ff=32
+    --set model.classifier_hidden=16 --set train.steps=4 --set train.warmup=2 --set train.eval_every=2
+    --set train.checkpoint_every=2 --set train.batch_size=4 --set train.seq_len=48)
+for t in text:aclImdb image:cifar retrieval:tsv; do
+  ok "$L" lra "${t%%:*}" --out "$dir/lra_${t%%:*}" --data "$f/${t#*:}" "${ft[@]}" --set data.valid_examples=4
+  grep -q "test: accuracy" "$dir/out" || { echo "lra ${t%%:*} prints no test accuracy"; fail=1; }
+  grep -q '"accuracy"' "$dir/lra_${t%%:*}/test.json" || { echo "lra ${t%%:*} wrote no test.json"; fail=1; }
+done
+ok "$L" lra text --out "$dir/lra_text2" --data "$f/aclImdb" "${ft[@]}"  # validation = test: scored once
+va=$(sed -n 's/.*valid accuracy \([0-9.]*%\) ([0-9]* of 12 examples).*/\1/p' "$dir/out")
+te=$(sed -n 's/^test: accuracy \([0-9.]*%\) ([0-9]* of 12).*/\1/p' "$dir/out")
+[ -n "$va" ] && [ "$va" = "$te" ] || { echo "lra text: the test is not IMDB's validation ($va, $te)"; fail=1; }
+ok "$L" eval "$dir/lra_retrieval" --split valid --json
+grep -q '"examples":4' "$dir/out" || { echo "eval on a two-tower run: not the 4 kept pairs"; fail=1; }
+ok "$L" lra retrieval --print-config
+grep -q '"dual_encoder": true' "$dir/out" || { echo "lra retrieval --print-config lacks dual_encoder"; fail=1; }
+bad "needs --data DIR: the aclImdb directory" "$L" lra text --out "$dir/fx1" "${ft[@]}"
+bad "set model.dual_encoder to true" "$L" lra retrieval --out "$dir/fx2" --data "$f/tsv" "${ft[@]}" --set model.dual_encoder=false
+bad "set model.vocab_size to 256" "$L" lra image --out "$dir/fx3" --data "$f/cifar" "${ft[@]}" --set model.vocab_size=257
+mkdir -p "$f/cifar_bad" && cp "$f"/cifar/data_batch_{1,2}.bin "$f/cifar_bad/"
+bad "cifar_bad/data_batch_3.bin does not exist" "$L" lra image --out "$dir/fx4" --data "$f/cifar_bad" "${ft[@]}"
+head -c 5000 "$f/cifar/data_batch_1.bin" > "$f/cifar_bad/data_batch_3.bin"
+bad "data_batch_3.bin holds 5000 bytes" "$L" lra image --out "$dir/fx5" --data "$f/cifar_bad" "${ft[@]}"
+mkdir -p "$f/tsv_bad" && printf '1\tP\tQ\tonly four\n' > "$f/tsv_bad/new_aan_pairs.train.tsv"
+bad "new_aan_pairs.train.tsv, line 1: 4 tab-separated columns" "$L" lra retrieval --out "$dir/fx6" --data "$f/tsv_bad" "${ft[@]}"
+for x in fx1 fx2 fx3 fx4 fx5 fx6; do [ -e "$dir/$x" ] && { echo "a failed LRA file task left $x"; fail=1; }; done
 
 # LRA Pathfinder: the released layout written, a tiny `lra pathfinder` run on it, and the errors.
 ok "$L" corpus pathfinder --out "$dir/pcorpus" --examples 60 --difficulty baseline

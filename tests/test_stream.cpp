@@ -4,6 +4,8 @@
 // streams trains this way, and a killed stream run resumes bit for bit.
 #include <gtest/gtest.h>
 
+#include <set>
+
 #include <filesystem>
 #include <sstream>
 
@@ -170,6 +172,42 @@ TEST(RecallCorpus, QuestionsRepeatTheirFactAGapLaterAndOnlyTheirValuesAreMarked)
   EXPECT_THROW(RunConfig::from_json(cfg), Error);
   Json with_path = {{"data", {{"corpus", "recall"}, {"path", "somewhere"}}}};
   EXPECT_THROW(RunConfig::from_json(with_path), Error);
+}
+
+// Several gaps: each episode's filler is one of them plus its jitter (below gap / 8 + 1 and the last word), every gap
+// occurs, recall_distances labels the four recalled digits with that gap (found here from the filler's length), and
+// a one-gap list is the single-gap text.
+TEST(RecallCorpus, GapsAreDrawnPerEpisodeAndLabelTheRecalledDigits) {
+  const std::vector<int64_t> gaps = {300, 16, 64};
+  const std::string text = recall_text(30000, gaps, 4);
+  EXPECT_EQ(recall_text(5000, std::vector<int64_t>{300}, 4), recall_text(5000, 300, 4));
+  auto tokens = torch::from_blob(const_cast<char*>(text.data()), {static_cast<int64_t>(text.size())}, torch::kChar)
+                    .to(torch::kLong).bitwise_and(255);
+  auto labels = recall_distances(tokens, gaps);
+  std::set<int64_t> seen;
+  int64_t labelled = 0;
+  for (size_t q = text.find('?'); q != std::string::npos; q = text.find('?', q + 1)) {
+    const size_t fact = text.rfind('#', q);
+    ASSERT_NE(fact, std::string::npos);
+    const int64_t filler = static_cast<int64_t>(q - fact) - 11;
+    int64_t gap = 0;  // the episode's gap: the one whose range [g, g + g / 8 + 6] holds the filler
+    for (int64_t g : gaps)
+      if (filler >= g && filler <= g + g / 8 + 6) gap = g;
+    ASSERT_GT(gap, 0) << "filler " << filler;
+    seen.insert(gap);
+    for (size_t o = 6; o < 10; ++o) EXPECT_EQ(labels[static_cast<int64_t>(q + o)].item<int64_t>(), gap) << q;
+    labelled += 4;
+  }
+  EXPECT_EQ(seen, (std::set<int64_t>{16, 64, 300}));
+  EXPECT_EQ(labels.gt(0).sum().item<int64_t>(), labelled) << "only recalled digits are labelled";
+  // A question whose fact was cut off by the split's start is not labelled.
+  auto cut = labels.narrow(0, 3, labels.size(0) - 3);
+  auto relabelled = recall_distances(tokens.narrow(0, 3, tokens.size(0) - 3), gaps);
+  const size_t first_q = text.find('?');
+  EXPECT_EQ(relabelled[static_cast<int64_t>(first_q - 3 + 6)].item<int64_t>(), 0);
+  EXPECT_TRUE(torch::equal(relabelled.narrow(0, first_q + 20, 1000), cut.narrow(0, first_q + 20, 1000)));
+  Json cfg = {{"data", {{"corpus", "recall"}, {"recall_bytes", 20000}, {"recall_gaps", {16, 64}}}}};
+  EXPECT_EQ(recall_gaps(RunConfig::from_json(cfg).data), (std::vector<int64_t>{16, 64}));
 }
 
 std::string corpus(const std::string& dir) {

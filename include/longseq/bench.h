@@ -27,6 +27,14 @@ struct BenchOptions {
   std::vector<int64_t> decode_contexts;  // also token-by-token decoding after a prefix of these lengths (streaming mixers)
   int64_t decode_tokens = 32;            // timed single-token steps per decoding row
   int quality_steps = 0;        // > 0: also train each mixer this many steps on the embedded corpus
+  // > 0: instead, train each for this many seconds of training (equal compute): a short timed run measures its
+  // step time, the schedule is fitted to the budget, the time limit enforces it; validation curves are drawn.
+  double quality_time = 0;
+  int64_t quality_seq_len = 0;  // > 0: quality runs train at this context, tokens per step kept (the batch scaled)
+  std::string quality_svg;      // quality runs' validation curves (bits per byte against training time and steps)
+  // Quality runs also train each mixer as long on the recall task with these gaps (bytes between a fact and its
+  // question) and report the recalled digits' accuracy by gap; empty: no recall runs.
+  std::vector<int64_t> quality_recall_gaps = {32, 256, 1536};
   // Whole language models (bench_model_names()): a training step (forward, loss, backward) at each length and,
   // with decode_contexts, decoding after each prefix. Width H * D, equal depth: perceiver_ar has `model_layers`
   // latent layers after its cross-attention, decoder_lm model_layers + 1 layers, universal_transformer(_act) one

@@ -49,6 +49,7 @@ struct ModelConfig {
   int64_t num_classes = 2;
   std::string pooling;  // mean | first | cls
   int64_t classifier_hidden = 0;  // 0 = a linear head; > 0 = Dense(hidden) -> ReLU -> Dense(num_classes)
+  bool dual_encoder = false;      // two documents, one shared encoder, head on [u, v, u*v, u-v] (LRA Retrieval)
   MixerSpec decoder_mixer;  // encoder_decoder: the decoder's self-attention (model.mixer runs the encoder)
   bool post_norm = true;    // encoder_decoder: model.norm = post
 

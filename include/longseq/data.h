@@ -59,6 +59,13 @@ TextSplits read_pydoc(const std::string& dir, int64_t block = 65536);
 // random lowercase keys and digit values, filler of lowercase words with none of "#?=;". The value after the
 // question can only be predicted from the fact `gap` bytes back. Deterministic in `seed`.
 std::string recall_text(int64_t bytes, int64_t gap, uint64_t seed);
+// The same with each episode's gap drawn uniformly from `gaps` (one gap: exactly the text above).
+std::string recall_text(int64_t bytes, const std::vector<int64_t>& gaps, uint64_t seed);
+// data.recall_gaps, or {data.recall_gap} when that list is empty.
+std::vector<int64_t> recall_gaps(const Json& data_cfg);
+// Byte tokens [N] -> [N] long: at each recalled digit whose fact is in the tokens, the largest of `gaps` not above
+// the filler between fact and question (the gap its episode was drawn with); 0 elsewhere.
+torch::Tensor recall_distances(const torch::Tensor& tokens, std::vector<int64_t> gaps);
 // The recalled targets of byte tokens [N]: true at the four digits that follow a "?kkkk=" question.
 torch::Tensor recall_positions(const torch::Tensor& tokens);
 

@@ -1,6 +1,8 @@
 // Long Range Arena data (Tay et al. 2021, arXiv 2011.04006; docs/lra.md): ListOps generated as LRA's generator
-// defines it (lra.md sec. 1), its tsv files read with LRA's tokenization, and the classification splits and batches
-// the classification training task (train/classification_task.cpp) draws from.
+// defines it (lra.md sec. 1), its tsv files read with LRA's tokenization; the Text (IMDB), Image (CIFAR-10) and
+// Retrieval (AAN) files read as LRA tokenizes them; Pathfinder images drawn as snakes2 draws them or read from
+// its released folders; and the classification splits and batches the classification
+// training task (train/classification_task.cpp) draws from.
 //
 // ListOps token ids (fixed and documented, unlike LRA's, which follow Python set order per process):
 //   0 = pad, "0".."9" = 1..10, "[MIN" = 11, "[MAX" = 12, "[MED" = 13, "[SM" = 14, "X" (a "]") = 15, OOV = 16;
@@ -11,6 +13,7 @@
 #include <array>
 #include <cstdint>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "longseq/config.h"
@@ -21,16 +24,32 @@ namespace longseq {
 // One split of a token classification task: N examples of variable length, stored end to end (N x 2000 ids padded
 // would take 8x the memory of the trees themselves).
 struct TokenExamples {
-  std::vector<int16_t> ids;        // every example's token ids, one after another
-  std::vector<int64_t> offsets{0};  // N + 1: example i is ids[offsets[i], offsets[i + 1])
+  std::vector<int16_t> ids;        // every document's token ids, one after another
+  std::vector<int64_t> offsets{0};  // document d is ids[offsets[d], offsets[d + 1]); example i is document i ...
   std::vector<int64_t> labels;      // N
+  // ... unless the examples are pairs (LRA Retrieval): example i is documents pairs[2i] and pairs[2i + 1], so a
+  // document in many pairs is stored once (AAN's papers recur across its pairs).
+  std::vector<int64_t> pairs;
   int64_t size() const { return static_cast<int64_t>(labels.size()); }
-  int64_t length(int64_t i) const { return offsets[static_cast<size_t>(i) + 1] - offsets[static_cast<size_t>(i)]; }
+  bool paired() const { return !pairs.empty(); }
+  int64_t document(int64_t i, int side = 0) const { return paired() ? pairs[static_cast<size_t>(2 * i + side)] : i; }
+  const int16_t* tokens(int64_t i, int side = 0) const {
+    return ids.data() + offsets[static_cast<size_t>(document(i, side))];
+  }
+  int64_t length(int64_t i, int side = 0) const {
+    const auto d = static_cast<size_t>(document(i, side));
+    return offsets[d + 1] - offsets[d];
+  }
   void add(const int16_t* tokens, int64_t n, int64_t label);
+  // Paired examples: a document is appended once (its index returned), then pairs name two document indices.
+  int64_t add_document(const int16_t* tokens, int64_t n);
+  void add_pair(int64_t a_doc, int64_t b_doc, int64_t label);
+  void keep_first(int64_t n);  // the first n examples only (n <= size())
 };
 
 struct ClassificationSplits {
   TokenExamples train, valid, test;
+  bool valid_is_test = false;  // IMDB: no validation split, LRA validates on the test split (lra.md sec. 4)
 };
 
 struct ClassificationBatch {
@@ -38,11 +57,15 @@ struct ClassificationBatch {
   torch::Tensor padding_mask;  // [B, T] bool, true at padding
   torch::Tensor labels;        // [B] long
   int64_t tokens_read = 0;     // non-pad tokens
+  torch::Tensor tokens2, padding_mask2;  // [B, T2]: the second documents of paired examples, else undefined
 };
 // Examples `indices` of `split`, each truncated to max_len tokens (LRA: 2000) and right-padded with 0 to the batch's
 // longest. Under the padding mask this equals LRA's padding to max_len (masked keys and pooling ignore the pad).
+// Paired examples give both documents, each truncated to max_len (LRA Retrieval: 4,000 per document).
 ClassificationBatch make_classification_batch(const TokenExamples& split, const std::vector<int64_t>& indices,
                                               int64_t max_len);
+// The model's logits [B, classes] for a batch: forward, or forward_pair for paired examples.
+torch::Tensor classify_batch(EncoderClassifierImpl& model, const ClassificationBatch& batch);
 
 struct ClassificationScore {
   double loss = 0;      // mean cross-entropy, nats
@@ -89,11 +112,53 @@ TokenExamples read_listops_tsv(const std::string& path);
 // Writes a split as such a file (the generator's output in LRA's layout).
 void write_listops_tsv(const std::string& path, const TokenExamples& split);
 
+// ---- Text, Image, Retrieval: LRA's byte and pixel tasks read from the files a user downloads (lra.md sec. 1) ----
+
+constexpr int64_t kByteVocab = 257;   // Text, Retrieval: byte + 1, pad 0 (tfds ByteTextEncoder)
+constexpr int64_t kPixelVocab = 256;  // Image: the gray value itself, 0 included (LRA masks it as padding)
+constexpr int64_t kCifarClasses = 10;
+constexpr int64_t kAanDocumentTokens = 4000;  // LRA Retrieval: the first 10,000 bytes, ids truncated to 4,000
+
+// A classification corpus read from files: its fixed vocabulary and classes, and what data.path must hold.
+struct FileCorpusInfo {
+  const char* name;  // data.corpus
+  int64_t vocab, classes;
+  bool pairs;         // two documents per example (model.dual_encoder)
+  const char* files;  // for messages: what data.path holds
+};
+// imdb, cifar10 or aan; nullptr for other names.
+const FileCorpusInfo* find_file_corpus(const std::string& corpus);
+
+// ids = byte + 1 of `text` (tfds ByteTextEncoder, pad 0), the first max_tokens of them (-1 = all).
+std::vector<int16_t> byte_ids(std::string_view text, int64_t max_tokens = -1);
+
+// IMDB (data.corpus imdb): `dir` is aclImdb/ of aclImdb_v1.tar.gz with {train,test}/{pos,neg}/*.txt. A review is
+// its file's bytes with ASCII whitespace stripped at both ends (tfds imdb_reviews), ids byte + 1, label pos 1,
+// neg 0; the classes alternate (neg, pos, ...) in file-name order. Validation = test, as LRA (valid_is_test).
+ClassificationSplits read_imdb(const std::string& dir);
+
+// CIFAR-10's binary version (data.corpus cifar10): records of 1 label byte + 3,072 bytes (R, G, B planes of 32x32,
+// row-major). TensorFlow's rgb_to_grayscale in float32 (lra.md sec. 1): each channel times float32(1/255), then
+// 0.2989 r + 0.5870 g + 0.1140 b summed left to right, times 255.5, truncated (no fused multiply-add).
+uint8_t lra_grayscale(uint8_t r, uint8_t g, uint8_t b);
+// One batch file: each image's 1,024 gray values row-major (vocab 256, no +1), labels 0..9. Throws Error naming
+// the path for a missing file, a size that is not a whole number of records, or a label > 9.
+TokenExamples read_cifar10_bin(const std::string& path);
+// `dir` = cifar-10-batches-bin: train = the first 90% of data_batch_1..5 in file order (45,000), valid = the last
+// 10% (5,000), test = test_batch.bin (10,000); LRA takes TFDS's train[:90%] / train[90%:] / test.
+ClassificationSplits read_cifar10(const std::string& dir);
+
+// An AAN pairs file (data.corpus aan): no header, five tab-separated columns label (a float, 0 or 1), id1, id2,
+// text1, text2, no quoting; each text -> its first 10,000 bytes -> ids byte + 1 -> the first 4,000. Errors name
+// the file and the line.
+TokenExamples read_aan_tsv(const std::string& path);
+// `dir` holds new_aan_pairs.train.tsv, new_aan_pairs.eval.tsv and new_aan_pairs.test.tsv (lra_release/tsv_data).
+ClassificationSplits read_aan(const std::string& dir);
 // ---- Pathfinder and Path-X (lra.md sec. 1; generator in data/lra_pathfinder.cpp) ----
 // Tokens are the 8-bit pixels of a W x W grayscale image read row by row (vocab 256, no +1): as in LRA, a black
 // pixel is id 0, which the classifier masks like padding (lra.md sec. 4).
 
-constexpr int64_t kPathfinderVocab = 256;
+constexpr int64_t kPathfinderVocab = kPixelVocab;  // the pixel value itself, as Image
 constexpr int64_t kPathfinderClasses = 2;
 
 // snakes2.py's parameters (drewlinsley/pathfinder; values from the docstrings of LRA's data/pathfinder.py).
@@ -167,11 +232,12 @@ std::vector<uint8_t> read_png_gray(const std::string& path, int64_t& width, int6
 ClassificationSplits read_pathfinder_corpus(const Json& data_cfg, bool quiet = true);
 
 // The splits a config's data section names: data.corpus listops with data.path a directory of basic_train.tsv,
-// basic_val.tsv and basic_test.tsv, or data.path empty = generated with the data.listops_* keys.
+// basic_val.tsv and basic_test.tsv, or data.path empty = generated with the data.listops_* keys; pathfinder as
+// read_pathfinder_corpus; imdb, cifar10 and aan from the directory data.path.
 ClassificationSplits read_classification_corpus(const Json& data_cfg, bool quiet = true);
 // data.corpus values that are classification corpora (model.type encoder_classifier).
 inline bool is_classification_corpus(const std::string& corpus) {
-  return corpus == "listops" || corpus == "pathfinder";
+  return corpus == "listops" || corpus == "pathfinder" || find_file_corpus(corpus) != nullptr;
 }
 // The generator options of a data section (data.listops_*).
 ListOpsOptions listops_options(const Json& data_cfg);

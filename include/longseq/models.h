@@ -78,14 +78,24 @@ class EncoderClassifierImpl : public torch::nn::Module {
   // encoder runs over T + 1 positions (the CLS vector first; global_mask then covers those T + 1).
   torch::Tensor forward(const torch::Tensor& tokens, const torch::Tensor& padding_mask = {},
                         const torch::Tensor& global_mask = {});
+  // model.dual_encoder (LRA Retrieval, lra.md sec. 1): tokens1 [B, T1], tokens2 [B, T2] with their padding masks
+  // (or undefined) -> logits [B, num_classes]. Both documents go through the same encoder in one pass (each padded
+  // to max(T1, T2), which the padding mask makes invisible); pooled u, v -> the head on [u, v, u*v, u-v].
+  torch::Tensor forward_pair(const torch::Tensor& tokens1, const torch::Tensor& padding_mask1,
+                             const torch::Tensor& tokens2, const torch::Tensor& padding_mask2);
+  // The pooled encoding [B, C] of tokens [B, T] (what the head reads; each tower of forward_pair).
+  torch::Tensor encode(const torch::Tensor& tokens, const torch::Tensor& padding_mask = {},
+                       const torch::Tensor& global_mask = {});
   const ModelConfig& config() const { return trunk_->config(); }
   torch::Tensor aux_loss() const { return trunk_->aux_loss(); }  // with model.act: the ponder cost
   torch::Tensor ponder() const { return trunk_->ponder(); }
 
  private:
+  torch::Tensor head(torch::Tensor features);  // [B, C] (dual: [B, 4C]) -> logits
   Trunk trunk_{nullptr};
   torch::Tensor cls_;                      // [1, C], pooling = cls
   torch::nn::Linear hidden_{nullptr};      // classifier_hidden > 0: Dense -> ReLU before the classifier
+  torch::nn::Linear hidden2_{nullptr};     // dual_encoder with classifier_hidden > 0: Dense(hidden / 2) -> ReLU
   torch::nn::Linear classifier_{nullptr};
 };
 TORCH_MODULE(EncoderClassifier);

@@ -614,6 +614,10 @@ void check_bench_options(const BenchOptions& o) {
   positive({o.decode_tokens}, "--decode-tokens", 1000000000);
   positive({o.repeats}, "--repeats", 1000000);
   if (o.quality_steps < 0) throw Error("bench: --quality-steps must be >= 0, got " + std::to_string(o.quality_steps));
+  if (o.quality_steps > 0 && o.quality_time > 0)
+    throw Error("bench: give --quality-steps (equal steps) or --quality-time (equal training time), not both");
+  if (!o.quality_svg.empty() && o.quality_time <= 0)
+    throw Error("bench: --quality-svg draws the curves of --quality-time runs; give --quality-time");
   if (!(o.time_cap > 0 && std::isfinite(o.time_cap)))
     throw Error("bench: --time-cap must be a positive number of seconds, got " + std::to_string(o.time_cap));
   if (!(o.memory_cap_gib > 0 && std::isfinite(o.memory_cap_gib)))
@@ -959,18 +963,42 @@ void run_bench(const BenchOptions& o) {
   if (!o.csv.empty()) write_file_atomic(o.csv, csv.str()), std::printf("\nwrote %s\n", o.csv.c_str());
   if (!o.svg.empty()) write_svg(o.svg, rows), std::printf("wrote %s\n", o.svg.c_str());
 
-  if (o.quality_steps > 0) {
-    std::printf("\n## Quality: %d training steps each on the embedded corpus (default config otherwise)\n\n", o.quality_steps);
-    std::printf("| mixer or model | valid bits per byte | wall time (s) | training tokens/s |\n|---|---|---|---|\n");
+  if (o.quality_steps > 0 || o.quality_time > 0) {
+    const bool timed = o.quality_time > 0;
+    if (timed)
+      std::printf("\n## Quality at equal compute: %.0f s of training each on the embedded corpus (default config "
+                  "otherwise%s)\n\n", o.quality_time,
+                  o.quality_seq_len > 0 ? (", context " + std::to_string(o.quality_seq_len)).c_str() : "");
+    else
+      std::printf("\n## Quality: %d training steps each on the embedded corpus (default config otherwise)\n\n",
+                  o.quality_steps);
+    std::printf("| mixer or model | valid bits per byte | steps | training s | wall time (s) | training tokens/s |\n"
+                "|---|---|---|---|---|---|\n");
     std::vector<std::pair<std::string, std::string>> eval_methods;  // row, how it was validated
-    auto train_one = [&](const std::string& label, Json raw) {
-      raw["train"]["steps"] = o.quality_steps;
+    std::vector<PlotSeries> curves_t, curves_s;                     // validation bpb against training s and steps
+    std::vector<int64_t> gaps;
+    for (int64_t g : o.quality_recall_gaps)
+      if (g > 0) gaps.push_back(g);
+    std::vector<std::pair<std::string, std::vector<GroupResult>>> recall_rows;  // mixer, accuracy by gap
+    // One training run in a temporary directory; `steps` optimizer steps, `limit` seconds of training at most (0: no
+    // limit), validations every `every` steps on `batches` batches (0: the whole split) and at the end on the whole.
+    auto run_quality = [&](Json raw, int64_t steps, double limit, int64_t every, int64_t batches, bool keep_curve,
+                           const std::string& label) {
+      if (o.quality_seq_len > 0) {  // the same tokens per step at another context
+        const int64_t T0 = raw["train"]["seq_len"], B0 = raw["train"]["batch_size"];
+        raw["train"]["seq_len"] = o.quality_seq_len;
+        raw["train"]["batch_size"] = std::max<int64_t>(1, B0 * T0 / o.quality_seq_len);
+        if (raw["model"].value("positions", std::string()) == "learned")
+          raw["model"]["max_len"] = std::max<int64_t>(raw["model"].value("max_len", int64_t{0}), o.quality_seq_len);
+      }
+      raw["train"]["steps"] = steps;
       // The warm-up must end before the last step (the config's rule): short runs warm up for a tenth.
-      if (raw["train"].value("warmup", int64_t{0}) >= o.quality_steps) raw["train"]["warmup"] = o.quality_steps / 10;
-      raw["train"]["eval_every"] = 0;
-      raw["train"]["time_limit"] = 0;
-      raw["train"]["checkpoint_every"] = o.quality_steps;
-      raw["train"]["eval_batches"] = 0;  // the whole validation split, not a prefix
+      if (raw["train"].value("warmup", int64_t{0}) >= steps) raw["train"]["warmup"] = steps / 10;
+      raw["train"]["eval_every"] = every;
+      raw["train"]["eval_batches"] = batches;
+      raw["train"]["time_limit"] = limit;
+      raw["train"]["checkpoint_every"] = steps;
+      raw["train"]["log_every"] = std::max<int64_t>(1, std::min<int64_t>(10, every > 0 ? every : steps));
       RunConfig cfg = RunConfig::from_json(raw);
       char tmpl[] = "/tmp/longseq_quality_XXXXXX";
       if (!mkdtemp(tmpl)) throw Error("bench: cannot create a temporary run directory");
@@ -980,11 +1008,72 @@ void run_bench(const BenchOptions& o) {
       auto t0 = std::chrono::steady_clock::now();
       auto res = train_run(&cfg, topts);
       const double wall = seconds_since(t0);
+      const bool recall_task = raw["data"].value("corpus", std::string()) == "recall";
+      if (recall_task || batches > 0) {  // measured again on the whole split: the recalled digits by gap, or the bpb
+        auto run = load_run(topts.out_dir);
+        const auto corpus = tokenize_corpus(read_corpus(run.config.data), *run.tokenizer);
+        const auto& valid = corpus.split("valid");
+        const int64_t T = run.config.train["seq_len"], B = run.config.train["batch_size"];
+        if (recall_task) {
+          // Windows T / 8 apart: every scored digit sees at least 7/8 of the context, so a fact up to that far back
+          // is in view (non-overlapping windows would cut most long episodes in two).
+          auto r = evaluate_lm(*run.model, valid, B, T, 0, std::max<int64_t>(1, T / 8), recall_positions(valid.tokens),
+                               recall_distances(valid.tokens, gaps));
+          recall_rows.push_back({label, r.groups});
+        } else {
+          res.valid = evaluate_lm(*run.model, valid, B, T, 0, 0);
+        }
+      }
+      // Training seconds from the run's own rate (its steps' tokens over tokens per second, validation excluded).
+      const double tokens_per_step = static_cast<double>(raw["train"]["batch_size"].get<int64_t>()) *
+                                     raw["train"].value("accum", int64_t{1}) * raw["train"]["seq_len"].get<int64_t>();
+      const double train_s = res.tokens_per_s > 0 ? res.last_step * tokens_per_step / res.tokens_per_s : 0.0;
+      if (keep_curve) {  // validation points at the training time of their step (the last logged at or before it)
+        PlotSeries by_time{label, label, "validation", {}, {}}, by_step = by_time;
+        std::ifstream metrics(topts.out_dir + "/metrics.jsonl");
+        std::string line;
+        int64_t step_at = 0;
+        double logged_s = 0;
+        while (std::getline(metrics, line)) {
+          const Json j = Json::parse(line, nullptr, false);
+          if (!j.is_object()) continue;
+          if (j.contains("train_s")) logged_s = j["train_s"].get<double>(), step_at = j.value("step", step_at);
+          if (j.contains("valid_bpb") && j.value("step", int64_t{-1}) >= step_at) {
+            by_time.points.push_back({logged_s, j["valid_bpb"].get<double>()});
+            by_step.points.push_back({j["step"].get<double>(), j["valid_bpb"].get<double>()});
+          }
+        }
+        curves_t.push_back(by_time), curves_s.push_back(by_step);
+      }
+      std::filesystem::remove_all(tmpl);
+      return std::make_tuple(res, wall, train_s);
+    };
+    auto train_one = [&](const std::string& label, Json raw) {
+      int64_t steps = o.quality_steps, every = 0;
+      if (timed) {
+        // A short run measures the step time (compilation, allocator and corpus reading outside the rate), then the
+        // cosine schedule is fitted to the budget; the time limit stops a run that turns out slower.
+        auto [probe, probe_wall, probe_s] = run_quality(raw, 8, 0, 0, 1, false, label);
+        (void)probe_wall, (void)probe_s;
+        const double tokens_per_step = static_cast<double>(raw["train"]["batch_size"].get<int64_t>() *
+                                                           raw["train"].value("accum", int64_t{1})) *
+                                       (o.quality_seq_len > 0 ? o.quality_seq_len : raw["train"]["seq_len"].get<int64_t>());
+        const double step_s = probe.tokens_per_s > 0 ? tokens_per_step / probe.tokens_per_s : o.quality_time;
+        steps = std::max<int64_t>(10, static_cast<int64_t>(0.97 * o.quality_time / step_s));
+        every = std::max<int64_t>(1, steps / 8);  // eight points of each curve
+      }
+      // Timed: the curves' validations on a prefix of 16 batches, the reported number on the whole split after.
+      auto [res, wall, train_s] = run_quality(raw, steps, timed ? o.quality_time : 0, every, timed ? 16 : 0, timed, label);
       // The run's own rate: training steps only, not reading the corpus, validating or saving.
       eval_methods.push_back({label, res.valid.method()});
-      std::printf("| %s | %.4f | %.1f | %.0f |\n", label.c_str(), res.valid.bpb, wall, res.tokens_per_s);
+      std::printf("| %s | %.4f | %lld | %.1f | %.1f | %.0f |\n", label.c_str(), res.valid.bpb,
+                  static_cast<long long>(res.last_step), train_s, wall, res.tokens_per_s);
       std::fflush(stdout);
-      std::filesystem::remove_all(tmpl);
+      if (gaps.empty()) return;
+      // The same model and budget on the recall task (the steps the prose run took, its time limit too).
+      Json recall = raw;
+      recall["data"] = {{"corpus", "recall"}, {"recall_gaps", gaps}, {"tokenizer", "byte"}};
+      run_quality(recall, res.last_step, timed ? o.quality_time : 0, 0, 0, false, label);
     };
     for (const auto& m : mixers) {
       if (!find_unit(m, o.mixer_options.value(m, Json::object())).supports_causal) {  // the default is a causal LM
@@ -1016,9 +1105,38 @@ void run_bench(const BenchOptions& o) {
       if (i == 0 || eval_methods[i].second != eval_methods[0].second)
         std::printf("\nvalidation%s: %s.", i == 0 ? "" : (" of " + eval_methods[i].first).c_str(),
                     eval_methods[i].second.c_str());
+    if (!recall_rows.empty()) {
+      std::printf("\n### Recall by distance: accuracy of the recalled digits (chance 0.1), the same model and steps "
+                  "trained on the recall task (a fact \"#kkkk=dddd;\", filler of the gap's bytes, the question "
+                  "\"?kkkk=\")\n\n| mixer or model |");
+      for (int64_t g : gaps) std::printf(" gap %lld |", static_cast<long long>(g));
+      std::printf("\n|---|");
+      for (size_t i = 0; i < gaps.size(); ++i) std::printf("---|");
+      std::printf("\n");
+      for (const auto& [label, groups] : recall_rows) {
+        std::printf("| %s |", label.c_str());
+        for (int64_t g : gaps) {
+          auto it = std::find_if(groups.begin(), groups.end(), [&](const GroupResult& r) { return r.label == g; });
+          if (it == groups.end()) std::printf(" - |");
+          else std::printf(" %.3f |", it->accuracy);
+        }
+        std::printf("\n");
+      }
+    }
     std::printf("\nwall time: the whole run (reading and tokenizing the corpus, training, the final validation and "
-                "checkpoint); training tokens/s: the run's rate over its training steps (targets trained on: "
-                "perceiver_ar's latents).\n");
+                "checkpoint); training s: the training steps' time as the run logged it; training tokens/s: the run's "
+                "rate over its training steps (targets trained on: perceiver_ar's latents).%s\n",
+                timed ? " Steps: fitted to the budget from an 8-step timed run of the same configuration; the curves' validations "
+                        "(every eighth of the steps, outside the training time) on the split's first 16 batches, "
+                        "the table's on the whole split." : "");
+    if (!o.quality_svg.empty()) {
+      if (!timed) throw Error("bench: --quality-svg draws the curves of --quality-time runs");
+      const std::string title = "Validation bits per byte at equal compute (" + std::to_string(int(o.quality_time)) +
+                                " s of training each)";
+      write_file_atomic(o.quality_svg, svg_figure(title, {{"against training time", "training seconds", "valid bits per byte", false, false, {}, curves_t},
+                                                          {"against steps", "optimizer step", "valid bits per byte", false, false, {}, curves_s}}, 2));
+      std::printf("wrote %s\n", o.quality_svg.c_str());
+    }
   }
 }
 

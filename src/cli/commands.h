@@ -24,15 +24,26 @@ bool is_translation_run(const std::string& run_dir);
 // LRA (docs/lra.md). The scaled ListOps configuration `longseq lra listops` starts from (JSON text).
 const char* lra_listops_config_text();
 struct LraOptions {
-  std::string out_dir;   // empty: lra_listops_<mixer>
-  std::string data_dir;  // empty: generated in memory; else basic_*.tsv there, generated into it when absent
+  std::string out_dir;   // empty: lra_<task>_<mixer>
+  std::string data_dir;  // listops: empty = generated in memory; else basic_*.tsv there, generated into it when
+                         // absent. text, image, retrieval: the directory of the task's files (data.path).
+                         // pathfinder: empty = generated in memory; else metadata/ and imgs/ there, generated into
+                         // it when absent
   bool resume = false, quiet = false;
 };
 // `longseq lra listops`: trains `raw` (the config above with --mixer and --set applied), then scores the test split
 // once with the final weights and writes RUN/test.json.
 void lra_listops_command(Json raw, const LraOptions& options);
-// `longseq lra pathfinder`: the same for Pathfinder-32 (--data: a folder of metadata/ and imgs/, generated into
-// it when absent).
+// What every `lra` task ends with: trains `raw` into --out (default lra_<task>_<mixer>), scores the test split once
+// with the final weights, prints it beside the chance level and `reference`, writes RUN/test.json.
+void lra_train_and_test(const std::string& task, const Json& raw, const LraOptions& options,
+                        const std::string& reference);
+// `longseq lra text|image|retrieval` (LRA's Text, Image, Retrieval from the files in --data; docs/lra.md): the
+// scaled configuration of a task (JSON text), and the command.
+const char* lra_file_task_config_text(const std::string& task);
+void lra_file_task_command(const std::string& task, Json raw, const LraOptions& options);
+// `longseq lra pathfinder`: Pathfinder-32's scaled configuration (JSON text) and the command, which ends with
+// lra_train_and_test.
 const char* lra_pathfinder_config_text();
 void lra_pathfinder_command(Json raw, const LraOptions& options);
 // `longseq eval RUN` on a classification run: accuracy and loss of a split in batches of `batch` (0 = the run's),

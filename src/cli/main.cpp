@@ -284,13 +284,15 @@ int main(int argc, char** argv) {
   std::string lra_task, lra_mixer;
   LraOptions lra_opts;
   bool lra_print = false;
-  lra->add_option("task", lra_task, "listops or pathfinder")->required()
-      ->check(CLI::IsMember({"listops", "pathfinder"}));
+  lra->add_option("task", lra_task, "listops, text, image, retrieval or pathfinder")->required()
+      ->check(CLI::IsMember({"listops", "text", "image", "retrieval", "pathfinder"}));
   lra->add_option("--out", lra_opts.out_dir, "run directory (default: lra_<task>_<mixer>)");
   lra->add_option("--mixer", lra_mixer, "model.mixer of every layer (default: full)");
   lra->add_option("--data", lra_opts.data_dir, "listops: directory of basic_{train,val,test}.tsv; pathfinder: of "
-                                               "metadata/ and imgs/ (LRA's release or `longseq corpus TASK`); "
-                                               "generated into it when absent (default: generated in memory)");
+                                               "metadata/ and imgs/ (LRA's release or `longseq corpus TASK`); both "
+                                               "generated into it when absent (default: generated in memory from "
+                                               "the config's seed); text: aclImdb/, image: cifar-10-batches-bin/, "
+                                               "retrieval: tsv_data/ (required; docs/lra.md)");
   lra->add_option("--set", sets, "override a config key: section.key=value (repeatable)");
   lra->add_flag("--resume", lra_opts.resume, "continue the run in --out from its last checkpoint");
   lra->add_flag("--quiet", lra_opts.quiet, "no progress display");
@@ -399,6 +401,23 @@ int main(int argc, char** argv) {
   bench->add_option("--latents", bopts.latents, "with --models: perceiver_ar's latents N")->check(number_in(1, 1 << 24));
   bench->add_option("--quality-steps", bopts.quality_steps, "also train each mixer this many steps and report bits per byte")
       ->check(number_in(0, 1e9));
+  bench->add_option("--quality-time", bopts.quality_time,
+                    "also train each mixer for this many seconds of training (equal compute: the cosine schedule fitted "
+                    "to the budget from a short timed run) and report bits per byte and its curve")
+      ->check(number_in(0, 1e7));
+  bench->add_option("--quality-seq-len", bopts.quality_seq_len,
+                    "quality runs train at this context (default: the embedded config's), the batch scaled to keep "
+                    "its tokens per step")
+      ->check(number_in(0, 1 << 30));
+  bench->add_option("--quality-recall-gaps", bopts.quality_recall_gaps,
+                    "quality runs also train each mixer as long on the recall task (a fact stated, asked for after "
+                    "this many bytes, one gap drawn per episode) and report the recalled digits' accuracy by gap; 0 = "
+                    "no recall runs")
+      ->delimiter(',')
+      ->check(number_in(0, 1e8))
+      ->capture_default_str();
+  bench->add_option("--quality-svg", bopts.quality_svg,
+                    "write the quality runs' validation curves (bits per byte against training time and steps)");
 
   auto* bench_one_cmd = app.add_subcommand("bench-one", "(internal) one benchmark configuration");
   bench_one_cmd->group("");
@@ -498,17 +517,21 @@ int main(int argc, char** argv) {
         std::printf("sample:\n%s%s\n", p.c_str(), run.tokenizer->decode(ids).c_str());
       }
     } else if (*lra) {
-      const bool pathfinder = lra_task == "pathfinder";
-      Json raw = parse_json_text(pathfinder ? lra_pathfinder_config_text() : lra_listops_config_text(),
+      const bool listops = lra_task == "listops", pathfinder = lra_task == "pathfinder";
+      Json raw = parse_json_text(listops      ? lra_listops_config_text()
+                                 : pathfinder ? lra_pathfinder_config_text()
+                                              : lra_file_task_config_text(lra_task),
                                  "the LRA " + lra_task + " config");
       if (!lra_mixer.empty()) raw["model"]["mixer"] = lra_mixer;
+      if (!listops && !pathfinder && !lra_opts.data_dir.empty()) raw["data"]["path"] = lra_opts.data_dir;
       raw = apply_overrides(raw, sets);
       if (lra_print) {
         std::printf("%s\n", RunConfig::from_json(raw).to_json().dump(2).c_str());
         return 0;
       }
-      if (pathfinder) lra_pathfinder_command(raw, lra_opts);
-      else lra_listops_command(raw, lra_opts);
+      if (listops) lra_listops_command(raw, lra_opts);
+      else if (pathfinder) lra_pathfinder_command(raw, lra_opts);
+      else lra_file_task_command(lra_task, raw, lra_opts);
     } else if (*eval && is_classification_run(run_dir)) {
       if (eval_stream || eval_len > 0 || eval_stride > 0 || !mixer_sets.empty())
         throw Error("eval: --stream, --seq-len, --stride and --mixer-option apply to language-model runs; " + run_dir +
@@ -593,12 +616,14 @@ int main(int argc, char** argv) {
       }
       const bool chains = run.config.data["corpus"] == "chains";
       const bool depth_task = chains || run.config.data["corpus"] == "expressions";  // the answers by depth
-      auto r = evaluate_lm(*run.model, data, B, T, eval_max, S, recalled,
-                           !depth_task ? torch::Tensor() : chains ? chain_depths(data.tokens)
-                                                                  : expression_depths(data.tokens));
+      const torch::Tensor groups = depth_task ? (chains ? chain_depths(data.tokens) : expression_depths(data.tokens))
+                                   : recall   ? recall_distances(data.tokens, recall_gaps(run.config.data))
+                                              : torch::Tensor();
+      auto r = evaluate_lm(*run.model, data, B, T, eval_max, S, recalled, groups);
       Json by_depth = Json::array();
       for (const auto& g : r.groups) {
-        Json d{{"depth", g.label}, {"answers", g.targets}, {"loss", g.loss}, {"accuracy", g.accuracy}};
+        Json d{{recall ? "distance" : "depth", g.label}, {recall ? "digits" : "answers", g.targets}, {"loss", g.loss},
+               {"accuracy", g.accuracy}};
         if (g.ponder >= 0) d["ponder"] = g.ponder;
         by_depth.push_back(d);
       }
@@ -610,6 +635,7 @@ int main(int argc, char** argv) {
                {"seconds", r.seconds}, {"tokens_per_s", tokens_per_s(r)}};
         if (recall) j["recall_loss"] = r.part_loss, j["recall_tokens"] = r.part_tokens;
         if (depth_task) j["by_depth"] = by_depth;
+        if (recall) j["by_distance"] = by_depth;
         std::printf("%s\n", j.dump().c_str());
       } else {
         std::printf("%s: loss %.4f nats/token, %.4f bits per byte, perplexity %.3f (%lld tokens, %.2f s, %.0f tokens/s)\n%s\n",
@@ -618,6 +644,12 @@ int main(int argc, char** argv) {
         if (recall)
           std::printf("  recalled values: loss %.4f nats/byte over %lld bytes (chance: ln 10 = 2.3026)\n", r.part_loss,
                       static_cast<long long>(r.part_tokens));
+        if (recall) {
+          std::printf("  recalled digits by distance (the gap drawn for the episode, bytes of filler):\n");
+          for (const auto& g : r.groups)
+            std::printf("  distance %lld: %lld digits, loss %.4f nats, accuracy %.3f (chance 0.1)\n",
+                        static_cast<long long>(g.label), static_cast<long long>(g.targets), g.loss, g.accuracy);
+        }
         if (depth_task) {
           std::printf("  answers by %s (ponder: mean N + R of the position predicting the answer):\n",
                       chains ? "lookups needed" : "expression depth");

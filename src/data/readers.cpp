@@ -113,6 +113,11 @@ TextSplits read_pydoc(const std::string& dir, int64_t block) {
   return block > 0 ? split_interleaved(read_text_path(dir), block) : split_by_fraction(read_text_path(dir), 0.05, 0.05);
 }
 
+std::vector<int64_t> recall_gaps(const Json& cfg) {
+  auto gaps = cfg.value("recall_gaps", std::vector<int64_t>{});
+  return gaps.empty() ? std::vector<int64_t>{cfg.at("recall_gap").get<int64_t>()} : gaps;
+}
+
 std::string corpus_source(const Json& cfg) {
   const std::string corpus = cfg.at("corpus"), path = cfg.at("path");
   if (corpus == "expressions")
@@ -123,18 +128,29 @@ std::string corpus_source(const Json& cfg) {
            " bytes, 1 to " + std::to_string(cfg.at("chain_max_depth").get<int64_t>()) + " lookups)";
   if (corpus == "recall")
     return "corpus recall (generated: " + std::to_string(cfg.at("recall_bytes").get<int64_t>()) + " bytes, gap " +
-           std::to_string(cfg.at("recall_gap").get<int64_t>()) + ")";
+           [&] {
+             std::vector<std::string> gaps;
+             for (int64_t g : recall_gaps(cfg)) gaps.push_back(std::to_string(g));
+             return join(gaps, ", ");
+           }() + ")";
   return "corpus " + corpus + " at " + (path.empty() && corpus == "pydoc" ? default_pydoc_path() : path);
 }
 
 std::string recall_text(int64_t bytes, int64_t gap, uint64_t seed) {
+  return recall_text(bytes, std::vector<int64_t>{gap}, seed);
+}
+
+std::string recall_text(int64_t bytes, const std::vector<int64_t>& gaps, uint64_t seed) {
+  if (gaps.empty()) throw Error("recall: no gap to draw from");
   std::mt19937_64 rng(seed);
   auto pick = [&](int64_t n) { return static_cast<int64_t>(rng() % static_cast<uint64_t>(n)); };
   static const char* const kWords[] = {"the", "a", "of", "and", "to", "in", "is", "it", "that", "was", "for", "on",
                                        "with", "as", "by", "at", "from", "this", "be", "or", "an", "are", "not", "but"};
   std::string out;
-  out.reserve(static_cast<size_t>(bytes) + static_cast<size_t>(gap) + 64);
+  out.reserve(static_cast<size_t>(bytes) + static_cast<size_t>(*std::max_element(gaps.begin(), gaps.end())) * 2 + 64);
   while (static_cast<int64_t>(out.size()) < bytes) {
+    // One gap drawn per episode (no draw with one gap, so a single-gap corpus is what it always was).
+    const int64_t gap = gaps.size() == 1 ? gaps[0] : gaps[static_cast<size_t>(pick(static_cast<int64_t>(gaps.size())))];
     std::string fact(4, 'a'), value(4, '0');
     for (auto& c : fact) c = static_cast<char>('a' + pick(26));
     for (auto& c : value) c = static_cast<char>('0' + pick(10));
@@ -148,6 +164,29 @@ std::string recall_text(int64_t bytes, int64_t gap, uint64_t seed) {
     out += "?" + fact + "=" + value + ";\n";
   }
   return out;
+}
+
+torch::Tensor recall_distances(const torch::Tensor& tokens, std::vector<int64_t> gaps) {
+  std::sort(gaps.begin(), gaps.end());
+  auto t = tokens.to(torch::kLong).contiguous();
+  const int64_t N = t.size(0);
+  const int64_t* p = t.data_ptr<int64_t>();
+  auto labels = torch::zeros({N}, torch::kLong);
+  int64_t* out = labels.data_ptr<int64_t>();
+  int64_t fact = -1;  // position of the last '#', the fact of the episode in progress
+  for (int64_t q = 0; q + 9 < N; ++q) {
+    if (p[q] == '#') fact = q;
+    if (p[q] != '?' || p[q + 5] != '=' || fact < 0) continue;
+    bool same = true;  // the question asks for the fact's key (the split may have cut the episode's fact)
+    for (int64_t k = 1; k <= 4; ++k) same = same && p[fact + k] == p[q + k];
+    const int64_t filler = q - fact - 11;  // "#kkkk=dddd;" is 11 bytes
+    auto g = std::upper_bound(gaps.begin(), gaps.end(), filler);
+    if (!same || g == gaps.begin()) continue;
+    for (int64_t o = 6; o < 10; ++o)
+      if (p[q + o] >= '0' && p[q + o] <= '9') out[q + o] = *(g - 1);
+    fact = -1;
+  }
+  return labels;
 }
 
 torch::Tensor recall_positions(const torch::Tensor& tokens) {
@@ -262,10 +301,11 @@ TextSplits read_corpus(const Json& cfg) {
   const std::string corpus = cfg.at("corpus");
   const std::string path = cfg.at("path");
   if (corpus == "recall") {  // three independent draws, 90/5/5 of the bytes
-    const int64_t bytes = cfg.at("recall_bytes"), gap = cfg.at("recall_gap");
+    const int64_t bytes = cfg.at("recall_bytes");
+    const auto gaps = recall_gaps(cfg);
     const uint64_t seed = cfg.at("recall_seed");
-    return {recall_text(bytes * 9 / 10, gap, seed * 3 + 1), recall_text(bytes / 20, gap, seed * 3 + 2),
-            recall_text(bytes / 20, gap, seed * 3 + 3)};
+    return {recall_text(bytes * 9 / 10, gaps, seed * 3 + 1), recall_text(bytes / 20, gaps, seed * 3 + 2),
+            recall_text(bytes / 20, gaps, seed * 3 + 3)};
   }
   if (corpus == "chains") {
     const int64_t bytes = cfg.at("chain_bytes"), depth = cfg.at("chain_max_depth");

@@ -103,21 +103,28 @@ const Schema& model_schema() {
       {"classifier_hidden", OptionType::Int, 0,
        "encoder_classifier head: 0 = one linear layer; > 0 = Dense(this) -> ReLU -> Dense(num_classes) (LRA's head, "
        "with this = its mlp_dim, 1024 for ListOps)", 0, 1 << 20},
+      {"dual_encoder", OptionType::Bool, false,
+       "encoder_classifier over pairs of documents (data.corpus aan, LRA Retrieval): each document through the same "
+       "encoder, pooled u, v, the head on [u, v, u*v, u-v]: Dense(classifier_hidden) -> ReLU -> "
+       "Dense(classifier_hidden / 2) -> ReLU -> Dense(num_classes) (LRA's two-tower NLI head), or one linear layer "
+       "when classifier_hidden = 0"},
   };
   return s;
 }
 
 const Schema& data_schema() {
   static const Schema s = {
-      {"corpus", OptionType::String, "pydoc", "which reader loads the text; listops, pathfinder: LRA's ListOps and Pathfinder (Tay et al. 2021), for model.type encoder_classifier", -1e300, 1e300,
+      {"corpus", OptionType::String, "pydoc", "which reader loads the text; listops: LRA's ListOps (Tay et al. 2021), for model.type encoder_classifier; imdb, cifar10, aan: LRA's Text, Image and Retrieval tasks from their files (docs/lra.md); pathfinder: LRA's Pathfinder, generated or from its files", -1e300, 1e300,
        {"pydoc", "text", "enwik8", "text8", "wikitext103", "pg19", "recall", "expressions", "chains", "parallel",
-        "synthetic_translation", "listops", "pathfinder"}},
+        "synthetic_translation", "listops", "imdb", "cifar10", "aan", "pathfinder"}},
       {"path", OptionType::String, "",
        "file or directory of the corpus; empty = the default (pydoc: Debian's python3.11-doc sources; listops: "
        "generated with the data.listops_* keys, else a directory with basic_train.tsv, basic_val.tsv and "
        "basic_test.tsv as LRA releases them in lra_release/listops-1000; pathfinder: generated with the "
        "data.pathfinder_* keys, else a folder with metadata/ and imgs/ such as lra_release's "
-       "pathfinder32/curv_contour_length_14)"},
+       "pathfinder32/curv_contour_length_14). Required for imdb (the aclImdb directory of aclImdb_v1.tar.gz), "
+       "cifar10 (cifar-10-batches-bin of cifar-10-binary.tar.gz) and aan (tsv_data of lra_release.gz, with "
+       "new_aan_pairs.{train,eval,test}.tsv)"},
       {"split", OptionType::String, "auto",
        "how pydoc and text are split: tail (the first 90% train, then 5% valid, 5% test) or interleaved (blocks of "
        "split_block bytes ended at a newline, every 19th of 20 to valid and every 20th to test, so both sample the "
@@ -130,6 +137,9 @@ const Schema& data_schema() {
       {"spm_model", OptionType::String, "", "SentencePiece .model file (tokenizer = sentencepiece)"},
       {"recall_gap", OptionType::Int, 1000,
        "corpus recall: bytes of filler between a fact and the question that needs it", 1, 1e8},
+      {"recall_gaps", OptionType::IntList, Json::array(),
+       "corpus recall: gaps to draw from, one per episode (each with its up to 1/8 jitter), so eval reports the "
+       "recalled digits' accuracy by distance; empty = recall_gap alone", 1, 1e8},
       {"recall_bytes", OptionType::Int, 2000000, "corpus recall: bytes of generated text (90/5/5 split)", 1000, 1e10},
       {"recall_seed", OptionType::Int, 1, "corpus recall: seed of the generator", 0, 1e18},
       {"expr_bytes", OptionType::Int, 2000000,
@@ -162,6 +172,10 @@ const Schema& data_schema() {
        "tokens = operators, digits and closing brackets)", 0, 1e6},
       {"listops_max_length", OptionType::Int, 2000, "corpus listops: the exclusive upper bound of a tree's tokens",
        2, 1e6},
+      {"valid_examples", OptionType::Int, 0,
+       "corpus imdb, cifar10, aan: keep the first this many examples of the validation split (0 = all; the final "
+       "validation reads all of what is kept, and a scaled run need not score all of AAN's eval file); the test "
+       "split is always whole", 0, 1e9},
       {"pathfinder_examples", OptionType::Int, 200000,
        "corpus pathfinder: images generated (data.path empty), or the most read from data.path in metadata order; "
        "split 80/10/10 by a seeded shuffle (LRA: 200000 per folder = 160000 / 20000 / 20000)", 10, 1e8},
@@ -260,6 +274,15 @@ void check_encoder_decoder_keys(const Json& j, const ModelConfig& c) {
   validate(encoder_decoder_config(c, c.vocab_size - 3));  // the vocabulary is checked against the tokenizer later
 }
 
+// The CLS vector takes one more position than train.seq_len: learned positions must reach it.
+void check_cls_positions(const RunConfig& c) {
+  const Json& m = c.model;
+  const int64_t T = c.train["seq_len"];
+  if (m["pooling"] == "cls" && m["positions"] == "learned" && T + 1 > m["max_len"].get<int64_t>())
+    throw Error("model.pooling = cls prepends one position: train.seq_len + 1 = " + std::to_string(T + 1) +
+                " exceeds model.max_len = " + std::to_string(m["max_len"].get<int64_t>()) + " of the learned positions");
+}
+
 // data.corpus listops (lra.md sec. 1): LRA's fixed vocabulary and classes, and lengths the model can read whole.
 void check_listops_keys(const RunConfig& c) {
   const Json &m = c.model, &d = c.data, &t = c.train;
@@ -283,6 +306,7 @@ void check_listops_keys(const RunConfig& c) {
                   std::to_string(hi - 1) + " tokens (data.listops_max_length = " + std::to_string(hi) +
                   "); set train.seq_len to at least " + std::to_string(hi - 1) + " (LRA: 2000)");
   }
+  check_cls_positions(c);
 }
 
 // data.corpus pathfinder (lra.md sec. 1): pixels as tokens (vocab 256), two classes, whole images.
@@ -304,6 +328,30 @@ void check_pathfinder_keys(const RunConfig& c) {
   if (d["path"].get<std::string>().empty() && T < W * W)
     throw Error("train.seq_len = " + std::to_string(T) + " would truncate " + std::to_string(W) + " x " +
                 std::to_string(W) + " images; set train.seq_len to " + std::to_string(W * W));
+  check_cls_positions(c);
+}
+
+// data.corpus imdb, cifar10, aan (lra.md sec. 1): LRA's fixed byte or pixel vocabulary and classes, and the
+// two-tower model for the pairs of aan (an empty data.path is the reader's error, so a config prints without it).
+void check_file_corpus_keys(const RunConfig& c, const FileCorpusInfo& info) {
+  const Json &m = c.model, &d = c.data;
+  const std::string corpus = info.name;
+  if (d["tokenizer"] != "byte" || !d["spm_model"].get<std::string>().empty())
+    throw Error("data.tokenizer is not read by data.corpus " + corpus + " (LRA's " +
+                (info.vocab == kPixelVocab ? "gray values" : "bytes + 1") + ", docs/lra.md); leave data.tokenizer "
+                "and data.spm_model unset");
+  if (m["vocab_size"].get<int64_t>() != info.vocab)
+    throw Error("model.vocab_size = " + std::to_string(m["vocab_size"].get<int64_t>()) + ", but data.corpus " + corpus +
+                " has " + std::to_string(info.vocab) + " ids (" +
+                (info.vocab == kPixelVocab ? "gray values 0..255" : "pad 0, bytes 1..256") +
+                "): set model.vocab_size to " + std::to_string(info.vocab));
+  if (m["num_classes"].get<int64_t>() != info.classes)
+    throw Error("model.num_classes = " + std::to_string(m["num_classes"].get<int64_t>()) + ", but data.corpus " +
+                corpus + " has " + std::to_string(info.classes) + " classes: set model.num_classes to " +
+                std::to_string(info.classes));
+  if (info.pairs && !m["dual_encoder"].get<bool>())
+    throw Error("data.corpus " + corpus + " classifies pairs of documents: set model.dual_encoder to true");
+  check_cls_positions(c);
 }
 
 }  // namespace
@@ -381,6 +429,12 @@ ModelConfig ModelConfig::from_json(const Json& raw) {
   c.num_classes = j["num_classes"];
   c.pooling = j["pooling"];
   c.classifier_hidden = j["classifier_hidden"];
+  c.dual_encoder = j["dual_encoder"];
+  if (c.dual_encoder && c.type != "encoder_classifier")
+    throw Error("model.dual_encoder is an option of model.type = encoder_classifier");
+  if (c.dual_encoder && c.classifier_hidden == 1)
+    throw Error("model.classifier_hidden = 1 with model.dual_encoder leaves Dense(classifier_hidden / 2) no units: "
+                "use 0 (a linear head) or at least 2");
   c.decoder_mixer = parse_mixer_spec(j["decoder_mixer"], "model.decoder_mixer");
   c.post_norm = j["norm"] == "post";
   if (c.d_model % c.n_heads != 0)
@@ -520,16 +574,18 @@ RunConfig RunConfig::from_json(const Json& j) {
   const bool classification_corpus = is_classification_corpus(c.data["corpus"]);
   if (classifier != classification_corpus)
     throw Error(classifier ? "model.type = encoder_classifier classifies: data.corpus must be a classification "
-                             "corpus (listops, pathfinder), got " + c.data["corpus"].get<std::string>()
+                             "corpus (listops, imdb, cifar10, aan, pathfinder), got " +
+                                 c.data["corpus"].get<std::string>()
                            : "data.corpus = " + c.data["corpus"].get<std::string>() +
                                  " holds classified sequences: it needs model.type = encoder_classifier");
-  if (c.data["corpus"] == "listops") check_listops_keys(c);
-  if (c.data["corpus"] == "pathfinder") check_pathfinder_keys(c);
-  if (classification_corpus && c.model["pooling"] == "cls" && c.model["positions"] == "learned" &&
-      c.train["seq_len"].get<int64_t>() + 1 > c.model["max_len"].get<int64_t>())
-    throw Error("model.pooling = cls prepends one position: train.seq_len + 1 = " +
-                std::to_string(c.train["seq_len"].get<int64_t>() + 1) + " exceeds model.max_len = " +
-                std::to_string(c.model["max_len"].get<int64_t>()) + " of the learned positions");
+  const FileCorpusInfo* file_corpus = find_file_corpus(c.data["corpus"]);
+  if (file_corpus) check_file_corpus_keys(c, *file_corpus);
+  else if (c.data["corpus"] == "pathfinder") check_pathfinder_keys(c);
+  else if (classification_corpus) check_listops_keys(c);
+  if (c.model["dual_encoder"].get<bool>() && !(file_corpus && file_corpus->pairs))
+    throw Error("model.dual_encoder classifies pairs of documents, but data.corpus " +
+                c.data["corpus"].get<std::string>() + " has one sequence per example: set model.dual_encoder to "
+                "false");
   // The byte tokenizer has 256 symbols; the encoder-decoder adds pad, bos and eos after them.
   const int64_t byte_vocab = translation ? 259 : 256;
   if (!classification_corpus && c.data["tokenizer"] == "byte" && c.model["vocab_size"].get<int64_t>() != byte_vocab)

@@ -17,9 +17,11 @@ const std::vector<ModelKindInfo>& model_kind_registry() {
         "rotary_max_wavelength", "z_loss", "ff_activation (auto = squared_relu)"},
        true},
       {"encoder_classifier",
-       "bidirectional encoder with mean, first-token or CLS pooling and a linear or MLP classifier; trained on "
-       "classification corpora (data.corpus listops) by `longseq train` and `longseq lra` (docs/lra.md)",
-       "Devlin et al. 2019; Tay et al. 2021 (LRA)", {"num_classes", "pooling", "classifier_hidden"}, false},
+       "bidirectional encoder with mean, first-token or CLS pooling and a linear or MLP classifier, or two towers "
+       "over a pair of documents (dual_encoder); trained on classification corpora (data.corpus listops, imdb, "
+       "cifar10, aan, pathfinder) by `longseq train` and `longseq lra` (docs/lra.md)",
+       "Devlin et al. 2019; Tay et al. 2021 (LRA)", {"num_classes", "pooling", "classifier_hidden", "dual_encoder"},
+       false},
       {"encoder_decoder",
        "the original Transformer for translation: encoder of model.mixer, decoder of model.decoder_mixer with exact "
        "encoder-decoder attention, three-way tied embedding, post- or pre-norm; trained on sentence pairs, decoded "

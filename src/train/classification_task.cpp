@@ -25,7 +25,9 @@ class ClassificationTask : public TrainTask {
     const ModelConfig mc = ModelConfig::from_json(cfg.model);
     splits_ = read_classification_corpus(cfg.data, quiet);
     for (const TokenExamples* s : {&splits_.train, &splits_.valid, &splits_.test}) {
-      for (int64_t i = 0; i < s->size(); ++i) truncated_ += s->length(i) > T_;
+      if (s == &splits_.valid && splits_.valid_is_test) continue;  // IMDB: the same examples as the test split
+      for (int64_t i = 0; i < s->size(); ++i)
+        truncated_ += s->length(i) > T_ || (s->paired() && s->length(i, 1) > T_);
       for (int64_t label : s->labels)
         if (label < 0 || label >= mc.num_classes)
           throw Error("a label " + std::to_string(label) + " lies outside model.num_classes = " +
@@ -52,7 +54,7 @@ class ClassificationTask : public TrainTask {
     const int64_t first = ((step - 1) * accum_ + micro) * B_;  // the run's example counter at this micro-batch
     for (int64_t i = 0; i < B_; ++i) indices.push_back(example_at(first + i));
     const ClassificationBatch b = make_classification_batch(splits_.train, indices, T_);
-    auto logits = model_->forward(b.tokens, b.padding_mask);  // [B, classes]
+    auto logits = classify_batch(*model_, b);  // [B, classes]
     auto loss = torch::nn::functional::cross_entropy(logits, b.labels);
     if (hook) loss = hook(step, loss);
     auto objective = model_->aux_loss().defined() ? loss + model_->aux_loss() : loss;
@@ -125,7 +127,7 @@ ClassificationScore score_classifier(EncoderClassifierImpl& model, const TokenEx
     std::vector<int64_t> indices;
     for (int64_t i = first; i < std::min(n, first + batch); ++i) indices.push_back(i);
     const ClassificationBatch b = make_classification_batch(split, indices, max_len);
-    auto logits = model.forward(b.tokens, b.padding_mask);
+    auto logits = classify_batch(model, b);
     loss_sum += torch::nn::functional::cross_entropy(
                     logits, b.labels, torch::nn::functional::CrossEntropyFuncOptions().reduction(torch::kSum))
                     .item<double>();
