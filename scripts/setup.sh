@@ -11,6 +11,7 @@ packages=(
   libcli11-dev             # command line
   libsentencepiece-dev     # subword tokenizers
   libpugixml-dev           # XML parser for WMT >= 2021 test sets
+  libpng-dev               # Pathfinder's grayscale PNG images (LRA)
   libgtest-dev             # tests
   libbenchmark-dev         # micro-benchmarks
   clang-14                 # the fuzz targets (fuzz/): libFuzzer comes with clang

@@ -313,5 +313,22 @@ bad "data_batch_3.bin holds 5000 bytes" "$L" lra image --out "$dir/fx5" --data "
 mkdir -p "$f/tsv_bad" && printf '1\tP\tQ\tonly four\n' > "$f/tsv_bad/new_aan_pairs.train.tsv"
 bad "new_aan_pairs.train.tsv, line 1: 4 tab-separated columns" "$L" lra retrieval --out "$dir/fx6" --data "$f/tsv_bad" "${ft[@]}"
 for x in fx1 fx2 fx3 fx4 fx5 fx6; do [ -e "$dir/$x" ] && { echo "a failed LRA file task left $x"; fail=1; }; done
+
+# LRA Pathfinder: the released layout written, a tiny `lra pathfinder` run on it, and the errors.
+ok "$L" corpus pathfinder --out "$dir/pcorpus" --examples 60 --difficulty baseline
+[ -s "$dir/pcorpus/metadata/0.npy" ] && [ -s "$dir/pcorpus/imgs/0/sample_59.png" ] || { echo "corpus pathfinder lacks files"; fail=1; }
+bad "already holds a metadata folder" "$L" corpus pathfinder --out "$dir/pcorpus" --examples 60
+pt=(--quiet --set model.d_model=16 --set model.n_heads=2 --set model.n_layers=1 --set model.d_ff=16
+    --set model.classifier_hidden=16 --set train.steps=4 --set train.warmup=1 --set train.eval_every=2
+    --set train.checkpoint_every=2 --set train.batch_size=4)
+ok "$L" lra pathfinder --out "$dir/pf_run" --data "$dir/pcorpus" "${pt[@]}"
+grep -q "test: accuracy" "$dir/out" || { echo "lra pathfinder prints no accuracy"; fail=1; }
+ok "$L" lra pathfinder --print-config
+grep -q '"pathfinder"' "$dir/out" || { echo "lra pathfinder --print-config lacks the corpus"; fail=1; }
+bad "set model.num_classes to 2" "$L" lra pathfinder --out "$dir/px1" "${pt[@]}" --set model.num_classes=3
+cp -r "$dir/pcorpus" "$dir/pbad" && printf 'not a png' > "$dir/pbad/imgs/0/sample_3.png"
+bad "sample_3.png is not a readable PNG" "$L" lra pathfinder --out "$dir/px2" "${pt[@]}" --data "$dir/pbad"
+bad "nowhere is not a directory" "$L" lra pathfinder --out "$dir/px3" "${pt[@]}" --set data.path="$dir/nowhere"
+for x in px1 px2 px3; do [ -e "$dir/$x" ] && { echo "a failed pathfinder train left $x"; fail=1; }; done
 if [ $fail -eq 0 ]; then echo "cli smoke: all passed"; fi
 exit $fail

@@ -52,5 +52,7 @@ longseq::TrainResult expect_exact_resume(const longseq::RunConfig& cfg, const st
 
 // RunConfig::from_json(j) must throw an Error whose message contains `needle`.
 void expect_config_error(const longseq::Json& j, const std::string& needle);
+// Each case: `base` with a merge patch applied must fail with a message containing its text.
+void expect_config_errors(const longseq::Json& base, const std::vector<std::pair<longseq::Json, std::string>>& cases);
 
 }  // namespace longseq_test

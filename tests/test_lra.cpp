@@ -174,11 +174,7 @@ TEST(ClassificationConfig, BadCombinationsNameTheKey) {
       {{{"data", {{"tokenizer", "sentencepiece"}, {"spm_model", "x.model"}}}}, "data.tokenizer is not read"},
       {{{"model", {{"positions", "learned"}, {"max_len", 7}}}}, "model.pooling = cls prepends one position"},
   };
-  for (const auto& c : cases) {
-    Json j = tiny_listops(4);
-    j.merge_patch(c.first);
-    longseq_test::expect_config_error(j, c.second);
-  }
+  longseq_test::expect_config_errors(tiny_listops(4), cases);
 }
 
 TEST(ClassificationRun, ResumeAfterKillReproducesLossesBitForBit) {

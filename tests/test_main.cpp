@@ -148,6 +148,14 @@ void expect_config_error(const longseq::Json& j, const std::string& needle) {
   }
 }
 
+void expect_config_errors(const longseq::Json& base, const std::vector<std::pair<longseq::Json, std::string>>& cases) {
+  for (const auto& c : cases) {
+    longseq::Json j = base;
+    j.merge_patch(c.first);
+    expect_config_error(j, c.second);
+  }
+}
+
 }  // namespace longseq_test
 
 int main(int argc, char** argv) {

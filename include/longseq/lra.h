@@ -1,6 +1,7 @@
 // Long Range Arena data (Tay et al. 2021, arXiv 2011.04006; docs/lra.md): ListOps generated as LRA's generator
 // defines it (lra.md sec. 1), its tsv files read with LRA's tokenization; the Text (IMDB), Image (CIFAR-10) and
-// Retrieval (AAN) files read as LRA tokenizes them; and the classification splits and batches the classification
+// Retrieval (AAN) files read as LRA tokenizes them; Pathfinder images drawn as snakes2 draws them or read from
+// its released folders; and the classification splits and batches the classification
 // training task (train/classification_task.cpp) draws from.
 //
 // ListOps token ids (fixed and documented, unlike LRA's, which follow Python set order per process):
@@ -9,6 +10,7 @@
 #pragma once
 #include <torch/torch.h>
 
+#include <array>
 #include <cstdint>
 #include <string>
 #include <string_view>
@@ -152,14 +154,90 @@ ClassificationSplits read_cifar10(const std::string& dir);
 TokenExamples read_aan_tsv(const std::string& path);
 // `dir` holds new_aan_pairs.train.tsv, new_aan_pairs.eval.tsv and new_aan_pairs.test.tsv (lra_release/tsv_data).
 ClassificationSplits read_aan(const std::string& dir);
+// ---- Pathfinder and Path-X (lra.md sec. 1; generator in data/lra_pathfinder.cpp) ----
+// Tokens are the 8-bit pixels of a W x W grayscale image read row by row (vocab 256, no +1): as in LRA, a black
+// pixel is id 0, which the classifier masks like padding (lra.md sec. 4).
+
+constexpr int64_t kPathfinderVocab = kPixelVocab;  // the pixel value itself, as Image
+constexpr int64_t kPathfinderClasses = 2;
+
+// snakes2.py's parameters (drewlinsley/pathfinder; values from the docstrings of LRA's data/pathfinder.py).
+// Lengths are in output pixels.
+struct PathfinderOptions {
+  int64_t size = 32;                    // window W
+  int64_t padding = 1;                  // no stroke within this many pixels of the border
+  int64_t paddle_length = 2;
+  double paddle_thickness = 0.5;
+  std::vector<int64_t> margins = {1};   // paddle_margin_list: one drawn per image; the no-touch distance
+  double marker_radius = 1.5;
+  int64_t contour_length = 14;          // paddles per target contour (difficulty: 6, 9, 14)
+  int64_t antialias_scale = 2;          // strokes and discs drawn this many times finer, then box-filtered
+  int64_t seed_distance = 7;            // between the two target contours' seeds
+  double continuity = 1.0;              // turn weight cos^2(min(continuity |dtheta|, pi/2))
+  int64_t distractor_length = 4;        // paddles per distractor contour
+  int64_t num_distractor_snakes = 5;
+  double snake_contrast = 2.0, paddle_contrast = 0.75;  // targets: product; distractors: snake_contrast (snakes2)
+  int64_t max_paddle_retrial = 2, max_distractor_contour_retrial = 4;  // snakes2_wrapper defaults
+  uint64_t seed = 1;
+};
+// LRA's parameters for a window of `size` (32, 64 or 128) and a difficulty (baseline, intermediate, hard =
+// contour_length 6, 9, 14; distractors as LRA's formulas at that length). Throws Error naming the allowed values.
+PathfinderOptions pathfinder_options(int64_t size, const std::string& difficulty, uint64_t seed = 1);
+
+struct PathfinderSample {
+  std::vector<uint8_t> pixels;  // [W * W] row-major
+  int64_t label = 0;            // 1: both markers on target contour A
+  // (y, x) in pixels (pixel (r, c) spans [r, r + 1) x [c, c + 1)): [0] at A's seed end, [1] at the far end of A
+  // (label 1) or of B (label 0).
+  std::array<std::array<double, 2>, 2> markers{};
+  // Every contour drawn, as its vertices (y, x): [0] = A, [1] = B, then the distractors that found room.
+  std::vector<std::vector<std::array<double, 2>>> contours;
+  int64_t margin = 0;           // the margin drawn for this image
+  int64_t redraws = 0;          // whole-image redraws before this one succeeded
+};
+// Image `index` of the data set named by options.seed (each image has its own random stream: any subset can be
+// drawn alone, in parallel, in any order).
+PathfinderSample draw_pathfinder(const PathfinderOptions& options, int64_t index);
+
+// Images end to end ([N * W * W] bytes) with their labels, in index order.
+struct PathfinderImages {
+  int64_t size = 0;  // W
+  std::vector<uint8_t> pixels;
+  std::vector<int64_t> labels;
+  int64_t skipped = 0;  // zero-length image files skipped by the reader
+  int64_t count() const { return static_cast<int64_t>(labels.size()); }
+};
+PathfinderImages generate_pathfinder_images(const PathfinderOptions& options, int64_t examples);
+// 80/10/10 of a seeded shuffle of the images (LRA: its TFDS build order, not reproducible; S4: seeded); the same
+// images in the same order give the same splits, so written files read back as the generated set.
+ClassificationSplits pathfinder_splits(const PathfinderImages& images, uint64_t seed);
+
+// The released layout: DIR/imgs/<k>/sample_<i>.png (8-bit grayscale) and DIR/metadata/<k>.npy, text lines
+// "imgs/<k> sample_<i>.png <i> <label> <continuity> <contour_length> <distractor_length> <paddle_length>
+// <paddle_thickness> <margin> 1", `per_folder` images per k (the release: 1,000).
+void write_pathfinder_dir(const std::string& dir, const PathfinderOptions& options, int64_t examples,
+                          int64_t per_folder = 1000);
+// Reads that layout (ours or lra_release's pathfinder{32,64,128,256}/<difficulty>): metadata files in numeric
+// order, text lines or a NumPy string array, label = column 3; zero-length images skipped; at most `max_examples`
+// images. Errors name the file: a missing directory, metadata or image, a bad line, a corrupt PNG, a size change.
+PathfinderImages read_pathfinder_dir(const std::string& dir, int64_t max_examples);
+// The rows of one metadata file, each split into columns (text lines or an .npy string array).
+std::vector<std::vector<std::string>> read_pathfinder_metadata(const std::string& path);
+
+// 8-bit grayscale PNG through libpng's simplified API; errors name the path.
+void write_png_gray(const std::string& path, const uint8_t* pixels, int64_t width, int64_t height);
+std::vector<uint8_t> read_png_gray(const std::string& path, int64_t& width, int64_t& height);
+
+// data.corpus pathfinder: data.path a directory of the layout above, or empty = generated with data.pathfinder_*.
+ClassificationSplits read_pathfinder_corpus(const Json& data_cfg, bool quiet = true);
 
 // The splits a config's data section names: data.corpus listops with data.path a directory of basic_train.tsv,
-// basic_val.tsv and basic_test.tsv, or data.path empty = generated with the data.listops_* keys; imdb, cifar10 and
-// aan from the directory data.path.
+// basic_val.tsv and basic_test.tsv, or data.path empty = generated with the data.listops_* keys; pathfinder as
+// read_pathfinder_corpus; imdb, cifar10 and aan from the directory data.path.
 ClassificationSplits read_classification_corpus(const Json& data_cfg, bool quiet = true);
 // data.corpus values that are classification corpora (model.type encoder_classifier).
 inline bool is_classification_corpus(const std::string& corpus) {
-  return corpus == "listops" || find_file_corpus(corpus) != nullptr;
+  return corpus == "listops" || corpus == "pathfinder" || find_file_corpus(corpus) != nullptr;
 }
 // The generator options of a data section (data.listops_*).
 ListOpsOptions listops_options(const Json& data_cfg);

@@ -26,7 +26,9 @@ const char* lra_listops_config_text();
 struct LraOptions {
   std::string out_dir;   // empty: lra_<task>_<mixer>
   std::string data_dir;  // listops: empty = generated in memory; else basic_*.tsv there, generated into it when
-                         // absent. text, image, retrieval: the directory of the task's files (data.path)
+                         // absent. text, image, retrieval: the directory of the task's files (data.path).
+                         // pathfinder: empty = generated in memory; else metadata/ and imgs/ there, generated into
+                         // it when absent
   bool resume = false, quiet = false;
 };
 // `longseq lra listops`: trains `raw` (the config above with --mixer and --set applied), then scores the test split
@@ -40,6 +42,10 @@ void lra_train_and_test(const std::string& task, const Json& raw, const LraOptio
 // scaled configuration of a task (JSON text), and the command.
 const char* lra_file_task_config_text(const std::string& task);
 void lra_file_task_command(const std::string& task, Json raw, const LraOptions& options);
+// `longseq lra pathfinder`: Pathfinder-32's scaled configuration (JSON text) and the command, which ends with
+// lra_train_and_test.
+const char* lra_pathfinder_config_text();
+void lra_pathfinder_command(Json raw, const LraOptions& options);
 // `longseq eval RUN` on a classification run: accuracy and loss of a split in batches of `batch` (0 = the run's),
 // the first max_batches of them (0 = all).
 void eval_classification(const std::string& run_dir, const std::string& split, int64_t batch, int64_t max_batches,

@@ -3,6 +3,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <chrono>
 #include <cmath>
 #include <cstdlib>
 #include <cstdio>
@@ -252,14 +253,24 @@ int main(int argc, char** argv) {
 
   auto* corpus_cmd = app.add_subcommand("corpus", "write a generated corpus to files (synthetic_translation: "
                                                    "train/valid/test .de and .en, the layout data.corpus parallel "
-                                                   "reads; listops: basic_{train,val,test}.tsv as LRA releases them)");
+                                                   "reads; listops: basic_{train,val,test}.tsv as LRA releases them; "
+                                                   "pathfinder: metadata/<k>.npy and imgs/<k>/sample_<i>.png as "
+                                                   "lra_release's pathfinder folders)");
   std::string corpus_kind, corpus_out;
   int64_t corpus_pairs = 40000, corpus_seed = 1, corpus_examples = 100000, corpus_min_len = 500,
           corpus_max_len = 2000;
-  corpus_cmd->add_option("kind", corpus_kind, "synthetic_translation or listops")->required()
-      ->check(CLI::IsMember({"synthetic_translation", "listops"}));
-  corpus_cmd->add_option("--examples", corpus_examples, "listops: distinct trees (split 96/2/2)")
+  corpus_cmd->add_option("kind", corpus_kind, "synthetic_translation, listops or pathfinder")->required()
+      ->check(CLI::IsMember({"synthetic_translation", "listops", "pathfinder"}));
+  auto* corpus_examples_opt = corpus_cmd->add_option("--examples", corpus_examples, "listops: distinct trees (split "
+                                                     "96/2/2); pathfinder: images (default 200000, LRA's per folder)")
       ->check(number_in(3, 1e7));
+  int64_t corpus_size = 32;
+  std::string corpus_difficulty = "hard";
+  corpus_cmd->add_option("--size", corpus_size, "pathfinder: image width and height (32, 64, 128)")
+      ->check(CLI::IsMember({32, 64, 128}));
+  corpus_cmd->add_option("--difficulty", corpus_difficulty, "pathfinder: baseline, intermediate or hard (contours of "
+                                                            "6, 9, 14 paddles)")
+      ->check(CLI::IsMember({"baseline", "intermediate", "hard"}));
   corpus_cmd->add_option("--min-length", corpus_min_len, "listops: keep trees longer than this (LRA: 500)")
       ->check(number_in(0, 1e6));
   corpus_cmd->add_option("--max-length", corpus_max_len, "listops: keep trees shorter than this (LRA: 2000)")
@@ -273,14 +284,15 @@ int main(int argc, char** argv) {
   std::string lra_task, lra_mixer;
   LraOptions lra_opts;
   bool lra_print = false;
-  lra->add_option("task", lra_task, "listops, text, image or retrieval")->required()
-      ->check(CLI::IsMember({"listops", "text", "image", "retrieval"}));
+  lra->add_option("task", lra_task, "listops, text, image, retrieval or pathfinder")->required()
+      ->check(CLI::IsMember({"listops", "text", "image", "retrieval", "pathfinder"}));
   lra->add_option("--out", lra_opts.out_dir, "run directory (default: lra_<task>_<mixer>)");
   lra->add_option("--mixer", lra_mixer, "model.mixer of every layer (default: full)");
-  lra->add_option("--data", lra_opts.data_dir, "listops: directory of basic_{train,val,test}.tsv (LRA's release or "
-                                               "`longseq corpus listops`), generated into it when absent (default: "
-                                               "generated in memory from data.listops_seed); text: aclImdb/, image: "
-                                               "cifar-10-batches-bin/, retrieval: tsv_data/ (required; docs/lra.md)");
+  lra->add_option("--data", lra_opts.data_dir, "listops: directory of basic_{train,val,test}.tsv; pathfinder: of "
+                                               "metadata/ and imgs/ (LRA's release or `longseq corpus TASK`); both "
+                                               "generated into it when absent (default: generated in memory from "
+                                               "the config's seed); text: aclImdb/, image: cifar-10-batches-bin/, "
+                                               "retrieval: tsv_data/ (required; docs/lra.md)");
   lra->add_option("--set", sets, "override a config key: section.key=value (repeatable)");
   lra->add_flag("--resume", lra_opts.resume, "continue the run in --out from its last checkpoint");
   lra->add_flag("--quiet", lra_opts.quiet, "no progress display");
@@ -505,17 +517,20 @@ int main(int argc, char** argv) {
         std::printf("sample:\n%s%s\n", p.c_str(), run.tokenizer->decode(ids).c_str());
       }
     } else if (*lra) {
-      const bool listops = lra_task == "listops";
-      Json raw = parse_json_text(listops ? lra_listops_config_text() : lra_file_task_config_text(lra_task),
+      const bool listops = lra_task == "listops", pathfinder = lra_task == "pathfinder";
+      Json raw = parse_json_text(listops      ? lra_listops_config_text()
+                                 : pathfinder ? lra_pathfinder_config_text()
+                                              : lra_file_task_config_text(lra_task),
                                  "the LRA " + lra_task + " config");
       if (!lra_mixer.empty()) raw["model"]["mixer"] = lra_mixer;
-      if (!listops && !lra_opts.data_dir.empty()) raw["data"]["path"] = lra_opts.data_dir;
+      if (!listops && !pathfinder && !lra_opts.data_dir.empty()) raw["data"]["path"] = lra_opts.data_dir;
       raw = apply_overrides(raw, sets);
       if (lra_print) {
         std::printf("%s\n", RunConfig::from_json(raw).to_json().dump(2).c_str());
         return 0;
       }
       if (listops) lra_listops_command(raw, lra_opts);
+      else if (pathfinder) lra_pathfinder_command(raw, lra_opts);
       else lra_file_task_command(lra_task, raw, lra_opts);
     } else if (*eval && is_classification_run(run_dir)) {
       if (eval_stream || eval_len > 0 || eval_stride > 0 || !mixer_sets.empty())
@@ -543,6 +558,15 @@ int main(int argc, char** argv) {
         o.examples = corpus_examples, o.seed = static_cast<uint64_t>(corpus_seed);
         o.min_length = corpus_min_len, o.max_length = corpus_max_len;
         write_listops_corpus(generate_listops(o), corpus_out);
+      } else if (corpus_kind == "pathfinder") {
+        const int64_t n = corpus_examples_opt->count() ? corpus_examples : 200000;
+        const auto t0 = std::chrono::steady_clock::now();
+        write_pathfinder_dir(corpus_out, pathfinder_options(corpus_size, corpus_difficulty,
+                                                            static_cast<uint64_t>(corpus_seed)), n);
+        std::fprintf(stderr, "wrote %s/imgs/*/sample_*.png and metadata/*.npy: %lld images of %lld x %lld in %.1f s\n",
+                     corpus_out.c_str(), static_cast<long long>(n),
+                     static_cast<long long>(corpus_size), static_cast<long long>(corpus_size),
+                     std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
       } else {
         write_translation_corpus(Json{{"corpus", corpus_kind}, {"pairs", corpus_pairs}, {"pairs_seed", corpus_seed}},
                                  corpus_out);

@@ -1,6 +1,6 @@
 // Token classification data (model.type encoder_classifier): split storage, padded batches, and the corpus a
 // config names (LRA tasks, docs/lra.md; ListOps in data/lra_listops.cpp, Text, Image and Retrieval in
-// data/lra_text.cpp, lra_image.cpp, lra_retrieval.cpp).
+// data/lra_text.cpp, lra_image.cpp, lra_retrieval.cpp, Pathfinder in data/lra_pathfinder.cpp).
 #include <algorithm>
 #include <cstdio>
 
@@ -99,6 +99,7 @@ const FileCorpusInfo* find_file_corpus(const std::string& corpus) {
 
 ClassificationSplits read_classification_corpus(const Json& d, bool quiet) {
   const std::string corpus = d["corpus"], path = d["path"];
+  if (corpus == "pathfinder") return read_pathfinder_corpus(d, quiet);
   if (const FileCorpusInfo* info = find_file_corpus(corpus)) {
     if (path.empty()) throw Error(std::string("data.corpus ") + corpus + " needs data.path: " + info->files);
     if (!quiet) std::fprintf(stderr, "reading %s from %s ...\n", corpus.c_str(), path.c_str());

@@ -114,15 +114,17 @@ const Schema& model_schema() {
 
 const Schema& data_schema() {
   static const Schema s = {
-      {"corpus", OptionType::String, "pydoc", "which reader loads the text; listops: LRA's ListOps (Tay et al. 2021), for model.type encoder_classifier; imdb, cifar10, aan: LRA's Text, Image and Retrieval tasks from their files (docs/lra.md)", -1e300, 1e300,
+      {"corpus", OptionType::String, "pydoc", "which reader loads the text; listops: LRA's ListOps (Tay et al. 2021), for model.type encoder_classifier; imdb, cifar10, aan: LRA's Text, Image and Retrieval tasks from their files (docs/lra.md); pathfinder: LRA's Pathfinder, generated or from its files", -1e300, 1e300,
        {"pydoc", "text", "enwik8", "text8", "wikitext103", "pg19", "recall", "expressions", "chains", "parallel",
-        "synthetic_translation", "listops", "imdb", "cifar10", "aan"}},
+        "synthetic_translation", "listops", "imdb", "cifar10", "aan", "pathfinder"}},
       {"path", OptionType::String, "",
        "file or directory of the corpus; empty = the default (pydoc: Debian's python3.11-doc sources; listops: "
        "generated with the data.listops_* keys, else a directory with basic_train.tsv, basic_val.tsv and "
-       "basic_test.tsv as LRA releases them in lra_release/listops-1000). Required for imdb (the aclImdb directory "
-       "of aclImdb_v1.tar.gz), cifar10 (cifar-10-batches-bin of cifar-10-binary.tar.gz) and aan (tsv_data of "
-       "lra_release.gz, with new_aan_pairs.{train,eval,test}.tsv)"},
+       "basic_test.tsv as LRA releases them in lra_release/listops-1000; pathfinder: generated with the "
+       "data.pathfinder_* keys, else a folder with metadata/ and imgs/ such as lra_release's "
+       "pathfinder32/curv_contour_length_14). Required for imdb (the aclImdb directory of aclImdb_v1.tar.gz), "
+       "cifar10 (cifar-10-batches-bin of cifar-10-binary.tar.gz) and aan (tsv_data of lra_release.gz, with "
+       "new_aan_pairs.{train,eval,test}.tsv)"},
       {"split", OptionType::String, "auto",
        "how pydoc and text are split: tail (the first 90% train, then 5% valid, 5% test) or interleaved (blocks of "
        "split_block bytes ended at a newline, every 19th of 20 to valid and every 20th to test, so both sample the "
@@ -174,6 +176,18 @@ const Schema& data_schema() {
        "corpus imdb, cifar10, aan: keep the first this many examples of the validation split (0 = all; the final "
        "validation reads all of what is kept, and a scaled run need not score all of AAN's eval file); the test "
        "split is always whole", 0, 1e9},
+      {"pathfinder_examples", OptionType::Int, 200000,
+       "corpus pathfinder: images generated (data.path empty), or the most read from data.path in metadata order; "
+       "split 80/10/10 by a seeded shuffle (LRA: 200000 per folder = 160000 / 20000 / 20000)", 10, 1e8},
+      {"pathfinder_size", OptionType::Int, 32,
+       "corpus pathfinder, generated: the image width and height, 32, 64 or 128 (LRA's Pathfinder; Path-X is 128), "
+       "with snakes2's parameters for that size", 32, 128},
+      {"pathfinder_difficulty", OptionType::String, "hard",
+       "corpus pathfinder, generated: baseline, intermediate or hard = contours of 6, 9 or 14 paddles (LRA trains "
+       "on hard)", -1e300, 1e300, {"baseline", "intermediate", "hard"}},
+      {"pathfinder_seed", OptionType::Int, 1,
+       "corpus pathfinder: seed of the generator and of the 80/10/10 shuffle (LRA's split follows its TFDS build "
+       "order and cannot be reproduced)", 0, 1e18},
   };
   return s;
 }
@@ -292,6 +306,28 @@ void check_listops_keys(const RunConfig& c) {
                   std::to_string(hi - 1) + " tokens (data.listops_max_length = " + std::to_string(hi) +
                   "); set train.seq_len to at least " + std::to_string(hi - 1) + " (LRA: 2000)");
   }
+  check_cls_positions(c);
+}
+
+// data.corpus pathfinder (lra.md sec. 1): pixels as tokens (vocab 256), two classes, whole images.
+void check_pathfinder_keys(const RunConfig& c) {
+  const Json &m = c.model, &d = c.data;
+  if (d["tokenizer"] != "byte" || !d["spm_model"].get<std::string>().empty())
+    throw Error("data.tokenizer is not read by data.corpus pathfinder (tokens are pixel values 0..255); leave "
+                "data.tokenizer and data.spm_model unset");
+  if (m["vocab_size"].get<int64_t>() != kPathfinderVocab)
+    throw Error("model.vocab_size = " + std::to_string(m["vocab_size"].get<int64_t>()) +
+                ", but data.corpus pathfinder reads pixel values 0..255: set model.vocab_size to 256");
+  if (m["num_classes"].get<int64_t>() != kPathfinderClasses)
+    throw Error("model.num_classes = " + std::to_string(m["num_classes"].get<int64_t>()) +
+                ", but Pathfinder answers connected or not: set model.num_classes to 2");
+  const int64_t W = d["pathfinder_size"], T = c.train["seq_len"];
+  if (W != 32 && W != 64 && W != 128)
+    throw Error("data.pathfinder_size = " + std::to_string(W) + " is not one of 32, 64, 128");
+  // Truncation would cut off the bottom rows, and with them, often, a marker.
+  if (d["path"].get<std::string>().empty() && T < W * W)
+    throw Error("train.seq_len = " + std::to_string(T) + " would truncate " + std::to_string(W) + " x " +
+                std::to_string(W) + " images; set train.seq_len to " + std::to_string(W * W));
   check_cls_positions(c);
 }
 
@@ -538,13 +574,15 @@ RunConfig RunConfig::from_json(const Json& j) {
   const bool classification_corpus = is_classification_corpus(c.data["corpus"]);
   if (classifier != classification_corpus)
     throw Error(classifier ? "model.type = encoder_classifier classifies: data.corpus must be a classification "
-                             "corpus (listops, imdb, cifar10, aan), got " + c.data["corpus"].get<std::string>()
+                             "corpus (listops, imdb, cifar10, aan, pathfinder), got " +
+                                 c.data["corpus"].get<std::string>()
                            : "data.corpus = " + c.data["corpus"].get<std::string>() +
                                  " holds classified sequences: it needs model.type = encoder_classifier");
-  if (const FileCorpusInfo* info = find_file_corpus(c.data["corpus"])) check_file_corpus_keys(c, *info);
+  const FileCorpusInfo* file_corpus = find_file_corpus(c.data["corpus"]);
+  if (file_corpus) check_file_corpus_keys(c, *file_corpus);
+  else if (c.data["corpus"] == "pathfinder") check_pathfinder_keys(c);
   else if (classification_corpus) check_listops_keys(c);
-  const FileCorpusInfo* pair_corpus = find_file_corpus(c.data["corpus"]);
-  if (c.model["dual_encoder"].get<bool>() && !(pair_corpus && pair_corpus->pairs))
+  if (c.model["dual_encoder"].get<bool>() && !(file_corpus && file_corpus->pairs))
     throw Error("model.dual_encoder classifies pairs of documents, but data.corpus " +
                 c.data["corpus"].get<std::string>() + " has one sequence per example: set model.dual_encoder to "
                 "false");

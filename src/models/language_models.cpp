@@ -19,7 +19,7 @@ const std::vector<ModelKindInfo>& model_kind_registry() {
       {"encoder_classifier",
        "bidirectional encoder with mean, first-token or CLS pooling and a linear or MLP classifier, or two towers "
        "over a pair of documents (dual_encoder); trained on classification corpora (data.corpus listops, imdb, "
-       "cifar10, aan) by `longseq train` and `longseq lra` (docs/lra.md)",
+       "cifar10, aan, pathfinder) by `longseq train` and `longseq lra` (docs/lra.md)",
        "Devlin et al. 2019; Tay et al. 2021 (LRA)", {"num_classes", "pooling", "classifier_hidden", "dual_encoder"},
        false},
       {"encoder_decoder",
