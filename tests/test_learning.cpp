@@ -2,6 +2,7 @@
 // synthetic task (copy) above a stated accuracy in a bounded number of steps. Labelled slow.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <map>
 
 #include "longseq/blocks.h"
@@ -19,10 +20,12 @@ class MixerLearns : public ::testing::TestWithParam<std::string> {};
 // feature-map attentions (performer, learned_kernel) and Luna's fixed-size packed memory behave the same here. With
 // the width and the bar unchanged, measured (2026-12-07, seed 1): at 400 steps linear 0.28, performer 0.55,
 // learned_kernel 0.50, luna 0.22; at 1600 linear, performer and learned_kernel pass (> 0.9), luna 0.50; at 4000 luna
-// passes. So the schedule was what was wrong, not the bar: these keep it with the steps they need.
+// passes. lsh (shared QK: a token cannot attend to itself, so the copy's induction circuit is harder to form; the
+// Reformer's duplication task, Kitaev et al. 2020 sec. 5, is trained far longer): 0.24 at 400, passes at 1600.
+// So the schedule was what was wrong, not the bar: these keep it with the steps they need.
 int64_t copy_steps(const std::string& name) {
   static const std::map<std::string, int64_t> slower = {
-      {"linear", 1600}, {"performer", 1600}, {"learned_kernel", 1600}, {"luna", 4000}};
+      {"linear", 1600}, {"performer", 1600}, {"learned_kernel", 1600}, {"luna", 4000}, {"lsh", 1600}};
   auto it = slower.find(name);
   return it == slower.end() ? 400 : it->second;
 }
@@ -30,7 +33,10 @@ int64_t copy_steps(const std::string& name) {
 // Sequences [x_1..x_n, SEP, x_1..x_n]: the second half is predictable only by
 // attending n + 1 tokens back.
 TEST_P(MixerLearns, CopyTask) {
-  const bool block = GetParam().rfind("block_", 0) == 0;  // a block kind, named block_<kind>
+  // A block kind is named block_<kind>; a mixer's own name may start so too (block_recurrent).
+  const auto& mixers = mixer_registry();
+  const bool block = GetParam().rfind("block_", 0) == 0 &&
+                     std::none_of(mixers.begin(), mixers.end(), [](const MixerInfo& m) { return m.name == GetParam(); });
   const std::string name = block ? GetParam().substr(6) : GetParam();
   if (block ? !find_block(name).supports_causal : !find_mixer(name).supports_causal)
     GTEST_SKIP() << "no causal mode for the decoder";
