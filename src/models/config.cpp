@@ -239,6 +239,10 @@ const Schema& train_schema() {
       {"label_smoothing", OptionType::Float, 0.0,
        "train on cross-entropy against targets smoothed as tensor2tensor does (1 - e on the target, e / (V - 1) on "
        "the others; the paper: 0.1); the logged loss stays the plain cross-entropy", 0.0, 0.99},
+      {"tensorboard", OptionType::Bool, false,
+       "also write every metrics line's numbers as TensorBoard scalars (train/<key>, valid/<key>) to "
+       "events.out.tfevents.* in the run directory, a new file per call; a resumed run's file starts with a "
+       "SessionLog START so TensorBoard drops the later steps of the earlier one"},
       {"keep_checkpoints", OptionType::Int, 0,
        "also keep the weights of the last N checkpoints in checkpoints/step_<N>.safetensors, for `longseq average` "
        "(the paper averages the last 5); 0 = only the latest", 0, 1e6},

@@ -11,10 +11,12 @@
 #include <fstream>
 #include <functional>
 #include <iostream>
+#include <memory>
 #include <sstream>
 
 #include "longseq/common.h"
 #include "longseq/runtime.h"
+#include "longseq/tensorboard.h"
 #include "longseq/train.h"
 #include "longseq/train_task.h"
 #include "longseq/translation.h"
@@ -257,6 +259,12 @@ TrainResult train_run(const RunConfig* given, const TrainOptions& opts) {
     if (!path_exists(dir)) throw Error("cannot create run directory " + dir);
     remove_stale_temporaries(dir);
   }
+  std::unique_ptr<EventWriter> events;
+  if (cfg.train.value("tensorboard", false)) events = std::make_unique<EventWriter>(dir, start);
+  auto log_line = [&](const Json& j, const std::string& prefix) {
+    append_line(metrics_path, j);
+    if (events) events->scalars(j, prefix);
+  };
   // The tokenizer before config.json: a directory with a config holds all a resume needs.
   const std::string spm_copy = dir + "/tokenizer.model";
   if (cfg.data["tokenizer"] == "sentencepiece" && (!opts.resume || !path_exists(spm_copy)))
@@ -333,7 +341,7 @@ TrainResult train_run(const RunConfig* given, const TrainOptions& opts) {
                  {"train_tokens_per_s", tps}, {"train_s", train_s}, {"elapsed_s", elapsed}};
     std::string progress_text;
     task->step_fields(loss_sum, line, progress_text);
-    if (finite && (step % log_every == 0 || step == 1)) append_line(metrics_path, line);
+    if (finite && (step % log_every == 0 || step == 1)) log_line(line, "train/");
     if (!opts.quiet) {
       char rate[48];
       std::snprintf(rate, sizeof rate, " | %.0f tok/s", tps);
@@ -343,7 +351,7 @@ TrainResult train_run(const RunConfig* given, const TrainOptions& opts) {
     if (eval_every > 0 && step % eval_every == 0 && step != steps && !time_up) {
       Validation v = task->validate(false);
       v.fields["step"] = step;
-      append_line(metrics_path, v.fields);
+      log_line(v.fields, "valid/");
     }
     if (step % ckpt_every == 0 || step == steps || time_up) {
       save_checkpoint(dir, model, opt, carried);
@@ -365,7 +373,7 @@ TrainResult train_run(const RunConfig* given, const TrainOptions& opts) {
   // A finished run that is resumed again already holds its final validation line.
   if (start == steps && has_validation_at(metrics_path, steps)) return result;
   v.fields["step"] = result.last_step;
-  append_line(metrics_path, v.fields);
+  log_line(v.fields, "valid/");
   return result;
 }
 
