@@ -984,13 +984,6 @@ void run_bench(const BenchOptions& o) {
     // limit), validations every `every` steps on `batches` batches (0: the whole split) and at the end on the whole.
     auto run_quality = [&](Json raw, int64_t steps, double limit, int64_t every, int64_t batches, bool keep_curve,
                            const std::string& label) {
-      if (o.quality_seq_len > 0) {  // the same tokens per step at another context
-        const int64_t T0 = raw["train"]["seq_len"], B0 = raw["train"]["batch_size"];
-        raw["train"]["seq_len"] = o.quality_seq_len;
-        raw["train"]["batch_size"] = std::max<int64_t>(1, B0 * T0 / o.quality_seq_len);
-        if (raw["model"].value("positions", std::string()) == "learned")
-          raw["model"]["max_len"] = std::max<int64_t>(raw["model"].value("max_len", int64_t{0}), o.quality_seq_len);
-      }
       raw["train"]["steps"] = steps;
       // The warm-up must end before the last step (the config's rule): short runs warm up for a tenth.
       if (raw["train"].value("warmup", int64_t{0}) >= steps) raw["train"]["warmup"] = steps / 10;
@@ -1028,42 +1021,55 @@ void run_bench(const BenchOptions& o) {
       const double tokens_per_step = static_cast<double>(raw["train"]["batch_size"].get<int64_t>()) *
                                      raw["train"].value("accum", int64_t{1}) * raw["train"]["seq_len"].get<int64_t>();
       const double train_s = res.tokens_per_s > 0 ? res.last_step * tokens_per_step / res.tokens_per_s : 0.0;
-      if (keep_curve) {  // validation points at the training time of their step (the last logged at or before it)
-        PlotSeries by_time{label, label, "validation", {}, {}}, by_step = by_time;
-        std::ifstream metrics(topts.out_dir + "/metrics.jsonl");
-        std::string line;
-        int64_t step_at = 0;
-        double logged_s = 0;
-        while (std::getline(metrics, line)) {
-          const Json j = Json::parse(line, nullptr, false);
-          if (!j.is_object()) continue;
-          if (j.contains("train_s")) logged_s = j["train_s"].get<double>(), step_at = j.value("step", step_at);
-          if (j.contains("valid_bpb") && j.value("step", int64_t{-1}) >= step_at) {
-            by_time.points.push_back({logged_s, j["valid_bpb"].get<double>()});
-            by_step.points.push_back({j["step"].get<double>(), j["valid_bpb"].get<double>()});
-          }
+      // Validation points at the training time of their step (the last logged at or before it); the step time
+      // after the first logged step (the first carries allocation and warm-up).
+      PlotSeries by_time{label, label, "validation", {}, {}}, by_step = by_time;
+      std::ifstream metrics(topts.out_dir + "/metrics.jsonl");
+      std::string line;
+      int64_t step_at = 0, first_step = -1;
+      double logged_s = 0, first_s = 0;
+      while (std::getline(metrics, line)) {
+        const Json j = Json::parse(line, nullptr, false);
+        if (!j.is_object()) continue;
+        if (j.contains("train_s")) {
+          logged_s = j["train_s"].get<double>(), step_at = j.value("step", step_at);
+          if (first_step < 0) first_step = step_at, first_s = logged_s;
         }
-        curves_t.push_back(by_time), curves_s.push_back(by_step);
+        if (j.contains("valid_bpb") && j.value("step", int64_t{-1}) >= step_at) {
+          by_time.points.push_back({logged_s, j["valid_bpb"].get<double>()});
+          by_step.points.push_back({j["step"].get<double>(), j["valid_bpb"].get<double>()});
+        }
       }
+      if (keep_curve) curves_t.push_back(by_time), curves_s.push_back(by_step);
+      const double steady_step_s = step_at > first_step && first_step >= 0
+                                       ? (logged_s - first_s) / static_cast<double>(step_at - first_step)
+                                       : 0.0;
       std::filesystem::remove_all(tmpl);
-      return std::make_tuple(res, wall, train_s);
+      return std::make_tuple(res, wall, train_s, steady_step_s);
     };
     auto train_one = [&](const std::string& label, Json raw) {
+      if (o.quality_seq_len > 0) {  // the same tokens per step at another context (the recall run's too)
+        const int64_t T0 = raw["train"]["seq_len"], B0 = raw["train"]["batch_size"];
+        raw["train"]["seq_len"] = o.quality_seq_len;
+        raw["train"]["batch_size"] = std::max<int64_t>(1, B0 * T0 / o.quality_seq_len);
+        if (raw["model"].value("positions", std::string()) == "learned")
+          raw["model"]["max_len"] = std::max<int64_t>(raw["model"].value("max_len", int64_t{0}), o.quality_seq_len);
+      }
       int64_t steps = o.quality_steps, every = 0;
       if (timed) {
         // A short run measures the step time (compilation, allocator and corpus reading outside the rate), then the
         // cosine schedule is fitted to the budget; the time limit stops a run that turns out slower.
-        auto [probe, probe_wall, probe_s] = run_quality(raw, 8, 0, 0, 1, false, label);
+        auto [probe, probe_wall, probe_s, probe_step_s] = run_quality(raw, 8, 0, 0, 1, false, label);
         (void)probe_wall, (void)probe_s;
-        const double tokens_per_step = static_cast<double>(raw["train"]["batch_size"].get<int64_t>() *
-                                                           raw["train"].value("accum", int64_t{1})) *
-                                       (o.quality_seq_len > 0 ? o.quality_seq_len : raw["train"]["seq_len"].get<int64_t>());
-        const double step_s = probe.tokens_per_s > 0 ? tokens_per_step / probe.tokens_per_s : o.quality_time;
+        const double step_s = probe_step_s > 0 ? probe_step_s : probe.last_step > 0 ? probe_s / probe.last_step
+                                                                                   : o.quality_time;
         steps = std::max<int64_t>(10, static_cast<int64_t>(0.97 * o.quality_time / step_s));
         every = std::max<int64_t>(1, steps / 8);  // eight points of each curve
       }
       // Timed: the curves' validations on a prefix of 16 batches, the reported number on the whole split after.
-      auto [res, wall, train_s] = run_quality(raw, steps, timed ? o.quality_time : 0, every, timed ? 16 : 0, timed, label);
+      auto [res, wall, train_s, step_s] = run_quality(raw, steps, timed ? o.quality_time : 0, every, timed ? 16 : 0,
+                                                      timed, label);
+      (void)step_s;
       // The run's own rate: training steps only, not reading the corpus, validating or saving.
       eval_methods.push_back({label, res.valid.method()});
       std::printf("| %s | %.4f | %lld | %.1f | %.1f | %.0f |\n", label.c_str(), res.valid.bpb,
@@ -1126,7 +1132,7 @@ void run_bench(const BenchOptions& o) {
     std::printf("\nwall time: the whole run (reading and tokenizing the corpus, training, the final validation and "
                 "checkpoint); training s: the training steps' time as the run logged it; training tokens/s: the run's "
                 "rate over its training steps (targets trained on: perceiver_ar's latents).%s\n",
-                timed ? " Steps: fitted to the budget from an 8-step timed run of the same configuration; the curves' validations "
+                timed ? " Steps: fitted to the budget from the step time of an 8-step timed run of the same configuration (its first step, with allocation and warm-up, left out); the curves' validations "
                         "(every eighth of the steps, outside the training time) on the split's first 16 batches, "
                         "the table's on the whole split." : "");
     if (!o.quality_svg.empty()) {
