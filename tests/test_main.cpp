@@ -159,6 +159,7 @@ void expect_config_errors(const longseq::Json& base, const std::vector<std::pair
 }  // namespace longseq_test
 
 int main(int argc, char** argv) {
+  longseq::choose_process_environment(argv, false);  // OpenBLAS's kernels for this CPU (runtime.h), as the program
   ::testing::InitGoogleTest(&argc, argv);
   torch::set_num_threads(2);
   return RUN_ALL_TESTS();

@@ -711,8 +711,8 @@ void run_bench(const BenchOptions& o) {
 
   const std::string policy = allocation_policy();
   auto roof = measure_roof();
-  std::printf("# longseq bench\n\nthreads: %d; allocation policy: %s (every row, unless it says otherwise)\n",
-              torch::get_num_threads(), policy.c_str());
+  std::printf("# longseq bench\n\nthreads: %d; allocation policy: %s (every row, unless it says otherwise); %s\n",
+              torch::get_num_threads(), policy.c_str(), blas_core_report().c_str());
   for (const auto& kv : o.mixer_options.items())
     std::printf("options of %s: %s (its defaults otherwise)\n", kv.key().c_str(), kv.value().dump().c_str());
   std::printf("SGEMM roof: %.1f GFLOP/s (2048^3, all threads); block products 128x512x64 via torch::mm: %.1f GFLOP/s (one per thread)\n",

@@ -122,26 +122,6 @@ CLI::Validator thread_count() {
       "0 to 4 per core");
 }
 
-// The allocation policy (DESIGN.md, "Memory faults"): glibc maps every block
-// above 32 MiB afresh and unmaps it on free, so attention's large temporaries
-// fault in new pages at every step; with transparent huge pages on "madvise"
-// here, asking glibc for huge pages makes the same training 5-8x faster.
-// glibc reads its tunables only at start-up, so the program re-executes
-// itself once with them set. LONGSEQ_MALLOC=system keeps the plain allocator.
-void choose_allocation_policy(char** argv) {
-  const char* policy = std::getenv("LONGSEQ_MALLOC");
-  if (policy && *policy && std::string(policy) != "system")
-    throw Error(std::string("LONGSEQ_MALLOC must be system (glibc as it is) or unset (huge pages), got \"") + policy +
-                "\"");
-  if (policy && std::string(policy) == "system") return;
-  const char* tun = std::getenv("GLIBC_TUNABLES");
-  std::string tunables = tun ? tun : "";
-  if (tunables.find("glibc.malloc.hugetlb") != std::string::npos) return;  // already chosen
-  tunables = tunables.empty() ? "glibc.malloc.hugetlb=1" : tunables + ":glibc.malloc.hugetlb=1";
-  ::setenv("GLIBC_TUNABLES", tunables.c_str(), 1);
-  ::execv("/proc/self/exe", argv);  // returns only on failure: then run as we are
-}
-
 // Scored targets per second of the evaluation's forward passes.
 double tokens_per_s(const EvalResult& e) { return e.seconds > 0 ? static_cast<double>(e.tokens) / e.seconds : 0.0; }
 
@@ -156,7 +136,9 @@ void note_position_limit(const LoadedRun& run, size_t got, int64_t asked) {
 
 int main(int argc, char** argv) {
   try {
-    choose_allocation_policy(argv);
+    // The allocation policy (DESIGN.md, "Memory faults") and OpenBLAS's kernels (docs/performance.md) are read
+    // as the libraries load: the program re-executes itself once with them set.
+    choose_process_environment(argv, true);
   } catch (const Error& e) {
     std::fprintf(stderr, "error: %s\n", e.what());
     return 1;
@@ -169,6 +151,10 @@ int main(int argc, char** argv) {
   auto* info = app.add_subcommand("info", "list every mixer with its options, and the config keys");
   bool markdown = false;
   info->add_flag("--config-keys", markdown, "also document every key of the config sections");
+  bool blas_core_only = false;
+  info->add_flag("--blas-core", blas_core_only,
+                 "print only the OpenBLAS core (OPENBLAS_CORETYPE) this process runs with, empty when OpenBLAS chose "
+                 "it alone (scripts/test.sh sets it once for every test process)");
 
   auto* config = app.add_subcommand("config", "print the embedded default config (the README's main job)");
 
@@ -459,7 +445,12 @@ int main(int argc, char** argv) {
       }
       run_bench(bopts);
     } else if (*info) {
-      print_info(markdown);
+      if (blas_core_only) {
+        const char* core = std::getenv("OPENBLAS_CORETYPE");
+        std::printf("%s\n", core ? core : "");
+      } else {
+        print_info(markdown);
+      }
     } else if (*config) {
       std::printf("%s\n", default_config_text());
     } else if (*train) {
@@ -467,7 +458,7 @@ int main(int argc, char** argv) {
       if (blas.slow) std::fprintf(stderr, "%s\n", blas.message.c_str());
       if (!quiet)
         std::fprintf(stderr, "threads: %d, SGEMM %.0f GFLOP/s (%s), allocator: %s\n", n_threads, blas.gflops,
-                     blas.openblas_loaded ? "OpenBLAS" : "no OpenBLAS", allocation_policy().c_str());
+                     blas_core_report().c_str(), allocation_policy().c_str());
       // A resumed run keeps its own config; one given with --resume must equal it.
       RunConfig cfg;
       const bool use_given = !resume || !config_path.empty() || !sets.empty();

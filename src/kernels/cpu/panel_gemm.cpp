@@ -4,6 +4,9 @@
 #include <immintrin.h>
 
 #include <algorithm>
+#include <atomic>
+#include <cstdlib>
+#include <string>
 #include <cstring>
 #include <vector>
 
@@ -115,12 +118,118 @@ LONGSEQ_AVX2 void transpose8(const float* const* x, int64_t d0, float* out) {
   _mm256_storeu_ps(out + 7 * kPanel, _mm256_permute2f128_ps(s3, s7, 0x31));
 }
 
+
+// GCC 12's AVX-512 intrinsics start from _mm512_undefined_ps and warn that it is uninitialized (GCC bug 105593).
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+// The AVX-512 block: MR <= 8 rows x NS <= 2 strips of 16 columns (one zmm each), 16 accumulators of 32
+// registers. B's strips come from two pointers (the next panel, or 16 columns on); partial strips of C are
+// stored under a mask. Two strips of 16 columns load 2 + MR operands per 2 MR FMAs (the AVX2 block's ratio).
+#define LONGSEQ_AVX512 __attribute__((target("avx512f,avx512dq,avx512bw,avx512vl,fma")))
+
+#define LONGSEQ_FMA_ROW(i)                                                              \
+  if (MR > i) {                                                                         \
+    const __m512 x = _mm512_set1_ps(a[(i) * ai + o]);                                   \
+    c##i##0 = _mm512_fmadd_ps(x, b0v, c##i##0);                                         \
+    if (NS > 1) c##i##1 = _mm512_fmadd_ps(x, b1v, c##i##1);                             \
+  }
+#define LONGSEQ_PUT_ROW512(i)                                                           \
+  if (MR > i) {                                                                         \
+    put512(c + (i) * ldc, c##i##0, al, be, beta, m0);                                   \
+    if (NS > 1) put512(c + (i) * ldc + kPanel, c##i##1, al, be, beta, m1);              \
+  }
+
+LONGSEQ_AVX512 inline void put512(float* ci, __m512 x, __m512 al, __m512 be, float beta, __mmask16 m) {
+  x = _mm512_mul_ps(al, x);
+  if (beta != 0.0f) x = _mm512_fmadd_ps(be, _mm512_maskz_loadu_ps(m, ci), x);
+  _mm512_mask_storeu_ps(ci, m, x);
+}
+
+template <int MR, int NS>
+LONGSEQ_AVX512 void block512(int64_t K, const float* a, int64_t ai, int64_t ak, const float* b0, const float* b1,
+                             int64_t ldb, float alpha, float beta, float* c, int64_t ldc, __mmask16 m0, __mmask16 m1) {
+  __m512 c00 = _mm512_setzero_ps(), c01 = c00, c10 = c00, c11 = c00, c20 = c00, c21 = c00, c30 = c00, c31 = c00;
+  __m512 c40 = c00, c41 = c00, c50 = c00, c51 = c00, c60 = c00, c61 = c00, c70 = c00, c71 = c00;
+  for (int64_t k = 0; k < K; ++k, b0 += ldb, b1 += ldb) {
+    const __m512 b0v = _mm512_loadu_ps(b0), b1v = NS > 1 ? _mm512_loadu_ps(b1) : b0v;
+    const int64_t o = k * ak;
+    LONGSEQ_FMA_ROW(0) LONGSEQ_FMA_ROW(1) LONGSEQ_FMA_ROW(2) LONGSEQ_FMA_ROW(3)
+    LONGSEQ_FMA_ROW(4) LONGSEQ_FMA_ROW(5) LONGSEQ_FMA_ROW(6) LONGSEQ_FMA_ROW(7)
+  }
+  const __m512 al = _mm512_set1_ps(alpha), be = _mm512_set1_ps(beta);
+  LONGSEQ_PUT_ROW512(0) LONGSEQ_PUT_ROW512(1) LONGSEQ_PUT_ROW512(2) LONGSEQ_PUT_ROW512(3)
+  LONGSEQ_PUT_ROW512(4) LONGSEQ_PUT_ROW512(5) LONGSEQ_PUT_ROW512(6) LONGSEQ_PUT_ROW512(7)
+}
+
+#undef LONGSEQ_FMA_ROW
+#undef LONGSEQ_PUT_ROW512
+
+template <int NS>
+void rows512(int64_t m, int64_t K, const float* a, int64_t ai, int64_t ak, const float* b0, const float* b1,
+             int64_t ldb, float alpha, float beta, float* c, int64_t ldc, __mmask16 m0, __mmask16 m1) {
+  switch (m) {
+    case 8: block512<8, NS>(K, a, ai, ak, b0, b1, ldb, alpha, beta, c, ldc, m0, m1); break;
+    case 7: block512<7, NS>(K, a, ai, ak, b0, b1, ldb, alpha, beta, c, ldc, m0, m1); break;
+    case 6: block512<6, NS>(K, a, ai, ak, b0, b1, ldb, alpha, beta, c, ldc, m0, m1); break;
+    case 5: block512<5, NS>(K, a, ai, ak, b0, b1, ldb, alpha, beta, c, ldc, m0, m1); break;
+    case 4: block512<4, NS>(K, a, ai, ak, b0, b1, ldb, alpha, beta, c, ldc, m0, m1); break;
+    case 3: block512<3, NS>(K, a, ai, ak, b0, b1, ldb, alpha, beta, c, ldc, m0, m1); break;
+    case 2: block512<2, NS>(K, a, ai, ak, b0, b1, ldb, alpha, beta, c, ldc, m0, m1); break;
+    case 1: block512<1, NS>(K, a, ai, ak, b0, b1, ldb, alpha, beta, c, ldc, m0, m1); break;
+    default: break;
+  }
+}
+
+// All m rows of up to two 16-column strips (cols0 in the first, cols1 <= 16 in the second, 0 = none), in
+// blocks of 8 rows.
+void strips512(int64_t m, int64_t K, const float* a, int64_t ai, int64_t ak, const float* b0, const float* b1,
+               int64_t ldb, float alpha, float beta, float* c, int64_t ldc, int64_t cols0, int64_t cols1) {
+  const auto mask = [](int64_t n) { return static_cast<__mmask16>(n >= kPanel ? 0xFFFF : (1u << n) - 1u); };
+  const __mmask16 m0 = mask(cols0), m1 = mask(cols1);
+  for (int64_t i = 0; i < m; i += 8) {
+    const int64_t r = std::min<int64_t>(8, m - i);
+    if (cols1 > 0) rows512<2>(r, K, a + i * ai, ai, ak, b0, b1, ldb, alpha, beta, c + i * ldc, ldc, m0, m1);
+    else rows512<1>(r, K, a + i * ai, ai, ak, b0, b1, ldb, alpha, beta, c + i * ldc, ldc, m0, m1);
+  }
+}
+
+#pragma GCC diagnostic pop
+
+bool cpu_has_avx512() {
+  __builtin_cpu_init();
+  return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq") &&
+         __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("fma");
+}
+
+// LONGSEQ_PANELS=avx2 keeps the AVX2 blocks on an AVX-512 machine (to compare the two in one build).
+std::atomic<bool>& avx512_flag() {
+  static std::atomic<bool> on{[] {
+    const char* e = std::getenv("LONGSEQ_PANELS");
+    return cpu_has_avx512() && !(e && std::string(e) == "avx2");
+  }()};
+  return on;
+}
+
+// C [m, n] = alpha * A X^T + beta * C from X's panels, two panels (32 columns) at a time.
+void panels512(int64_t m, int64_t n, int64_t D, float alpha, const float* a, int64_t ai, int64_t ak,
+               const float* panels, float beta, float* c, int64_t ldc) {
+  for (int64_t j = 0; j < n; j += 2 * kPanel, panels += 2 * kPanel * D) {
+    const int64_t c0 = std::min(kPanel, n - j), c1 = std::max<int64_t>(0, std::min(kPanel, n - j - kPanel));
+    strips512(m, D, a, ai, ak, panels, panels + kPanel * D, kPanel, alpha, beta, c + j, ldc, c0, c1);
+  }
+}
+
 }  // namespace
 
 bool available() {
   static const bool ok = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
   return ok;
 }
+
+bool avx512_available() { return cpu_has_avx512(); }
+bool avx512_in_use() { return avx512_flag().load(std::memory_order_relaxed); }
+void use_avx512(bool on) { avx512_flag().store(on && cpu_has_avx512(), std::memory_order_relaxed); }
 
 void pack_panels(const float* x, int64_t n, int64_t D, int64_t ld, float* out, const int64_t* rows_of) {
   const bool fast = available() && D % 8 == 0;
@@ -144,11 +253,18 @@ void pack_panels(const float* x, int64_t n, int64_t D, int64_t ld, float* out, c
 
 void gemm_strided(int64_t m, int64_t n, int64_t k, float alpha, const float* a, int64_t ai, int64_t ak,
                   const float* b, int64_t ldb, float beta, float* c, int64_t ldc) {
+  if (avx512_in_use()) {
+    for (int64_t j = 0; j < n; j += 2 * kPanel)
+      strips512(m, k, a, ai, ak, b + j, b + j + kPanel, ldb, alpha, beta, c + j, ldc, kPanel,
+                n - j > kPanel ? kPanel : 0);
+    return;
+  }
   for (int64_t j = 0; j < n; j += kPanel) strip(m, k, a, ai, ak, b + j, ldb, alpha, beta, c + j, ldc, kPanel);
 }
 
 void gemm_panels(int64_t m, int64_t n, int64_t D, float alpha, const float* a, int64_t lda, const float* panels,
                  float beta, float* c, int64_t ldc) {
+  if (avx512_in_use()) return panels512(m, n, D, alpha, a, lda, 1, panels, beta, c, ldc);
   for (int64_t j = 0; j < n; j += kPanel, panels += kPanel * D)
     strip(m, D, a, lda, 1, panels, kPanel, alpha, beta, c + j, ldc, std::min(kPanel, n - j));
 }
@@ -165,13 +281,11 @@ void gemm(bool ta, bool tb, int64_t m, int64_t n, int64_t k, float alpha, const 
     return;
   }
   const int64_t ai = ta ? 1 : lda, ak = ta ? lda : 1;
-  if (!tb) {
-    for (int64_t j = 0; j < n; j += kPanel) strip(m, k, a, ai, ak, b + j, ldb, alpha, beta, c + j, ldc, kPanel);
-    return;
-  }
+  if (!tb) return gemm_strided(m, n, k, alpha, a, ai, ak, b, ldb, beta, c, ldc);
   thread_local std::vector<float> panels;  // B^T: the n rows of B as panels
   panels.resize(panel_floats(n, k));
   pack_panels(b, n, k, ldb, panels.data());
+  if (avx512_in_use()) return panels512(m, n, k, alpha, a, ai, ak, panels.data(), beta, c, ldc);
   const float* pp = panels.data();
   for (int64_t j = 0; j < n; j += kPanel, pp += kPanel * k)
     strip(m, k, a, ai, ak, pp, kPanel, alpha, beta, c + j, ldc, std::min(kPanel, n - j));
@@ -179,6 +293,7 @@ void gemm(bool ta, bool tb, int64_t m, int64_t n, int64_t k, float alpha, const 
 
 #undef LONGSEQ_PUT_ROW
 #undef LONGSEQ_AVX2
+#undef LONGSEQ_AVX512
 
 }  // namespace cpu_gemm
 }  // namespace longseq

@@ -17,6 +17,12 @@ constexpr int64_t kPanel = 16;  // rows per panel: the micro-kernel's column wid
 // True when this CPU runs the micro-kernels (AVX2 and FMA); the callers keep their BLAS path otherwise.
 bool available();
 
+// The AVX-512 blocks (8 rows x 32 columns of C in 16 zmm registers) replace the AVX2 ones where the CPU has
+// AVX-512 F/DQ/BW/VL, unless LONGSEQ_PANELS=avx2; use_avx512 switches them for the process (tests compare both).
+bool avx512_available();
+bool avx512_in_use();
+void use_avx512(bool on);
+
 // Floats that pack_panels writes for n rows of width D.
 inline int64_t panel_floats(int64_t n, int64_t D) { return (n + kPanel - 1) / kPanel * kPanel * D; }
 

@@ -1,6 +1,8 @@
 // Blocked-softmax pieces of the fused CPU kernels (see softmax_blocks.h).
 #include "softmax_blocks.h"
 
+#include "panel_gemm.h"
+
 #include <immintrin.h>
 
 #include <algorithm>
@@ -66,10 +68,62 @@ __attribute__((target("avx2,fma"))) float row_max_avx2(const float* x, int64_t n
   return mx;
 }
 
+// GCC 12's AVX-512 intrinsics start from _mm512_undefined_ps and warn that it is uninitialized (GCC bug 105593).
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+// The same reduction and polynomial on 16 lanes (AVX-512 F): the exponentials are a fifth of a tile's
+// instructions once its products run on the AVX-512 blocks.
+__attribute__((target("avx512f,fma"))) float exp_shifted_avx512(float* x, int64_t n, float shift) {
+  const __m512 vshift = _mm512_set1_ps(shift), lo = _mm512_set1_ps(-87.0f), hi = _mm512_set1_ps(88.3f);
+  const __m512 log2e = _mm512_set1_ps(1.44269504088896341f), c1 = _mm512_set1_ps(0.693359375f),
+               c2 = _mm512_set1_ps(-2.12194440e-4f), half = _mm512_set1_ps(0.5f), one = _mm512_set1_ps(1.0f);
+  const __m512 p0 = _mm512_set1_ps(1.9875691500e-4f), p1 = _mm512_set1_ps(1.3981999507e-3f),
+               p2 = _mm512_set1_ps(8.3334519073e-3f), p3 = _mm512_set1_ps(4.1665795894e-2f),
+               p4 = _mm512_set1_ps(1.6666665459e-1f), p5 = _mm512_set1_ps(5.0000001201e-1f);
+  __m512 total = _mm512_setzero_ps();
+  int64_t i = 0;
+  for (; i + 16 <= n; i += 16) {
+    __m512 v = _mm512_sub_ps(_mm512_loadu_ps(x + i), vshift);
+    const __mmask16 live = _mm512_cmp_ps_mask(v, lo, _CMP_GE_OQ);  // not NaN (x = +inf, shift = +inf) either
+    v = _mm512_min_ps(_mm512_max_ps(v, lo), hi);
+    __m512 fx = _mm512_roundscale_ps(_mm512_fmadd_ps(v, log2e, half), _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC);
+    v = _mm512_fnmadd_ps(fx, c1, v);
+    v = _mm512_fnmadd_ps(fx, c2, v);
+    __m512 y = _mm512_fmadd_ps(p0, v, p1);
+    y = _mm512_fmadd_ps(y, v, p2);
+    y = _mm512_fmadd_ps(y, v, p3);
+    y = _mm512_fmadd_ps(y, v, p4);
+    y = _mm512_fmadd_ps(y, v, p5);
+    y = _mm512_fmadd_ps(y, _mm512_mul_ps(v, v), _mm512_add_ps(v, one));
+    __m512i e = _mm512_slli_epi32(_mm512_add_epi32(_mm512_cvtps_epi32(fx), _mm512_set1_epi32(127)), 23);
+    y = _mm512_maskz_mul_ps(live, y, _mm512_castsi512_ps(e));
+    total = _mm512_add_ps(total, y);
+    _mm512_storeu_ps(x + i, y);
+  }
+  float sum = _mm512_reduce_add_ps(total);
+  for (; i < n; ++i) sum += x[i] = !(x[i] - shift >= -87.0f) ? 0.0f : std::exp(x[i] - shift);
+  return sum;
+}
+
+__attribute__((target("avx512f"))) float row_max_avx512(const float* x, int64_t n, float init) {
+  __m512 m = _mm512_set1_ps(init);
+  int64_t i = 0;
+  for (; i + 16 <= n; i += 16) m = _mm512_max_ps(m, _mm512_loadu_ps(x + i));
+  float mx = _mm512_reduce_max_ps(m);
+  for (; i < n; ++i) mx = std::max(mx, x[i]);
+  return mx;
+}
+
+#pragma GCC diagnostic pop
+
 bool cpu_has_avx2_fma() {
   static const bool ok = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
   return ok;
 }
+
+// AVX-512 where the micro-kernels use it (panel_gemm.h: the CPU has it and LONGSEQ_PANELS is not avx2).
+bool wide() { return cpu_gemm::avx512_in_use(); }
 
 }  // namespace
 
@@ -81,6 +135,7 @@ void gemm(bool ta, bool tb, int64_t m, int64_t n, int64_t k, float alpha, const 
 }
 
 float exp_shifted(float* x, int64_t n, float shift) {
+  if (wide()) return exp_shifted_avx512(x, n, shift);
   if (cpu_has_avx2_fma()) return exp_shifted_avx2(x, n, shift);
   float sum = 0;
   for (int64_t i = 0; i < n; ++i) sum += x[i] = !(x[i] - shift >= -87.0f) ? 0.0f : std::exp(x[i] - shift);
@@ -88,6 +143,7 @@ float exp_shifted(float* x, int64_t n, float shift) {
 }
 
 float row_max(const float* x, int64_t n, float init) {
+  if (wide()) return row_max_avx512(x, n, init);
   if (cpu_has_avx2_fma()) return row_max_avx2(x, n, init);
   float mx = init;
   for (int64_t i = 0; i < n; ++i) mx = std::max(mx, x[i]);
