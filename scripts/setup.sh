@@ -12,6 +12,7 @@ packages=(
   libsentencepiece-dev     # subword tokenizers
   libpugixml-dev           # XML parser for WMT >= 2021 test sets
   libpng-dev               # Pathfinder's grayscale PNG images (LRA)
+  libgloo-dev              # c10d's Gloo headers: data-parallel training (docs/distributed.md)
   libgtest-dev             # tests
   libbenchmark-dev         # micro-benchmarks
   clang-14                 # the fuzz targets (fuzz/): libFuzzer comes with clang

@@ -46,6 +46,10 @@ std::map<int64_t, double> logged_losses(const std::string& run);
 // Options of a quiet training call into `dir` (resume: continue the run there).
 longseq::TrainOptions quiet(const std::string& dir, bool resume = false);
 
+// The work of a child process that trains: one thread (every child alike, so their sums round alike), a new run
+// of the config file at `config`, or the resume of `run` when it has a config; stop_after > 0 stops there.
+void child_trains(const std::string& run, const std::string& config, int64_t stop_after = 0);
+
 // A run of cfg (train.log_every 1) into dir/whole, and one killed after `stop_after` steps into dir/killed then
 // resumed: the logged losses and the final weights must be equal bit for bit. Returns the whole run's result.
 longseq::TrainResult expect_exact_resume(const longseq::RunConfig& cfg, const std::string& dir, int64_t stop_after);

@@ -43,21 +43,6 @@ Json harness_config(const std::string& corpus) {
                      {"eval_batches", 2}, {"log_every", 1}, {"checkpoint_every", 2}}}};
 }
 
-// The child's work: a new run, or the resume of one that has a config.
-void child_trains(const std::string& run, const std::string& config) {
-  torch::set_num_threads(1);  // every child alike, so their sums round alike
-  TrainOptions o;
-  o.out_dir = run;
-  o.quiet = true;
-  o.resume = path_exists(run + "/config.json");
-  if (o.resume) {
-    train_run(nullptr, o);
-  } else {
-    auto cfg = load_run_config(config);
-    train_run(&cfg, o);
-  }
-}
-
 pid_t spawn_child(const std::string& run, const std::string& config) {
   std::vector<std::string> env_strings;
   for (char** e = environ; *e; ++e) env_strings.push_back(*e);
@@ -114,7 +99,7 @@ std::multimap<std::pair<int64_t, std::string>, double> logged(const std::string&
 
 TEST(KillHarness, ResumeAfterEveryKillIsExact) {
   if (const char* run = std::getenv(kRunEnv)) {  // this process is a child of the harness
-    child_trains(run, std::getenv(kConfigEnv));
+    longseq_test::child_trains(run, std::getenv(kConfigEnv));
     return;
   }
   auto dir = longseq_test::scratch_dir("kill_harness");

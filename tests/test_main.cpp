@@ -121,6 +121,18 @@ longseq::TrainOptions quiet(const std::string& dir, bool resume) {
   return o;
 }
 
+void child_trains(const std::string& run, const std::string& config, int64_t stop_after) {
+  torch::set_num_threads(1);
+  auto o = quiet(run, longseq::path_exists(run + "/config.json"));
+  o.stop_after = stop_after;
+  if (o.resume) {
+    longseq::train_run(nullptr, o);
+  } else {
+    auto cfg = longseq::load_run_config(config);
+    longseq::train_run(&cfg, o);
+  }
+}
+
 longseq::TrainResult expect_exact_resume(const longseq::RunConfig& cfg, const std::string& dir, int64_t stop_after) {
   const int64_t steps = cfg.train["steps"];
   auto whole = longseq::train_run(&cfg, quiet(dir + "/whole"));

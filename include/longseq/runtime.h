@@ -7,7 +7,8 @@
 
 namespace longseq {
 
-// Sets LibTorch's intra-op threads; 0 = the machine's core count.
+// Sets LibTorch's intra-op threads; 0 = the machine's core count (divided by LOCAL_WORLD_SIZE when torchrun's
+// variables say that many processes share the machine).
 int configure_threads(int threads);
 
 struct BlasCheck {

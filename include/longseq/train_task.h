@@ -9,6 +9,7 @@
 #include <functional>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "longseq/config.h"
 #include "longseq/train.h"
@@ -46,6 +47,10 @@ class TrainTask {
   // The step's metrics-line fields beyond step, loss, lr, grad_norm and the timings (bpb, ponder, aux metrics), and
   // the progress display's text; loss = the step's mean logged loss.
   virtual void step_fields(double loss, Json& line, std::string& progress) const = 0;
+  // The step's sums behind step_fields (ponder, accuracy, auxiliary metrics: each a sum over this process's
+  // micro-batches of a value / accum), and the group's totals written back (data parallel, distributed.h).
+  virtual std::vector<double> step_sums() const { return {}; }
+  virtual void set_step_sums(const std::vector<double>& sums) { (void)sums; }
   // Whether a time limit may stop the run after `step` and still resume exactly (a stream: where its state resets).
   virtual bool may_stop_after(int64_t step) const {
     (void)step;

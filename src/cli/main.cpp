@@ -19,6 +19,7 @@
 #include "longseq/generate.h"
 #include "longseq/plot.h"
 #include "longseq/registry.h"
+#include "longseq/distributed.h"
 #include "longseq/runtime.h"
 #include "longseq/train.h"
 
@@ -476,6 +477,8 @@ int main(int argc, char** argv) {
       opts.resume = resume;
       opts.quiet = quiet;
       auto r = train_run(use_given ? &cfg : nullptr, opts);
+      const char* rank = std::getenv("RANK");
+      if (world_size_from_environment() > 1 && rank && std::string(rank) != "0") return 0;  // rank 0 reports
       if (is_classification_run(out_dir)) {
         std::printf("step %lld: %s\n", static_cast<long long>(r.last_step), r.valid_text.c_str());
         return 0;

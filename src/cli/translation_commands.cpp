@@ -105,7 +105,8 @@ void average_command(const std::string& run_dir, int64_t last, const std::string
   std::string steps;
   for (size_t i = kept.size() - static_cast<size_t>(last); i < kept.size(); ++i) {
     paths.push_back(kept[i].second);
-    steps += (steps.empty() ? "" : ",") + std::to_string(kept[i].first);
+    if (!steps.empty()) steps += ',';
+    steps += std::to_string(kept[i].first);
   }
   TensorFile mean = average_weights(paths);
   mean.metadata["steps"] = steps;

@@ -139,7 +139,9 @@ std::string tokenize_13a(const std::string& line) {
     replace_all(s, "&gt;", ">");
   }
   const std::u32string punct = U" !\"#$%&()*+/:;<=>?@[\\]^_`{|}~";
-  std::u32string in = U" " + decode(s) + U" ", out;
+  std::u32string in(1, U' '), out;  // appended, not `U" " + ...`: GCC 12 misreads that as an overflow in C++20
+  in += decode(s);
+  in += U' ';
   for (char32_t c : in) {  // R1: each of these characters stands alone
     if (punct.find(c) != std::u32string::npos) out += U' ', out.push_back(c), out += U' ';
     else out.push_back(c);
@@ -244,7 +246,10 @@ BleuResult corpus_bleu(const std::vector<std::string>& hyps, const std::vector<s
 
 std::string BleuResult::summary() const {
   std::string p;
-  for (int n = 0; n < 4; ++n) p += (n ? "/" : "") + fixed(precisions[n], 1);
+  for (int n = 0; n < 4; ++n) {
+    if (n) p += '/';
+    p += fixed(precisions[n], 1);
+  }
   return "BLEU = " + fixed(score, 2) + " " + p + " (BP = " + fixed(bp, 3) + " ratio = " +
          fixed(ref_len > 0 ? static_cast<double>(sys_len) / ref_len : 0.0, 3) + " hyp_len = " + std::to_string(sys_len) +
          " ref_len = " + std::to_string(ref_len) + ")";

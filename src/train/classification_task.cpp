@@ -63,6 +63,9 @@ class ClassificationTask : public TrainTask {
     return {loss.item<double>(), b.tokens_read};
   }
 
+  std::vector<double> step_sums() const override { return {accuracy_}; }
+  void set_step_sums(const std::vector<double>& sums) override { accuracy_ = sums.at(0); }
+
   void step_fields(double loss, Json& line, std::string& progress) const override {
     line["accuracy"] = accuracy_;
     char text[64];

@@ -108,6 +108,17 @@ class LmTask : public TrainTask {
     progress = text;
   }
 
+  std::vector<double> step_sums() const override {
+    std::vector<double> out{ponder_sum_};
+    for (const auto& kv : aux_sums_) out.push_back(kv.second);  // by name: the same order in every process
+    return out;
+  }
+  void set_step_sums(const std::vector<double>& sums) override {
+    ponder_sum_ = sums.at(0);
+    size_t i = 1;
+    for (auto& kv : aux_sums_) kv.second = sums.at(i++);
+  }
+
   bool may_stop_after(int64_t step) const override { return !stream_ || step % stream_reset_ == 0; }
 
   Validation validate(bool) override {

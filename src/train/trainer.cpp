@@ -15,6 +15,7 @@
 #include <sstream>
 
 #include "longseq/common.h"
+#include "longseq/distributed.h"
 #include "longseq/runtime.h"
 #include "longseq/tensorboard.h"
 #include "longseq/train.h"
@@ -229,6 +230,17 @@ TrainResult train_run(const RunConfig* given, const TrainOptions& opts) {
                 max_nonfinite = t["max_nonfinite_steps"], keep = t["keep_checkpoints"];
   const double time_limit = t["time_limit"];
   const Schedule schedule = schedule_of(cfg);
+  // Data parallel (distributed.h): the processes split each step's accum micro-batches and sum their gradients;
+  // rank 0 alone writes the run directory.
+  const int64_t world = world_size_from_environment();
+  if (accum % world != 0)
+    throw Error("train.accum = " + std::to_string(accum) + " is not a multiple of WORLD_SIZE = " +
+                std::to_string(world) + ": the group splits each step's accum micro-batches among its processes "
+                "(set train.accum = " + std::to_string(world) + " for steps of " + std::to_string(world) +
+                " x train.batch_size rows)");
+  std::unique_ptr<ProcessGroup> group = process_group_from_environment();
+  const int64_t rank = group ? group->rank() : 0;
+  const bool writer = rank == 0;
 
   // Everything that can fail on bad input is checked before the run directory is touched.
   std::unique_ptr<TrainTask> task = make_train_task(cfg, opts.quiet);
@@ -251,7 +263,14 @@ TrainResult train_run(const RunConfig* given, const TrainOptions& opts) {
   } catch (const Error& e) {
     throw Error(std::string(e.what()) + " (run " + dir + ")");
   }
-  if (opts.resume) {
+  if (group) {  // every process has checked the directory before rank 0 writes to it; all start from rank 0's weights
+    group->barrier();
+    std::vector<torch::Tensor> params;
+    for (auto& p : model.parameters()) params.push_back(p.detach());
+    group->broadcast(params);
+  }
+  if (!writer) {  // the other ranks train and validate alike and write nothing
+  } else if (opts.resume) {
     remove_stale_temporaries(dir);
     truncate_metrics(metrics_path, start);
   } else {
@@ -260,22 +279,25 @@ TrainResult train_run(const RunConfig* given, const TrainOptions& opts) {
     remove_stale_temporaries(dir);
   }
   std::unique_ptr<EventWriter> events;
-  if (cfg.train.value("tensorboard", false)) events = std::make_unique<EventWriter>(dir, start);
+  if (writer && cfg.train.value("tensorboard", false)) events = std::make_unique<EventWriter>(dir, start);
   auto log_line = [&](const Json& j, const std::string& prefix) {
+    if (!writer) return;
     append_line(metrics_path, j);
     if (events) events->scalars(j, prefix);
   };
   // The tokenizer before config.json: a directory with a config holds all a resume needs.
   const std::string spm_copy = dir + "/tokenizer.model";
-  if (cfg.data["tokenizer"] == "sentencepiece" && (!opts.resume || !path_exists(spm_copy)))
+  if (writer && cfg.data["tokenizer"] == "sentencepiece" && (!opts.resume || !path_exists(spm_copy)))
     write_file_atomic(spm_copy, read_file(cfg.data["spm_model"]));
-  if (!opts.resume) write_file_atomic(config_path, cfg.to_json().dump(2) + "\n");
-  if (!opts.quiet) {
+  if (writer && !opts.resume) write_file_atomic(config_path, cfg.to_json().dump(2) + "\n");
+  const bool quiet = opts.quiet || !writer;
+  if (!quiet) {
     std::string how;
     if (opts.resume) how = has_checkpoint ? ", resuming at step " + std::to_string(start)
                                           : ", resuming a run that has no checkpoint yet: starting at step 0";
-    std::fprintf(stderr, "model: %lld parameters, %s%s\n", static_cast<long long>(count_parameters(model)),
-                 task->summary().c_str(), how.c_str());
+    std::fprintf(stderr, "model: %lld parameters, %s%s%s\n", static_cast<long long>(count_parameters(model)),
+                 task->summary().c_str(), how.c_str(),
+                 group ? (", data parallel over " + std::to_string(world) + " processes").c_str() : "");
   }
 
   TrainResult result;
@@ -294,13 +316,37 @@ TrainResult train_run(const RunConfig* given, const TrainOptions& opts) {
     opt.zero_grad();
     task->begin_step(step);
     double loss_sum = 0;
-    for (int64_t micro = 0; micro < accum; ++micro) {
+    int64_t step_tokens = 0;
+    for (int64_t micro = rank; micro < accum; micro += world) {  // this process's share of the micro-batches
+      // Each micro-batch's own random stream (dropout, LSH's rotations): what a process draws for micro-batch m does
+      // not depend on which others it ran.
+      torch::manual_seed(mix_seed(seed, static_cast<uint64_t>(step), static_cast<uint64_t>(micro) + 1));
       const MicroResult m = task->micro_batch(step, micro, accum,
                                               mix_seed(seed, static_cast<uint64_t>(step), static_cast<uint64_t>(micro) + 1),
                                               opts.loss_hook);
       loss_sum += m.loss / static_cast<double>(accum);
-      tokens_done += m.targets;
+      step_tokens += m.targets;
     }
+    bool time_up_here = time_limit > 0 && seconds_since(t0) >= time_limit;
+    if (group) {  // the gradient and the step's numbers summed over the group, so every process takes the same update
+      std::vector<torch::Tensor> grads;
+      for (auto& p : model.parameters()) {
+        if (!p.grad().defined()) p.mutable_grad() = torch::zeros_like(p);  // unused here, maybe used elsewhere
+        grads.push_back(p.grad());
+      }
+      group->sum(grads);
+      std::vector<double> sums = task->step_sums();
+      sums.insert(sums.end(), {loss_sum, static_cast<double>(step_tokens), time_up_here ? 1.0 : 0.0});
+      auto packed = torch::tensor(sums, torch::kDouble);
+      group->sum({packed});
+      sums.assign(packed.data_ptr<double>(), packed.data_ptr<double>() + packed.numel());
+      time_up_here = sums.back() > 0;
+      step_tokens = static_cast<int64_t>(sums[sums.size() - 2]);
+      loss_sum = sums[sums.size() - 3];
+      sums.resize(sums.size() - 3);
+      task->set_step_sums(sums);
+    }
+    tokens_done += step_tokens;
     const double max_norm = t["grad_clip"];
     double grad_norm = max_norm > 0 ? torch::nn::utils::clip_grad_norm_(model.parameters(), max_norm)
                                     : torch::nn::utils::clip_grad_norm_(model.parameters(), 1e30);
@@ -321,8 +367,9 @@ TrainResult train_run(const RunConfig* given, const TrainOptions& opts) {
     result.tokens_per_s = tps;
     if (!finite) {
       const std::string what = !std::isfinite(loss_sum) ? "loss" : "gradient";
-      append_line(metrics_path, {{"step", step}, {"skipped", "non-finite " + what}, {"lr", lr},
-                                 {"nonfinite_in_a_row", carried.nonfinite_streak}});
+      if (writer)
+        append_line(metrics_path, {{"step", step}, {"skipped", "non-finite " + what}, {"lr", lr},
+                                   {"nonfinite_in_a_row", carried.nonfinite_streak}});
       std::fprintf(stderr, "%sstep %lld: non-finite %s (loss %g, gradient norm %g); update skipped, %lld in a row "
                    "(train.max_nonfinite_steps = %lld)\n", opts.quiet ? "" : "\n", static_cast<long long>(step),
                    what.c_str(), loss_sum, grad_norm, static_cast<long long>(carried.nonfinite_streak),
@@ -342,36 +389,36 @@ TrainResult train_run(const RunConfig* given, const TrainOptions& opts) {
     std::string progress_text;
     task->step_fields(loss_sum, line, progress_text);
     if (finite && (step % log_every == 0 || step == 1)) log_line(line, "train/");
-    if (!opts.quiet) {
+    if (!quiet) {
       char rate[48];
       std::snprintf(rate, sizeof rate, " | %.0f tok/s", tps);
       progress.update(step, progress_text + rate);
     }
-    const bool time_up = time_limit > 0 && elapsed >= time_limit && task->may_stop_after(step);
+    const bool time_up = time_up_here && task->may_stop_after(step);  // decided by the group together
     if (eval_every > 0 && step % eval_every == 0 && step != steps && !time_up) {
       Validation v = task->validate(false);
       v.fields["step"] = step;
       log_line(v.fields, "valid/");
     }
-    if (step % ckpt_every == 0 || step == steps || time_up) {
+    if (writer && (step % ckpt_every == 0 || step == steps || time_up)) {
       save_checkpoint(dir, model, opt, carried);
       if (keep > 0) keep_weights(dir, model, step, keep);
     }
     if (time_up) {
       result.stopped_by_time = true;
-      if (!opts.quiet)
+      if (!quiet)
         std::fprintf(stderr, "\ntime limit of %.0f s reached at step %lld; checkpoint saved, --resume continues\n",
                      time_limit, static_cast<long long>(step));
       break;
     }
   }
-  if (!opts.quiet) progress.finish();
+  if (!quiet) progress.finish();
   Validation v = task->validate(true);
   result.valid = v.result;
   result.valid_fields = v.fields;
   result.valid_text = v.text;
   // A finished run that is resumed again already holds its final validation line.
-  if (start == steps && has_validation_at(metrics_path, steps)) return result;
+  if (!writer || (start == steps && has_validation_at(metrics_path, steps))) return result;
   v.fields["step"] = result.last_step;
   log_line(v.fields, "valid/");
   return result;

@@ -66,6 +66,9 @@ class TranslationTask : public TrainTask {
     return {loss.item<double>(), b.tgt_tokens};
   }
 
+  std::vector<double> step_sums() const override { return {static_cast<double>(targets_)}; }
+  void set_step_sums(const std::vector<double>& sums) override { targets_ = static_cast<int64_t>(sums.at(0)); }
+
   void step_fields(double loss, Json& line, std::string& progress) const override {
     line["ppl"] = std::exp(loss);
     line["targets"] = targets_;
