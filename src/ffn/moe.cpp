@@ -100,10 +100,10 @@ class MoeImpl : public FeedForwardKindImpl {
     if (aux_weight_ > 0) losses["moe_balance"] = aux_weight_ * aux;
     if (z_weight_ > 0) losses["moe_z"] = z_weight_ * z;
     // Metrics: the share of (token, choice) assignments dropped, and the busiest expert's load times E (1 = even).
-    auto kept = torch::zeros({E_}, torch::kFloat);
+    auto kept = torch::zeros({E_}, idx.options().dtype(torch::kFloat));  // on idx's device: index_add_ needs one
     double placed = 0;
     for (int64_t j = 0; j < k_; ++j) {
-      kept.index_add_(0, idx.select(-1, j).masked_select(keep[j]), torch::ones({keep[j].sum().item<int64_t>()}));
+      kept.index_add_(0, idx.select(-1, j).masked_select(keep[j]), torch::ones({keep[j].sum().item<int64_t>()}, kept.options()));
       placed += keep[j].sum().item<double>();
     }
     const double real = vf.sum().item<double>() * static_cast<double>(k_);

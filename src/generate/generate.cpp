@@ -20,7 +20,7 @@ void check_sample_options(const SampleOptions& opts) {
 
 int64_t sample_token(const torch::Tensor& logits, const SampleOptions& opts, std::mt19937_64& rng) {
   check_sample_options(opts);
-  auto l = logits.detach().to(torch::kDouble).contiguous();
+  auto l = logits.detach().to(torch::kCPU, torch::kDouble).contiguous();  // read through a host pointer below
   const int64_t V = l.numel();
   const double* p = l.data_ptr<double>();
   if (opts.temperature <= 0) return static_cast<int64_t>(std::max_element(p, p + V) - p);
@@ -69,9 +69,12 @@ std::vector<int64_t> generate(LanguageModelImpl& model, const std::vector<int64_
   model.eval();
   std::mt19937_64 rng(opts.seed);
   std::vector<int64_t> seq = prompt, out;
-  auto as_tensor = [](const std::vector<int64_t>& ids, size_t from) {
+  // Tokens go where the model's weights are (a CUDA model takes no CPU tokens).
+  const auto params = model.parameters();
+  const torch::Device device = params.empty() ? torch::Device(torch::kCPU) : params.front().device();
+  auto as_tensor = [device](const std::vector<int64_t>& ids, size_t from) {
     return torch::tensor(std::vector<int64_t>(ids.begin() + static_cast<std::ptrdiff_t>(from), ids.end()),
-                         torch::kLong).unsqueeze(0);
+                         torch::kLong).unsqueeze(0).to(device);
   };
   ModelState state;
   if (opts.use_cache) state = model.initial_state(1);

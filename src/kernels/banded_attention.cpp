@@ -33,7 +33,7 @@ BlockSparseResult banded_attention(const torch::Tensor& q, const torch::Tensor& 
   const bool causal = band.causal;
   const int64_t B = q.size(0), T = q.size(2), D = q.size(3);
   const int64_t Tp = (T + d - 1) / d * d, L = Tp / d;  // d residue classes of L rows each
-  auto lopts = torch::TensorOptions().dtype(torch::kLong);
+  auto lopts = q.options().dtype(torch::kLong);  // positions on q's device: the reference never mixes devices
   // Permuted row p = r * L + s holds original position s * d + r; classes are laid end to end at
   // coordinate r * (L + w + 1) + s, so a band of w never reaches into the next class.
   auto p_all = torch::arange(Tp, lopts);
@@ -44,10 +44,10 @@ BlockSparseResult banded_attention(const torch::Tensor& q, const torch::Tensor& 
   torch::Tensor k_pos = q_pos.view({1, 1, Tp});
   auto widen = [&](const torch::Tensor& t) {  // [B, H, T, D] -> [B, H, Tp, D] in permuted order
     auto x = Tp > T ? torch::cat({t, torch::zeros({B, t.size(1), Tp - T, D}, t.options())}, 2) : t;
-    return d > 1 ? x.index_select(2, orig.to(t.device())) : x;
+    return d > 1 ? x.index_select(2, orig) : x;
   };
   if (key_padding.defined()) {
-    auto kp = key_padding.to(torch::kCPU, torch::kBool);
+    auto kp = key_padding.to(q.device(), torch::kBool);
     if (Tp > T) kp = torch::cat({kp, torch::ones({B, Tp - T}, kp.options())}, 1);
     if (d > 1) kp = kp.index_select(1, orig);
     k_pos = torch::where(kp, torch::full({B, Tp}, -1, lopts), q_pos.view({1, Tp})).view({B, 1, Tp});
@@ -64,7 +64,7 @@ BlockSparseResult banded_attention(const torch::Tensor& q, const torch::Tensor& 
   auto r = block_sparse_attention(widen(q), widen(k), widen(v), block_sparse_layout(b, b, {{rows}}), mask,
                                   1.0 / std::sqrt(static_cast<double>(D)), kernel);
   if (d > 1) {  // back to the original order
-    auto inv = torch::empty_like(orig).scatter_(0, orig, p_all).to(q.device());
+    auto inv = torch::empty_like(orig).scatter_(0, orig, p_all);
     r.out = r.out.index_select(2, inv), r.lse = r.lse.index_select(2, inv);
   }
   return {r.out.narrow(2, 0, T), r.lse.narrow(2, 0, T)};

@@ -18,6 +18,7 @@
 // step), exact within one; no KL regularizer.
 #include <cmath>
 #include <map>
+#include <string>
 #include <tuple>
 
 #include "longseq/common.h"
@@ -202,14 +203,15 @@ class InfinityFormerImpl : public MixerImpl {
   }
 
   const RbfBasis& basis(const torch::TensorOptions& opts) {
-    if (!basis_.mu.defined() || basis_.mu.scalar_type() != opts.dtype().toScalarType())
+    if (!basis_.mu.defined() || basis_.mu.scalar_type() != opts.dtype().toScalarType() ||
+        basis_.mu.device() != opts.device())  // a module moved to another device needs its basis there
       basis_ = rbf_basis(N_, narrow_, wide_, opts.requires_grad(false));
     return basis_;
   }
 
-  // G of the refit positions (memory_positions), kept per (old, fresh, dtype): the positions never depend on data.
+  // G of the refit positions (memory_positions), kept per (old, fresh, dtype, device): the positions never depend on data.
   torch::Tensor fit_matrix(int64_t old, int64_t fresh, const torch::TensorOptions& opts) {
-    auto key = std::make_tuple(old, fresh, static_cast<int>(opts.dtype().toScalarType()));
+    auto key = std::make_tuple(old, fresh, static_cast<int>(opts.dtype().toScalarType()), opts.device().str());
     auto it = fits_.find(key);
     if (it != fits_.end()) return it->second;
     torch::NoGradGuard g;
@@ -229,7 +231,7 @@ class InfinityFormerImpl : public MixerImpl {
   torch::nn::Conv1d mask_{nullptr};
   torch::Tensor u_, v_, w_mu_, w_sigma_;
   RbfBasis basis_;
-  std::map<std::tuple<int64_t, int64_t, int>, torch::Tensor> fits_;
+  std::map<std::tuple<int64_t, int64_t, int, std::string>, torch::Tensor> fits_;
 };
 
 }  // namespace
