@@ -109,10 +109,11 @@ std::string blas_core_report() {
 int configure_threads(int threads) {
   int n = threads > 0 ? threads : static_cast<int>(std::thread::hardware_concurrency());
   // torchrun's LOCAL_WORLD_SIZE processes share this machine's cores: each takes its share by default.
-  const char* local = std::getenv("LOCAL_WORLD_SIZE");
-  if (threads <= 0 && local && std::string(local).find_first_not_of("0123456789") == std::string::npos &&
-      std::string(local).size() < 6 && std::atoi(local) > 1)
-    n = std::max(1, n / std::atoi(local));
+  const std::string local = std::getenv("LOCAL_WORLD_SIZE") ? std::getenv("LOCAL_WORLD_SIZE") : "";
+  const int sharing = !local.empty() && local.size() < 6 && local.find_first_not_of("0123456789") == std::string::npos
+                          ? std::stoi(local)
+                          : 1;
+  if (threads <= 0 && sharing > 1) n = std::max(1, n / sharing);
   if (n <= 0) n = 1;
   torch::set_num_threads(n);
   return n;

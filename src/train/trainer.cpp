@@ -320,10 +320,9 @@ TrainResult train_run(const RunConfig* given, const TrainOptions& opts) {
     for (int64_t micro = rank; micro < accum; micro += world) {  // this process's share of the micro-batches
       // Each micro-batch's own random stream (dropout, LSH's rotations): what a process draws for micro-batch m does
       // not depend on which others it ran.
-      torch::manual_seed(mix_seed(seed, static_cast<uint64_t>(step), static_cast<uint64_t>(micro) + 1));
-      const MicroResult m = task->micro_batch(step, micro, accum,
-                                              mix_seed(seed, static_cast<uint64_t>(step), static_cast<uint64_t>(micro) + 1),
-                                              opts.loss_hook);
+      const uint64_t micro_seed = mix_seed(seed, static_cast<uint64_t>(step), static_cast<uint64_t>(micro) + 1);
+      torch::manual_seed(micro_seed);
+      const MicroResult m = task->micro_batch(step, micro, accum, micro_seed, opts.loss_hook);
       loss_sum += m.loss / static_cast<double>(accum);
       step_tokens += m.targets;
     }
