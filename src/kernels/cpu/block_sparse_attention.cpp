@@ -194,14 +194,23 @@ void tile_transposed_times(int64_t rows, const std::vector<Segment>& tile, int64
 
 // Per-thread scratch of one tile.
 struct Scratch {
-  std::vector<float> s, dp, k, v, dk, dv, m, l, self_acc, self_s, self_n, kpan, vpan, q, go, acc;
+  int64_t D;
+  std::vector<float> s, dp, k, v, dk, dv, m, l, self_acc, self_s, self_n, q, go, acc;
   std::vector<int64_t> kp;
   std::vector<std::pair<int64_t, int64_t>> self_hits;  // (row, col) of own keys in the current tile
   explicit Scratch(int64_t D)
-      : s(kTileQ * kTileK), dp(kTileQ * kTileK), k(kTileK * D), v(kTileK * D), dk(kTileK * D), dv(kTileK * D),
-        m(kTileQ), l(kTileQ), self_acc(kTileQ * D), self_s(kTileQ), self_n(kTileQ), q(kTileQ * D), go(kTileQ * D),
-        acc(kTileQ * D), kp(kTileK) {}
+      : D(D), s(kTileQ * kTileK), dp(kTileQ * kTileK), k(kTileK * D), v(kTileK * D), dk(kTileK * D),
+        dv(kTileK * D), m(kTileQ), l(kTileQ), self_acc(kTileQ * D), self_s(kTileQ), self_n(kTileQ), q(kTileQ * D),
+        go(kTileQ * D), acc(kTileQ * D), kp(kTileK) {}
 };
+
+// The calling thread's scratch for head width D, kept across calls: made afresh per call, its 1.5 MiB (D = 64)
+// were faulted in and zeroed every time (memset and page clearing: 5-8% of longformer's forward + backward).
+Scratch& thread_scratch(int64_t D) {
+  thread_local std::unique_ptr<Scratch> w;
+  if (!w || w->D != D) w = std::make_unique<Scratch>(D);
+  return *w;
+}
 
 // One head's row maps (null = identity): logical query row i reads q row q[i] and writes o row o[i]; logical key
 // row s reads k and v row kv[s]. The callers' sorted orders are read and written in place through them.
@@ -386,13 +395,13 @@ void scores_gradient(const float* pm, float* ds, int64_t rows, int64_t cols, con
   }
 }
 
-// Gradients of one (b, h). delta holds rowsum(dO * O) - dlse (FA2 Algorithm 2, line 4, plus the lse output's
-// gradient) in the logical order, as lse and alone; q, dout, dq and k, v, dk, dv are read and written through the
-// maps (sq, sk: their rows). Under a key map each tile's keys and values are packed through it and their
+// Gradients of one (b, h). o, dout and dlse (the lse output's gradient, null = none) are in the output order, lse
+// and alone in the logical order; q, dout, dq and k, v, dk, dv are read and written through the maps (sq, sk: their
+// rows). Under a key map each tile's keys and values are packed through it and their
 // gradients added back through it; one thread owns a head, so repeated rows accumulate safely.
-void backward_head(const float* q, const float* k, const float* v, const float* dout, const float* lse,
-                   const uint8_t* alone, const float* delta, float* dq, float* dk, float* dv, int64_t b, int64_t h,
-                   int64_t sq, int64_t sk, const Problem& p, const HeadMaps& maps, Scratch& w) {
+void backward_head(const float* q, const float* k, const float* v, const float* o, const float* dout,
+                   const float* dlse, const float* lse, const uint8_t* alone, float* dq, float* dk, float* dv,
+                   int64_t b, int64_t h, int64_t sq, int64_t sk, const Problem& p, const HeadMaps& maps, Scratch& w) {
   const int64_t D = p.D;
   std::fill(dq, dq + sq * D, 0.0f);
   std::fill(dk, dk + sk * D, 0.0f);
@@ -400,11 +409,14 @@ void backward_head(const float* q, const float* k, const float* v, const float* 
   const int64_t *offs = p.row_offsets(b, h), *blks = p.row_blocks(b, h);
   const Positions qpos = p.qpos(b, h), kpos = p.kpos(b, h);
   std::vector<int64_t> qp(kTileQ);
+  float delta[kTileQ];
   const bool panels = p.panels;
+  const int64_t pan_floats = panels ? cpu_gemm::panel_floats(p.Nk, D) : 0;
+  const cpu_softmax::ScratchLease kpan(cpu_softmax::ScratchLease::kKeyPanels, pan_floats),
+      vpan(cpu_softmax::ScratchLease::kValuePanels, pan_floats);
   if (panels) {  // this head's keys and values as panels, for S = Q K^T and dP = dO V^T
-    w.kpan.resize(cpu_gemm::panel_floats(p.Nk, D)), w.vpan.resize(w.kpan.size());
-    cpu_gemm::pack_panels(k, p.Nk, D, D, w.kpan.data(), maps.kv);
-    cpu_gemm::pack_panels(v, p.Nk, D, D, w.vpan.data(), maps.kv);
+    cpu_gemm::pack_panels(k, p.Nk, D, D, kpan.get(), maps.kv);
+    cpu_gemm::pack_panels(v, p.Nk, D, D, vpan.get(), maps.kv);
   }
   for (int64_t j = 0; j < p.NQ; ++j) {
     const auto tiles = key_tiles(p, offs, blks, j);
@@ -417,13 +429,20 @@ void backward_head(const float* q, const float* k, const float* v, const float* 
       const float* go = pack(dout, {{t0, rows}}, D, w.go.data(), maps.o);
       float* dqr = maps.q ? w.acc.data() : dq + t0 * D;
       if (maps.q) std::fill(dqr, dqr + rows * D, 0.0f);
+      for (int64_t r = 0; r < rows; ++r) {  // rowsum(dO * O) - dlse (FA2 Algorithm 2, line 4); 0 where nothing is seen
+        const int64_t at = maps.o ? maps.o[t0 + r] : t0 + r;
+        const float* orow = o + at * D;
+        float sum = 0;
+        for (int64_t d = 0; d < D; ++d) sum += go[r * D + d] * orow[d];
+        delta[r] = lse[t0 + r] == kPosInf ? 0.0f : sum - (dlse ? dlse[at] : 0.0f);
+      }
       for (const auto& whole : tiles) {  // the forward's tiles, cut alike
         const auto tile = visible_tile(whole, kpos, limit, w.kp.data());
         const int64_t cols = tile_cols(tile);
         if (cols == 0) continue;
         float *s = w.s.data(), *ds = w.dp.data();
         if (panels && on_panels(tile)) {  // the same products on the panels; rows in place or, with a map, packed
-          tile_scores(rows, tile, D, p.scale, qr, w.kpan.data(), s, cols);
+          tile_scores(rows, tile, D, p.scale, qr, kpan.get(), s, cols);
           mask_tile(s, rows, cols, tile, qp.data(), w.kp.data(), p, alone + t0, nullptr);
           for (int64_t r = 0; r < rows; ++r) exp_shifted(s + r * cols, cols, lse[t0 + r]);
           const std::vector<Segment> at_front{{0, cols}};
@@ -432,8 +451,8 @@ void backward_head(const float* q, const float* k, const float* v, const float* 
           float* dkt = maps.kv ? w.dk.data() : dk;
           if (maps.kv) std::fill(dvt, dvt + cols * D, 0.0f), std::fill(dkt, dkt + cols * D, 0.0f);
           tile_transposed_times(rows, gtile, D, 1.0f, s, cols, go, dvt);
-          tile_scores(rows, tile, D, 1.0f, go, w.vpan.data(), ds, cols);
-          scores_gradient(s, ds, rows, cols, delta + t0);
+          tile_scores(rows, tile, D, 1.0f, go, vpan.get(), ds, cols);
+          scores_gradient(s, ds, rows, cols, delta);
           tile_transposed_times(rows, gtile, D, p.scale, ds, cols, qr, dkt);
           tile_times_rows(rows, gtile, D, p.scale, ds, cols, maps.kv ? pack(k, tile, D, w.k.data(), maps.kv) : k, dqr);
           if (maps.kv) unpack_add(dvt, tile, D, dv, maps.kv), unpack_add(dkt, tile, D, dk, maps.kv);
@@ -450,7 +469,7 @@ void backward_head(const float* q, const float* k, const float* v, const float* 
         const float beta = packed ? 0.0f : 1.0f;
         gemm(true, false, cols, D, rows, 1.0f, s, cols, go, D, beta, dvt, D);  // dV += P^T dO
         gemm(false, true, rows, cols, D, 1.0f, go, D, vt, D, 0.0f, ds, cols);  // dP = dO V^T
-        scores_gradient(s, ds, rows, cols, delta + t0);
+        scores_gradient(s, ds, rows, cols, delta);
         gemm(true, false, cols, D, rows, p.scale, ds, cols, qr, D, beta, dkt, D);  // dK += s dS^T Q
         gemm(false, false, rows, D, cols, p.scale, ds, cols, kt, D, 1.0f, dqr, D);  // dQ += s dS K
         if (packed) {
@@ -530,7 +549,7 @@ class BlockSparseFunction : public torch::autograd::Function<BlockSparseFunction
     float *op = o.data_ptr<float>(), *lp = lse.data_ptr<float>();
     const int64_t per_head = cpu_gemm::panel_floats(p.Nk, p.D);
     // Every head's keys as panels, read by all tasks (written whole by pack_panels: no zeroing first).
-    std::unique_ptr<float[]> kpan(p.panels ? new float[p.B * p.H * per_head] : nullptr);
+    const cpu_softmax::ScratchLease kpan(cpu_softmax::ScratchLease::kAllKeyPanels, p.panels ? p.B * p.H * per_head : 0);
     if (p.panels)
       at::parallel_for(0, p.B * p.H, 1, [&](int64_t begin, int64_t end) {
         for (int64_t bh = begin; bh < end; ++bh)
@@ -538,7 +557,7 @@ class BlockSparseFunction : public torch::autograd::Function<BlockSparseFunction
                                 kpan.get() + bh * per_head, head_maps(q_map, kv_map, o_map, bh, Nq, Nk).kv);
       });
     at::parallel_for(0, p.B * p.H * p.NQ, 1, [&](int64_t begin, int64_t end) {
-      Scratch w(p.D);
+      Scratch& w = thread_scratch(p.D);
       for (int64_t task = begin; task < end; ++task) {
         const int64_t bh = task / p.NQ, j = task % p.NQ, b = bh / p.H, h = bh % p.H;
         const auto tiles = key_tiles(p, p.row_offsets(b, h), p.row_blocks(b, h), j);
@@ -572,20 +591,17 @@ class BlockSparseFunction : public torch::autograd::Function<BlockSparseFunction
                                    ctx->saved_data["scale"].toDouble(), ctx->saved_data["penalty"].toDouble(),
                                    ctx->saved_data["wl"].toInt(), ctx->saved_data["wr"].toInt());
     auto dout = grads[0].defined() ? grads[0].contiguous() : torch::zeros_like(o);
-    auto delta = (dout * o).sum(-1);  // [B, H, So]
-    if (grads[1].defined()) delta = delta - grads[1];
-    if (o_map.numel()) delta = delta.gather(2, o_map);  // the logical order, as lse
-    delta = delta.masked_fill(lse == kPosInf, 0.0f).contiguous();  // rows that see nothing: no gradient flows
+    const auto dlse = grads[1].defined() ? grads[1].contiguous() : torch::Tensor();  // [B, H, So]
     auto dq = torch::empty_like(q), dk = torch::empty_like(k), dv = torch::empty_like(v);
     const int64_t Sq = q.size(2), Sk = k.size(2), So = o.size(2);
     at::parallel_for(0, p.B * p.H, 1, [&](int64_t begin, int64_t end) {
-      Scratch w(p.D);
+      Scratch& w = thread_scratch(p.D);
       for (int64_t bh = begin; bh < end; ++bh) {
         const int64_t tq = bh * Sq * p.D, tk = bh * Sk * p.D;
         backward_head(q.data_ptr<float>() + tq, k.data_ptr<float>() + tk, v.data_ptr<float>() + tk,
-                      dout.data_ptr<float>() + bh * So * p.D, lse.data_ptr<float>() + bh * p.Nq,
-                      s[9].data_ptr<uint8_t>() + bh * p.Nq, delta.data_ptr<float>() + bh * p.Nq,
-                      dq.data_ptr<float>() + tq, dk.data_ptr<float>() + tk, dv.data_ptr<float>() + tk, bh / p.H,
+                      o.data_ptr<float>() + bh * So * p.D, dout.data_ptr<float>() + bh * So * p.D,
+                      dlse.defined() ? dlse.data_ptr<float>() + bh * So : nullptr, lse.data_ptr<float>() + bh * p.Nq,
+                      s[9].data_ptr<uint8_t>() + bh * p.Nq, dq.data_ptr<float>() + tq, dk.data_ptr<float>() + tk, dv.data_ptr<float>() + tk, bh / p.H,
                       bh % p.H, Sq, Sk, p, head_maps(q_map, kv_map, o_map, bh, Nq, Nk), w);
       }
     });

@@ -68,8 +68,10 @@ void lower_times(bool transposed, int64_t L, int64_t n, const float* X, const fl
   }
 }
 
+// The reductions below are marked `omp simd` so that the compiler may reorder their sums into vector lanes.
 float dot(const float* x, const float* y, int64_t n) {
   float s = 0;
+#pragma omp simd reduction(+ : s)
   for (int64_t i = 0; i < n; ++i) s += x[i] * y[i];
   return s;
 }
@@ -82,11 +84,10 @@ void axpy(float alpha, const float* x, float* y, int64_t n) {
 // z += sum of the L rows of x [L, M]: the chunk's sum first, then one add, as the reference's
 // per-chunk sums (adding row by row into a large running z loses more to rounding).
 void add_rows(const float* x, int64_t L, int64_t M, float* z) {
-  for (int64_t m = 0; m < M; ++m) {
-    float s = 0;
-    for (int64_t i = 0; i < L; ++i) s += x[i * M + m];
-    z[m] += s;
-  }
+  thread_local std::vector<float> sum;
+  sum.assign(M, 0.0f);
+  for (int64_t i = 0; i < L; ++i) axpy(1.0f, x + i * M, sum.data(), M);  // row by row: contiguous, vectorized
+  axpy(1.0f, sum.data(), z, M);
 }
 
 // Forward of one (b, h). a, b: [T, M]; v: [T, E]; S [M, E], z [M] (ratio only): the sums before
@@ -104,7 +105,9 @@ void forward_head(const float* a, const float* b, const float* v, float* S, floa
     if (p.ratio) {
       for (int64_t i = 0; i < L; ++i) {
         double sum = 0;  // in double: this one number scales the whole row, and signed features cancel in it
+#pragma omp simd reduction(+ : sum)
         for (int64_t m = 0; m < M; ++m) sum += double(ac[i * M + m]) * z[m];
+#pragma omp simd reduction(+ : sum)
         for (int64_t j = 0; j <= i; ++j) sum += A[i * L + j];
         const float d = static_cast<float>(sum + p.eps);
         den[t0 + i] = d;

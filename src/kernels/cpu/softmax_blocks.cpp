@@ -134,6 +134,22 @@ void gemm(bool ta, bool tb, int64_t m, int64_t n, int64_t k, float alpha, const 
               static_cast<int>(ldc));
 }
 
+ScratchLease::ScratchLease(Slot slot, int64_t n) {
+  if (n > kKeptFloats) {
+    fresh_.reset(new float[n]);
+    data_ = fresh_.get();
+    return;
+  }
+  struct Kept {
+    std::unique_ptr<float[]> data;
+    int64_t size = 0;
+  };
+  thread_local Kept kept[kSlots];
+  Kept& k = kept[slot];
+  if (k.size < n) k.data.reset(new float[n]), k.size = n;
+  data_ = k.data.get();
+}
+
 float exp_shifted(float* x, int64_t n, float shift) {
   if (wide()) return exp_shifted_avx512(x, n, shift);
   if (cpu_has_avx2_fma()) return exp_shifted_avx2(x, n, shift);

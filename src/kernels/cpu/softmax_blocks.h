@@ -6,6 +6,7 @@
 #include <torch/torch.h>
 
 #include <cstdint>
+#include <memory>
 
 namespace longseq {
 namespace cpu_softmax {
@@ -25,6 +26,21 @@ float row_max(const float* x, int64_t n, float init);
 // running max m and sum l take the tile in, its accumulator row acc[r, 0..D) is rescaled, and s becomes
 // exp(s - m) (zeros in a row that has seen nothing yet), ready for acc += s V.
 void online_softmax_step(float* s, int64_t rows, int64_t cols, float* m, float* l, float* acc, int64_t D);
+
+// A float buffer of n entries, contents undefined, for the length of one kernel call: the calling thread's kept
+// buffer for `slot` when n is at most kKeptFloats (grown, never shrunk or zeroed, so its pages are faulted in once
+// per thread instead of once per call), else a fresh one freed with the lease. One lease per slot at a time.
+class ScratchLease {
+ public:
+  static constexpr int64_t kKeptFloats = int64_t(16) << 20;  // 64 MiB per slot and thread at most stays allocated
+  enum Slot { kKeyPanels, kValuePanels, kAllKeyPanels, kSlots };
+  ScratchLease(Slot slot, int64_t n);
+  float* get() const { return data_; }
+
+ private:
+  std::unique_ptr<float[]> fresh_;
+  float* data_ = nullptr;
+};
 
 // t [B, H, S, E] itself when each row is contiguous (heads and batches at any stride, as a decoding cache's
 // view, which the kernels read in place), else a contiguous copy.
