@@ -116,11 +116,16 @@ TEST(Distributed, TwoProcessesTrainAsOneWithTheirBatches) {
 
   longseq_test::child_trains(dir + "/one", config, 0);  // one process, both micro-batches of every step
   ASSERT_TRUE(group_trains(dir + "/group", config, 0)) << "a rank of the group failed";
-  ASSERT_TRUE(group_trains(dir + "/resumed", config, 4)) << "a rank failed before its stop";
+  // The resumed group sums a bucket per parameter, each started by the backward as its gradient is final.
+  const std::string per_parameter = dir + "/per_parameter.json";
+  auto cfg = small_config(dir + "/corpus.txt", 2);
+  cfg["train"]["allreduce_bucket_mb"] = 0;
+  write_file_atomic(per_parameter, cfg.dump());
+  ASSERT_TRUE(group_trains(dir + "/resumed", per_parameter, 4)) << "a rank failed before its stop";
   ASSERT_FALSE(path_exists(dir + "/resumed/model.safetensors") &&
                load_safetensors(dir + "/resumed/model.safetensors").metadata.at("step") == "8")
       << "the stopped group ran to its end";
-  ASSERT_TRUE(group_trains(dir + "/resumed", config, 0)) << "a rank failed to resume";
+  ASSERT_TRUE(group_trains(dir + "/resumed", per_parameter, 0)) << "a rank failed to resume";
 
   const auto want = logged(dir + "/one");
   ASSERT_EQ(want.size(), 8u * 2 + 1 + 1);  // loss and grad_norm per step, validations at 4 and at the end
@@ -141,6 +146,55 @@ TEST(Distributed, TwoProcessesTrainAsOneWithTheirBatches) {
     return std::count(text.begin(), text.end(), '\n');
   };
   EXPECT_EQ(lines(dir + "/group/metrics.jsonl"), lines(dir + "/one/metrics.jsonl"));
+}
+
+// A group of one standing for two processes with equal gradients: each sum doubles its buffer when waited for.
+// It records, per sum started, whether the first layer's gradient was still missing (the backward still running).
+struct DoublingGroup : ProcessGroup {
+  int rank() const override { return 0; }
+  int size() const override { return 2; }
+  std::function<void()> start_sum(const torch::Tensor& flat) override {
+    started_early.push_back(!first->grad().defined());
+    return [flat]() mutable { flat.mul_(2); };
+  }
+  void broadcast(const std::vector<torch::Tensor>&) override {}
+  void barrier() override {}
+  const torch::Tensor* first = nullptr;
+  std::vector<bool> started_early;
+};
+
+TEST(Distributed, GradientSumsStartDuringTheBackwardAndEqualTheBlockingSums) {
+  torch::manual_seed(3);
+  torch::nn::Sequential net(torch::nn::Linear(8, 16), torch::nn::Tanh(), torch::nn::Linear(16, 16), torch::nn::Tanh(),
+                            torch::nn::Linear(16, 4));
+  auto unused = torch::randn({5}, torch::requires_grad());  // reached by no backward: summed as zeros
+  auto params = net->parameters();
+  params.push_back(unused);
+  const auto x = torch::randn({3, 8});
+  auto backward = [&] {
+    for (auto& p : params) p.mutable_grad() = torch::Tensor();
+    net->forward(x).pow(2).sum().backward();
+  };
+  DoublingGroup group;
+  group.first = &params[0];  // the first layer's weight: its gradient comes last
+  OverlappedGradientSum sum(group, params, 0);  // one bucket per parameter
+  EXPECT_EQ(sum.buckets(), static_cast<int64_t>(params.size()));
+  backward();  // not armed: an earlier micro-batch's backward starts nothing
+  EXPECT_TRUE(group.started_early.empty());
+  std::vector<torch::Tensor> blocking;
+  for (auto& p : params) blocking.push_back(p.grad().defined() ? p.grad().clone() : torch::zeros_like(p));
+  group.sum(blocking);  // the blocking path, bucketed in parameter order
+  group.started_early.clear();
+  sum.arm();
+  backward();
+  const auto early = group.started_early;
+  sum.finish();
+  EXPECT_EQ(sum.started_during_backward(), static_cast<int64_t>(params.size()) - 1);  // all but the unused one
+  ASSERT_FALSE(early.empty());
+  EXPECT_TRUE(early.front()) << "the last layer's sum waited for the first layer's gradient";
+  for (size_t i = 0; i < params.size(); ++i) EXPECT_TRUE(torch::equal(params[i].grad(), blocking[i])) << i;
+  EXPECT_TRUE(torch::equal(unused.grad(), torch::zeros({5})));
+  EXPECT_THROW(sum.finish(), Error);  // not armed again
 }
 
 template <class F>

@@ -198,6 +198,10 @@ const Schema& train_schema() {
       {"batch_size", OptionType::Int, 8, "sequences per micro-batch", 1, 1 << 20},
       {"seq_len", OptionType::Int, 512, "tokens per training sequence (context T)", 1, 1 << 30},
       {"accum", OptionType::Int, 1, "micro-batches accumulated per optimizer step", 1, 1 << 20},
+      {"allreduce_bucket_mb", OptionType::Float, 25.0,
+       "data parallel: MiB of gradients per all-reduce; each bucket's sum starts during the backward as soon as its "
+       "gradients are final (docs/distributed.md)",
+       0.0, 1e6},
       {"lr", OptionType::Float, 1e-3, "peak learning rate", 0.0, 10.0},
       {"min_lr_ratio", OptionType::Float, 0.1, "final learning rate as a fraction of lr", 0.0, 1.0},
       {"warmup", OptionType::Int, 100,

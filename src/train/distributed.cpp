@@ -64,26 +64,10 @@ class GlooGroup : public ProcessGroup {
   int rank() const override { return rank_; }
   int size() const override { return size_; }
 
-  void sum(const std::vector<torch::Tensor>& tensors, int64_t bucket_bytes) override {
-    std::vector<torch::Tensor> bucket;
-    int64_t bytes = 0;
-    auto flush = [&] {
-      if (bucket.empty()) return;
-      std::vector<torch::Tensor> flat{torch::cat(flatten(bucket))};
-      pg_->allreduce(flat)->wait();
-      int64_t at = 0;
-      for (auto& t : bucket) {
-        t.copy_(flat[0].narrow(0, at, t.numel()).view_as(t));
-        at += t.numel();
-      }
-      bucket.clear(), bytes = 0;
-    };
-    for (const auto& t : tensors) {
-      bucket.push_back(t);
-      bytes += t.numel() * static_cast<int64_t>(t.element_size());
-      if (bytes >= bucket_bytes) flush();
-    }
-    flush();
+  std::function<void()> start_sum(const torch::Tensor& flat) override {
+    std::vector<torch::Tensor> one{flat};
+    auto work = pg_->allreduce(one);
+    return [work] { work->wait(); };
   }
 
   void broadcast(const std::vector<torch::Tensor>& tensors) override {
@@ -97,11 +81,6 @@ class GlooGroup : public ProcessGroup {
   void barrier() override { pg_->barrier()->wait(); }
 
  private:
-  static std::vector<torch::Tensor> flatten(const std::vector<torch::Tensor>& ts) {
-    std::vector<torch::Tensor> out;
-    for (const auto& t : ts) out.push_back(t.reshape({-1}));
-    return out;
-  }
   static std::string first_line(const std::string& s) { return s.substr(0, s.find('\n')); }
 
   int rank_, size_;
@@ -112,6 +91,30 @@ class GlooGroup : public ProcessGroup {
 #endif
 
 }  // namespace
+
+void ProcessGroup::sum(const std::vector<torch::Tensor>& tensors, int64_t bucket_bytes) {
+  std::vector<torch::Tensor> bucket;
+  int64_t bytes = 0;
+  auto flush = [&] {
+    if (bucket.empty()) return;
+    std::vector<torch::Tensor> flat;
+    for (const auto& t : bucket) flat.push_back(t.reshape({-1}));
+    auto all = torch::cat(flat);
+    start_sum(all)();
+    int64_t at = 0;
+    for (auto& t : bucket) {
+      t.copy_(all.narrow(0, at, t.numel()).view_as(t));
+      at += t.numel();
+    }
+    bucket.clear(), bytes = 0;
+  };
+  for (const auto& t : tensors) {
+    bucket.push_back(t);
+    bytes += t.numel() * static_cast<int64_t>(t.element_size());
+    if (bytes >= bucket_bytes) flush();
+  }
+  flush();
+}
 
 bool distributed_available() {
 #ifdef LONGSEQ_DISTRIBUTED

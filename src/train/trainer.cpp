@@ -269,6 +269,10 @@ TrainResult train_run(const RunConfig* given, const TrainOptions& opts) {
     for (auto& p : model.parameters()) params.push_back(p.detach());
     group->broadcast(params);
   }
+  std::unique_ptr<OverlappedGradientSum> grad_sum;
+  if (group)
+    grad_sum = std::make_unique<OverlappedGradientSum>(
+        *group, model.parameters(), static_cast<int64_t>(t["allreduce_bucket_mb"].get<double>() * (1 << 20)));
   if (!writer) {  // the other ranks train and validate alike and write nothing
   } else if (opts.resume) {
     remove_stale_temporaries(dir);
@@ -322,18 +326,14 @@ TrainResult train_run(const RunConfig* given, const TrainOptions& opts) {
       // not depend on which others it ran.
       const uint64_t micro_seed = mix_seed(seed, static_cast<uint64_t>(step), static_cast<uint64_t>(micro) + 1);
       torch::manual_seed(micro_seed);
+      if (grad_sum && micro + world >= accum) grad_sum->arm();  // this process's last backward of the step
       const MicroResult m = task->micro_batch(step, micro, accum, micro_seed, opts.loss_hook);
       loss_sum += m.loss / static_cast<double>(accum);
       step_tokens += m.targets;
     }
     bool time_up_here = time_limit > 0 && seconds_since(t0) >= time_limit;
     if (group) {  // the gradient and the step's numbers summed over the group, so every process takes the same update
-      std::vector<torch::Tensor> grads;
-      for (auto& p : model.parameters()) {
-        if (!p.grad().defined()) p.mutable_grad() = torch::zeros_like(p);  // unused here, maybe used elsewhere
-        grads.push_back(p.grad());
-      }
-      group->sum(grads);
+      grad_sum->finish();  // most buckets were started by the backward itself
       std::vector<double> sums = task->step_sums();
       sums.insert(sums.end(), {loss_sum, static_cast<double>(step_tokens), time_up_here ? 1.0 : 0.0});
       auto packed = torch::tensor(sums, torch::kDouble);
