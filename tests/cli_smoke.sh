@@ -262,6 +262,16 @@ ok "$L" eval "$dir/lra_run" --max-batches 1
 grep -q "test: accuracy" "$dir/out" || { echo "eval on a classifier prints no test accuracy"; fail=1; }
 ok "$L" lra listops --out "$dir/lra_run2" "${lt[@]}" --mixer performer --set data.listops_examples=300 \
     --set data.listops_min_length=10 --set data.listops_max_length=60
+# A table of mixers, each trained in its own process; called again, it reuses the finished runs.
+ok "$L" lra listops --mixers full,linear --out "$dir/lra_table" --data "$dir/lcorpus" "${lt[@]}"
+[ "$(grep -c -E '^\| (full|linear) \| [0-9]' "$dir/lra_table/table.md")" = 2 ] || { echo "lra table lacks a row"; fail=1; }
+grep -q "36.37 (Transformer)" "$dir/lra_table/table.md" || { echo "lra table lacks LRA's figure"; fail=1; }
+grep -q '"peak_mib"' "$dir/lra_table/table.json" || { echo "lra table lacks peak memory"; fail=1; }
+ok "$L" lra listops --mixers full,linear --out "$dir/lra_table" --data "$dir/lcorpus" "${lt[@]}"
+grep -q "training into" "$dir/err" && { echo "a finished lra table trained again"; fail=1; }
+bad "has no bidirectional mode" "$L" lra listops --mixers full,xl --out "$dir/lra_table2"
+[ -e "$dir/lra_table2" ] && { echo "a refused lra table left its directory"; fail=1; }
+bad "apply to one run" "$L" lra listops --mixers full --mixer linear
 ok "$L" lra listops --print-config --mixer linear
 grep -q '"linear"' "$dir/out" || { echo "lra --print-config lacks the mixer"; fail=1; }
 bad "apply to language-model runs" "$L" eval "$dir/lra_run" --stream

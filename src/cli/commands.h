@@ -38,6 +38,13 @@ void lra_listops_command(Json raw, const LraOptions& options);
 // with the final weights, prints it beside the chance level and `reference`, writes RUN/test.json.
 void lra_train_and_test(const std::string& task, const Json& raw, const LraOptions& options,
                         const std::string& reference);
+// `longseq lra TASK --mixers ...` (src/cli/lra_table.cpp): the mixers to tabulate ("all": every mixer with a
+// bidirectional mode; else the names, checked), and the command: each mixer trained and tested in its own process
+// into options.out_dir/<mixer> (a finished one reused, an unfinished one continued), one table in
+// options.out_dir/table.md and table.json with LRA's Table 1 beside it.
+std::vector<std::string> lra_table_mixers(const std::vector<std::string>& given);
+void lra_table_command(const std::string& task, const std::vector<std::string>& mixers, const LraOptions& options,
+                       const std::vector<std::string>& sets);
 // `longseq lra text|image|retrieval` (LRA's Text, Image, Retrieval from the files in --data; docs/lra.md): the
 // scaled configuration of a task (JSON text), and the command.
 const char* lra_file_task_config_text(const std::string& task);

@@ -8,6 +8,7 @@
 #include <cstdio>
 
 #include "commands.h"
+#include "longseq/bench.h"
 #include "longseq/common.h"
 #include "longseq/lra.h"
 #include "longseq/runtime.h"
@@ -152,6 +153,8 @@ void lra_train_and_test(const std::string& task, const Json& raw, const LraOptio
   std::printf("%s\n", reference.c_str());
   Json j = score_json("test", t, chance);
   j["step"] = r.last_step;
+  j["peak_mib"] = peak_memory_mib();  // this process's whole run (a table of mixers reads it)
+  j["train_tokens_per_s"] = r.tokens_per_s;
   write_file_atomic(opts.out_dir + "/test.json", j.dump(2) + "\n");
 }
 

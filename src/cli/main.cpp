@@ -275,6 +275,12 @@ int main(int argc, char** argv) {
       ->check(CLI::IsMember({"listops", "text", "image", "retrieval", "pathfinder"}));
   lra->add_option("--out", lra_opts.out_dir, "run directory (default: lra_<task>_<mixer>)");
   lra->add_option("--mixer", lra_mixer, "model.mixer of every layer (default: full)");
+  std::vector<std::string> lra_mixers;
+  lra->add_option("--mixers", lra_mixers, "a table instead of one run: train and test each of these mixers (or "
+                                          "\"all\": every mixer with a bidirectional mode) in its own process into "
+                                          "--out/<mixer> (default --out: lra_<task>_table), then write table.md and "
+                                          "table.json there with LRA's Table 1 beside them; run again to continue "
+                                          "it")->delimiter(',');
   lra->add_option("--data", lra_opts.data_dir, "listops: directory of basic_{train,val,test}.tsv; pathfinder: of "
                                                "metadata/ and imgs/ (LRA's release or `longseq corpus TASK`); both "
                                                "generated into it when absent (default: generated in memory from "
@@ -519,6 +525,13 @@ int main(int argc, char** argv) {
       if (!lra_mixer.empty()) raw["model"]["mixer"] = lra_mixer;
       if (!listops && !pathfinder && !lra_opts.data_dir.empty()) raw["data"]["path"] = lra_opts.data_dir;
       raw = apply_overrides(raw, sets);
+      if (!lra_mixers.empty()) {
+        if (!lra_mixer.empty() || lra_opts.resume || lra_print)
+          throw Error("lra: --mixers makes a table of runs; --mixer, --resume and --print-config apply to one run "
+                      "(a table continues its unfinished runs when called again)");
+        lra_table_command(lra_task, lra_table_mixers(lra_mixers), lra_opts, sets);
+        return 0;
+      }
       if (lra_print) {
         std::printf("%s\n", RunConfig::from_json(raw).to_json().dump(2).c_str());
         return 0;
