@@ -143,17 +143,22 @@ std::vector<Entry> tree(const torch::nn::Module& root) {
 py::dict cpp_forward_backward(Kind kind, const std::string& spec, uint64_t seed, bool training, const torch::Tensor& x,
                               bool causal, const OptTensor& padding_mask, const OptTensor& global_mask,
                               const torch::Tensor& grad_out) {
-  torch::manual_seed(seed);
-  Built b = build(kind, spec);
-  b.module->train(training);
-  auto input = x.detach().clone().requires_grad_(true);
-  auto out = run(b, input, causal, padding_mask, global_mask);
-  std::vector<torch::Tensor> wrt{input};
+  torch::Tensor out;
+  std::vector<torch::Tensor> wrt, grads;
   std::vector<std::string> names;
-  for (const auto& p : b.module->named_parameters())
-    if (p.value().requires_grad()) wrt.push_back(p.value()), names.push_back(p.key());
-  auto grads = torch::autograd::grad({out}, wrt, {grad_out}, /*retain_graph=*/false, /*create_graph=*/false,
-                                     /*allow_unused=*/true);
+  {
+    // LibTorch's autograd engine refuses to run while its caller holds the GIL.
+    py::gil_scoped_release no_gil;
+    torch::manual_seed(seed);
+    Built b = build(kind, spec);
+    b.module->train(training);
+    wrt.push_back(x.detach().clone().requires_grad_(true));
+    out = run(b, wrt[0], causal, padding_mask, global_mask);
+    for (const auto& p : b.module->named_parameters())
+      if (p.value().requires_grad()) wrt.push_back(p.value()), names.push_back(p.key());
+    grads = torch::autograd::grad({out}, wrt, {grad_out}, /*retain_graph=*/false, /*create_graph=*/false,
+                                  /*allow_unused=*/true);
+  }
   py::dict params, param_grads;
   for (size_t i = 0; i < names.size(); ++i) {
     params[py::str(names[i])] = wrt[i + 1].detach();
@@ -299,6 +304,8 @@ PYBIND11_MODULE(_C, m) {
       "exact_attention",
       [](const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v, bool causal,
          const OptTensor& key_padding, const std::string& kernel) {
+        if (kernel != "auto" && kernel != "fused" && kernel != "reference")
+          throw longseq::Error("exact_attention: kernel must be auto, fused or reference, got \"" + kernel + "\"");
         return longseq::exact_attention(q, k, v, longseq::AttentionMask{causal, or_undefined(key_padding)}, kernel);
       },
       py::arg("q"), py::arg("k"), py::arg("v"), py::arg("causal") = false, py::arg("key_padding") = py::none(),
