@@ -12,11 +12,14 @@ import os
 import statistics
 import sys
 import time
+import warnings
 
 import torch
 import torch.nn.functional as F
 
-import longseq
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore")  # its warning about OpenBLAS's core: choose_environment sets the core
+    import longseq
 
 
 def choose_environment():
