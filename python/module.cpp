@@ -51,6 +51,7 @@ Json named(const Json& spec, const std::string& name_key, const std::string& opt
 
 // The module and what its forward needs besides the module (the specs a block's layer was built from).
 struct Built {
+  std::string what;  // "mixer full", for messages
   std::shared_ptr<torch::nn::Module> module;
   longseq::Mixer mixer;
   longseq::Layer layer;
@@ -66,6 +67,7 @@ Built build(Kind kind, const std::string& spec_text) {
     b.mixer = longseq::make_mixer(ms, positive(spec, "d_model", "mixer " + ms.name),
                                   positive(spec, "n_heads", "mixer " + ms.name), layer_index);
     b.module = b.mixer;
+    b.what = "mixer " + ms.name;
   } else if (kind == Kind::Block) {
     const auto bs = longseq::parse_block_spec(named(spec, "kind", "options"), "block");
     const auto& info = longseq::find_block(bs.name);
@@ -91,6 +93,7 @@ Built build(Kind kind, const std::string& spec_text) {
     }
     b.layer = longseq::make_layer(bs, a);
     b.module = b.layer;
+    b.what = "block " + bs.name;
   } else {
     const auto fs = longseq::parse_ffn_spec(named(spec, "kind", "options"), "feed-forward");
     longseq::FfnArgs a;
@@ -101,6 +104,7 @@ Built build(Kind kind, const std::string& spec_text) {
     a.layer_index = layer_index;
     b.ffn = longseq::make_ffn(fs, a);
     b.module = b.ffn;
+    b.what = "feed-forward " + fs.name;
   }
   return b;
 }
@@ -113,14 +117,40 @@ longseq::MixContext context(bool causal, const OptTensor& padding_mask, const Op
   return ctx;
 }
 
+// A module's streaming state (KV cache, running sums, ...) and the position the stream has reached.
+struct Stream {
+  std::unique_ptr<longseq::MixerState> state;
+  const torch::nn::Module* owner = nullptr;  // a mixer downcasts the state it made: no other module's
+  int64_t offset = 0;
+};
+
+std::shared_ptr<Stream> initial_state(const Built& b, int64_t batch) {
+  if (batch < 1) throw longseq::Error(b.what + ": initial_state needs batch >= 1, got " + std::to_string(batch));
+  auto s = std::make_shared<Stream>();
+  if (b.mixer) s->state = b.mixer->initial_state(batch);
+  if (b.layer) s->state = b.layer->initial_state(batch);
+  if (!s->state) throw longseq::Error(b.what + " cannot stream (it keeps no state between calls)");
+  s->owner = b.module.get();
+  return s;
+}
+
 torch::Tensor run(Built& b, const torch::Tensor& x, bool causal, const OptTensor& padding_mask,
-                  const OptTensor& global_mask) {
+                  const OptTensor& global_mask, Stream* stream = nullptr) {
   if (b.ffn) {
     if (global_mask) throw longseq::Error("a feed-forward kind takes no global_mask");
     return b.ffn->forward(x, or_undefined(padding_mask));
   }
   auto ctx = context(causal, padding_mask, global_mask);
-  return b.mixer ? b.mixer->forward(x, ctx) : b.layer->forward(x, ctx);
+  if (stream) {
+    if (stream->owner != b.module.get())
+      throw longseq::Error(b.what + ": this state was made by another module's initial_state");
+    if (!causal) throw longseq::Error(b.what + ": a stream runs causally; call with causal=True");
+    ctx.state = stream->state.get();
+    ctx.offset = stream->offset;
+  }
+  auto y = b.mixer ? b.mixer->forward(x, ctx) : b.layer->forward(x, ctx);
+  if (stream) stream->offset += x.size(1);
+  return y;
 }
 
 // One entry per module of the tree: its path ("" for the root, "a.b" below) and its own parameters and buffers.
@@ -247,7 +277,9 @@ PYBIND11_MODULE(_C, m) {
   py::class_<Built>(m, "Handle", py::module_local())
       .def(py::init(&build), py::arg("kind"), py::arg("spec"))
       .def("forward", &run, py::arg("x"), py::arg("causal") = false, py::arg("padding_mask") = py::none(),
-           py::arg("global_mask") = py::none(), py::call_guard<py::gil_scoped_release>())
+           py::arg("global_mask") = py::none(), py::arg("state") = py::none(),
+           py::call_guard<py::gil_scoped_release>())
+      .def("initial_state", &initial_state, py::arg("batch"))
       .def("tree", [](const Built& b) { return tree(*b.module); })
       .def("train", [](Built& b, bool mode) { b.module->train(mode); }, py::arg("mode"))
       .def_property_readonly("training", [](const Built& b) { return b.module->is_training(); })
@@ -276,6 +308,11 @@ PYBIND11_MODULE(_C, m) {
         if (b.layer) b.layer->clear_aux();
       });
 
+  py::class_<Stream, std::shared_ptr<Stream>>(m, "State", py::module_local())
+      .def_property_readonly("offset", [](const Stream& s) { return s.offset; })
+      .def("tensors", [](const Stream& s) { return s.state->tensors(); })
+      .def("reorder", [](Stream& s, const torch::Tensor& index) { s.state->reorder(index); }, py::arg("index"));
+
   m.def("cpp_forward_backward", &cpp_forward_backward, py::arg("kind"), py::arg("spec"), py::arg("seed"),
         py::arg("training"), py::arg("x"), py::arg("causal"), py::arg("padding_mask"), py::arg("global_mask"),
         py::arg("grad_out"));
@@ -292,6 +329,7 @@ PYBIND11_MODULE(_C, m) {
     d["streams"] = info.streams;
     d["exact_gradients"] = info.exact_gradients;
     d["sparse_options"] = info.sparse_options.is_null() ? std::string() : info.sparse_options.dump();
+    d["strictly_causal_options"] = info.strictly_causal_options.dump();
     return d;
   });
   m.def("blas_core", [] {

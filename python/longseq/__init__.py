@@ -128,6 +128,12 @@ class _CppModule(_Node):
                 node._buffers[name] = t
         self.training = self._cpp.training
 
+    def initial_state(self, batch):
+        """A fresh streaming state for `batch` sequences (mixers and blocks that stream: KV cache, running sums,
+        memory); pass it as forward(..., causal=True, state=s) chunk after chunk. Its `offset` is the position
+        reached, `tensors()` what it holds, `reorder(index)` keeps rows as a beam search does."""
+        return self._cpp.initial_state(batch)
+
     def train(self, mode=True):
         super().train(mode)
         self._cpp.train(mode)
@@ -181,9 +187,10 @@ class Mixer(_CppModule):
         super().__init__({"name": name, "d_model": d_model, "n_heads": n_heads, "options": options,
                           "layer_index": layer_index})
 
-    def forward(self, x, causal=False, padding_mask=None, global_mask=None):
-        """x [B, T, C]; padding_mask / global_mask [B, T] bool (True = padding / a global token) or None."""
-        return self._cpp.forward(x, causal, padding_mask, global_mask)
+    def forward(self, x, causal=False, padding_mask=None, global_mask=None, state=None):
+        """x [B, T, C]; padding_mask / global_mask [B, T] bool (True = padding / a global token) or None; state:
+        from initial_state, x then continues the sequence it holds (causal only)."""
+        return self._cpp.forward(x, causal, padding_mask, global_mask, state)
 
 
 class _WithAux(_CppModule):
@@ -217,8 +224,8 @@ class Block(_WithAux):
                           "ff": ff, "options": options, "dropout": dropout, "ff_activation": ff_activation,
                           "layer_index": layer_index})
 
-    def forward(self, x, causal=False, padding_mask=None, global_mask=None):
-        return self._cpp.forward(x, causal, padding_mask, global_mask)
+    def forward(self, x, causal=False, padding_mask=None, global_mask=None, state=None):
+        return self._cpp.forward(x, causal, padding_mask, global_mask, state)
 
 class FeedForward(_WithAux):
     """A registered feed-forward kind (longseq.ffns()): x [B, T, C] -> [B, T, C]. d_ff defaults to 4 d_model."""
