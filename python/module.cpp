@@ -18,6 +18,7 @@
 #include "longseq/kernels/causal_linear_attention.h"
 #include "longseq/kernels/flash_attention.h"
 #include "longseq/kernels/linear_attention.h"
+#include "longseq/kernels/relative_attention.h"
 #include "longseq/registry.h"
 #include "longseq/runtime.h"
 
@@ -415,6 +416,28 @@ PYBIND11_MODULE(_C, m) {
          const std::string& kernel) { return longseq::causal_prefix_products(a, b, v, chunk, nullptr, kernel); },
       py::arg("a"), py::arg("b"), py::arg("v"), py::arg("chunk") = 64, py::arg("kernel") = "auto",
       py::call_guard<py::gil_scoped_release>());
+  // Transformer-XL's relative attention: qu = q + u, qv = q + v [B, H, T, D]; k, v [B, H, M + T, D]; r [H, R, D].
+  m.def(
+      "relative_attention",
+      [](const torch::Tensor& qu, const torch::Tensor& qv, const torch::Tensor& k, const torch::Tensor& v,
+         const torch::Tensor& r, int64_t memory, int64_t max_distance, const OptTensor& key_padding,
+         const std::string& kernel) {
+        return longseq::relative_attention(qu, qv, k, v, r,
+                                           longseq::RelativeMask{memory, max_distance, or_undefined(key_padding)},
+                                           kernel);
+      },
+      py::arg("qu"), py::arg("qv"), py::arg("k"), py::arg("v"), py::arg("r"), py::arg("memory") = 0,
+      py::arg("max_distance") = -1, py::arg("key_padding") = py::none(), py::arg("kernel") = "auto",
+      py::call_guard<py::gil_scoped_release>());
+  m.def(
+      "relative_attention_unsupported_reasons",
+      [](const torch::Tensor& qu, const torch::Tensor& qv, const torch::Tensor& k, const torch::Tensor& v,
+         const torch::Tensor& r, int64_t memory, int64_t max_distance, const OptTensor& key_padding) {
+        return longseq::relative_attention_unsupported_reasons(
+            qu, qv, k, v, r, longseq::RelativeMask{memory, max_distance, or_undefined(key_padding)});
+      },
+      py::arg("qu"), py::arg("qv"), py::arg("k"), py::arg("v"), py::arg("r"), py::arg("memory") = 0,
+      py::arg("max_distance") = -1, py::arg("key_padding") = py::none());
   m.def(
       "causal_linear_attention_unsupported_reasons",
       [](const torch::Tensor& a, const torch::Tensor& b, const torch::Tensor& v) {

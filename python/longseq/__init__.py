@@ -19,6 +19,7 @@ __all__ = [
     "flash_attention", "exact_attention", "attention_reference", "flash_attention_unsupported_reasons",
     "banded_attention", "BlockSparseLayout", "block_sparse_attention", "block_sparse_unsupported_reasons",
     "causal_linear_attention", "causal_prefix_products", "causal_linear_attention_unsupported_reasons",
+    "relative_attention", "relative_attention_unsupported_reasons",
 ]
 
 
@@ -315,3 +316,15 @@ def causal_prefix_products(a, b, v, chunk=64, kernel="auto"):
 
 def causal_linear_attention_unsupported_reasons(a, b, v):
     return _C.causal_linear_attention_unsupported_reasons(a, b, v)
+
+
+def relative_attention(qu, qv, k, v, r, memory=0, max_distance=-1, key_padding=None, kernel="auto"):
+    """Transformer-XL's relative attention (Dai et al. 2019, sec. 3.3): the queries are the last T of K = M + T keys
+    (M = memory rows); score_ij = (qu_i . k_j + qv_i . r[d]) / sqrt(D) for the distance d = M + i - j, visible iff
+    0 <= d (<= max_distance when >= 0). qu = q + u, qv = q + v: [B, H, T, D]; k, v: [B, H, K, D]; r: [H, R >= K, D],
+    row d for distance d. key_padding [B, K] (reference path only)."""
+    return _C.relative_attention(qu, qv, k, v, r, memory, max_distance, key_padding, kernel)
+
+
+def relative_attention_unsupported_reasons(qu, qv, k, v, r, memory=0, max_distance=-1, key_padding=None):
+    return _C.relative_attention_unsupported_reasons(qu, qv, k, v, r, memory, max_distance, key_padding)

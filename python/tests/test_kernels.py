@@ -131,6 +131,41 @@ class BlockSparseAttention(unittest.TestCase):
                     self.assertLess(rel_error(a, b), GRAD_TOL, f"d{name}")
 
 
+class RelativeAttention(unittest.TestCase):
+    def test_against_torch_attention(self):
+        B, H, M, T, D = 2, 2, 6, 19, 8
+        K = M + T
+        distance = M + torch.arange(T).unsqueeze(1) - torch.arange(K).unsqueeze(0)  # [T, K]
+        for max_distance in (-1, 9):
+            with self.subTest(max_distance=max_distance):
+                qu, qv = (torch.randn(B, H, T, D, requires_grad=True) for _ in range(2))
+                k, v = (torch.randn(B, H, K, D, requires_grad=True) for _ in range(2))
+                r = torch.randn(H, K + 3, D, requires_grad=True)
+                inputs = (qu, qv, k, v, r)
+                self.assertEqual(longseq.relative_attention_unsupported_reasons(*inputs, M, max_distance), [])
+                out = longseq.relative_attention(*inputs, memory=M, max_distance=max_distance, kernel="fused")
+                g = torch.randn_like(out)
+                got = grads(out, inputs, g)
+                qu64, qv64, k64, v64, r64 = (t.detach().double().requires_grad_(True) for t in inputs)
+                rd = r64[:, distance.clamp(0, K - 1)]  # [H, T, K, D]: the row of each pair's distance
+                logits = (qu64 @ k64.transpose(-1, -2) + (qv64.unsqueeze(-2) * rd).sum(-1)) / D ** 0.5
+                allowed = (distance >= 0) & ((distance <= max_distance) if max_distance >= 0 else True)
+                want_out = torch.softmax(logits.masked_fill(~allowed, float("-inf")), -1) @ v64
+                want = grads(want_out, (qu64, qv64, k64, v64, r64), g.double())
+                self.assertLess(rel_error(out, want_out), FWD_TOL)
+                for name, a, b in zip(("qu", "qv", "k", "v", "r"), got, want):
+                    self.assertLess(rel_error(a, b), GRAD_TOL, f"d{name}")
+
+    def test_declines_with_reasons(self):
+        qu = torch.randn(1, 1, 4, 8, dtype=torch.float64)
+        r = torch.randn(1, 4, 8, dtype=torch.float64)
+        self.assertTrue(longseq.relative_attention_unsupported_reasons(qu, qu, qu, qu, r))
+        with self.assertRaises(ValueError):
+            longseq.relative_attention(qu, qu, qu, qu, r, kernel="fused")
+        with self.assertRaises((ValueError, RuntimeError)):
+            longseq.relative_attention(qu.float(), qu.float(), qu.float(), qu.float(), r[:, :2].float())  # R < K
+
+
 def causal_linear_oracle(a, b, v, eps):
     S = torch.cumsum(b.unsqueeze(-1) * v.unsqueeze(-2), dim=2)  # [B, H, T, M, E]
     z = torch.cumsum(b, dim=2)
