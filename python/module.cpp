@@ -53,6 +53,7 @@ Json named(const Json& spec, const std::string& name_key, const std::string& opt
 // The module and what its forward needs besides the module (the specs a block's layer was built from).
 struct Built {
   std::string what;  // "mixer full", for messages
+  int64_t d_model = 0;
   std::shared_ptr<torch::nn::Module> module;
   longseq::Mixer mixer;
   longseq::Layer layer;
@@ -63,6 +64,7 @@ Built build(Kind kind, const std::string& spec_text) {
   const Json spec = longseq::parse_json(spec_text, "module spec");
   Built b;
   const int64_t layer_index = spec.value("layer_index", int64_t{0});
+  b.d_model = spec.value("d_model", int64_t{0});
   if (kind == Kind::Mixer) {
     const auto ms = longseq::parse_mixer_spec(named(spec, "name", "options"), "mixer");
     b.mixer = longseq::make_mixer(ms, positive(spec, "d_model", "mixer " + ms.name),
@@ -135,8 +137,30 @@ std::shared_ptr<Stream> initial_state(const Built& b, int64_t batch) {
   return s;
 }
 
+std::string shape(const torch::Tensor& t) {
+  std::string out;
+  for (auto n : t.sizes()) out += (out.empty() ? "[" : ", ") + std::to_string(n);
+  return out.empty() ? "[]" : out + "]";
+}
+
+// The module contract checked once here, since not every C++ module checks it and some fail worse than an error on
+// breaking it (lsh and routing divide by zero on T = 0; bigbird takes a padding mask of another length).
+void check_inputs(const Built& b, const torch::Tensor& x, const OptTensor& padding_mask, const OptTensor& global_mask) {
+  if (x.dim() != 3 || x.size(0) < 1 || x.size(1) < 1 || x.size(2) != b.d_model || !x.is_floating_point())
+    throw longseq::Error(b.what + ": x must be a floating-point [B, T, C] tensor with B, T >= 1 and C = d_model = " +
+                         std::to_string(b.d_model) + ", got " + shape(x) + " " + std::string(x.dtype().name()));
+  for (const auto& [name, mask] : {std::make_pair("padding_mask", &padding_mask), std::make_pair("global_mask", &global_mask)}) {
+    if (*mask && ((*mask)->dim() != 2 || (*mask)->size(0) != x.size(0) || (*mask)->size(1) != x.size(1) ||
+                  (*mask)->scalar_type() != torch::kBool))
+      throw longseq::Error(b.what + ": " + name + " must be a bool [B, T] = [" + std::to_string(x.size(0)) + ", " +
+                           std::to_string(x.size(1)) + "] tensor, got " + shape(**mask) + " " +
+                           std::string((*mask)->dtype().name()));
+  }
+}
+
 torch::Tensor run(Built& b, const torch::Tensor& x, bool causal, const OptTensor& padding_mask,
                   const OptTensor& global_mask, Stream* stream = nullptr) {
+  check_inputs(b, x, padding_mask, global_mask);
   if (b.ffn) {
     if (global_mask) throw longseq::Error("a feed-forward kind takes no global_mask");
     return b.ffn->forward(x, or_undefined(padding_mask));
