@@ -5,14 +5,29 @@ A module's parameters and buffers are the C++ module's tensors themselves, not c
 load_state_dict(), optimizers, .to()/.double() and train()/eval() act on the C++ module. Its submodules mirror the
 C++ module's tree, so state_dict() keys are the C++ names (those of longseq's checkpoints).
 """
-import copy
 import json
+import os
 import warnings
 
 import torch
 from torch import nn
 
-from . import _C
+from . import _build
+
+
+def _check_torch():
+    # _C and liblongseq link one LibTorch; loading them beside another (a wheel's torch with a build for Debian's)
+    # aborts the process, so the mismatch is an ImportError before they load.
+    lib = os.path.realpath(os.path.join(os.path.dirname(torch.__file__), "lib", "libtorch_cpu.so"))
+    if lib != _build.torch_library:
+        raise ImportError(f"this build of longseq is for torch {_build.torch_version} ({_build.torch_library}), but "
+                          f"this python's torch {torch.__version__} loads {lib}: use a longseq built against it "
+                          f"(docs/python.md)")
+
+
+_check_torch()
+
+from . import _C  # noqa: E402  (after the check)
 
 __all__ = [
     "Mixer", "Block", "FeedForward", "mixers", "blocks", "ffns", "describe",

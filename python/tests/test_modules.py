@@ -305,6 +305,16 @@ class BadInput(unittest.TestCase):
         with self.assertRaisesRegex(ValueError, "unknown key block standard.ff.bogus"):
             longseq.Block("standard", C, H, ff={"name": "moe", "bogus": 1})
 
+    def test_another_torch_is_an_import_error(self):
+        built = longseq._build.torch_library
+        try:
+            longseq._build.torch_library = "/elsewhere/libtorch_cpu.so"
+            with self.assertRaisesRegex(ImportError, "this build of longseq is for torch .* but this python's torch"):
+                longseq._check_torch()
+        finally:
+            longseq._build.torch_library = built
+        longseq._check_torch()
+
     def test_bad_sizes(self):
         with self.assertRaisesRegex(ValueError, "multiple of n_heads"):
             longseq.Mixer("full", 30, 4)
