@@ -34,12 +34,33 @@ torch::Tensor or_undefined(const OptTensor& t) { return t ? *t : torch::Tensor()
 // module for Python and, in cpp_forward_backward, a second one entirely on the C++ side.
 enum class Kind { Mixer, Block, Ffn };
 
-int64_t positive(const Json& spec, const std::string& key, const std::string& what, int64_t fallback = -1) {
-  if (!spec.contains(key) && fallback > 0) return fallback;
-  if (!spec.contains(key) || !spec[key].is_number_integer() || spec[key].get<int64_t>() < 1)
-    throw longseq::Error(what + ": " + key + " must be a positive integer, got " +
-                         (spec.contains(key) ? longseq::json_excerpt(spec[key]) : std::string("nothing")));
+// The spec's scalar arguments, each checked here with a message naming it (nlohmann's own errors name no key).
+std::string got(const Json& spec, const std::string& key) {
+  return spec.contains(key) ? longseq::json_excerpt(spec[key]) : std::string("nothing");
+}
+
+// spec[key] as an integer >= min; `fallback` when absent (none: required).
+int64_t integer(const Json& spec, const std::string& key, const std::string& what, int64_t min,
+                std::optional<int64_t> fallback = std::nullopt) {
+  if (!spec.contains(key) && fallback) return *fallback;
+  if (!spec.contains(key) || !spec[key].is_number_integer() || spec[key].get<int64_t>() < min)
+    throw longseq::Error(what + ": " + key + " must be an integer >= " + std::to_string(min) + ", got " +
+                         got(spec, key));
   return spec[key].get<int64_t>();
+}
+
+double dropout(const Json& spec, const std::string& what) {
+  if (!spec.contains("dropout")) return 0.0;
+  const auto& d = spec["dropout"];
+  if (!d.is_number() || d.get<double>() < 0 || d.get<double>() >= 1)
+    throw longseq::Error(what + ": dropout must be a number in [0, 1), got " + got(spec, "dropout"));
+  return d.get<double>();
+}
+
+std::string text(const Json& spec, const std::string& key, const std::string& what, const std::string& fallback) {
+  if (!spec.contains(key)) return fallback;
+  if (!spec[key].is_string()) throw longseq::Error(what + ": " + key + " must be a string, got " + got(spec, key));
+  return spec[key].get<std::string>();
 }
 
 // A name plus an options object -> the registry's "name" / {"name": ..., options} form.
@@ -50,7 +71,7 @@ Json named(const Json& spec, const std::string& name_key, const std::string& opt
   return out;
 }
 
-// The module and what its forward needs besides the module (the specs a block's layer was built from).
+// A built module: the C++ module, typed by its registry so that forward can call it.
 struct Built {
   std::string what;  // "mixer full", for messages
   int64_t d_model = 0;
@@ -63,23 +84,23 @@ struct Built {
 Built build(Kind kind, const std::string& spec_text) {
   const Json spec = longseq::parse_json(spec_text, "module spec");
   Built b;
-  const int64_t layer_index = spec.value("layer_index", int64_t{0});
-  b.d_model = spec.value("d_model", int64_t{0});
+  const int64_t layer_index = integer(spec, "layer_index", "module", 0, 0);
   if (kind == Kind::Mixer) {
     const auto ms = longseq::parse_mixer_spec(named(spec, "name", "options"), "mixer");
-    b.mixer = longseq::make_mixer(ms, positive(spec, "d_model", "mixer " + ms.name),
-                                  positive(spec, "n_heads", "mixer " + ms.name), layer_index);
+    b.d_model = integer(spec, "d_model", "mixer " + ms.name, 1);
+    b.mixer = longseq::make_mixer(ms, b.d_model, integer(spec, "n_heads", "mixer " + ms.name, 1), layer_index);
     b.module = b.mixer;
     b.what = "mixer " + ms.name;
   } else if (kind == Kind::Block) {
     const auto bs = longseq::parse_block_spec(named(spec, "kind", "options"), "block");
     const auto& info = longseq::find_block(bs.name);
     longseq::BlockArgs a;
-    a.d_model = positive(spec, "d_model", "block " + bs.name);
-    a.n_heads = positive(spec, "n_heads", "block " + bs.name);
-    a.d_ff = positive(spec, "d_ff", "block " + bs.name, 4 * a.d_model);
-    a.dropout = spec.value("dropout", 0.0);
-    a.ff_activation = spec.value("ff_activation", std::string("gelu"));
+    const std::string what = "block " + bs.name;
+    a.d_model = b.d_model = integer(spec, "d_model", what, 1);
+    a.n_heads = integer(spec, "n_heads", what, 1);
+    a.d_ff = integer(spec, "d_ff", what, 1, 4 * a.d_model);
+    a.dropout = dropout(spec, what);
+    a.ff_activation = text(spec, "ff_activation", what, "gelu");
     a.layer_index = layer_index;
     a.options = bs.options;
     longseq::MixerSpec ms;
@@ -100,10 +121,11 @@ Built build(Kind kind, const std::string& spec_text) {
   } else {
     const auto fs = longseq::parse_ffn_spec(named(spec, "kind", "options"), "feed-forward");
     longseq::FfnArgs a;
-    a.d_model = positive(spec, "d_model", "feed-forward " + fs.name);
-    a.d_ff = positive(spec, "d_ff", "feed-forward " + fs.name, 4 * a.d_model);
-    a.dropout = spec.value("dropout", 0.0);
-    a.activation = spec.value("activation", std::string("gelu"));
+    const std::string what = "feed-forward " + fs.name;
+    a.d_model = b.d_model = integer(spec, "d_model", what, 1);
+    a.d_ff = integer(spec, "d_ff", what, 1, 4 * a.d_model);
+    a.dropout = dropout(spec, what);
+    a.activation = text(spec, "activation", what, "gelu");
     a.layer_index = layer_index;
     b.ffn = longseq::make_ffn(fs, a);
     b.module = b.ffn;

@@ -318,12 +318,20 @@ class BadInput(unittest.TestCase):
     def test_bad_sizes(self):
         with self.assertRaisesRegex(ValueError, "multiple of n_heads"):
             longseq.Mixer("full", 30, 4)
-        with self.assertRaisesRegex(ValueError, "d_model must be a positive integer, got 0"):
+        with self.assertRaisesRegex(ValueError, "d_model must be an integer >= 1, got 0"):
             longseq.Mixer("full", 0, 4)
-        with self.assertRaisesRegex(ValueError, "d_model must be a positive integer, got 32.0"):
+        with self.assertRaisesRegex(ValueError, "d_model must be an integer >= 1, got 32.0"):
             longseq.Mixer("full", 32.0, 4)
-        with self.assertRaisesRegex(ValueError, "d_ff must be a positive integer"):
+        with self.assertRaisesRegex(ValueError, "d_ff must be an integer >= 1"):
             longseq.FeedForward("dense", C, -1)
+        with self.assertRaisesRegex(ValueError, "layer_index must be an integer >= 0, got \"a\""):
+            longseq.Mixer("full", C, H, layer_index="a")
+        with self.assertRaisesRegex(ValueError, r"dropout must be a number in \[0, 1\), got 2.0"):
+            longseq.Block("standard", C, H, dropout=2.0)
+        with self.assertRaisesRegex(ValueError, "ff_activation must be a string, got 3"):
+            longseq.Block("standard", C, H, ff_activation=3)
+        with self.assertRaisesRegex(ValueError, "activation \"tanh\" is not one of"):
+            longseq.FeedForward("dense", C, activation="tanh")
 
     def test_bad_tensors_raise_not_crash(self):
         m = longseq.Mixer("full", C, H)
