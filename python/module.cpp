@@ -171,7 +171,8 @@ void check_inputs(const Built& b, const torch::Tensor& x, const OptTensor& paddi
   if (x.dim() != 3 || x.size(0) < 1 || x.size(1) < 1 || x.size(2) != b.d_model || !x.is_floating_point())
     throw longseq::Error(b.what + ": x must be a floating-point [B, T, C] tensor with B, T >= 1 and C = d_model = " +
                          std::to_string(b.d_model) + ", got " + shape(x) + " " + std::string(x.dtype().name()));
-  for (const auto& [name, mask] : {std::make_pair("padding_mask", &padding_mask), std::make_pair("global_mask", &global_mask)}) {
+  for (const auto& [name, mask] :
+       {std::make_pair("padding_mask", &padding_mask), std::make_pair("global_mask", &global_mask)}) {
     if (*mask && ((*mask)->dim() != 2 || (*mask)->size(0) != x.size(0) || (*mask)->size(1) != x.size(1) ||
                   (*mask)->scalar_type() != torch::kBool))
       throw longseq::Error(b.what + ": " + name + " must be a bool [B, T] = [" + std::to_string(x.size(0)) + ", " +
@@ -208,7 +209,8 @@ std::vector<Entry> tree(const torch::nn::Module& root) {
   for (const auto& m : root.named_modules("", /*include_self=*/true)) {
     Entry e;
     std::get<0>(e) = m.key();
-    for (const auto& p : m.value()->named_parameters(/*recurse=*/false)) std::get<1>(e).emplace_back(p.key(), p.value());
+    for (const auto& p : m.value()->named_parameters(/*recurse=*/false))
+      std::get<1>(e).emplace_back(p.key(), p.value());
     for (const auto& p : m.value()->named_buffers(/*recurse=*/false)) std::get<2>(e).emplace_back(p.key(), p.value());
     out.push_back(std::move(e));
   }
@@ -318,7 +320,10 @@ PYBIND11_MODULE(_C, m) {
     }
   });
 
-  py::enum_<Kind>(m, "Kind", py::module_local()).value("mixer", Kind::Mixer).value("block", Kind::Block).value("ffn", Kind::Ffn);
+  py::enum_<Kind>(m, "Kind", py::module_local())
+      .value("mixer", Kind::Mixer)
+      .value("block", Kind::Block)
+      .value("ffn", Kind::Ffn);
 
   // module_local: torch's own bindings may register torch::nn::Module types with pybind11; ours stay apart.
   py::class_<Built>(m, "Handle", py::module_local())

@@ -24,15 +24,19 @@ build_and_test() {
   cmake -S . -B "$dir" -DCMAKE_BUILD_TYPE=Release -DLONGSEQ_PYTHON=ON -DLONGSEQ_BUILD_TESTS=OFF -DLONGSEQ_FUZZ=OFF \
     "$@" >/dev/null
   cmake --build "$dir" -j"$(nproc)"
-  # OpenBLAS's kernels for this CPU (docs/performance.md): a Python process cannot re-execute itself as the program does.
+  # OpenBLAS's kernels for this CPU (docs/performance.md): a Python process cannot re-execute itself to set them.
   local core="${OPENBLAS_CORETYPE-$("./$dir/longseq" info --blas-core)}"
-  OPENBLAS_CORETYPE="$core" OMP_WAIT_POLICY=PASSIVE ctest --test-dir "$dir" -L python --no-tests=error --output-on-failure "${ctest_args[@]}"
+  OPENBLAS_CORETYPE="$core" OMP_WAIT_POLICY=PASSIVE ctest --test-dir "$dir" -L python --no-tests=error \
+    --output-on-failure "${ctest_args[@]}"
 }
 ctest_args=("$@")
 build_and_test build-python -DLONGSEQ_PYTHON_EXECUTABLE=/usr/bin/python3
 if [ "$torch2" = 1 ]; then
   venv="${LONGSEQ_TORCH2_VENV:-/opt/longseq-torch2}"
-  [ -x "$venv/bin/python" ] || { echo "python: no virtual environment at $venv (scripts/torch2.sh makes it)" >&2; exit 1; }
+  if [ ! -x "$venv/bin/python" ]; then
+    echo "python: no virtual environment at $venv (scripts/torch2.sh makes it)" >&2
+    exit 1
+  fi
   prefix="$("$venv/bin/python" -c 'import os, torch; print(os.path.dirname(torch.__file__))' 2>/dev/null)"
   build_and_test build-python-torch2 -DLONGSEQ_TORCH="$prefix" -DLONGSEQ_PYTHON_EXECUTABLE="$venv/bin/python"
 fi

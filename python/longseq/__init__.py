@@ -54,7 +54,8 @@ def ffns():
 
 
 def describe(name, registry="mixer"):
-    """One registry entry (registry: mixer, block or ffn): its summary and options (name, type, default as JSON, doc)."""
+    """One registry entry (registry: mixer, block or ffn): its summary and its options (name, type, default as
+    JSON, doc, choices)."""
     entries = {"mixer": _C.mixers, "block": _C.blocks, "ffn": _C.ffns}
     if registry not in entries:
         raise ValueError(f"registry must be one of {', '.join(entries)}, got {registry!r}")

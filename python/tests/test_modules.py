@@ -343,7 +343,8 @@ class BadInput(unittest.TestCase):
         for name in ("lsh", "routing", "bigbird"):
             with self.assertRaisesRegex(ValueError, r"B, T >= 1 .* got \[1, 0, 32\]"):
                 longseq.Mixer(name, C, H)(torch.randn(1, 0, C), True)
-            with self.assertRaisesRegex(ValueError, r"padding_mask must be a bool \[B, T\] = \[2, 13\] tensor, got \[2, 9\]"):
+            with self.assertRaisesRegex(ValueError, r"padding_mask must be a bool \[B, T\] = \[2, 13\] tensor, "
+                                                    r"got \[2, 9\]"):
                 longseq.Mixer(name, C, H)(torch.randn(2, T, C), True, torch.zeros(2, 9, dtype=torch.bool))
         with self.assertRaisesRegex(ValueError, "global_mask must be a bool"):
             m(torch.randn(2, T, C), global_mask=torch.zeros(2, T))
