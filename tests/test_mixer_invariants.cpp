@@ -135,6 +135,22 @@ TEST_P(MixerInvariants, ShapeDtypeAndFinite) {
       }
 }
 
+// Degenerate input is answered, not crashed on: an empty sequence gives an empty output or an exception (lsh and
+// routing died of a division by a chunk or cluster size of 0), and a padding mask of another length is refused
+// (bigbird's exact fallback broadcast it).
+TEST_P(MixerInvariants, EmptySequenceAndMisshapenPaddingAreAnswered) {
+  for (bool causal : modes()) {
+    auto m = build(false, torch::kFloat);
+    auto x = torch::randn({2, 0, kC});
+    try {
+      EXPECT_EQ(run(m, x, causal, torch::Tensor()).sizes(), x.sizes()) << "causal=" << causal;
+    } catch (const std::exception&) {  // refused: an answer too
+    }
+    EXPECT_ANY_THROW(run(m, torch::randn({2, 9, kC}), causal, torch::zeros({2, 7}, torch::kBool)))
+        << "causal=" << causal << ": a [2, 7] padding mask for T = 9 was taken";
+  }
+}
+
 TEST_P(MixerInvariants, CausalityFutureTokensDoNotLeak) {
   if (!info().supports_causal) GTEST_SKIP() << "bidirectional only";
   auto m = build(/*strict=*/true);

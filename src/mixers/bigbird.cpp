@@ -143,6 +143,8 @@ class BigBirdImpl : public MixerImpl {
                            MixContext& ctx) override {
     const int64_t B = q.size(0), T = q.size(2);
     auto pad = ctx.padding_mask.defined() ? ctx.padding_mask.to(q.device(), torch::kBool) : torch::Tensor();
+    TORCH_CHECK(!pad.defined() || pad.sizes() == torch::IntArrayRef({B, T}), "bigbird: padding_mask must be [B, T] = [",
+                B, ", ", T, "], got ", pad.sizes());  // the exact fallback at short T would broadcast it silently
     if (ctx.state) return stream(q, k, v, pad, ctx);
     if (!pad.defined() || !pad.any().item<bool>()) return attend_unpadded(q, k, v, ctx.causal);
     // Each sequence's real tokens are moved to the front and attend at their own length L, so its blocks start at

@@ -110,6 +110,7 @@ class LshImpl : public MixerImpl {
   // q, v: [B, H, T, D]; pad: [B, T] bool -> [B, H, T, D]
   torch::Tensor attend(torch::Tensor q, torch::Tensor v, torch::Tensor pad, bool causal) {
     const int64_t B = q.size(0), T = q.size(2), D = head_dim_;
+    if (T == 0) return torch::zeros_like(v);  // no rows: no chunks of m = min(chunk, T) = 0 to cut
     const int64_t m = std::min(chunk_, T), Tp = (T + m - 1) / m * m, R = rounds_, Nr = Tp / m;
     auto lopts = q.options().dtype(torch::kLong);
     if (Tp > T) {

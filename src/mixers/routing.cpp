@@ -135,6 +135,7 @@ class RoutingImpl : public MixerImpl {
   torch::Tensor attend_sorted(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
                               const torch::Tensor& pad, bool causal) {
     const int64_t Hr = routing_heads_, Hl = heads_ - Hr;
+    if (q.size(2) == 0) return torch::zeros_like(v);  // no rows: no clusters or windows to size
     std::vector<torch::Tensor> parts;
     if (Hr > 0)
       parts.push_back(routed(q.narrow(1, 0, Hr), shared_qk_ ? torch::Tensor() : k.narrow(1, 0, Hr),

@@ -110,6 +110,7 @@ class SparseQkvImpl : public MixerImpl {
 
   torch::Tensor forward(const torch::Tensor& x, MixContext& ctx) override {
     TORCH_CHECK(x.dim() == 3 && x.size(2) == C_, "sparse_qkv: x must be [B, T, ", C_, "], got ", x.sizes());
+    TORCH_CHECK(x.is_floating_point(), "sparse_qkv: x must be floating point, got ", x.scalar_type());
     const int64_t B = x.size(0), T = x.size(1);
     auto p = factored_(x);
     // Pads become the conv's own zero padding, so padding neither feeds the real tokens nor depends on its side.
