@@ -4,6 +4,7 @@
 #include <torch/csrc/autograd/variable.h>
 
 #include <mutex>
+#include <utility>
 
 #include "longseq/common.h"
 #include "longseq/distributed.h"
@@ -21,7 +22,10 @@ struct OverlappedGradientSum::State {
   std::vector<torch::Tensor> flat;           // per bucket: the buffer being summed
   std::vector<std::function<void()>> done;   // per bucket: waits for its sum; empty = not started
   std::vector<int64_t> hooked;               // per bucket: parameters whose accumulator calls back
-  std::vector<std::shared_ptr<torch::autograd::Node>> accumulators;  // kept alive: the hooks live on them
+  // What grad_accumulator returns (a shared_ptr in LibTorch 1.x, an intrusive_ptr in 2.x), kept alive: the hooks
+  // live on the accumulators.
+  using Accumulator = decltype(torch::autograd::impl::grad_accumulator(std::declval<const torch::Tensor&>()));
+  std::vector<Accumulator> accumulators;
   bool armed = false;
   int64_t early = 0;
   std::mutex mu;  // the engine may run accumulators on its worker threads
