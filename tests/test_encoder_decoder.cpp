@@ -3,10 +3,12 @@
 // greedy == beam 1 over the model, the reordered decoding state, cached == recomputing translation, and config errors.
 #include <gtest/gtest.h>
 
+#include <cmath>
 #include <string>
 
 #include "longseq/common.h"
 #include "longseq/encoder_decoder.h"
+#include "longseq/layers.h"
 
 namespace encoder_decoder_test {
 
@@ -316,6 +318,101 @@ TEST(EncoderDecoder, ConfigErrorsNameTheField) {
   c.encoder_mixer = parse_mixer_spec(Json{{"name", "sparse_qkv"}, {"core", "yoso"}}, "test");
   c.decoder_mixer = small_config().decoder_mixer;
   EXPECT_NO_THROW(validate(c));
+}
+
+// The Universal Transformer in both stacks (Dehghani et al. 2019, sec. 2.1-2.2).
+EncoderDecoderConfig universal_config(bool act) {
+  auto c = small_config(false);
+  c.recurrence_steps = 3, c.act = act, c.act_bias_init = act ? -1.0 : 1.0;  // ACT: some positions take several steps
+  return c;
+}
+
+// The paper's definition written out: h_0 = sqrt(d) E[src], h_t = Block(h_{t-1} + P_pos + P_t) with the sinusoids
+// of Vaswani et al. 2017, sec. 3.5 (PE(p, 2i) = sin(p / 10000^(2i/d)), PE(p, 2i + 1) = cos(...)) for the position and
+// for the step; the encoder of one block applied twice must equal it.
+TEST(UniversalEncoderDecoder, EncoderIsItsBlockAppliedPerStepWithCoordinates) {
+  auto c = small_config(true);
+  c.n_layers = 1, c.recurrence_steps = 2;
+  torch::manual_seed(5);
+  EncoderDecoder m(c);
+  m->eval();
+  torch::NoGradGuard no_grad;
+  auto src = tokens(2, 6);
+  auto pe = [&](double p) {
+    auto out = torch::empty({c.d_model}, torch::kFloat);
+    for (int64_t i = 0; i < c.d_model; i += 2) {
+      const double a = p / std::pow(10000.0, static_cast<double>(i) / static_cast<double>(c.d_model));
+      out[i] = std::sin(a), out[i + 1] = std::cos(a);
+    }
+    return out;
+  };
+  std::vector<torch::Tensor> rows;
+  for (int64_t p = 0; p < 6; ++p) rows.push_back(pe(static_cast<double>(p)));
+  const auto positions = torch::stack(rows);
+  auto block = std::dynamic_pointer_cast<LayerImpl>(m->named_children()["encoder_0"]);
+  ASSERT_TRUE(block);
+  MixContext ctx;
+  auto h = m->embedding()->forward(src) * std::sqrt(static_cast<double>(c.d_model));
+  for (int64_t t = 1; t <= 2; ++t) h = block->forward(h + positions + pe(static_cast<double>(t)), ctx);
+  EXPECT_LT(max_diff(m->encode(src), h), 1e-5);
+  // One set of weights: the parameters of a one-step model (recurrence off, one layer per stack).
+  c.recurrence_steps = 0;
+  EncoderDecoder plain(c);
+  EXPECT_EQ(m->parameters().size(), plain->parameters().size());
+}
+
+TEST(UniversalEncoderDecoder, CausalPaddedAndDecodedThroughEveryStepsCache) {
+  for (bool act : {false, true}) {
+    torch::manual_seed(6);
+    EncoderDecoder m(universal_config(act));
+    m->eval();
+    torch::NoGradGuard no_grad;
+    auto [src, pad] = padded_source();
+    auto tgt = tokens(2, 7);
+    auto memory = m->encode(src, pad);
+    auto whole = m->decode(tgt, memory, pad);
+    // Causal: later target tokens change no earlier logits.
+    auto changed = tgt.clone();
+    changed.slice(1, 4) = (tgt.slice(1, 4) - 1).remainder(kV - 2) + 2;
+    auto other = m->decode(changed, memory, pad);
+    EXPECT_LT(max_diff(other.slice(1, 0, 4), whole.slice(1, 0, 4)), 1e-5) << "act " << act;
+    EXPECT_GT(max_diff(other.slice(1, 4), whole.slice(1, 4)), 1e-4) << "act " << act;
+    // The source's padding changes nothing.
+    auto src2 = src.clone();
+    src2.masked_scatter_(pad, torch::randint(2, kV, {pad.sum().item<int64_t>()}, torch::kLong));
+    EXPECT_LT(max_diff(m->forward(src2, tgt, pad), m->forward(src, tgt, pad)), 1e-5) << "act " << act;
+    // Token by token through the state (a cache per layer and step) equals the whole decode.
+    auto state = m->initial_state(memory, pad);
+    EXPECT_EQ(state.layers.size(), 2u * 3u);
+    std::vector<torch::Tensor> parts;
+    for (int64_t t = 0; t < 7; ++t) parts.push_back(m->decode(tgt.slice(1, t, t + 1), {}, {}, &state));
+    EXPECT_LT(max_diff(torch::cat(parts, 1), whole), 1e-5) << "act " << act;
+  }
+}
+
+TEST(UniversalEncoderDecoder, ActPondersInBothStacksAndItsCostTrainsTheHaltingUnits) {
+  torch::manual_seed(7);
+  EncoderDecoder m(universal_config(true));
+  auto [src, pad] = padded_source();
+  auto logits = m->forward(src, tokens(2, 5), pad);
+  ASSERT_TRUE(m->aux_loss().defined() && m->ponder().defined());
+  const double ponder = m->ponder().item<double>();
+  EXPECT_GE(ponder, 1.0);
+  EXPECT_LE(ponder, 3.0 + 1.0);  // N <= the cap, R <= 1
+  EXPECT_GT(ponder, 1.5) << "halting bias -1: positions take more than one step";
+  (logits.sum() * 0 + m->aux_loss()).backward();
+  for (const char* unit : {"encoder_halting.weight", "decoder_halting.weight"}) {
+    auto p = m->named_parameters()[unit];
+    ASSERT_TRUE(p.grad().defined()) << unit;
+    EXPECT_GT(p.grad().abs().sum().item<double>(), 0) << unit;
+  }
+  // Without ACT there is no cost.
+  EncoderDecoder plain(universal_config(false));
+  plain->forward(src, tokens(2, 5), pad);
+  EXPECT_FALSE(plain->aux_loss().defined());
+  auto c = universal_config(true);
+  c.recurrence_steps = 0;
+  EXPECT_THROW(validate(c), Error);
 }
 
 }  // namespace encoder_decoder_test

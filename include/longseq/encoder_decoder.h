@@ -5,6 +5,8 @@
 #pragma once
 #include <torch/torch.h>
 
+#include <functional>
+
 #include <memory>
 #include <vector>
 
@@ -24,13 +26,22 @@ struct EncoderDecoderConfig {
   MixerSpec encoder_mixer{"full", Json::object()};  // run bidirectionally
   MixerSpec decoder_mixer{"full", Json::object()};  // run causally (sec. 3.2.3 masking)
   int64_t pad_id = 0, bos_id = 1;
+  // Universal Transformer (Dehghani et al. 2019, sec. 2.1): each stack's n_layers blocks, one set of weights, applied
+  // recurrence_steps times with the coordinate embedding (position and step sinusoids) added before each step instead
+  // of the positions once at the input; 0 = off. With act (sec. 2.2), a halting unit per stack and position:
+  // recurrence_steps caps the steps, and aux_loss() is act_loss_weight * mean(N + R) of each stack, summed.
+  int64_t recurrence_steps = 0;
+  bool act = false;
+  double act_epsilon = 0.01, act_loss_weight = 0.01, act_bias_init = 1.0;
+  bool act_accumulated = false;
 };
 
 // Throws Error naming the offending field.
 void validate(const EncoderDecoderConfig& cfg);
 
-// Incremental decoding: per decoder layer the self mixer's streaming state and the encoder-decoder attention's keys
-// and values, projected once from the memory; the position of the next target token.
+// Incremental decoding: per decoder layer (and recurrence step: entry (t - 1) n_layers + i) the self mixer's streaming
+// state and the encoder-decoder attention's keys and values, projected once from the memory; the position of the
+// next target token.
 struct EncoderDecoderState {
   struct LayerState {
     std::unique_ptr<MixerState> self;
@@ -87,9 +98,21 @@ class EncoderDecoderImpl : public torch::nn::Module {
   EncoderDecoderState initial_state(const torch::Tensor& memory, const torch::Tensor& src_pad = {});
   torch::nn::Embedding& embedding() { return embed_; }
   const EncoderDecoderConfig& config() const { return cfg_; }
+  // ACT (config().act) after a forward: the ponder cost to add to the objective and the mean N + R over the encoder's
+  // and the decoder's positions (the last encode and decode_hidden calls, averaged); undefined otherwise.
+  torch::Tensor aux_loss() const;
+  torch::Tensor ponder() const;
 
  private:
   EncoderDecoderConfig cfg_;
+  torch::nn::Linear enc_halting_{nullptr}, dec_halting_{nullptr};  // ACT only
+  torch::Tensor enc_cost_, dec_cost_, enc_ponder_, dec_ponder_;
+  // The coordinate embedding of step t for positions [offset, offset + T) (sec. 2.1), [T, C].
+  torch::Tensor coordinates(int64_t offset, int64_t T, int64_t t, const torch::TensorOptions& opts) const;
+  // Runs `step` (h, t) -> h' recurrence_steps times, or to ACT's halting with `halting` (run_to_cap when decoding
+  // through a state); writes the stack's cost and ponder when ACT.
+  torch::Tensor recur(torch::Tensor x, int64_t offset, const std::function<torch::Tensor(const torch::Tensor&, int64_t)>& step,
+                      torch::nn::Linear& halting, bool run_to_cap, torch::Tensor* cost, torch::Tensor* ponder);
   torch::nn::Embedding embed_{nullptr};
   std::vector<Layer> encoder_;
   std::vector<DecoderLayer> decoder_;

@@ -277,8 +277,7 @@ void check_encoder_decoder_keys(const Json& j, const ModelConfig& c) {
     refuse("ff_activation", "the feed-forward is max(0, x W1 + b1) W2 + b2 (sec. 3.3); use auto or relu");
   if (c.positions != "sinusoidal") refuse("positions", "the model adds sinusoids (sec. 3.5); use sinusoidal");
   if (!c.tie_embeddings) refuse("tie_embeddings", "the embedding is shared three ways (sec. 3.4); use true");
-  if (c.reversible || c.recurrence_steps > 0 || c.act || c.ff_chunks > 1)
-    refuse("reversible/recurrence_steps/act/ff_chunks", "not implemented for the encoder-decoder");
+  if (c.reversible || c.ff_chunks > 1) refuse("reversible/ff_chunks", "not implemented for the encoder-decoder");
   validate(encoder_decoder_config(c, c.vocab_size - 3));  // the vocabulary is checked against the tokenizer later
 }
 
@@ -372,6 +371,8 @@ EncoderDecoderConfig encoder_decoder_config(const ModelConfig& c, int64_t tokeni
   e.post_norm = c.post_norm;
   e.encoder_mixer = c.layers.at(0);
   e.decoder_mixer = c.decoder_mixer;
+  e.recurrence_steps = c.recurrence_steps, e.act = c.act, e.act_epsilon = c.act_epsilon;
+  e.act_loss_weight = c.act_loss_weight, e.act_bias_init = c.act_bias_init, e.act_accumulated = c.act_accumulated;
   // The specials follow the tokenizer's ids (docs/translation.md): pad, bos, eos.
   e.pad_id = tokenizer_vocab, e.bos_id = tokenizer_vocab + 1;
   if (tokenizer_vocab + 3 != c.vocab_size)

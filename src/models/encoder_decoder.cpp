@@ -6,6 +6,7 @@
 #include <memory>
 #include <string>
 
+#include "longseq/act.h"
 #include "longseq/blocks.h"
 #include "longseq/common.h"
 #include "longseq/kernels/flash_attention.h"
@@ -44,6 +45,10 @@ void validate(const EncoderDecoderConfig& c) {
   require(c.pad_id >= 0 && c.pad_id < c.vocab_size, "pad_id", "must be a token id below vocab_size");
   require(c.bos_id >= 0 && c.bos_id < c.vocab_size, "bos_id", "must be a token id below vocab_size");
   require(c.bos_id != c.pad_id, "bos_id", "must differ from pad_id");
+  require(c.recurrence_steps >= 0, "recurrence_steps", "must be 0 (off) or positive, got " +
+                                                          std::to_string(c.recurrence_steps));
+  require(!c.act || c.recurrence_steps >= 1, "act", "needs recurrence_steps >= 1 (the cap on a position's steps)");
+  require(!c.act || (c.act_epsilon > 0 && c.act_epsilon < 1), "act_epsilon", "must lie in (0, 1)");
   require(checked_mixer(c.encoder_mixer, "encoder_mixer").supports_bidirectional, "encoder_mixer",
           "mixer " + c.encoder_mixer.name + " does not support bidirectional mode");
   require(checked_mixer(c.decoder_mixer, "decoder_mixer").supports_causal, "decoder_mixer",
@@ -124,6 +129,12 @@ EncoderDecoderImpl::EncoderDecoderImpl(const EncoderDecoderConfig& cfg) : cfg_(c
   }
   for (int64_t i = 0; i < cfg_.n_layers; ++i)
     decoder_.push_back(register_module("decoder_" + std::to_string(i), DecoderLayer(cfg_, i)));
+  if (cfg_.act) {  // one halting unit per stack, its bias as t2t's act_halting_bias_init
+    enc_halting_ = register_module("encoder_halting", torch::nn::Linear(C, 1));
+    dec_halting_ = register_module("decoder_halting", torch::nn::Linear(C, 1));
+    torch::nn::init::constant_(enc_halting_->bias, cfg_.act_bias_init);
+    torch::nn::init::constant_(dec_halting_->bias, cfg_.act_bias_init);
+  }
   if (!cfg_.post_norm) {  // pre-norm leaves each stack's output unnormalised: one final LayerNorm each
     enc_final_ = register_module("encoder_ln", torch::nn::LayerNorm(torch::nn::LayerNormOptions({C})));
     dec_final_ = register_module("decoder_ln", torch::nn::LayerNorm(torch::nn::LayerNormOptions({C})));
@@ -134,9 +145,53 @@ torch::Tensor EncoderDecoderImpl::embed(const torch::Tensor& tokens, int64_t off
   TORCH_CHECK(tokens.dim() == 2, "encoder_decoder: tokens must be [B, T], got ", tokens.sizes());
   const int64_t T = tokens.size(1), C = cfg_.d_model;
   auto pos = torch::arange(offset, offset + T, torch::TensorOptions().dtype(torch::kLong).device(tokens.device()));
-  // sqrt(d) on the lookup only, not on the output projection (sec. 3.4); positions from 0 (sec. 3.5).
-  auto x = embed_(tokens) * std::sqrt(static_cast<double>(C)) + sinusoidal_positions(pos, C).unsqueeze(0);
+  // sqrt(d) on the lookup only, not on the output projection (sec. 3.4); positions from 0 (sec. 3.5), or with the
+  // recurrence at every step (coordinates).
+  auto x = embed_(tokens) * std::sqrt(static_cast<double>(C));
+  if (cfg_.recurrence_steps == 0) x = x + sinusoidal_positions(pos, C).unsqueeze(0);
   return cfg_.dropout > 0 ? torch::dropout(x, cfg_.dropout, is_training()) : x;  // sec. 5.4
+}
+
+torch::Tensor EncoderDecoderImpl::coordinates(int64_t offset, int64_t T, int64_t t,
+                                              const torch::TensorOptions& opts) const {
+  auto lopts = torch::TensorOptions().dtype(torch::kLong).device(opts.device());
+  return (sinusoidal_positions(torch::arange(offset, offset + T, lopts), cfg_.d_model) +
+          sinusoidal_positions(torch::full({1}, t, lopts), cfg_.d_model))
+      .to(opts.dtype());
+}
+
+torch::Tensor EncoderDecoderImpl::recur(torch::Tensor x, int64_t offset,
+                                        const std::function<torch::Tensor(const torch::Tensor&, int64_t)>& step,
+                                        torch::nn::Linear& halting, bool run_to_cap, torch::Tensor* cost,
+                                        torch::Tensor* ponder) {
+  const int64_t T = x.size(1);
+  if (!cfg_.act) {
+    for (int64_t t = 1; t <= cfg_.recurrence_steps; ++t) x = step(x + coordinates(offset, T, t, x.options()), t);
+    return x;
+  }
+  ActOptions o;
+  o.epsilon = cfg_.act_epsilon, o.max_steps = cfg_.recurrence_steps, o.accumulated = cfg_.act_accumulated;
+  o.run_to_cap = run_to_cap;  // decoding: later tokens may read any step's cache of this one
+  auto st = act_loop(
+      x,
+      [&](const torch::Tensor& h, int64_t t) {
+        auto s = h + coordinates(offset, T, t, h.options());  // the halting unit and the block read the same state
+        return std::make_pair(torch::sigmoid(halting(s)).squeeze(-1), step(s, t));
+      },
+      o);
+  *cost = act_ponder_cost(st, cfg_.act_loss_weight);
+  *ponder = (st.N + st.R).mean().detach();
+  return st.out;
+}
+
+torch::Tensor EncoderDecoderImpl::aux_loss() const {
+  if (!enc_cost_.defined()) return dec_cost_;
+  return dec_cost_.defined() ? enc_cost_ + dec_cost_ : enc_cost_;
+}
+
+torch::Tensor EncoderDecoderImpl::ponder() const {
+  if (!enc_ponder_.defined()) return dec_ponder_;
+  return dec_ponder_.defined() ? (enc_ponder_ + dec_ponder_) / 2 : enc_ponder_;
 }
 
 torch::Tensor EncoderDecoderImpl::encode(const torch::Tensor& src, const torch::Tensor& src_pad) {
@@ -144,31 +199,43 @@ torch::Tensor EncoderDecoderImpl::encode(const torch::Tensor& src, const torch::
   ctx.causal = false;
   ctx.padding_mask = src_pad;
   auto x = embed(src, 0);
-  for (auto& layer : encoder_) x = layer->forward(x, ctx);
+  auto blocks = [&](torch::Tensor h, int64_t) {
+    for (auto& layer : encoder_) h = layer->forward(h, ctx);
+    return h;
+  };
+  x = cfg_.recurrence_steps > 0 ? recur(x, 0, blocks, enc_halting_, false, &enc_cost_, &enc_ponder_) : blocks(x, 1);
   return enc_final_ ? enc_final_(x) : x;
 }
 
 torch::Tensor EncoderDecoderImpl::decode_hidden(const torch::Tensor& tgt_in, const torch::Tensor& memory,
                                                 const torch::Tensor& src_pad, EncoderDecoderState* state) {
   TORCH_CHECK(state || memory.defined(), "encoder_decoder: decode needs the memory or a state");
-  TORCH_CHECK(!state || state->layers.size() == decoder_.size(), "encoder_decoder: the state has ",
-              state ? state->layers.size() : 0, " layers, the decoder ", decoder_.size());
+  const size_t steps = static_cast<size_t>(std::max<int64_t>(1, cfg_.recurrence_steps));
+  TORCH_CHECK(!state || state->layers.size() == decoder_.size() * steps, "encoder_decoder: the state has ",
+              state ? state->layers.size() : 0, " layers, the decoder ", decoder_.size() * steps);
   const int64_t offset = state ? state->offset : 0;
   const torch::Tensor& pad = state ? state->src_pad : src_pad;
   auto x = embed(tgt_in, offset);
-  for (size_t i = 0; i < decoder_.size(); ++i) {
-    MixContext ctx;  // one per layer: each layer's self mixer has its own state
-    ctx.causal = true;
-    ctx.offset = offset;
-    torch::Tensor k, v;
-    if (state) {
-      ctx.state = state->layers[i].self.get();
-      k = state->layers[i].cross_k, v = state->layers[i].cross_v;
-    } else {
-      std::tie(k, v) = decoder_[i]->cross_kv(memory);
+  std::vector<std::pair<torch::Tensor, torch::Tensor>> cross(decoder_.size());  // shared by the steps
+  if (!state)
+    for (size_t i = 0; i < decoder_.size(); ++i) cross[i] = decoder_[i]->cross_kv(memory);
+  auto blocks = [&](torch::Tensor h, int64_t t) {
+    for (size_t i = 0; i < decoder_.size(); ++i) {
+      MixContext ctx;  // one per layer and step: each has its own self state
+      ctx.causal = true;
+      ctx.offset = offset;
+      torch::Tensor k = cross[i].first, v = cross[i].second;
+      if (state) {
+        auto& ls = state->layers[static_cast<size_t>(t - 1) * decoder_.size() + i];
+        ctx.state = ls.self.get();
+        k = ls.cross_k, v = ls.cross_v;
+      }
+      h = decoder_[i]->forward(h, k, v, pad, ctx);
     }
-    x = decoder_[i]->forward(x, k, v, pad, ctx);
-  }
+    return h;
+  };
+  x = cfg_.recurrence_steps > 0 ? recur(x, offset, blocks, dec_halting_, state != nullptr, &dec_cost_, &dec_ponder_)
+                                : blocks(x, 1);
   if (state) state->offset += tgt_in.size(1);
   return dec_final_ ? dec_final_(x) : x;
 }
@@ -188,13 +255,16 @@ EncoderDecoderState EncoderDecoderImpl::initial_state(const torch::Tensor& memor
   TORCH_CHECK(memory.dim() == 3, "encoder_decoder: memory must be [B, S, C], got ", memory.sizes());
   EncoderDecoderState state;
   state.src_pad = src_pad;
-  for (auto& layer : decoder_) {
-    EncoderDecoderState::LayerState s;
-    s.self = layer->initial_state(memory.size(0));
-    if (!s.self) throw Error("encoder_decoder.decoder_mixer: mixer " + cfg_.decoder_mixer.name + " cannot stream");
-    std::tie(s.cross_k, s.cross_v) = layer->cross_kv(memory);  // once per sentence, not per step
-    state.layers.push_back(std::move(s));
-  }
+  std::vector<std::pair<torch::Tensor, torch::Tensor>> cross;
+  for (auto& layer : decoder_) cross.push_back(layer->cross_kv(memory));  // once per sentence, not per token or step
+  for (int64_t t = 0; t < std::max<int64_t>(1, cfg_.recurrence_steps); ++t)
+    for (size_t i = 0; i < decoder_.size(); ++i) {
+      EncoderDecoderState::LayerState s;
+      s.self = decoder_[i]->initial_state(memory.size(0));
+      if (!s.self) throw Error("encoder_decoder.decoder_mixer: mixer " + cfg_.decoder_mixer.name + " cannot stream");
+      s.cross_k = cross[i].first, s.cross_v = cross[i].second;
+      state.layers.push_back(std::move(s));
+    }
   return state;
 }
 

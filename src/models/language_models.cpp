@@ -27,9 +27,10 @@ const std::vector<ModelKindInfo>& model_kind_registry() {
        "encoder-decoder attention, three-way tied embedding, post- or pre-norm; trained on sentence pairs, decoded "
        "by beam search (`longseq translate`, docs/translation.md)",
        "Vaswani et al. 2017, Attention Is All You Need, sec. 3 and 5", {"decoder_mixer", "norm"}, false},
-      {"universal_transformer (decoder_lm, encoder_classifier)",
+      {"universal_transformer (decoder_lm, encoder_classifier, encoder_decoder)",
        "depth recurrence: the n_layers blocks, one set of weights, applied recurrence_steps times with the "
-       "coordinate embedding before each step; with act, adaptive halting per position and the ponder cost",
+       "coordinate embedding before each step; with act, adaptive halting per position and the ponder cost "
+       "(encoder_decoder: in both stacks, each with its halting unit, the two costs summed)",
        "Dehghani et al. 2019, Universal Transformers, sec. 2.1-2.2",
        {"recurrence_steps", "act", "act_epsilon", "act_loss_weight", "act_bias_init", "act_update"}, false},
   };

@@ -48,7 +48,7 @@ class TranslationTask : public TrainTask {
     return s + ", " + std::to_string(splits_.valid.source.size()) + " validation pairs";
   }
 
-  void begin_step(int64_t) override { targets_ = 0; }
+  void begin_step(int64_t) override { targets_ = 0, ponder_sum_ = 0; }
 
   MicroResult micro_batch(int64_t step, int64_t micro, int64_t accum, uint64_t, const LossHook& hook) override {
     const auto& indices = batch_at((step - 1) * accum + micro);
@@ -61,17 +61,22 @@ class TranslationTask : public TrainTask {
         flat, target, torch::nn::functional::CrossEntropyFuncOptions().ignore_index(ids_.pad));
     auto objective = label_smoothing_ > 0 ? label_smoothed_loss(flat, target, label_smoothing_, ids_.pad) : loss;
     if (hook) loss = hook(step, loss), objective = label_smoothing_ > 0 ? hook(step, objective) : loss;
+    if (model_->aux_loss().defined()) objective = objective + model_->aux_loss();  // ACT's ponder cost
+    if (model_->ponder().defined()) ponder_sum_ += model_->ponder().item<double>() / static_cast<double>(accum);
     (objective / static_cast<double>(accum)).backward();
     targets_ += b.tgt_tokens;
     return {loss.item<double>(), b.tgt_tokens};
   }
 
-  std::vector<double> step_sums() const override { return {static_cast<double>(targets_)}; }
-  void set_step_sums(const std::vector<double>& sums) override { targets_ = static_cast<int64_t>(sums.at(0)); }
+  std::vector<double> step_sums() const override { return {static_cast<double>(targets_), ponder_sum_}; }
+  void set_step_sums(const std::vector<double>& sums) override {
+    targets_ = static_cast<int64_t>(sums.at(0)), ponder_sum_ = sums.at(1);
+  }
 
   void step_fields(double loss, Json& line, std::string& progress) const override {
     line["ppl"] = std::exp(loss);
     line["targets"] = targets_;
+    if (model_->config().act) line["ponder"] = ponder_sum_;  // mean N + R over both stacks' positions
     char text[64];
     std::snprintf(text, sizeof text, "loss %.4f | ppl %.2f", loss, std::exp(loss));
     progress = text;
@@ -121,6 +126,7 @@ class TranslationTask : public TrainTask {
   double label_smoothing_ = 0;
   uint64_t seed_ = 0;
   int64_t targets_ = 0;
+  double ponder_sum_ = 0;  // ACT: the step's mean N + R, averaged over its micro-batches
   int64_t epoch_ = -1, epoch_first_ = 0;  // the cached epoch and the index of its first micro-batch
   std::vector<std::vector<int64_t>> epoch_batches_;
 };
