@@ -30,6 +30,7 @@ struct LraOptions {
                          // pathfinder: empty = generated in memory; else metadata/ and imgs/ there, generated into
                          // it when absent
   bool resume = false, quiet = false;
+  int threads = 0;  // the program's --threads (0: all cores), passed on to a table's runs
 };
 // `longseq lra listops`: trains `raw` (the config above with --mixer and --set applied), then scores the test split
 // once with the final weights and writes RUN/test.json.

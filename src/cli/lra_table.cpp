@@ -70,7 +70,9 @@ double last_train_seconds(const std::string& run) {
 // Runs `longseq lra TASK --mixer M --out RUN ...` and returns its exit status (-1: could not start it).
 int run_one(const std::string& task, const std::string& mixer, const std::string& run, const LraOptions& o,
             const std::vector<std::string>& sets, bool resume) {
-  std::vector<std::string> args = {"/proc/self/exe", "lra", task, "--mixer", mixer, "--out", run, "--quiet"};
+  std::vector<std::string> args = {"/proc/self/exe"};
+  if (o.threads > 0) args.insert(args.end(), {"--threads", std::to_string(o.threads)});
+  args.insert(args.end(), {"lra", task, "--mixer", mixer, "--out", run, "--quiet"});
   if (!o.data_dir.empty()) args.insert(args.end(), {"--data", o.data_dir});
   for (const auto& kv : sets) args.insert(args.end(), {"--set", kv});
   if (resume) args.push_back("--resume");

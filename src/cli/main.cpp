@@ -529,6 +529,7 @@ int main(int argc, char** argv) {
         if (!lra_mixer.empty() || lra_opts.resume || lra_print)
           throw Error("lra: --mixers makes a table of runs; --mixer, --resume and --print-config apply to one run "
                       "(a table continues its unfinished runs when called again)");
+        lra_opts.threads = threads;
         lra_table_command(lra_task, lra_table_mixers(lra_mixers), lra_opts, sets);
         return 0;
       }
