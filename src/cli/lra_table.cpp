@@ -10,7 +10,6 @@
 #include <cstdio>
 #include <fstream>
 #include <map>
-#include <sstream>
 
 #include "commands.h"
 #include "longseq/common.h"
@@ -46,13 +45,6 @@ std::vector<std::string> bidirectional_mixers() {
   for (const auto& m : mixer_registry())
     if (m.supports_bidirectional) out.push_back(m.name);
   return out;
-}
-
-Json read_json_file(const std::string& path) {
-  std::ifstream in(path);
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return Json::parse(ss.str(), nullptr, false);
 }
 
 // The last metrics line's training time (s) of a run directory; -1 when absent.
@@ -125,7 +117,7 @@ void lra_table_command(const std::string& task, const std::vector<std::string>& 
       row["wall_s"] = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
       if (status != 0) row["failed"] = "exit status " + std::to_string(status) + " (see its run directory)";
     }
-    const Json t = path_exists(run + "/test.json") ? read_json_file(run + "/test.json") : Json();
+    const Json t = path_exists(run + "/test.json") ? Json::parse(read_file(run + "/test.json"), nullptr, false) : Json();
     if (t.is_object() && t.contains("accuracy")) {
       row["accuracy"] = t["accuracy"], row["chance"] = t["majority_class_accuracy"], row["step"] = t["step"];
       row["peak_mib"] = t.value("peak_mib", -1.0), row["train_tokens_per_s"] = t.value("train_tokens_per_s", -1.0);
